@@ -1,0 +1,170 @@
+//! A domain file: one accelerated domain, its origin, its cache policy and its custom page rules.
+
+use super::values::{CodePattern, DomainName, Dur, PageUrl};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// A domain file as written. Unknown keys are errors.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainFile {
+    pub domain: String,
+    pub origin: OriginSection,
+    #[serde(default)]
+    pub cache: DomainCacheSection,
+    #[serde(default)]
+    pub custom_pages: Vec<RuleSpec>,
+    /// Names of built-in filters to run for this domain, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OriginSection {
+    pub servers: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Dur,
+    #[serde(default = "default_read_timeout")]
+    pub read_timeout: Dur,
+}
+
+fn default_connect_timeout() -> Dur {
+    Dur(Duration::from_secs(2))
+}
+fn default_read_timeout() -> Dur {
+    Dur(Duration::from_secs(15))
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainCacheSection {
+    /// Freshness when the origin gives none; zero means such responses are not cached.
+    #[serde(default)]
+    pub default_ttl: Dur,
+    /// Minimum freshness of an origin 4xx/5xx (negative caching); zero turns it off.
+    #[serde(default)]
+    pub error_ttl: Dur,
+}
+
+/// Where an error status came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// The origin sent the status.
+    Origin,
+    /// The edge produced it: no usable origin response (502) or a timeout (504).
+    Edge,
+    #[default]
+    Any,
+}
+
+impl Source {
+    pub fn admits(self, actual: Source) -> bool {
+        self == Source::Any || self == actual
+    }
+}
+
+/// A custom page rule as written in a file or sent to the admin API.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSpec {
+    pub code: CodePattern,
+    pub url: PageUrl,
+    #[serde(default, skip_serializing_if = "is_any")]
+    pub source: Source,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect: Option<u16>,
+}
+
+fn is_any(s: &Source) -> bool {
+    *s == Source::Any
+}
+
+pub const REDIRECT_CODES: [u16; 5] = [301, 302, 303, 307, 308];
+
+impl RuleSpec {
+    /// Checks what the types alone cannot. Returns the offending key and the reason.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        if let Some(status) = self.status {
+            if !(200..=599).contains(&status) {
+                return Err((
+                    "status",
+                    format!("{status} is not a status to answer with; expected 200 to 599"),
+                ));
+            }
+        }
+        if let Some(code) = self.redirect {
+            if !REDIRECT_CODES.contains(&code) {
+                return Err((
+                    "redirect",
+                    format!("{code} is not a redirect status; expected one of 301, 302, 303, 307, 308"),
+                ));
+            }
+            if self.status.is_some() {
+                return Err((
+                    "status",
+                    "a redirect rule answers with its redirect code; remove status or redirect".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A validated domain, ready for routing.
+#[derive(Debug, Clone)]
+pub struct Domain {
+    pub name: DomainName,
+    pub origin: Origin,
+    pub default_ttl: Duration,
+    pub error_ttl: Duration,
+    pub rules: Vec<Rule>,
+    pub filters: Vec<String>,
+    /// The file this domain came from, for messages and for writes by the admin API.
+    pub file: std::path::PathBuf,
+    /// The file as written, so the admin API can change rules and keep the rest.
+    pub spec: DomainFile,
+}
+
+#[derive(Debug, Clone)]
+pub struct Origin {
+    /// `host:port` each, tried in order on connect failure.
+    pub servers: Vec<String>,
+    /// Host header to send; `None` keeps the requested host.
+    pub host: Option<String>,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+}
+
+/// A validated custom page rule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rule {
+    pub code: CodePattern,
+    pub source: Source,
+    pub url: PageUrl,
+    /// Status to answer with instead of the original (in-place rules only).
+    pub status: Option<u16>,
+    /// Redirect code: answer with a redirect to `url` instead of serving it in place.
+    pub redirect: Option<u16>,
+}
+
+impl Rule {
+    pub fn from_spec(spec: &RuleSpec) -> Rule {
+        Rule {
+            code: spec.code.clone(),
+            source: spec.source,
+            url: spec.url.clone(),
+            status: spec.status,
+            redirect: spec.redirect,
+        }
+    }
+
+    pub fn in_place(&self) -> bool {
+        self.redirect.is_none()
+    }
+}

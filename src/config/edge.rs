@@ -1,0 +1,121 @@
+//! The edge file (`conf/edge.yaml`): listeners, threads, cache bound, page store settings,
+//! the domains folder, the admin API and Pingora's own server settings.
+
+use super::values::{Dur, Size};
+use serde::Deserialize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeFile {
+    #[serde(default = "default_listen")]
+    pub listen: Vec<String>,
+    #[serde(default = "default_threads")]
+    pub threads: usize,
+    #[serde(default)]
+    pub cache: CacheSection,
+    #[serde(default)]
+    pub pages: PagesSection,
+    #[serde(default = "default_domains")]
+    pub domains: PathBuf,
+    #[serde(default)]
+    pub admin: AdminSection,
+    /// Passed through to Pingora's `ServerConf` (pid_file, upgrade_sock, grace periods...).
+    #[serde(default)]
+    pub server: serde_yaml::Mapping,
+}
+
+fn default_listen() -> Vec<String> {
+    vec!["0.0.0.0:6188".into()]
+}
+fn default_threads() -> usize {
+    2
+}
+fn default_domains() -> PathBuf {
+    PathBuf::from("domains")
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSection {
+    /// Bound of the content cache.
+    #[serde(default = "default_memory")]
+    pub memory: Size,
+    /// Largest single object the cache keeps; larger responses are proxied uncached.
+    #[serde(default)]
+    pub max_object: Option<Size>,
+    /// How long concurrent misses for one key wait for the first one before going to the origin.
+    #[serde(default = "default_lock_timeout")]
+    pub lock_timeout: Dur,
+}
+
+impl Default for CacheSection {
+    fn default() -> Self {
+        CacheSection {
+            memory: default_memory(),
+            max_object: None,
+            lock_timeout: default_lock_timeout(),
+        }
+    }
+}
+
+fn default_memory() -> Size {
+    Size(256 << 20)
+}
+fn default_lock_timeout() -> Dur {
+    Dur(Duration::from_secs(5))
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PagesSection {
+    #[serde(default = "default_max_size")]
+    pub max_size: Size,
+    #[serde(default = "default_refresh")]
+    pub refresh: Dur,
+    #[serde(default = "default_fetch_timeout")]
+    pub fetch_timeout: Dur,
+}
+
+impl Default for PagesSection {
+    fn default() -> Self {
+        PagesSection {
+            max_size: default_max_size(),
+            refresh: default_refresh(),
+            fetch_timeout: default_fetch_timeout(),
+        }
+    }
+}
+
+fn default_max_size() -> Size {
+    Size(1 << 20)
+}
+fn default_refresh() -> Dur {
+    Dur(Duration::from_secs(300))
+}
+fn default_fetch_timeout() -> Dur {
+    Dur(Duration::from_secs(5))
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    #[serde(default = "default_admin_listen")]
+    pub listen: String,
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        AdminSection {
+            listen: default_admin_listen(),
+            token_file: None,
+        }
+    }
+}
+
+fn default_admin_listen() -> String {
+    "127.0.0.1:6189".into()
+}

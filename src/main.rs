@@ -1,0 +1,100 @@
+//! `custom-pages`: the CLI and the server wiring.
+
+use clap::Parser;
+use custom_pages::config;
+use custom_pages::edge::Edge;
+use custom_pages::proxy::EdgeProxy;
+use pingora_core::apps::HttpServerOptions;
+use pingora_core::server::configuration::Opt;
+use pingora_core::server::{Server, ShutdownWatch};
+use pingora_core::services::background::{background_service, BackgroundService};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+/// A CDN edge that answers errors with the custom pages its operator chose.
+#[derive(Parser, Debug)]
+#[command(name = "custom-pages", version)]
+struct Cli {
+    /// The edge file; domain files are read from the folder it names.
+    #[arg(short = 'c', long = "conf", default_value = "conf/edge.yaml")]
+    conf: PathBuf,
+    /// Validate the whole configuration (edge file and every domain file), print every
+    /// error with its file and key, and exit.
+    #[arg(short = 't', long = "test")]
+    test: bool,
+    /// Run in the background.
+    #[arg(short = 'd', long = "daemon")]
+    daemon: bool,
+    /// Take over the listeners of a running instance (graceful upgrade).
+    #[arg(short = 'u', long = "upgrade")]
+    upgrade: bool,
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    let (settings, domains) = match config::load_all(&cli.conf) {
+        Ok(loaded) => loaded,
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!("custom-pages: the configuration has {} error(s)", errors.0.len());
+            return ExitCode::FAILURE;
+        }
+    };
+    if cli.test {
+        println!(
+            "custom-pages: configuration OK: {} and {} domain(s) in {}",
+            cli.conf.display(),
+            domains.len(),
+            settings.domains_dir.display()
+        );
+        return ExitCode::SUCCESS;
+    }
+    run(cli, settings, domains)
+}
+
+fn run(cli: Cli, mut settings: config::EdgeSettings, domains: config::Domains) -> ExitCode {
+    let opt = Opt {
+        upgrade: cli.upgrade,
+        daemon: cli.daemon,
+        nocapture: false,
+        test: false,
+        conf: None,
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, std::mem::take(&mut settings.server));
+    server.bootstrap();
+
+    let listen = settings.listen.clone();
+    let edge = Edge::new(settings, domains);
+    let mut proxy = pingora_proxy::http_proxy_service_with_name(
+        &server.configuration,
+        EdgeProxy::new(edge.clone()),
+        "edge",
+    );
+    for addr in &listen {
+        proxy.add_tcp(&addr.to_string());
+    }
+    // Every listener also speaks HTTP/2 cleartext with prior knowledge.
+    let mut options = HttpServerOptions::default();
+    options.h2c = true;
+    if let Some(app) = proxy.app_logic_mut() {
+        app.server_options = Some(options);
+    }
+    server.add_service(proxy);
+    server.add_service(background_service("control", Control { edge }));
+    server.run_forever()
+}
+
+/// Work that lives beside the proxy: fetching and refreshing pages, applying configuration.
+struct Control {
+    edge: Arc<Edge>,
+}
+
+#[async_trait::async_trait]
+impl BackgroundService for Control {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        self.edge.start().await;
+        let _ = shutdown.changed().await;
+    }
+}

@@ -1,0 +1,297 @@
+//! The edge's `ProxyHttp`: each hook routes, caches or delegates to the custom pages module.
+
+use crate::cache::policy::{self, TtlPolicy};
+use crate::config::{values::normalize_host, Domain};
+use crate::edge::Edge;
+use crate::pages::{self, response, PageState, CDN_LOOP_TOKEN};
+use crate::upstream;
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header;
+use pingora_cache::{CacheKey, CacheMeta, CachePhase, RespCacheable, VarianceBuilder};
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorSource, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct EdgeProxy {
+    edge: Arc<Edge>,
+}
+
+impl EdgeProxy {
+    pub fn new(edge: Arc<Edge>) -> EdgeProxy {
+        EdgeProxy { edge }
+    }
+}
+
+/// Per-request state.
+#[derive(Default)]
+pub struct RequestCtx {
+    pub domain: Option<Arc<Domain>>,
+    /// The requested host, normalized (lower case, no port, no trailing dot).
+    pub host: String,
+    /// Which of the domain's origin servers this attempt uses.
+    server_index: usize,
+    pub pages: PageState,
+}
+
+/// The host a request is for: the request target's authority (HTTP/2 `:authority`, or an
+/// absolute-form HTTP/1.1 target, which RFC 9112 says wins over `Host`), else `Host`.
+pub fn request_host(req: &RequestHeader) -> Option<String> {
+    let host = match req.uri.authority() {
+        Some(authority) => authority.as_str(),
+        None => req.headers.get(header::HOST)?.to_str().ok()?,
+    };
+    let host = normalize_host(host);
+    (!host.is_empty()).then_some(host)
+}
+
+/// How many times this edge already handled the request (RFC 8586 `CDN-Loop`).
+fn loop_count(req: &RequestHeader) -> usize {
+    req.headers
+        .get_all("cdn-loop")
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or_default().split(','))
+        .filter(|token| token.split(';').next().unwrap_or_default().trim() == CDN_LOOP_TOKEN)
+        .count()
+}
+
+/// The `X-Cache` value for a response.
+fn cache_status(session: &Session) -> &'static str {
+    match session.cache.phase() {
+        CachePhase::Hit => "HIT",
+        CachePhase::Miss => "MISS",
+        CachePhase::Stale | CachePhase::StaleUpdating => "STALE",
+        CachePhase::Expired => "EXPIRED",
+        CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => "REVALIDATED",
+        _ => "BYPASS",
+    }
+}
+
+/// Answers with the built-in page for `status`.
+async fn respond_default(session: &mut Session, status: u16) -> Result<()> {
+    let body = response::default_page(status);
+    pages::write_whole(session, response::fresh(status, &body)?, body.bytes).await
+}
+
+#[async_trait]
+impl ProxyHttp for EdgeProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::default()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let req = session.req_header();
+        match loop_count(req) {
+            0 => {}
+            // One of our own page fetches: serve it, but never with a custom page.
+            1 => ctx.pages.disabled = true,
+            _ => {
+                respond_default(session, 508).await?;
+                return Ok(true);
+            }
+        }
+        let domains = self.edge.domains();
+        let routed = request_host(req).and_then(|host| domains.route(&host).map(|d| (host, d.clone())));
+        match routed {
+            Some((host, domain)) => {
+                ctx.host = host;
+                ctx.domain = Some(domain);
+                Ok(false)
+            }
+            None => {
+                respond_default(session, 404).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        if ctx.domain.is_some() && pingora_cache::filters::request_cacheable(session.req_header()) {
+            session
+                .cache
+                .enable(self.edge.storage, None, None, Some(self.edge.cache_lock), None);
+            session
+                .cache
+                .set_max_file_size_bytes(self.edge.settings.cache_max_object);
+        }
+        Ok(())
+    }
+
+    fn cache_key_callback(&self, session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
+        // The normalized host holds no space, so "host target" is unambiguous, and two domains
+        // (or two names of one wildcard domain) never share an entry, over h1 and h2 alike.
+        let target = session
+            .req_header()
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str());
+        Ok(CacheKey::new(format!("{} {target}", ctx.host), ""))
+    }
+
+    fn cache_vary_filter(
+        &self,
+        meta: &CacheMeta,
+        _ctx: &mut RequestCtx,
+        req: &RequestHeader,
+    ) -> Option<[u8; 16]> {
+        let mut variance = VarianceBuilder::new();
+        for vary in meta.headers().get_all(header::VARY) {
+            for name in vary.to_str().unwrap_or_default().split(',') {
+                let name = name.trim().to_ascii_lowercase();
+                if !name.is_empty() {
+                    let value = req
+                        .headers
+                        .get(&name)
+                        .map(|v| v.as_bytes().to_vec())
+                        .unwrap_or_default();
+                    variance.add_owned_name_value(name, value);
+                }
+            }
+        }
+        variance.finalize()
+    }
+
+    fn response_cache_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<RespCacheable> {
+        let Some(domain) = &ctx.domain else {
+            return Ok(RespCacheable::Uncacheable(
+                pingora_cache::NoCacheReason::NeverEnabled,
+            ));
+        };
+        let ttl = TtlPolicy {
+            default_ttl: domain.default_ttl,
+            error_ttl: domain.error_ttl,
+        };
+        let authorized = session.req_header().headers.contains_key(header::AUTHORIZATION);
+        Ok(policy::decide(resp, authorized, ttl))
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        let domain = ctx
+            .domain
+            .clone()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "request has no domain"))?;
+        let servers = &domain.origin.servers;
+        let mut last_error = None;
+        // A server whose name does not resolve is skipped like one that refuses connections.
+        while let Some(server) = servers.get(ctx.server_index) {
+            match upstream::resolve(server).await {
+                Ok(addr) => return Ok(Box::new(upstream::peer(addr, &domain.origin))),
+                Err(e) => {
+                    last_error = Some(e);
+                    ctx.server_index += 1;
+                }
+            }
+        }
+        let mut e =
+            last_error.unwrap_or_else(|| Error::explain(ErrorType::ConnectNoRoute, "no origin server left"));
+        e.as_up();
+        Err(e)
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        // Failover: the next server of the domain gets the next attempt.
+        let servers = ctx.domain.as_ref().map_or(0, |d| d.origin.servers.len());
+        if ctx.server_index + 1 < servers {
+            ctx.server_index += 1;
+            e.set_retry(true);
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(host) = ctx.domain.as_ref().and_then(|d| d.origin.host.as_deref()) {
+            upstream_request.insert_header(header::HOST, host)?;
+        }
+        upstream_request.append_header("cdn-loop", CDN_LOOP_TOKEN)?;
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        resp.insert_header("x-cache", cache_status(session))?;
+        if let Some(domain) = ctx.domain.clone() {
+            self.edge
+                .pages
+                .on_response_header(session, &domain.rules, &ctx.host, resp, &mut ctx.pages)
+                .await?;
+        }
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        self.edge.pages.on_response_body(body, &mut ctx.pages);
+        Ok(None)
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+        let client_gone = *e.esource() == ErrorSource::Downstream
+            && matches!(
+                e.etype(),
+                ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed
+            );
+        let status = pages::edge_status(e);
+        if client_gone || session.response_written().is_some() {
+            // Nothing can be sent: the client is gone or the response is already under way.
+            return FailToProxy {
+                error_code: if client_gone { 0 } else { status },
+                can_reuse_downstream: false,
+            };
+        }
+        let rules = ctx.domain.as_ref().map_or(&[][..], |d| &d.rules[..]);
+        let written = match self
+            .edge
+            .pages
+            .error_response(session, rules, &ctx.host, status, &mut ctx.pages)
+            .await
+        {
+            Ok((mut header, body)) => match header.insert_header("x-cache", cache_status(session)) {
+                Ok(()) => pages::write_whole(session, header, body).await,
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        if let Err(write_error) = written {
+            log::warn!("cannot send the {status} answer: {write_error}");
+        }
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: written_ok(session),
+        }
+    }
+}
+
+/// Whether the whole error answer went out, so the client's connection can carry on.
+fn written_ok(session: &Session) -> bool {
+    session.response_written().is_some()
+}
