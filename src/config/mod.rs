@@ -75,7 +75,13 @@ pub fn parse_yaml<T: DeserializeOwned>(file: &Path, text: &str) -> Result<T, Con
     serde_path_to_error::deserialize(de).map_err(|e| {
         let key = e.path().to_string();
         let key = if key == "." { String::new() } else { key };
-        ConfigError::new(file, key, e.into_inner().to_string())
+        // serde_yaml starts some messages with the key path itself.
+        let message = e.into_inner().to_string();
+        let message = message
+            .strip_prefix(&format!("{key}: "))
+            .unwrap_or(&message)
+            .to_string();
+        ConfigError::new(file, key, message)
     })
 }
 
@@ -145,9 +151,9 @@ impl EdgeSettings {
                 "the cache needs some memory; expected a size like 256MiB".into(),
             );
         }
-        // One object may take at most an eighth of the cache unless told otherwise, so a few
-        // large objects cannot flush everything else.
-        let cache_max_object = raw.cache.max_object.map_or(cache_memory / 8, |s| s.0 as usize);
+        // TinyUFO admits new entries through a probation queue of a tenth of its capacity, so
+        // a larger object would be evicted on arrival: by default it is not even buffered.
+        let cache_max_object = raw.cache.max_object.map_or(cache_memory / 10, |s| s.0 as usize);
         if cache_max_object > cache_memory {
             err("cache.max_object", "is larger than cache.memory".into());
         }

@@ -1,0 +1,440 @@
+//! The edge foundation end to end: routing, failover, caching, keep-alive, h2c and the CLI.
+
+mod common;
+
+use common::origin::{Origin, Reply};
+use common::{client, domain_yaml, get, Edge, EdgeOptions, Proto, PROTOS};
+use std::process::Command;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn routes_by_host_and_authority() {
+    let (a, b) = (Origin::start().await, Origin::start().await);
+    a.route("/", Reply::ok("site a"));
+    b.route("/", Reply::ok("site b"));
+    let edge = Edge::start(&[
+        ("a.yaml", domain_yaml("a.example.com", a.addr(), "")),
+        ("b.yaml", domain_yaml("b.example.com", b.addr(), "")),
+    ]);
+    for proto in PROTOS {
+        let c = client(&edge, proto, &["a.example.com", "b.example.com", "A.EXAMPLE.COM"]);
+        assert_eq!(
+            get(&c, &edge.url("a.example.com", "/")).await.body,
+            "site a",
+            "{proto:?}"
+        );
+        assert_eq!(
+            get(&c, &edge.url("b.example.com", "/")).await.body,
+            "site b",
+            "{proto:?}"
+        );
+        assert_eq!(
+            get(&c, &edge.url("A.EXAMPLE.COM", "/")).await.body,
+            "site a",
+            "{proto:?}"
+        );
+    }
+    // HTTP/1.1 Host header with port and trailing dot.
+    let raw = reqwest::Client::builder()
+        .no_proxy()
+        .http1_only()
+        .build()
+        .unwrap();
+    let got = common::send(
+        raw.get(format!("http://127.0.0.1:{}/", edge.port))
+            .header("host", "b.example.com.:80"),
+    )
+    .await;
+    assert_eq!(got.body, "site b");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exact_names_win_over_wildcards() {
+    let (wild, exact) = (Origin::start().await, Origin::start().await);
+    wild.route("/", Reply::ok("wildcard"));
+    exact.route("/", Reply::ok("exact"));
+    let edge = Edge::start(&[
+        ("wild.yaml", domain_yaml("*.example.com", wild.addr(), "")),
+        ("exact.yaml", domain_yaml("www.example.com", exact.addr(), "")),
+    ]);
+    let hosts = [
+        "www.example.com",
+        "img.example.com",
+        "a.b.example.com",
+        "example.com",
+    ];
+    for proto in PROTOS {
+        let c = client(&edge, proto, &hosts);
+        assert_eq!(get(&c, &edge.url("www.example.com", "/")).await.body, "exact");
+        assert_eq!(get(&c, &edge.url("img.example.com", "/")).await.body, "wildcard");
+        assert_eq!(get(&c, &edge.url("a.b.example.com", "/")).await.body, "wildcard");
+        // The bare name is not under the wildcard: the edge's own 404.
+        assert_eq!(get(&c, &edge.url("example.com", "/")).await.status, 404);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_host_gets_the_edge_404_page() {
+    let origin = Origin::start().await;
+    let edge = Edge::start(&[("a.yaml", domain_yaml("a.example.com", origin.addr(), ""))]);
+    for proto in PROTOS {
+        let c = client(&edge, proto, &["unknown.example.org"]);
+        let got = get(&c, &edge.url("unknown.example.org", "/anything")).await;
+        assert_eq!(got.status, 404);
+        assert!(got
+            .header("content-type")
+            .unwrap_or_default()
+            .starts_with("text/html"));
+        assert!(got.body.contains("404 Not Found"), "{}", got.body);
+    }
+    assert_eq!(
+        origin.all_requests().len(),
+        0,
+        "an unknown host never reaches an origin"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn next_server_is_tried_when_one_refuses() {
+    let live = Origin::start().await;
+    live.route("/", Reply::ok("from the second server"));
+    let dead = Origin::start().await;
+    let dead_addr = dead.addr();
+    drop(dead); // its port now refuses connections
+    let yaml = format!(
+        "domain: a.example.com\norigin:\n  servers: [\"{dead_addr}\", \"{}\"]\n  connect_timeout: 1s\n",
+        live.addr()
+    );
+    let edge = Edge::start(&[("a.yaml", yaml)]);
+    for proto in PROTOS {
+        let got = get(
+            &client(&edge, proto, &["a.example.com"]),
+            &edge.url("a.example.com", "/"),
+        )
+        .await;
+        assert_eq!(
+            (got.status, got.body.as_str()),
+            (200, "from the second server"),
+            "{proto:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cache_hits_after_a_miss_with_keys_per_host() {
+    let (a, b) = (Origin::start().await, Origin::start().await);
+    a.route(
+        "/logo.png",
+        Reply::ok("logo of a").header("cache-control", "max-age=60"),
+    );
+    b.route(
+        "/logo.png",
+        Reply::ok("logo of b").header("cache-control", "max-age=60"),
+    );
+    let edge = Edge::start(&[
+        ("a.yaml", domain_yaml("a.example.com", a.addr(), "")),
+        ("b.yaml", domain_yaml("b.example.com", b.addr(), "")),
+    ]);
+    let h1 = client(&edge, Proto::H1, &["a.example.com", "b.example.com"]);
+    let h2 = client(&edge, Proto::H2c, &["a.example.com", "b.example.com"]);
+    let first = get(&h1, &edge.url("a.example.com", "/logo.png")).await;
+    assert_eq!(
+        (first.body.as_str(), first.header("x-cache")),
+        ("logo of a", Some("MISS"))
+    );
+    let second = get(&h2, &edge.url("a.example.com", "/logo.png")).await;
+    assert_eq!(
+        (second.body.as_str(), second.header("x-cache")),
+        ("logo of a", Some("HIT"))
+    );
+    // Same path on another host: its own entry, over h2 first this time.
+    let other = get(&h2, &edge.url("b.example.com", "/logo.png")).await;
+    assert_eq!(
+        (other.body.as_str(), other.header("x-cache")),
+        ("logo of b", Some("MISS"))
+    );
+    let other = get(&h1, &edge.url("b.example.com", "/logo.png")).await;
+    assert_eq!(
+        (other.body.as_str(), other.header("x-cache")),
+        ("logo of b", Some("HIT"))
+    );
+    assert_eq!((a.hits("/logo.png"), b.hits("/logo.png")), (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn default_ttl_caches_responses_without_freshness() {
+    let origin = Origin::start().await;
+    origin.route("/plain", Reply::ok("no cache-control"));
+    let edge = Edge::start(&[
+        (
+            "a.yaml",
+            domain_yaml("a.example.com", origin.addr(), "cache:\n  default_ttl: 60s\n"),
+        ),
+        (
+            "b.yaml",
+            domain_yaml("b.example.com", origin.addr(), "cache:\n  default_ttl: 0s\n"),
+        ),
+    ]);
+    let c = client(&edge, Proto::H1, &["a.example.com", "b.example.com"]);
+    for _ in 0..3 {
+        assert_eq!(get(&c, &edge.url("a.example.com", "/plain")).await.status, 200);
+        assert_eq!(get(&c, &edge.url("b.example.com", "/plain")).await.status, 200);
+    }
+    let host_of = |host: &str| {
+        origin
+            .requests("/plain")
+            .iter()
+            .filter(|r| r.header("host").is_some_and(|h| h.starts_with(host)))
+            .count()
+    };
+    assert_eq!(
+        host_of("a.example.com"),
+        1,
+        "default_ttl 60s: cached after the first"
+    );
+    assert_eq!(host_of("b.example.com"), 3, "default_ttl 0s: never cached");
+    let last = get(&c, &edge.url("a.example.com", "/plain")).await;
+    assert_eq!(last.header("x-cache"), Some("HIT"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn error_ttl_keeps_origin_errors() {
+    let origin = Origin::start().await;
+    origin.route("/gone", Reply::new(404).body("origin 404"));
+    let edge = Edge::start(&[
+        (
+            "a.yaml",
+            domain_yaml("a.example.com", origin.addr(), "cache:\n  error_ttl: 1s\n"),
+        ),
+        (
+            "b.yaml",
+            domain_yaml("b.example.com", origin.addr(), "cache:\n  error_ttl: 0s\n"),
+        ),
+    ]);
+    let c = client(&edge, Proto::H2c, &["a.example.com", "b.example.com"]);
+    for _ in 0..3 {
+        let got = get(&c, &edge.url("a.example.com", "/gone")).await;
+        assert_eq!((got.status, got.body.as_str()), (404, "origin 404"));
+        get(&c, &edge.url("b.example.com", "/gone")).await;
+    }
+    let count = |host: &str| {
+        origin
+            .requests("/gone")
+            .iter()
+            .filter(|r| r.header("host").unwrap_or("").starts_with(host))
+            .count()
+    };
+    assert_eq!(count("a.example.com"), 1, "kept for error_ttl");
+    assert_eq!(count("b.example.com"), 3, "error_ttl 0s: not kept");
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let got = get(&c, &edge.url("a.example.com", "/gone")).await;
+    assert_eq!(got.status, 404);
+    assert_eq!(count("a.example.com"), 2, "fetched again once error_ttl passed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_misses_make_one_origin_request() {
+    let origin = Origin::start().await;
+    origin.route(
+        "/hot.js",
+        Reply::ok("hot")
+            .header("cache-control", "max-age=60")
+            .delay(Duration::from_millis(300)),
+    );
+    let edge = Edge::start(&[("a.yaml", domain_yaml("a.example.com", origin.addr(), ""))]);
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let c = client(&edge, PROTOS[i % 2], &["a.example.com"]);
+        let url = edge.url("a.example.com", "/hot.js");
+        tasks.push(tokio::spawn(async move { get(&c, &url).await }));
+    }
+    for task in tasks {
+        let got = task.await.unwrap();
+        assert_eq!((got.status, got.body.as_str()), (200, "hot"));
+    }
+    assert_eq!(
+        origin.hits("/hot.js"),
+        1,
+        "the cache lock lets one miss go to the origin"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn memory_bound_evicts_old_entries() {
+    let origin = Origin::start().await;
+    let object = "x".repeat(50 * 1024);
+    for i in 0..30 {
+        origin.route(
+            &format!("/obj{i}"),
+            Reply::ok(object.clone()).header("cache-control", "max-age=600"),
+        );
+    }
+    let options = EdgeOptions {
+        edge_extra: "cache:\n  memory: 1MiB\n".into(),
+        ..EdgeOptions::default()
+    };
+    let edge = Edge::start_with(
+        options,
+        &[("a.yaml", domain_yaml("a.example.com", origin.addr(), ""))],
+    );
+    let c = client(&edge, Proto::H1, &["a.example.com"]);
+    // Touch each object twice so the admission policy has seen it before.
+    for i in 0..30 {
+        for _ in 0..2 {
+            let got = get(&c, &edge.url("a.example.com", &format!("/obj{i}"))).await;
+            assert_eq!(got.body.len(), object.len());
+        }
+    }
+    // 30 × 50 KiB cannot fit in 1 MiB: many objects must have been evicted.
+    // Newest first, so the misses below do not evict what is still to be checked.
+    let mut hits = 0;
+    for i in (0..30).rev() {
+        let got = get(&c, &edge.url("a.example.com", &format!("/obj{i}"))).await;
+        hits += usize::from(got.header("x-cache") == Some("HIT"));
+    }
+    assert!(
+        hits <= 20,
+        "at most ~1 MiB of 50 KiB objects stays cached, got {hits} hits"
+    );
+    assert!(hits >= 1, "recent objects stay cached, got {hits} hits");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn origin_connections_are_reused() {
+    let origin = Origin::start().await;
+    origin.route("/api", Reply::ok("dynamic").header("cache-control", "no-store"));
+    let edge = Edge::start(&[("a.yaml", domain_yaml("a.example.com", origin.addr(), ""))]);
+    let c = client(&edge, Proto::H1, &["a.example.com"]);
+    for _ in 0..10 {
+        assert_eq!(get(&c, &edge.url("a.example.com", "/api")).await.body, "dynamic");
+    }
+    assert_eq!(origin.hits("/api"), 10);
+    assert!(
+        origin.connections() <= 2,
+        "pooled: {} connections for 10 requests",
+        origin.connections()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn h2c_with_prior_knowledge() {
+    let origin = Origin::start().await;
+    origin.route("/", Reply::ok("hello"));
+    let edge = Edge::start(&[("a.yaml", domain_yaml("a.example.com", origin.addr(), ""))]);
+    let got = get(
+        &client(&edge, Proto::H2c, &["a.example.com"]),
+        &edge.url("a.example.com", "/"),
+    )
+    .await;
+    assert_eq!(got.version, reqwest::Version::HTTP_2);
+    assert_eq!((got.status, got.body.as_str()), (200, "hello"));
+    let got = get(
+        &client(&edge, Proto::H1, &["a.example.com"]),
+        &edge.url("a.example.com", "/"),
+    )
+    .await;
+    assert_eq!(got.version, reqwest::Version::HTTP_11);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn origin_host_header_is_sent_when_configured() {
+    let origin = Origin::start().await;
+    origin.route("/", Reply::ok("ok"));
+    let yaml = format!(
+        "domain: a.example.com\norigin:\n  servers: [\"{}\"]\n  host: origin.example.net\n",
+        origin.addr()
+    );
+    let edge = Edge::start(&[("a.yaml", yaml)]);
+    get(
+        &client(&edge, Proto::H2c, &["a.example.com"]),
+        &edge.url("a.example.com", "/"),
+    )
+    .await;
+    get(
+        &client(&edge, Proto::H1, &["a.example.com"]),
+        &edge.url("a.example.com", "/"),
+    )
+    .await;
+    let hosts: Vec<String> = origin
+        .requests("/")
+        .iter()
+        .map(|r| r.header("host").unwrap_or("").to_string())
+        .collect();
+    assert_eq!(hosts, ["origin.example.net", "origin.example.net"]);
+}
+
+fn check_config(dir: &std::path::Path) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_custom-pages"))
+        .arg("-t")
+        .arg("-c")
+        .arg(dir.join("edge.yaml"))
+        .output()
+        .expect("run custom-pages -t");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn dash_t_accepts_the_shipped_configuration() {
+    let out = Command::new(env!("CARGO_BIN_EXE_custom-pages"))
+        .args(["-t", "-c", concat!(env!("CARGO_MANIFEST_DIR"), "/conf/edge.yaml")])
+        .output()
+        .expect("run custom-pages -t");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn dash_t_names_file_and_key_of_every_error() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("domains")).unwrap();
+    std::fs::write(
+        dir.path().join("edge.yaml"),
+        "listen: [\"127.0.0.1:1\"]\ndomains: domains\n",
+    )
+    .unwrap();
+    let domains = dir.path().join("domains");
+    std::fs::write(
+        domains.join("good.yaml"),
+        "domain: a.example.com\norigin: {servers: [\"127.0.0.1:1\"]}\n",
+    )
+    .unwrap();
+    assert_eq!(check_config(dir.path()).0, true);
+
+    std::fs::write(
+        domains.join("typo.yaml"),
+        "domain: b.example.com\norign: {servers: [\"127.0.0.1:1\"]}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        domains.join("timeout.yaml"),
+        "domain: c.example.com\norigin: {servers: [\"127.0.0.1:1\"], read_timeout: soon}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        domains.join("dup.yaml"),
+        "domain: A.example.com\norigin: {servers: [\"127.0.0.1:1\"]}\n",
+    )
+    .unwrap();
+    let (ok, stderr) = check_config(dir.path());
+    assert!(!ok);
+    assert!(
+        stderr.contains("typo.yaml") && stderr.contains("orign"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("timeout.yaml: origin.read_timeout"), "{stderr}");
+    assert!(
+        stderr.contains("already claimed") && stderr.contains("dup.yaml") && stderr.contains("good.yaml"),
+        "{stderr}"
+    );
+
+    std::fs::write(
+        dir.path().join("edge.yaml"),
+        "listen: [\"127.0.0.1:1\"]\nthreads: zero\n",
+    )
+    .unwrap();
+    let (ok, stderr) = check_config(dir.path());
+    assert!(!ok);
+    assert!(stderr.contains("edge.yaml: threads"), "{stderr}");
+}
