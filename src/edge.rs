@@ -2,22 +2,40 @@
 //! reload), the custom pages module and the content cache.
 
 use crate::cache::MemoryStorage;
-use crate::config::{Domains, EdgeSettings};
+use crate::config::{self, ConfigError, Domains, EdgeSettings, PageSettings};
 use crate::pages::{CustomPages, PageStore};
 use arc_swap::ArcSwap;
+use log::{error, info, warn};
+use parking_lot::Mutex;
 use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 pub struct Edge {
+    /// The settings the edge started with; `pages` may change live (see [`Edge::pages_settings`]).
     pub settings: EdgeSettings,
     domains: ArcSwap<Domains>,
-    /// Bumped on every applied configuration.
-    version: AtomicU64,
     pub pages: CustomPages,
     /// Pingora's cache takes `&'static` storage and lock: one of each lives for the process.
     pub storage: &'static MemoryStorage,
     pub cache_lock: &'static CacheKeyLockImpl,
+    status: Mutex<ReloadStatus>,
+    /// Serializes reloads, whoever asks (file watcher, admin API).
+    reloading: tokio::sync::Mutex<()>,
+}
+
+/// What `GET /api/status` reports.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReloadStatus {
+    /// Bumped on every applied configuration.
+    pub version: u64,
+    /// When the last reload was tried (RFC 3339), and whether it was applied.
+    pub last_reload_at: Option<String>,
+    pub last_reload_ok: bool,
+    /// Errors of the last reload; the configuration before it keeps serving.
+    pub errors: Vec<ConfigError>,
+    /// Edge file keys changed on disk that only a restart applies.
+    pub restart_required: Vec<&'static str>,
 }
 
 impl Edge {
@@ -32,10 +50,17 @@ impl Edge {
         Arc::new(Edge {
             settings,
             domains: ArcSwap::from_pointee(domains),
-            version: AtomicU64::new(1),
             pages: CustomPages::new(store),
             storage,
             cache_lock,
+            status: Mutex::new(ReloadStatus {
+                version: 1,
+                last_reload_at: None,
+                last_reload_ok: true,
+                errors: Vec::new(),
+                restart_required: Vec::new(),
+            }),
+            reloading: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -50,18 +75,58 @@ impl Edge {
         self.domains.load_full()
     }
 
-    pub fn version(&self) -> u64 {
-        self.version.load(Ordering::Relaxed)
+    pub fn status(&self) -> ReloadStatus {
+        self.status.lock().clone()
+    }
+
+    /// Re-reads the edge file and every domain file with the same code as `custom-pages -t`,
+    /// and applies the result if it is valid. An invalid configuration changes nothing: the
+    /// last good one keeps serving and the errors are logged and kept for `/api/status`.
+    pub async fn reload(&self) -> Result<u64, config::ConfigErrors> {
+        let _one_at_a_time = self.reloading.lock().await;
+        let loaded = config::EdgeSettings::load(&self.settings.file)
+            .and_then(|newer| Ok((Domains::load_dir(&self.settings.domains_dir)?, newer)));
+        let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+        match loaded {
+            Ok((domains, newer)) => {
+                let restart_required = self.settings.restart_needed_for(&newer);
+                if !restart_required.is_empty() {
+                    warn!(
+                        "edge file changes need a restart to apply: {}",
+                        restart_required.join(", ")
+                    );
+                }
+                let version = self.apply(domains, &newer.pages).await;
+                info!("configuration {version} applied");
+                let mut status = self.status.lock();
+                status.version = version;
+                status.last_reload_at = Some(now);
+                status.last_reload_ok = true;
+                status.errors.clear();
+                status.restart_required = restart_required;
+                Ok(version)
+            }
+            Err(errors) => {
+                for e in &errors.0 {
+                    error!("configuration not applied: {e}");
+                }
+                let mut status = self.status.lock();
+                status.last_reload_at = Some(now);
+                status.last_reload_ok = false;
+                status.errors = errors.0.clone();
+                Err(errors)
+            }
+        }
     }
 
     /// Applies a validated domain set: its new pages are fetched first, then it replaces the
     /// old one in one atomic swap, then pages no rule uses any more are dropped.
-    pub async fn apply(&self, domains: Domains) -> u64 {
+    async fn apply(&self, domains: Domains, pages: &PageSettings) -> u64 {
         let store = self.pages.store();
-        store.sync(&domains, &self.settings.pages).await;
+        store.sync(&domains, pages).await;
         self.domains.store(Arc::new(domains));
-        let version = self.version.fetch_add(1, Ordering::Relaxed) + 1;
         store.retain(&self.domains.load()).await;
+        let version = self.status.lock().version + 1;
         version
     }
 }

@@ -1,13 +1,15 @@
 //! `custom-pages`: the CLI and the server wiring.
 
 use clap::Parser;
-use custom_pages::config;
+use custom_pages::admin::{self, AdminApi};
+use custom_pages::config::{self, watch};
 use custom_pages::edge::Edge;
 use custom_pages::proxy::EdgeProxy;
 use pingora_core::apps::HttpServerOptions;
 use pingora_core::server::configuration::Opt;
 use pingora_core::server::{Server, ShutdownWatch};
 use pingora_core::services::background::{background_service, BackgroundService};
+use pingora_core::services::listening::Service;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -42,6 +44,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let admin_token = match admin::load_token(settings.admin_token_file.as_ref()) {
+        Ok(token) => token,
+        Err(e) => {
+            eprintln!("{}: {e}", cli.conf.display());
+            return ExitCode::FAILURE;
+        }
+    };
     if cli.test {
         println!(
             "custom-pages: configuration OK: {} and {} domain(s) in {}",
@@ -51,10 +60,15 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    run(cli, settings, domains)
+    run(cli, settings, domains, admin_token)
 }
 
-fn run(cli: Cli, mut settings: config::EdgeSettings, domains: config::Domains) -> ExitCode {
+fn run(
+    cli: Cli,
+    mut settings: config::EdgeSettings,
+    domains: config::Domains,
+    admin_token: Option<String>,
+) -> ExitCode {
     let opt = Opt {
         upgrade: cli.upgrade,
         daemon: cli.daemon,
@@ -82,6 +96,19 @@ fn run(cli: Cli, mut settings: config::EdgeSettings, domains: config::Domains) -
         app.server_options = Some(options);
     }
     server.add_service(proxy);
+    let admin_listen = edge.settings.admin_listen;
+    match admin_token {
+        Some(token) => {
+            let mut api = Service::new("admin".to_string(), AdminApi::new(edge.clone(), token));
+            api.add_tcp(&admin_listen.to_string());
+            server.add_service(api);
+        }
+        None if admin_listen.ip().is_loopback() => log::warn!(
+            "admin API not started: no token (set admin.token_file or {})",
+            admin::TOKEN_ENV
+        ),
+        None => log::warn!("admin API refuses to listen on the non-loopback {admin_listen} without a token"),
+    }
     server.add_service(background_service("control", Control { edge }));
     server.run_forever()
 }
@@ -95,6 +122,26 @@ struct Control {
 impl BackgroundService for Control {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         self.edge.start().await;
-        let _ = shutdown.changed().await;
+        let settings = &self.edge.settings;
+        let (_watcher, mut changes) = match watch::watch(&settings.file, &settings.domains_dir) {
+            Ok(watching) => watching,
+            Err(e) => {
+                log::error!("cannot watch the configuration, changes need a restart: {e}");
+                let _ = shutdown.changed().await;
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                changed = watch::next_change(&mut changes) => {
+                    if !changed {
+                        return;
+                    }
+                    // Errors are logged and reported by /api/status; the last good configuration stays.
+                    let _ = self.edge.reload().await;
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
     }
 }

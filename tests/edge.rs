@@ -400,7 +400,7 @@ fn dash_t_names_file_and_key_of_every_error() {
         "domain: a.example.com\norigin: {servers: [\"127.0.0.1:1\"]}\n",
     )
     .unwrap();
-    assert_eq!(check_config(dir.path()).0, true);
+    assert!(check_config(dir.path()).0);
 
     std::fs::write(
         domains.join("typo.yaml"),

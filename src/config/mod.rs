@@ -7,6 +7,7 @@
 pub mod domain;
 pub mod edge;
 pub mod values;
+pub mod watch;
 
 pub use domain::{Domain, DomainFile, Origin, Rule, RuleSpec, Source};
 pub use values::{CodePattern, DomainName, PageUrl};
@@ -212,6 +213,38 @@ impl EdgeSettings {
     }
 }
 
+impl EdgeSettings {
+    /// The keys of `newer` that differ from these settings and only take effect on restart
+    /// (everything but `pages`, which applies live).
+    pub fn restart_needed_for(&self, newer: &EdgeSettings) -> Vec<&'static str> {
+        let mut keys = Vec::new();
+        let mut check = |key, differs: bool| {
+            if differs {
+                keys.push(key)
+            }
+        };
+        check("listen", self.listen != newer.listen);
+        check("threads", self.threads != newer.threads);
+        check("cache.memory", self.cache_memory != newer.cache_memory);
+        check(
+            "cache.max_object",
+            self.cache_max_object != newer.cache_max_object,
+        );
+        check(
+            "cache.lock_timeout",
+            self.cache_lock_timeout != newer.cache_lock_timeout,
+        );
+        check("domains", self.domains_dir != newer.domains_dir);
+        check("admin.listen", self.admin_listen != newer.admin_listen);
+        check(
+            "admin.token_file",
+            self.admin_token_file != newer.admin_token_file,
+        );
+        check("server", self.server.to_yaml() != newer.server.to_yaml());
+        keys
+    }
+}
+
 /// Builds Pingora's server settings from the `server` pass-through section. Keys Pingora does
 /// not know are errors, like everywhere else. Shutdown waits default to 5 s instead of
 /// Pingora's 300 s so a stop or an upgrade does not linger for minutes.
@@ -288,27 +321,15 @@ impl Domains {
     /// Loads every `*.yaml` / `*.yml` file of the domains folder. Hidden files and other names
     /// (editor backups, temporary files) are ignored.
     pub fn load_dir(dir: &Path) -> Result<Domains, ConfigErrors> {
-        let entries = std::fs::read_dir(dir).map_err(|e| {
-            ConfigErrors(vec![ConfigError::new(
-                dir,
-                "",
-                format!("cannot read the domains folder: {e}"),
-            )])
-        })?;
-        let mut files: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| is_domain_file(p))
-            .collect();
-        files.sort();
-        let mut loaded = Vec::new();
+        let mut parsed = Vec::new();
         let mut errors = Vec::new();
-        for file in files {
-            match read_file(&file).and_then(|text| parse_yaml::<DomainFile>(&file, &text)) {
-                Ok(spec) => loaded.push((file, spec)),
+        for (file, result) in read_dir_files(dir)? {
+            match result {
+                Ok(spec) => parsed.push((file, spec)),
                 Err(e) => errors.push(e),
             }
         }
-        match Domains::build(loaded) {
+        match Domains::build(parsed) {
             Ok(domains) if errors.is_empty() => Ok(domains),
             Ok(_) => Err(ConfigErrors(errors)),
             Err(ConfigErrors(more)) => {
@@ -376,6 +397,48 @@ impl Domains {
             Err(ConfigErrors(errors))
         }
     }
+}
+
+/// A domain file's path with its parsed content or its error.
+pub type ParsedFile = (PathBuf, Result<DomainFile, ConfigError>);
+
+/// Every domain file of the folder, sorted by name, each parsed or with its error.
+pub fn read_dir_files(dir: &Path) -> Result<Vec<ParsedFile>, ConfigErrors> {
+    let entries = std::fs::read_dir(dir).map_err(|e| {
+        ConfigErrors(vec![ConfigError::new(
+            dir,
+            "",
+            format!("cannot read the domains folder: {e}"),
+        )])
+    })?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| is_domain_file(p))
+        .collect();
+    files.sort();
+    Ok(files
+        .into_iter()
+        .map(|file| {
+            let parsed = read_file(&file).and_then(|text| parse_yaml::<DomainFile>(&file, &text));
+            (file, parsed)
+        })
+        .collect())
+}
+
+/// Replaces a domain file atomically: a hidden temporary file in the same folder (which the
+/// loader ignores), flushed to disk, then renamed over the old one.
+pub fn write_domain_file(file: &Path, spec: &DomainFile) -> std::io::Result<()> {
+    use std::io::Write;
+    let yaml = serde_yaml::to_string(spec).map_err(std::io::Error::other)?;
+    let dir = file.parent().unwrap_or(Path::new("."));
+    let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("domain.yaml");
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let mut out = std::fs::File::create(&tmp)?;
+    out.write_all(yaml.as_bytes())?;
+    out.sync_all()?;
+    std::fs::rename(&tmp, file).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
 }
 
 fn is_domain_file(path: &Path) -> bool {

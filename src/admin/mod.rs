@@ -1,0 +1,474 @@
+//! The admin API: JSON over HTTP on `admin.listen`, every call behind a bearer token.
+//!
+//! Changes are written to the domain's YAML file (atomically) and applied through the same
+//! reload path as a file edit, so the files stay the one source of truth: what the API set
+//! is what a restart serves.
+
+use crate::config::{self, CodePattern, ConfigError, DomainFile, PageUrl, RuleSpec, Source};
+use crate::edge::Edge;
+use async_trait::async_trait;
+use http::{Method, Response, StatusCode};
+use log::info;
+use pingora_core::apps::http_app::ServeHttp;
+use pingora_core::protocols::http::ServerSession;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Request bodies larger than this are refused; a rule is a few hundred bytes.
+const MAX_BODY: usize = 64 * 1024;
+/// Environment variable holding the token when `admin.token_file` is not set.
+pub const TOKEN_ENV: &str = "CUSTOM_PAGES_ADMIN_TOKEN";
+
+pub struct AdminApi {
+    edge: Arc<Edge>,
+    token: String,
+    /// Serializes read-modify-write of domain files.
+    writes: tokio::sync::Mutex<()>,
+}
+
+/// The token from `admin.token_file`, else from the environment. `Ok(None)`: none configured.
+pub fn load_token(token_file: Option<&PathBuf>) -> Result<Option<String>, String> {
+    let token = match token_file {
+        Some(file) => std::fs::read_to_string(file)
+            .map_err(|e| format!("admin.token_file {}: cannot read: {e}", file.display()))?,
+        None => std::env::var(TOKEN_ENV).unwrap_or_default(),
+    };
+    let token = token.trim().to_string();
+    Ok((!token.is_empty()).then_some(token))
+}
+
+/// An error answer: status and a JSON body naming the field at fault, if any.
+struct ApiError {
+    status: StatusCode,
+    message: String,
+    field: Option<String>,
+    details: Vec<ConfigError>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+            field: None,
+            details: Vec::new(),
+        }
+    }
+    fn field(field: &str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            field: Some(field.to_string()),
+            ..ApiError::new(StatusCode::BAD_REQUEST, message)
+        }
+    }
+}
+
+type ApiResult = Result<(StatusCode, Value), ApiError>;
+
+/// The JSON body of `PUT .../custom-pages/{code}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleBody {
+    url: String,
+    #[serde(default)]
+    status: Option<u16>,
+    #[serde(default)]
+    redirect: Option<u16>,
+    #[serde(default)]
+    source: Option<Source>,
+}
+
+impl AdminApi {
+    pub fn new(edge: Arc<Edge>, token: String) -> AdminApi {
+        AdminApi {
+            edge,
+            token,
+            writes: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn authorized(&self, session: &ServerSession) -> bool {
+        let presented = session
+            .req_header()
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        constant_time_eq(presented.trim().as_bytes(), self.token.as_bytes())
+    }
+
+    async fn route(&self, session: &mut ServerSession) -> ApiResult {
+        let method = session.req_header().method.clone();
+        let path = session.req_header().uri.path().to_string();
+        let segments: Vec<String> = path.trim_matches('/').split('/').map(percent_decode).collect();
+        let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+        match (&method, segments.as_slice()) {
+            (&Method::GET, ["api", "status"]) => Ok((StatusCode::OK, json!(self.edge.status()))),
+            (&Method::GET, ["api", "domains"]) => Ok((StatusCode::OK, self.list_domains())),
+            (&Method::GET, ["api", "domains", domain, "custom-pages"]) => self.domain_rules(domain),
+            (&Method::PUT, ["api", "domains", domain, "custom-pages", code]) => {
+                let body = read_body(session).await?;
+                self.put_rule(domain, code, &body).await
+            }
+            (&Method::DELETE, ["api", "domains", domain, "custom-pages", code]) => {
+                self.delete_rule(domain, code).await
+            }
+            (&Method::POST, ["api", "domains", domain, "custom-pages", code, "refresh"]) => {
+                self.refresh(domain, code).await
+            }
+            (_, ["api", "status"] | ["api", "domains"] | ["api", "domains", _, "custom-pages", ..]) => {
+                Err(ApiError::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    format!("{method} is not allowed on {path}"),
+                ))
+            }
+            _ => Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no such endpoint: {path}"),
+            )),
+        }
+    }
+
+    fn list_domains(&self) -> Value {
+        let domains = self.edge.domains();
+        let list: Vec<Value> = domains
+            .iter()
+            .map(|d| json!({"domain": d.name.to_string(), "file": d.file, "custom_pages": d.spec.custom_pages}))
+            .collect();
+        json!({ "domains": list })
+    }
+
+    fn domain_rules(&self, name: &str) -> ApiResult {
+        let domains = self.edge.domains();
+        let domain = domains.by_name(name).ok_or_else(|| unknown_domain(name))?;
+        let store = self.edge.pages.store();
+        let rules: Vec<Value> = domain
+            .spec
+            .custom_pages
+            .iter()
+            .map(|rule| {
+                let mut value = json!(rule);
+                let page = if rule.redirect.is_some() {
+                    Value::Null
+                } else {
+                    json!(store.info(rule.url.as_str()))
+                };
+                value["page"] = page;
+                value
+            })
+            .collect();
+        Ok((
+            StatusCode::OK,
+            json!({"domain": domain.name.to_string(), "custom_pages": rules}),
+        ))
+    }
+
+    async fn put_rule(&self, domain: &str, code: &str, body: &[u8]) -> ApiResult {
+        let code: CodePattern = code.parse().map_err(|e: String| ApiError::field("code", e))?;
+        let body = parse_rule_body(body)?;
+        let url: PageUrl = body.url.parse().map_err(|e: String| ApiError::field("url", e))?;
+        let rule = RuleSpec {
+            code,
+            url,
+            source: body.source.unwrap_or_default(),
+            status: body.status,
+            redirect: body.redirect,
+        };
+        rule.check().map_err(|(field, e)| ApiError::field(field, e))?;
+        let created = self
+            .change_rules(domain, |rules| {
+                match rules.iter().position(|r| r.code == rule.code) {
+                    Some(i) => {
+                        rules[i] = rule.clone();
+                        Ok(false)
+                    }
+                    None => {
+                        rules.push(rule.clone());
+                        Ok(true)
+                    }
+                }
+            })
+            .await?;
+        let version = self.edge.status().version;
+        let status = if created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        };
+        Ok((
+            status,
+            json!({"domain": domain, "rule": rule, "version": version}),
+        ))
+    }
+
+    async fn delete_rule(&self, domain: &str, code: &str) -> ApiResult {
+        let code: CodePattern = code.parse().map_err(|e: String| ApiError::field("code", e))?;
+        self.change_rules(domain, |rules| {
+            let before = rules.len();
+            rules.retain(|r| r.code != code);
+            if rules.len() == before {
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    format!("{domain} has no rule for code {code}"),
+                ));
+            }
+            Ok(())
+        })
+        .await?;
+        Ok((
+            StatusCode::OK,
+            json!({"domain": domain, "deleted": code.to_string(), "version": self.edge.status().version}),
+        ))
+    }
+
+    /// Read-modify-write of one domain's rules: the file on disk is read, changed, validated
+    /// together with every other domain file (the same code as `-t` and reloads), written
+    /// atomically, and applied. A rejected change writes nothing.
+    async fn change_rules<T>(
+        &self,
+        domain: &str,
+        change: impl FnOnce(&mut Vec<RuleSpec>) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        let _one_writer = self.writes.lock().await;
+        let wanted: config::DomainName = domain.parse().map_err(|_| unknown_domain(domain))?;
+        let files = config::read_dir_files(&self.edge.settings.domains_dir).map_err(conflict)?;
+        let mut parsed: Vec<(PathBuf, DomainFile)> = Vec::new();
+        let mut broken = Vec::new();
+        for (file, result) in files {
+            match result {
+                Ok(spec) => parsed.push((file, spec)),
+                Err(e) => broken.push(e),
+            }
+        }
+        let index = parsed
+            .iter()
+            .position(|(_, spec)| {
+                spec.domain
+                    .parse::<config::DomainName>()
+                    .is_ok_and(|n| n == wanted)
+            })
+            .ok_or_else(|| unknown_domain(domain))?;
+        let outcome = change(&mut parsed[index].1.custom_pages)?;
+        let (file, spec) = parsed[index].clone();
+        if let Err(errors) = config::Domains::build(parsed) {
+            let (ours, others): (Vec<ConfigError>, Vec<ConfigError>) =
+                errors.0.into_iter().partition(|e| e.file == file);
+            if let Some(first) = ours.first() {
+                let field = first.key.rsplit('.').next().unwrap_or("body");
+                let mut e = ApiError::field(field, first.message.clone());
+                e.details = ours;
+                return Err(e);
+            }
+            broken.extend(others);
+        }
+        if !broken.is_empty() {
+            return Err(conflict(config::ConfigErrors(broken)));
+        }
+        config::write_domain_file(&file, &spec).map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot write {}: {e}", file.display()),
+            )
+        })?;
+        info!("admin API changed the rules of {domain} in {}", file.display());
+        self.edge.reload().await.map_err(conflict)?;
+        Ok(outcome)
+    }
+
+    async fn refresh(&self, domain: &str, code: &str) -> ApiResult {
+        let code: CodePattern = code.parse().map_err(|e: String| ApiError::field("code", e))?;
+        let domains = self.edge.domains();
+        let domain = domains.by_name(domain).ok_or_else(|| unknown_domain(domain))?;
+        let rule = domain.rules.iter().find(|r| r.code == code).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("{} has no rule for code {code}", domain.name),
+            )
+        })?;
+        if !rule.in_place() {
+            return Err(ApiError::field(
+                "code",
+                format!("the rule for {code} redirects; it has no page to fetch"),
+            ));
+        }
+        let store = self.edge.pages.store();
+        match store.refresh(rule.url.as_str()).await {
+            Ok(_) => Ok((StatusCode::OK, json!(store.info(rule.url.as_str())))),
+            Err(reason) => Err(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                format!("cannot fetch {}: {reason}", rule.url.as_str()),
+            )),
+        }
+    }
+}
+
+#[async_trait]
+impl ServeHttp for AdminApi {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        if !self.authorized(session) {
+            let mut resp = json_response(
+                StatusCode::UNAUTHORIZED,
+                &json!({"error": "missing or wrong token: send Authorization: Bearer <token>"}),
+            );
+            resp.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer"),
+            );
+            return resp;
+        }
+        match self.route(session).await {
+            Ok((status, body)) => json_response(status, &body),
+            Err(e) => {
+                let mut body = json!({"error": e.message});
+                if let Some(field) = e.field {
+                    body["field"] = json!(field);
+                }
+                if !e.details.is_empty() {
+                    body["details"] = json!(e.details);
+                }
+                json_response(e.status, &body)
+            }
+        }
+    }
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response<Vec<u8>> {
+    let mut bytes = serde_json::to_vec_pretty(body).unwrap_or_default();
+    bytes.push(b'\n');
+    let mut resp = Response::new(Vec::new());
+    *resp.status_mut() = status;
+    let headers = resp.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    headers.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(bytes.len()));
+    headers.insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    *resp.body_mut() = bytes;
+    resp
+}
+
+async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, ApiError> {
+    let mut body = Vec::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > MAX_BODY {
+                    return Err(ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("body over {MAX_BODY} bytes"),
+                    ));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body),
+            Err(e) => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot read the body: {e}"),
+                ))
+            }
+        }
+    }
+}
+
+fn parse_rule_body(body: &[u8]) -> Result<RuleBody, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let message = e.inner().to_string();
+        let field = if path != "." {
+            path
+        } else if let Some(unknown) = message
+            .split('`')
+            .nth(1)
+            .filter(|_| message.starts_with("unknown field"))
+        {
+            unknown.to_string()
+        } else if message.starts_with("missing field") {
+            message.split('`').nth(1).unwrap_or("body").to_string()
+        } else {
+            "body".to_string()
+        };
+        ApiError::field(&field, format!("invalid JSON body: {message}"))
+    })
+}
+
+fn unknown_domain(name: &str) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, format!("no domain named {name} is served"))
+}
+
+fn conflict(errors: config::ConfigErrors) -> ApiError {
+    ApiError {
+        details: errors.0,
+        ..ApiError::new(
+            StatusCode::CONFLICT,
+            "the configuration on disk has errors; fix them before changing rules through the API",
+        )
+    }
+}
+
+/// Decodes `%XX` escapes in a path segment (`%2A.example.com` → `*.example.com`).
+fn percent_decode(segment: &str) -> String {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Compares secrets without leaking where they differ through timing.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_errors_name_the_field() {
+        let field = |body: &str| parse_rule_body(body.as_bytes()).unwrap_err().field.unwrap();
+        assert_eq!(field(r#"{"url": "http://a.com/x", "colour": 1}"#), "colour");
+        assert_eq!(field(r#"{"status": 404}"#), "url");
+        assert_eq!(field(r#"{"url": 5}"#), "url");
+        assert_eq!(field(r#"{"url": "http://a.com/x", "source": "moon"}"#), "source");
+        assert_eq!(field("{not json"), "body");
+        assert!(parse_rule_body(br#"{"url": "http://a.com/x", "status": 503}"#).is_ok());
+    }
+
+    #[test]
+    fn path_segments_decode() {
+        assert_eq!(percent_decode("%2A.example.com"), "*.example.com");
+        assert_eq!(percent_decode("5xx"), "5xx");
+        assert_eq!(percent_decode("bad%zz"), "bad%zz");
+    }
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"", b"secret"));
+    }
+}

@@ -1,0 +1,1297 @@
+//! Integration tests for the custom error pages (issue 3): the real edge binary in front of the
+//! scriptable origin, over HTTP/1.1 and h2c.
+//!
+//! Every test starts its own origin and edge, so tests run in parallel without interfering.
+//! Pages are fetched by the edge when its configuration loads; tests that depend on a page
+//! being held (origin stopped afterwards) wait for the edge's "fetched" log line first.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::origin::{Origin, Reply};
+use common::{client, domain_yaml, get, send, Edge, EdgeOptions, Got, Proto, PROTOS};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const EXP: &str = "exp.example.com";
+const PAGE_404_URL: &str = "http://exp.example.com/error404.html";
+const PAGE_5XX_URL: &str = "http://exp.example.com/error5xx.html";
+/// The 404 page, with a Content-Type that neither the origin's errors nor the built-in pages
+/// use, so the test can tell whose type the client got.
+const PAGE_404: &str =
+    "<!DOCTYPE html>\n<html><head><title>Lost?</title></head><body><h1>Custom 404 page</h1></body></html>\n";
+const PAGE_404_TYPE: &str = "text/html; charset=iso-8859-1";
+const PAGE_5XX: &str = "<!DOCTYPE html>\n<html><body><h1>Custom 5xx page: we are on it</h1></body></html>\n";
+const PAGE_5XX_TYPE: &str = "text/html; charset=utf-8";
+
+const RULE_404: &str = "  - code: 404\n    url: http://exp.example.com/error404.html\n";
+const RULE_5XX: &str = "  - code: \"5xx\"\n    url: http://exp.example.com/error5xx.html\n";
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+/// A page as the origin serves it: 200 with this body and type.
+fn page(body: &str, content_type: &str) -> Reply {
+    Reply::new(200).header("content-type", content_type).body(body)
+}
+
+/// An origin serving the standard 404 and 5xx pages (routes must exist before the edge starts,
+/// since the edge fetches pages when its configuration loads).
+async fn origin_with_pages() -> Origin {
+    let origin = Origin::start().await;
+    origin.route("/error404.html", page(PAGE_404, PAGE_404_TYPE));
+    origin.route("/error5xx.html", page(PAGE_5XX, PAGE_5XX_TYPE));
+    origin.route("/ok", Reply::ok("fine"));
+    origin
+}
+
+/// `pages:` settings with this refresh interval (max_size 64KiB, fetch_timeout 2s).
+fn pages_options(refresh: &str) -> EdgeOptions {
+    EdgeOptions {
+        edge_extra: format!("pages:\n  max_size: 64KiB\n  refresh: {refresh}\n  fetch_timeout: 2s\n"),
+        ..EdgeOptions::default()
+    }
+}
+
+/// Starts the edge off the async workers (starting blocks while it waits for the listener).
+async fn start_edge(options: EdgeOptions, domains: Vec<(&'static str, String)>) -> Edge {
+    tokio::task::spawn_blocking(move || Edge::start_with(options, &domains))
+        .await
+        .expect("edge start")
+}
+
+/// The edge with one domain, exp.example.com, proxied to `origin`, with `extra` YAML.
+async fn start_exp(origin: &Origin, extra: &str) -> Edge {
+    start_edge(
+        EdgeOptions::default(),
+        vec![("exp.yaml", domain_yaml(EXP, origin.addr(), extra))],
+    )
+    .await
+}
+
+/// The last lines of the edge's log, for assertion messages.
+fn log_tail(edge: &Edge) -> String {
+    let log = edge.log();
+    let lines: Vec<&str> = log.lines().collect();
+    let from = lines.len().saturating_sub(80);
+    format!(
+        "--- edge log (last {} lines) ---\n{}",
+        lines.len() - from,
+        lines[from..].join("\n")
+    )
+}
+
+/// Waits until the edge's log has a line containing every one of `needles`.
+async fn wait_log_line(edge: &Edge, needles: &[&str], within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if log_line(edge, needles).is_some() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// The first log line containing every one of `needles`.
+fn log_line(edge: &Edge, needles: &[&str]) -> Option<String> {
+    edge.log()
+        .lines()
+        .find(|line| needles.iter().all(|n| line.contains(n)))
+        .map(str::to_string)
+}
+
+/// Waits until the edge logged that it fetched `url`; panics otherwise.
+async fn wait_fetched(edge: &Edge, url: &str) {
+    let needle = format!("custom page {url} fetched");
+    assert!(
+        wait_log_line(edge, &[&needle], Duration::from_secs(10)).await,
+        "the edge never fetched {url}\n{}",
+        log_tail(edge)
+    );
+}
+
+fn expected_version(proto: Proto) -> reqwest::Version {
+    match proto {
+        Proto::H1 => reqwest::Version::HTTP_11,
+        Proto::H2c => reqwest::Version::HTTP_2,
+    }
+}
+
+/// Asserts that `got` is `body` served in place with `status`, `content_type` and the exact
+/// Content-Length of the body.
+#[track_caller]
+fn assert_page(got: &Got, proto: Proto, status: u16, body: &str, content_type: &str, edge: &Edge) {
+    let ctx = format!("{proto:?}: got {got:#?}\n{}", log_tail(edge));
+    assert_eq!(got.version, expected_version(proto), "{ctx}");
+    assert_eq!(got.status, status, "{ctx}");
+    assert_eq!(got.body, body, "{ctx}");
+    assert_eq!(got.header("content-type"), Some(content_type), "{ctx}");
+    assert_eq!(
+        got.header("content-length"),
+        Some(body.len().to_string().as_str()),
+        "{ctx}"
+    );
+    for gone in [
+        "content-encoding",
+        "content-range",
+        "transfer-encoding",
+        "etag",
+        "last-modified",
+    ] {
+        assert_eq!(got.header(gone), None, "{gone} must not describe a page; {ctx}");
+    }
+}
+
+/// Asserts that `got` is the built-in page for `status` ("<status> <reason>" in an HTML body).
+#[track_caller]
+fn assert_default_page(got: &Got, proto: Proto, status: u16, reason: &str, edge: &Edge) {
+    let ctx = format!("{proto:?}: got {got:#?}\n{}", log_tail(edge));
+    assert_eq!(got.version, expected_version(proto), "{ctx}");
+    assert_eq!(got.status, status, "{ctx}");
+    assert!(got.body.contains(&format!("{status} {reason}")), "{ctx}");
+    assert!(got.body.len() < 1024, "a built-in page is small; {ctx}");
+    assert!(
+        got.header("content-type")
+            .is_some_and(|t| t.starts_with("text/html")),
+        "{ctx}"
+    );
+    assert_eq!(
+        got.header("content-length"),
+        Some(got.body.len().to_string().as_str()),
+        "{ctx}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// A raw HTTP/1.1 client: several requests on one connection, to prove it stays usable.
+// ---------------------------------------------------------------------------------------------
+
+struct RawH1 {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct RawResponse {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl RawResponse {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+impl RawH1 {
+    async fn connect(edge: &Edge) -> RawH1 {
+        RawH1 {
+            stream: TcpStream::connect(edge.addr())
+                .await
+                .expect("connect to the edge"),
+            buf: Vec::new(),
+        }
+    }
+
+    /// Sends one request and reads its whole response (framed by Content-Length or chunked).
+    async fn request(
+        &mut self,
+        method: &str,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> RawResponse {
+        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\n");
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        self.stream
+            .write_all(head.as_bytes())
+            .await
+            .expect("write request");
+        let read = self.read_response(method == "HEAD");
+        match tokio::time::timeout(Duration::from_secs(10), read).await {
+            Ok(response) => response,
+            Err(_) => panic!(
+                "no complete response to {method} {path} within 10 s; received so far: {:?}",
+                String::from_utf8_lossy(&self.buf)
+            ),
+        }
+    }
+
+    async fn fill(&mut self) -> bool {
+        let mut chunk = [0u8; 16 * 1024];
+        let n = self.stream.read(&mut chunk).await.unwrap_or(0);
+        self.buf.extend_from_slice(&chunk[..n]);
+        n > 0
+    }
+
+    async fn read_line(&mut self) -> String {
+        loop {
+            if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                let line: Vec<u8> = self.buf.drain(..i + 2).take(i).collect();
+                return String::from_utf8_lossy(&line).into_owned();
+            }
+            assert!(self.fill().await, "the edge closed the connection mid-response");
+        }
+    }
+
+    async fn read_exact(&mut self, n: usize) -> Vec<u8> {
+        while self.buf.len() < n {
+            assert!(self.fill().await, "the edge closed the connection mid-body");
+        }
+        self.buf.drain(..n).collect()
+    }
+
+    async fn read_response(&mut self, head_request: bool) -> RawResponse {
+        let status_line = self.read_line().await;
+        let status: u16 = status_line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+        let mut headers = Vec::new();
+        loop {
+            let line = self.read_line().await;
+            if line.is_empty() {
+                break;
+            }
+            let (name, value) = line.split_once(':').expect("header line");
+            headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
+        }
+        let mut response = RawResponse {
+            status,
+            headers,
+            body: Vec::new(),
+        };
+        if head_request || status == 204 || status == 304 || (100..200).contains(&status) {
+            return response;
+        }
+        let chunked = response
+            .header("transfer-encoding")
+            .is_some_and(|te| te.to_ascii_lowercase().contains("chunked"));
+        if chunked {
+            loop {
+                let size_line = self.read_line().await;
+                let size = usize::from_str_radix(size_line.split(';').next().unwrap().trim(), 16)
+                    .unwrap_or_else(|_| panic!("bad chunk size line {size_line:?}"));
+                if size == 0 {
+                    while !self.read_line().await.is_empty() {}
+                    break;
+                }
+                let data = self.read_exact(size).await;
+                response.body.extend_from_slice(&data);
+                assert_eq!(self.read_line().await, "", "chunk data longer than its size");
+            }
+        } else if let Some(length) = response.header("content-length") {
+            let length: usize = length.parse().expect("content-length");
+            response.body = self.read_exact(length).await;
+        } else {
+            while self.fill().await {}
+            response.body = std::mem::take(&mut self.buf);
+        }
+        response
+    }
+}
+
+/// Asserts a raw HTTP/1.1 response is the page in place on a connection that stays open.
+#[track_caller]
+fn assert_raw_page(got: &RawResponse, status: u16, body: &str, content_type: &str, edge: &Edge) {
+    let ctx = format!("raw h1: got {got:?} / {:?}\n{}", got.text(), log_tail(edge));
+    assert_eq!(got.status, status, "{ctx}");
+    assert_eq!(got.text(), body, "{ctx}");
+    assert_eq!(got.header("content-type"), Some(content_type), "{ctx}");
+    assert_eq!(
+        got.header("content-length"),
+        Some(body.len().to_string().as_str()),
+        "{ctx}"
+    );
+    assert_eq!(got.header("transfer-encoding"), None, "{ctx}");
+    assert_eq!(got.header("content-encoding"), None, "{ctx}");
+    assert_ne!(
+        got.header("connection").map(str::to_ascii_lowercase).as_deref(),
+        Some("close"),
+        "the connection must stay usable; {ctx}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. In place
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_place_404_serves_the_page_with_its_type_and_length() {
+    let origin = origin_with_pages().await;
+    origin.route(
+        "/missing",
+        Reply::new(404)
+            .header("content-type", "application/json")
+            .body("{\"error\":\"origin says not found\"}"),
+    );
+    let edge = start_exp(&origin, &format!("custom_pages:\n{RULE_404}")).await;
+
+    for proto in PROTOS {
+        let client = client(&edge, proto, &[EXP]);
+        let got = get(&client, &edge.url(EXP, "/missing")).await;
+        assert_page(&got, proto, 404, PAGE_404, PAGE_404_TYPE, &edge);
+        // A success passes untouched.
+        let ok = get(&client, &edge.url(EXP, "/ok")).await;
+        assert_eq!((ok.status, ok.body.as_str()), (200, "fine"), "{proto:?}");
+    }
+    assert_eq!(
+        origin.hits("/missing"),
+        2,
+        "each request went to the origin (no error_ttl)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_override_answers_with_the_rules_status() {
+    let origin = origin_with_pages().await;
+    origin.route("/gone", Reply::new(404).body("origin 404"));
+    let rules = "custom_pages:\n  - code: 404\n    url: http://exp.example.com/error404.html\n    status: 410\n  - code: \"5xx\"\n    url: http://exp.example.com/error5xx.html\n    source: edge\n    status: 503\n";
+    let edge = start_exp(&origin, rules).await;
+    wait_fetched(&edge, PAGE_5XX_URL).await;
+
+    for proto in PROTOS {
+        let client = client(&edge, proto, &[EXP]);
+        let got = get(&client, &edge.url(EXP, "/gone")).await;
+        assert_page(&got, proto, 410, PAGE_404, PAGE_404_TYPE, &edge);
+    }
+    // The edge's own 502 (origin down) is answered 503 with the 5xx page.
+    origin.stop();
+    for proto in PROTOS {
+        let client = client(&edge, proto, &[EXP]);
+        let got = get(&client, &edge.url(EXP, "/anything")).await;
+        assert_page(&got, proto, 503, PAGE_5XX, PAGE_5XX_TYPE, &edge);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn origin_headers_are_kept_and_body_headers_dropped() {
+    let origin = origin_with_pages().await;
+    origin.route(
+        "/hdr",
+        Reply::new(404)
+            .header("content-type", "text/plain")
+            .header("retry-after", "120")
+            .header("access-control-allow-origin", "https://app.example.com")
+            .header("access-control-expose-headers", "x-request-id")
+            .header("www-authenticate", "Basic realm=\"exp\"")
+            .header("allow", "GET, HEAD")
+            .add_header("set-cookie", "a=1; Path=/")
+            .add_header("set-cookie", "b=2; Path=/")
+            .header("cache-control", "no-store")
+            .header("vary", "Accept-Language")
+            .header("x-request-id", "r-42")
+            .header("etag", "\"origin-etag\"")
+            .header("last-modified", "Wed, 21 Oct 2015 07:28:00 GMT")
+            .header("accept-ranges", "bytes")
+            .body("the origin's own 404 body, gzipped")
+            .gzip(),
+    );
+    let edge = start_exp(&origin, &format!("custom_pages:\n{RULE_404}")).await;
+
+    for proto in PROTOS {
+        let client = client(&edge, proto, &[EXP]);
+        let got = send(
+            client
+                .get(edge.url(EXP, "/hdr"))
+                .header("accept-encoding", "gzip"),
+        )
+        .await;
+        assert_page(&got, proto, 404, PAGE_404, PAGE_404_TYPE, &edge);
+        let ctx = format!("{proto:?}: {got:#?}");
+        for (name, value) in [
+            ("retry-after", "120"),
+            ("access-control-allow-origin", "https://app.example.com"),
+            ("access-control-expose-headers", "x-request-id"),
+            ("www-authenticate", "Basic realm=\"exp\""),
+            ("allow", "GET, HEAD"),
+            ("cache-control", "no-store"),
+            ("vary", "Accept-Language"),
+            ("x-request-id", "r-42"),
+        ] {
+            assert_eq!(got.header(name), Some(value), "{name} must be kept; {ctx}");
+        }
+        let cookies: Vec<&str> = got
+            .headers
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        assert_eq!(cookies, ["a=1; Path=/", "b=2; Path=/"], "{ctx}");
+        for gone in ["etag", "last-modified", "content-encoding", "accept-ranges"] {
+            assert_eq!(got.header(gone), None, "{gone} must be dropped; {ctx}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Correct HTTP
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn head_gets_the_page_headers_without_a_body_and_the_connection_stays_usable() {
+    let origin = origin_with_pages().await;
+    origin.route("/missing", Reply::new(404).body("origin 404 body"));
+    origin.route("/empty", Reply::new(404).body(""));
+    let edge = start_exp(&origin, &format!("custom_pages:\n{RULE_404}")).await;
+    let length = PAGE_404.len().to_string();
+
+    for proto in PROTOS {
+        let client = client(&edge, proto, &[EXP]);
+        for path in ["/missing", "/empty"] {
+            let got = send(client.head(edge.url(EXP, path))).await;
+            let ctx = format!("{proto:?} HEAD {path}: {got:#?}\n{}", log_tail(&edge));
+            assert_eq!(got.status, 404, "{ctx}");
+            assert_eq!(got.body, "", "{ctx}");
+            assert_eq!(got.header("content-length"), Some(length.as_str()), "{ctx}");
+            assert_eq!(got.header("content-type"), Some(PAGE_404_TYPE), "{ctx}");
+            // The same client (same connection for h2c, pooled one for h1) carries on.
+            let next = get(&client, &edge.url(EXP, path)).await;
+            assert_page(&next, proto, 404, PAGE_404, PAGE_404_TYPE, &edge);
+        }
+    }
+
+    // HTTP/1.1 on one explicit connection: HEAD, GET, HEAD, GET.
+    let mut conn = RawH1::connect(&edge).await;
+    for path in ["/missing", "/empty"] {
+        let head = conn.request("HEAD", EXP, path, &[]).await;
+        assert_eq!(head.status, 404, "raw HEAD {path}: {head:?}\n{}", log_tail(&edge));
+        assert_eq!(head.header("content-length"), Some(length.as_str()), "{head:?}");
+        let got = conn.request("GET", EXP, path, &[]).await;
+        assert_raw_page(&got, 404, PAGE_404, PAGE_404_TYPE, &edge);
+    }
+    let ok = conn.request("GET", EXP, "/ok", &[]).await;
+    assert_eq!((ok.status, ok.text().as_str()), (200, "fine"), "{ok:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn range_and_conditional_requests_never_get_206_or_304() {
+    let origin = origin_with_pages().await;
+    let validators = |reply: Reply| {
+        reply
+            .header("etag", "\"v1\"")
+            .header("last-modified", "Wed, 21 Oct 2015 07:28:00 GMT")
+            .header("accept-ranges", "bytes")
+            .body("the origin's 404 body, long enough for a range of eleven bytes")
+    };
+    origin.route("/missing", validators(Reply::new(404)));
+    let rules = format!("custom_pages:\n{RULE_404}");
+    let soft_rules =
+        "custom_pages:\n  - code: 404\n    url: http://exp.example.com/error404.html\n    status: 200\n";
+    let cache = "cache:\n  error_ttl: 10s\n";
+    let edge = start_edge(
+        EdgeOptions::default(),
+        vec![
+            ("exp.yaml", domain_yaml(EXP, origin.addr(), &rules)),
+            (
+                "cached.yaml",
+                domain_yaml("cached.example.com", origin.addr(), &format!("{cache}{rules}")),
+            ),
+            (
+                "soft.yaml",
+                domain_yaml("soft.example.com", origin.addr(), &format!("{cache}{soft_rules}")),
+            ),
+        ],
+    )
+    .await;
+    let hosts = [EXP, "cached.example.com", "soft.example.com"];
+    let tricky: [(&str, &str); 4] = [
+        ("range", "bytes=0-10"),
+        ("if-none-match", "\"v1\""),
+        ("if-modified-since", "Fri, 01 Jan 2037 00:00:00 GMT"),
+        ("if-range", "\"v1\""),
+    ];
+
+    for proto in PROTOS {
+        let client = client(&edge, proto, &hosts);
+        for host in hosts {
+            let status = if host == "soft.example.com" { 200 } else { 404 };
+            // Prime the cache for the caching domains (a plain request).
+            let first = get(&client, &edge.url(host, "/missing")).await;
+            assert_page(&first, proto, status, PAGE_404, PAGE_404_TYPE, &edge);
+            for (name, value) in tricky {
+                let mut request = client.get(edge.url(host, "/missing")).header(name, value);
+                if name == "if-range" {
+                    request = request.header("range", "bytes=0-10");
+                }
+                let got = send(request).await;
+                let ctx = format!("{proto:?} {host} {name}: {value}");
+                assert_page(&got, proto, status, PAGE_404, PAGE_404_TYPE, &edge);
+                if host != EXP {
+                    assert_eq!(got.header("x-cache"), Some("HIT"), "{ctx}: {got:#?}");
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn empty_chunked_and_gzip_error_bodies_are_replaced_cleanly() {
+    let origin = origin_with_pages().await;
+    origin.route("/empty", Reply::new(404).body(""));
+    origin.route(
+        "/chunked",
+        Reply::new(500)
+            .header("content-type", "text/plain")
+            .body("the origin's 500 body, sent in three chunks by the test origin")
+            .chunked(),
+    );
+    origin.route("/chunked-empty", Reply::new(503).chunked());
+    origin.route(
+        "/gzip",
+        Reply::new(404)
+            .header("content-type", "text/html")
+            .body("<p>the origin's gzipped 404 body</p>".repeat(20))
+            .gzip(),
+    );
+    let edge = start_exp(&origin, &format!("custom_pages:\n{RULE_404}{RULE_5XX}")).await;
+    let cases = [
+        ("/empty", 404, PAGE_404, PAGE_404_TYPE),
+        ("/chunked", 500, PAGE_5XX, PAGE_5XX_TYPE),
+        ("/chunked-empty", 503, PAGE_5XX, PAGE_5XX_TYPE),
+        ("/gzip", 404, PAGE_404, PAGE_404_TYPE),
+    ];
+
+    for proto in PROTOS {
+        let client = client(&edge, proto, &[EXP]);
+        for (path, status, body, content_type) in cases {
+            let got = send(client.get(edge.url(EXP, path)).header("accept-encoding", "gzip")).await;
+            assert_page(&got, proto, status, body, content_type, &edge);
+            // The next request on the same client works.
+            let ok = get(&client, &edge.url(EXP, "/ok")).await;
+            assert_eq!(
+                (ok.status, ok.body.as_str()),
+                (200, "fine"),
+                "{proto:?} after {path}"
+            );
+        }
+    }
+
+    // One HTTP/1.1 connection through every case, twice, then a success.
+    let mut conn = RawH1::connect(&edge).await;
+    for _ in 0..2 {
+        for (path, status, body, content_type) in cases {
+            let got = conn
+                .request("GET", EXP, path, &[("accept-encoding", "gzip")])
+                .await;
+            assert_raw_page(&got, status, body, content_type, &edge);
+        }
+    }
+    let ok = conn.request("GET", EXP, "/ok", &[]).await;
+    assert_eq!((ok.status, ok.text().as_str()), (200, "fine"), "{ok:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Cached errors
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cached_errors_get_the_page_on_every_hit_without_the_origin() {
+    let origin = origin_with_pages().await;
+    for proto in ["h1", "h2c"] {
+        origin.route(&format!("/gone-{proto}"), Reply::new(404).body("origin 404 body"));
+        origin.route(&format!("/empty-{proto}"), Reply::new(404).body(""));
+        origin.route(
+            &format!("/chunked-{proto}"),
+            Reply::new(500).body("origin 500 body in chunks").chunked(),
+        );
+    }
+    let edge = start_exp(
+        &origin,
+        &format!("cache:\n  error_ttl: 10s\ncustom_pages:\n{RULE_404}{RULE_5XX}"),
+    )
+    .await;
+
+    for proto in PROTOS {
+        let suffix = if proto == Proto::H1 { "h1" } else { "h2c" };
+        let client = client(&edge, proto, &[EXP]);
+        for (kind, status, body, content_type) in [
+            ("gone", 404, PAGE_404, PAGE_404_TYPE),
+            ("empty", 404, PAGE_404, PAGE_404_TYPE),
+            ("chunked", 500, PAGE_5XX, PAGE_5XX_TYPE),
+        ] {
+            let path = format!("/{kind}-{suffix}");
+            let first = get(&client, &edge.url(EXP, &path)).await;
+            assert_page(&first, proto, status, body, content_type, &edge);
+            assert_eq!(
+                first.header("x-cache"),
+                Some("MISS"),
+                "{proto:?} {path}: {first:#?}"
+            );
+            for _ in 0..2 {
+                let again = get(&client, &edge.url(EXP, &path)).await;
+                assert_page(&again, proto, status, body, content_type, &edge);
+                assert_eq!(
+                    again.header("x-cache"),
+                    Some("HIT"),
+                    "{proto:?} {path}: {again:#?}"
+                );
+            }
+            let head = send(client.head(edge.url(EXP, &path))).await;
+            assert_eq!(
+                (head.status, head.body.as_str()),
+                (status, ""),
+                "{proto:?} HEAD {path}"
+            );
+            assert_eq!(
+                head.header("content-length"),
+                Some(body.len().to_string().as_str()),
+                "{proto:?} HEAD {path}: {head:#?}"
+            );
+            assert_eq!(origin.hits(&path), 1, "{proto:?} {path}: the origin saw it once");
+        }
+    }
+
+    // The same hits on one HTTP/1.1 connection.
+    let mut conn = RawH1::connect(&edge).await;
+    for path in ["/gone-h1", "/empty-h1", "/gone-h1"] {
+        let got = conn.request("GET", EXP, path, &[]).await;
+        assert_raw_page(&got, 404, PAGE_404, PAGE_404_TYPE, &edge);
+        assert_eq!(got.header("x-cache"), Some("HIT"), "{got:?}");
+    }
+    let got = conn.request("GET", EXP, "/chunked-h1", &[]).await;
+    assert_raw_page(&got, 500, PAGE_5XX, PAGE_5XX_TYPE, &edge);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. The page store
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn thirty_concurrent_errors_share_one_page_fetch() {
+    let origin = origin_with_pages().await;
+    origin.route("/missing", Reply::new(404).body("origin 404 body"));
+    let edge = start_exp(&origin, &format!("custom_pages:\n{RULE_404}")).await;
+    let clients = [
+        client(&edge, Proto::H1, &[EXP]),
+        client(&edge, Proto::H2c, &[EXP]),
+    ];
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..30 {
+        let client = clients[i % 2].clone();
+        // Half share one path (one cache key), half each have their own.
+        let path = if i % 4 < 2 {
+            "/missing".to_string()
+        } else {
+            format!("/missing?n={i}")
+        };
+        let url = edge.url(EXP, &path);
+        tasks.spawn(async move { (i, get(&client, &url).await) });
+    }
+    let mut answered = 0;
+    while let Some(joined) = tasks.join_next().await {
+        let (i, got) = joined.expect("request task");
+        assert_page(&got, PROTOS[i % 2], 404, PAGE_404, PAGE_404_TYPE, &edge);
+        answered += 1;
+    }
+    assert_eq!(answered, 30);
+    assert_eq!(origin.hits("/missing"), 30, "every error went to the origin");
+    assert_eq!(
+        origin.hits("/error404.html"),
+        1,
+        "one page fetch for 30 errors\n{}",
+        log_tail(&edge)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn page_fetch_carries_cdn_loop_and_no_client_credentials() {
+    let origin = origin_with_pages().await;
+    origin.route("/missing", Reply::new(404).body("origin 404 body"));
+    let edge = start_exp(&origin, &format!("custom_pages:\n{RULE_404}")).await;
+
+    for proto in PROTOS {
+        let client = client(&edge, proto, &[EXP]);
+        let got = send(
+            client
+                .get(edge.url(EXP, "/missing"))
+                .header("cookie", "session=s3cr3t")
+                .header("authorization", "Bearer t0ken"),
+        )
+        .await;
+        assert_page(&got, proto, 404, PAGE_404, PAGE_404_TYPE, &edge);
+    }
+    // The client's request itself did carry the credentials to the origin (the test is real).
+    let proxied = origin.requests("/missing");
+    assert_eq!(proxied.len(), 2);
+    assert!(
+        proxied
+            .iter()
+            .all(|r| r.header("cookie") == Some("session=s3cr3t")),
+        "{proxied:?}"
+    );
+
+    let fetches = origin.requests("/error404.html");
+    assert!(!fetches.is_empty(), "the page was never fetched");
+    for fetch in &fetches {
+        assert_eq!(fetch.method, "GET", "{fetch:?}");
+        assert!(
+            fetch
+                .header("cdn-loop")
+                .is_some_and(|v| v.contains("custom-pages")),
+            "a page fetch names this edge in CDN-Loop: {fetch:?}"
+        );
+        assert_eq!(fetch.header("host"), Some(EXP), "{fetch:?}");
+        assert_eq!(fetch.header("cookie"), None, "{fetch:?}");
+        assert_eq!(fetch.header("authorization"), None, "{fetch:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oversize_page_falls_back_to_the_default_page_and_warns() {
+    let origin = Origin::start().await;
+    let big = "x".repeat(100 * 1024);
+    origin.route("/big.html", page(&big, "text/html"));
+    origin.route("/big-chunked.html", page(&big, "text/html").chunked());
+    origin.route("/missing", Reply::new(404).body("origin 404 body"));
+    origin.route("/boom", Reply::new(500).body("origin 500 body"));
+    let rules = "custom_pages:\n  - code: 404\n    url: http://exp.example.com/big.html\n  - code: 500\n    url: http://exp.example.com/big-chunked.html\n";
+    let edge = start_exp(&origin, rules).await;
+
+    for proto in PROTOS {
+        let client = client(&edge, proto, &[EXP]);
+        let got = get(&client, &edge.url(EXP, "/missing")).await;
+        assert_default_page(&got, proto, 404, "Not Found", &edge);
+        let got = get(&client, &edge.url(EXP, "/boom")).await;
+        assert_default_page(&got, proto, 500, "Internal Server Error", &edge);
+    }
+    for url in [
+        "http://exp.example.com/big.html",
+        "http://exp.example.com/big-chunked.html",
+    ] {
+        let line = log_line(&edge, &["WARN", url, "max_size"]);
+        assert!(
+            line.is_some(),
+            "no warning naming {url} and max_size\n{}",
+            log_tail(&edge)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn page_that_is_itself_404_gives_the_default_page_without_looping() {
+    // No route for /error404.html: the origin answers 404 ("no route: ...") for the page too.
+    let origin = Origin::start().await;
+    origin.route("/missing", Reply::new(404).body("origin 404 body"));
+    let edge = start_exp(&origin, &format!("custom_pages:\n{RULE_404}")).await;
+
+    for proto in PROTOS {
+        let client = client(&edge, proto, &[EXP]);
+        for path in ["/missing", "/error404.html", "/error404.html?v=2"] {
+            let got = get(&client, &edge.url(EXP, path)).await;
+            assert_default_page(&got, proto, 404, "Not Found", &edge);
+            assert!(!got.body.contains("no route"), "{proto:?} {path}: {got:#?}");
+        }
+    }
+    assert!(
+        log_line(&edge, &["WARN", PAGE_404_URL, "404"]).is_some(),
+        "a warning names the page and why it was rejected\n{}",
+        log_tail(&edge)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_carrying_our_cdn_loop_never_gets_a_custom_page() {
+    // An edge page fetch routed back through an edge is marked with CDN-Loop; such a request
+    // gets the origin's own answer, and a second pass of the same edge is a loop.
+    let origin = origin_with_pages().await;
+    origin.route("/missing", Reply::new(404).body("origin 404 body"));
+    let edge = start_exp(&origin, &format!("custom_pages:\n{RULE_404}")).await;
+
+    for proto in PROTOS {
+        let client = client(&edge, proto, &[EXP]);
+        let got = send(
+            client
+                .get(edge.url(EXP, "/missing"))
+                .header("cdn-loop", "custom-pages"),
+        )
+        .await;
+        assert_eq!(
+            (got.status, got.body.as_str()),
+            (404, "origin 404 body"),
+            "{proto:?}: {got:#?}"
+        );
+        let got = send(
+            client
+                .get(edge.url(EXP, "/missing"))
+                .header("cdn-loop", "custom-pages, custom-pages"),
+        )
+        .await;
+        assert_default_page(&got, proto, 508, "Loop Detected", &edge);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn page_changed_at_the_origin_is_picked_up_after_its_max_age() {
+    let origin = Origin::start().await;
+    // The 404 page says max-age=1; the 5xx page says nothing, so pages.refresh (5m) applies.
+    origin.route(
+        "/error404.html",
+        page("404 v1", "text/html").header("cache-control", "max-age=1"),
+    );
+    origin.route("/error5xx.html", page("5xx v1", "text/html"));
+    origin.route("/missing", Reply::new(404).body("origin 404 body"));
+    origin.route("/boom", Reply::new(500).body("origin 500 body"));
+    let edge = start_exp(&origin, &format!("custom_pages:\n{RULE_404}{RULE_5XX}")).await;
+
+    let h1 = client(&edge, Proto::H1, &[EXP]);
+    assert_page(
+        &get(&h1, &edge.url(EXP, "/missing")).await,
+        Proto::H1,
+        404,
+        "404 v1",
+        "text/html",
+        &edge,
+    );
+    assert_page(
+        &get(&h1, &edge.url(EXP, "/boom")).await,
+        Proto::H1,
+        500,
+        "5xx v1",
+        "text/html",
+        &edge,
+    );
+
+    origin.route(
+        "/error404.html",
+        page("404 v2", "text/html").header("cache-control", "max-age=1"),
+    );
+    origin.route("/error5xx.html", page("5xx v2", "text/html"));
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+
+    for proto in PROTOS {
+        let client = client(&edge, proto, &[EXP]);
+        let got = get(&client, &edge.url(EXP, "/missing")).await;
+        assert_page(&got, proto, 404, "404 v2", "text/html", &edge);
+        let got = get(&client, &edge.url(EXP, "/boom")).await;
+        assert_page(&got, proto, 500, "5xx v1", "text/html", &edge);
+    }
+    assert_eq!(
+        origin.hits("/error5xx.html"),
+        1,
+        "no refresh before pages.refresh"
+    );
+    assert!(origin.hits("/error404.html") >= 2, "the 404 page was refreshed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refreshed_page_then_origin_down_keeps_the_last_good_copy() {
+    let origin = Origin::start().await;
+    origin.route("/error5xx.html", page("5xx v1", "text/html"));
+    origin.route("/boom", Reply::new(500).body("origin 500 body"));
+    let edge = start_edge(
+        pages_options("1s"),
+        vec![(
+            "exp.yaml",
+            domain_yaml(EXP, origin.addr(), &format!("custom_pages:\n{RULE_5XX}")),
+        )],
+    )
+    .await;
+    let h1 = client(&edge, Proto::H1, &[EXP]);
+    assert_page(
+        &get(&h1, &edge.url(EXP, "/boom")).await,
+        Proto::H1,
+        500,
+        "5xx v1",
+        "text/html",
+        &edge,
+    );
+
+    // pages.refresh: 1s picks up a changed page.
+    origin.route("/error5xx.html", page("5xx v2", "text/html"));
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    for proto in PROTOS {
+        let client = client(&edge, proto, &[EXP]);
+        let got = get(&client, &edge.url(EXP, "/boom")).await;
+        assert_page(&got, proto, 500, "5xx v2", "text/html", &edge);
+    }
+
+    // The origin goes down; refreshes fail; the last good copy answers the edge's 502.
+    origin.stop();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        log_line(&edge, &["WARN", PAGE_5XX_URL, "keeping the last good copy"]).is_some(),
+        "a refresh should have failed by now\n{}",
+        log_tail(&edge)
+    );
+    for proto in PROTOS {
+        let client = client(&edge, proto, &[EXP]);
+        let started = Instant::now();
+        let got = get(&client, &edge.url(EXP, "/anything")).await;
+        assert_page(&got, proto, 502, "5xx v2", "text/html", &edge);
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{proto:?}: {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn origin_stopped_mid_test_gets_the_5xx_page_quickly() {
+    let origin = origin_with_pages().await;
+    let edge = start_exp(&origin, &format!("custom_pages:\n{RULE_404}{RULE_5XX}")).await;
+    wait_fetched(&edge, PAGE_5XX_URL).await;
+    // Warm the edge's connection pool to the origin, then take the origin away.
+    let clients = [
+        client(&edge, Proto::H1, &[EXP]),
+        client(&edge, Proto::H2c, &[EXP]),
+    ];
+    for (proto, client) in PROTOS.into_iter().zip(&clients) {
+        let ok = get(client, &edge.url(EXP, "/ok")).await;
+        assert_eq!((ok.status, ok.body.as_str()), (200, "fine"), "{proto:?}");
+    }
+    origin.stop();
+
+    for (proto, client) in PROTOS.into_iter().zip(&clients) {
+        for attempt in 0..2 {
+            let started = Instant::now();
+            let got = get(client, &edge.url(EXP, &format!("/after-stop-{attempt}"))).await;
+            let elapsed = started.elapsed();
+            assert_page(&got, proto, 502, PAGE_5XX, PAGE_5XX_TYPE, &edge);
+            assert!(elapsed < Duration::from_secs(3), "{proto:?}: took {elapsed:?}");
+        }
+    }
+    let mut conn = RawH1::connect(&edge).await;
+    for path in ["/a", "/b"] {
+        let got = conn.request("GET", EXP, path, &[]).await;
+        assert_raw_page(&got, 502, PAGE_5XX, PAGE_5XX_TYPE, &edge);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn origin_stalling_past_read_timeout_gets_the_504_page() {
+    let origin = origin_with_pages().await;
+    origin.route("/slow", Reply::new(200).stall());
+    let edge = start_exp(&origin, &format!("custom_pages:\n{RULE_404}{RULE_5XX}")).await;
+    wait_fetched(&edge, PAGE_5XX_URL).await;
+
+    let runs = PROTOS.map(|proto| {
+        let client = client(&edge, proto, &[EXP]);
+        let url = edge.url(EXP, "/slow");
+        let ok_url = edge.url(EXP, "/ok");
+        async move {
+            let started = Instant::now();
+            let got = get(&client, &url).await;
+            let elapsed = started.elapsed();
+            let next = get(&client, &ok_url).await;
+            (proto, got, elapsed, next)
+        }
+    });
+    let [a, b] = runs;
+    let (a, b) = tokio::join!(a, b);
+    for (proto, got, elapsed, next) in [a, b] {
+        assert_page(&got, proto, 504, PAGE_5XX, PAGE_5XX_TYPE, &edge);
+        assert!(
+            elapsed >= Duration::from_millis(1800) && elapsed < Duration::from_secs(4),
+            "{proto:?}: 504 after {elapsed:?} with read_timeout 2s"
+        );
+        assert_eq!(
+            (next.status, next.body.as_str()),
+            (200, "fine"),
+            "{proto:?} after the 504"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Default pages
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn default_pages_for_unknown_host_down_origin_and_timeout() {
+    let origin = Origin::start().await;
+    origin.route("/slow", Reply::new(200).stall());
+    let dead = Origin::start().await;
+    let dead_addr = dead.addr();
+    dead.stop();
+    let edge = start_edge(
+        EdgeOptions::default(),
+        vec![
+            ("slow.yaml", domain_yaml("slow.example.com", origin.addr(), "")),
+            ("down.yaml", domain_yaml("down.example.com", dead_addr, "")),
+        ],
+    )
+    .await;
+    let hosts = ["slow.example.com", "down.example.com", "nowhere.example.net"];
+
+    let runs = PROTOS.map(|proto| {
+        let client = client(&edge, proto, &hosts);
+        let urls = hosts.map(|h| edge.url(h, "/x"));
+        async move {
+            let slow = get(&client, &urls[0]).await;
+            let down = get(&client, &urls[1]).await;
+            let unknown = get(&client, &urls[2]).await;
+            (proto, slow, down, unknown)
+        }
+    });
+    let [a, b] = runs;
+    let (a, b) = tokio::join!(a, b);
+    for (proto, slow, down, unknown) in [a, b] {
+        assert_default_page(&slow, proto, 504, "Gateway Timeout", &edge);
+        assert_default_page(&down, proto, 502, "Bad Gateway", &edge);
+        assert_default_page(&unknown, proto, 404, "Not Found", &edge);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6 and 7. Redirect rules, and no loops
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redirect_rules_answer_with_location_no_store_and_a_tiny_body() {
+    let origin = origin_with_pages().await;
+    origin.route(
+        "/private",
+        Reply::new(403)
+            .header("cache-control", "max-age=60")
+            .header("etag", "\"forbidden\"")
+            .body("origin 403 body"),
+    );
+    let dead = Origin::start().await;
+    let dead_addr = dead.addr();
+    dead.stop();
+    let forbidden = "https://help.example.org/forbidden.html";
+    let status_page = "https://status.example.org/down.html?from=edge&x=<1>";
+    let edge = start_edge(
+        EdgeOptions::default(),
+        vec![
+            (
+                "exp.yaml",
+                domain_yaml(
+                    EXP,
+                    origin.addr(),
+                    &format!("custom_pages:\n  - code: 403\n    url: {forbidden}\n    redirect: 302\n"),
+                ),
+            ),
+            (
+                "down.yaml",
+                domain_yaml(
+                    "down.example.com",
+                    dead_addr,
+                    &format!(
+                        "custom_pages:\n  - code: 502\n    url: \"{status_page}\"\n    redirect: 307\n    source: edge\n"
+                    ),
+                ),
+            ),
+        ],
+    )
+    .await;
+
+    for proto in PROTOS {
+        let client = client(&edge, proto, &[EXP, "down.example.com"]);
+        for (host, code, location) in [(EXP, 302, forbidden), ("down.example.com", 307, status_page)] {
+            let got = get(&client, &edge.url(host, "/private")).await;
+            let ctx = format!("{proto:?} {host}: {got:#?}\n{}", log_tail(&edge));
+            assert_eq!(got.status, code, "{ctx}");
+            assert_eq!(got.header("location"), Some(location), "{ctx}");
+            assert_eq!(got.header("cache-control"), Some("no-store"), "{ctx}");
+            assert_eq!(got.header("etag"), None, "{ctx}");
+            assert!(
+                got.header("content-type")
+                    .is_some_and(|t| t.starts_with("text/html")),
+                "{ctx}"
+            );
+            assert!(!got.body.is_empty() && got.body.len() < 512, "a tiny body; {ctx}");
+            assert!(!got.body.contains("<1>"), "the URL is escaped in the body; {ctx}");
+            assert!(
+                got.body.contains("help.example.org") || got.body.contains("status.example.org"),
+                "{ctx}"
+            );
+            assert_eq!(
+                got.header("content-length"),
+                Some(got.body.len().to_string().as_str()),
+                "{ctx}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redirect_rule_never_redirects_a_request_to_its_own_url() {
+    let origin = origin_with_pages().await;
+    origin.route("/forbidden.html", Reply::new(403).body("origin 403 body"));
+    origin.route("/private", Reply::new(403).body("origin 403 body"));
+    let own = "http://exp.example.com/forbidden.html";
+    let edge = start_exp(
+        &origin,
+        &format!("custom_pages:\n  - code: 403\n    url: {own}\n    redirect: 302\n"),
+    )
+    .await;
+
+    for proto in PROTOS {
+        let client = client(&edge, proto, &[EXP]);
+        let got = get(&client, &edge.url(EXP, "/private")).await;
+        assert_eq!(
+            (got.status, got.header("location")),
+            (302, Some(own)),
+            "{proto:?}: {got:#?}"
+        );
+        for path in ["/forbidden.html", "/forbidden.html?again=1"] {
+            let got = get(&client, &edge.url(EXP, path)).await;
+            assert_default_page(&got, proto, 403, "Forbidden", &edge);
+            assert_eq!(got.header("location"), None, "{proto:?} {path}: {got:#?}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8 and 9. Rule source and precedence
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn source_edge_and_source_origin_rules_apply_to_their_own_errors() {
+    let origin = origin_with_pages().await;
+    origin.route(
+        "/bad",
+        Reply::new(502)
+            .header("content-type", "text/plain")
+            .body("origin's own 502"),
+    );
+    origin.route(
+        "/garbage",
+        Reply::raw(b"this is not HTTP at all\r\n\r\n".to_vec()),
+    );
+    let edge_rule =
+        "custom_pages:\n  - code: 502\n    url: http://exp.example.com/error5xx.html\n    source: edge\n";
+    let origin_rule =
+        "custom_pages:\n  - code: 502\n    url: http://exp.example.com/error5xx.html\n    source: origin\n";
+    let edge = start_edge(
+        EdgeOptions::default(),
+        vec![
+            ("exp.yaml", domain_yaml(EXP, origin.addr(), edge_rule)),
+            ("o.yaml", domain_yaml("o.example.com", origin.addr(), origin_rule)),
+        ],
+    )
+    .await;
+    wait_fetched(&edge, PAGE_5XX_URL).await;
+    let hosts = [EXP, "o.example.com"];
+
+    for proto in PROTOS {
+        let client = client(&edge, proto, &hosts);
+        // An origin-sent 502: only the `source: origin` rule applies.
+        let got = get(&client, &edge.url(EXP, "/bad")).await;
+        assert_eq!(
+            (got.status, got.body.as_str()),
+            (502, "origin's own 502"),
+            "{proto:?}: {got:#?}"
+        );
+        let got = get(&client, &edge.url("o.example.com", "/bad")).await;
+        assert_page(&got, proto, 502, PAGE_5XX, PAGE_5XX_TYPE, &edge);
+        // A malformed origin response is an edge 502: only the `source: edge` rule applies.
+        let got = get(&client, &edge.url(EXP, "/garbage")).await;
+        assert_page(&got, proto, 502, PAGE_5XX, PAGE_5XX_TYPE, &edge);
+        let got = get(&client, &edge.url("o.example.com", "/garbage")).await;
+        assert_default_page(&got, proto, 502, "Bad Gateway", &edge);
+    }
+
+    origin.stop();
+    for proto in PROTOS {
+        let client = client(&edge, proto, &hosts);
+        let got = get(&client, &edge.url(EXP, "/down")).await;
+        assert_page(&got, proto, 502, PAGE_5XX, PAGE_5XX_TYPE, &edge);
+        let got = get(&client, &edge.url("o.example.com", "/down")).await;
+        assert_default_page(&got, proto, 502, "Bad Gateway", &edge);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_most_specific_rule_wins_end_to_end() {
+    let origin = Origin::start().await;
+    let kinds = ["class", "wide", "narrow", "list", "exact"];
+    for kind in kinds {
+        origin.route(
+            &format!("/{kind}.html"),
+            page(&format!("page: {kind}"), "text/html"),
+        );
+    }
+    for code in [501, 502, 503, 504, 505, 507] {
+        origin.route(
+            &format!("/e{code}"),
+            Reply::new(code).body(format!("origin {code}")),
+        );
+    }
+    // The exact rule comes last, so file order does not explain the outcome.
+    let rules = "custom_pages:\n  - code: \"5xx\"\n    url: http://exp.example.com/class.html\n  - code: \"500-504\"\n    url: http://exp.example.com/wide.html\n  - code: \"504-505\"\n    url: http://exp.example.com/narrow.html\n  - code: [502, 503]\n    url: http://exp.example.com/list.html\n  - code: 503\n    url: http://exp.example.com/exact.html\n";
+    let edge = start_exp(&origin, rules).await;
+
+    for proto in PROTOS {
+        let client = client(&edge, proto, &[EXP]);
+        for (code, kind) in [
+            (503, "exact"),
+            (502, "list"),
+            (504, "narrow"),
+            (505, "narrow"),
+            (501, "wide"),
+            (507, "class"),
+        ] {
+            let got = get(&client, &edge.url(EXP, &format!("/e{code}"))).await;
+            assert_page(&got, proto, code, &format!("page: {kind}"), "text/html", &edge);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 10. Logs
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn substitutions_are_logged_with_domain_rule_and_cause() {
+    let origin = origin_with_pages().await;
+    origin.route("/missing", Reply::new(404).body("origin 404 body"));
+    let dead = Origin::start().await;
+    let dead_addr = dead.addr();
+    dead.stop();
+    let edge = start_edge(
+        EdgeOptions::default(),
+        vec![
+            (
+                "exp.yaml",
+                domain_yaml(EXP, origin.addr(), &format!("custom_pages:\n{RULE_404}")),
+            ),
+            (
+                "down.yaml",
+                domain_yaml(
+                    "down.example.com",
+                    dead_addr,
+                    &format!("custom_pages:\n{RULE_5XX}"),
+                ),
+            ),
+        ],
+    )
+    .await;
+    let client = client(&edge, Proto::H1, &[EXP, "down.example.com"]);
+    let got = get(&client, &edge.url(EXP, "/missing")).await;
+    assert_page(&got, Proto::H1, 404, PAGE_404, PAGE_404_TYPE, &edge);
+    let got = get(&client, &edge.url("down.example.com", "/lost")).await;
+    assert_page(&got, Proto::H1, 502, PAGE_5XX, PAGE_5XX_TYPE, &edge);
+
+    for needles in [
+        ["DEBUG", "exp.example.com/missing", "rule 404", "origin 404"],
+        ["DEBUG", "down.example.com/lost", "rule 5xx", "edge 502"],
+    ] {
+        assert!(
+            wait_log_line(&edge, &needles, Duration::from_secs(2)).await,
+            "no log line with {needles:?}\n{}",
+            log_tail(&edge)
+        );
+    }
+}
