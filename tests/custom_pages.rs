@@ -174,6 +174,8 @@ fn assert_default_page(got: &Got, proto: Proto, status: u16, reason: &str, edge:
 struct RawH1 {
     stream: TcpStream,
     buf: Vec<u8>,
+    /// Request lines sent so far on this connection, for failure messages.
+    sent: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -203,6 +205,7 @@ impl RawH1 {
                 .await
                 .expect("connect to the edge"),
             buf: Vec::new(),
+            sent: Vec::new(),
         }
     }
 
@@ -214,6 +217,7 @@ impl RawH1 {
         path: &str,
         headers: &[(&str, &str)],
     ) -> RawResponse {
+        self.sent.push(format!("{method} {path}"));
         let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\n");
         for (name, value) in headers {
             head.push_str(&format!("{name}: {value}\r\n"));
@@ -246,13 +250,23 @@ impl RawH1 {
                 let line: Vec<u8> = self.buf.drain(..i + 2).take(i).collect();
                 return String::from_utf8_lossy(&line).into_owned();
             }
-            assert!(self.fill().await, "the edge closed the connection mid-response");
+            assert!(
+                self.fill().await,
+                "the edge closed the connection before a complete response head; requests on this \
+                 connection: {:?}; unparsed: {:?}",
+                self.sent,
+                String::from_utf8_lossy(&self.buf)
+            );
         }
     }
 
     async fn read_exact(&mut self, n: usize) -> Vec<u8> {
         while self.buf.len() < n {
-            assert!(self.fill().await, "the edge closed the connection mid-body");
+            assert!(
+                self.fill().await,
+                "the edge closed the connection mid-body; requests on this connection: {:?}",
+                self.sent
+            );
         }
         self.buf.drain(..n).collect()
     }
@@ -986,7 +1000,7 @@ async fn origin_stalling_past_read_timeout_gets_the_504_page() {
 
     let runs = PROTOS.map(|proto| {
         let client = client(&edge, proto, &[EXP]);
-        let url = edge.url(EXP, "/slow");
+        let url = edge.url(EXP, &format!("/slow?{proto:?}"));
         let ok_url = edge.url(EXP, "/ok");
         async move {
             let started = Instant::now();
@@ -1035,7 +1049,7 @@ async fn default_pages_for_unknown_host_down_origin_and_timeout() {
 
     let runs = PROTOS.map(|proto| {
         let client = client(&edge, proto, &hosts);
-        let urls = hosts.map(|h| edge.url(h, "/x"));
+        let urls = hosts.map(|h| edge.url(h, &format!("/slow?{proto:?}")));
         async move {
             let slow = get(&client, &urls[0]).await;
             let down = get(&client, &urls[1]).await;
