@@ -1,8 +1,11 @@
 //! The running edge's shared state: settings, the live domain set (swapped atomically on
 //! reload), the custom pages module and the content cache.
 
+use crate::access_log::AccessLog;
 use crate::cache::MemoryStorage;
 use crate::config::{self, ConfigError, Domains, EdgeSettings, PageSettings};
+use crate::filters::FilterRegistry;
+use crate::metrics::METRICS;
 use crate::pages::{CustomPages, PageStore};
 use arc_swap::ArcSwap;
 use log::{error, info, warn};
@@ -19,6 +22,9 @@ pub struct Edge {
     /// Pingora's cache takes `&'static` storage and lock: one of each lives for the process.
     pub storage: &'static MemoryStorage,
     pub cache_lock: &'static CacheKeyLockImpl,
+    /// The filters domain files may name.
+    pub filters: Arc<FilterRegistry>,
+    pub access_log: AccessLog,
     status: Mutex<ReloadStatus>,
     /// Serializes reloads, whoever asks (file watcher, admin API).
     reloading: tokio::sync::Mutex<()>,
@@ -41,7 +47,12 @@ pub struct ReloadStatus {
 impl Edge {
     /// Builds the edge state. Pages are registered (so early errors wait for their first
     /// fetch) but not fetched: call [`Edge::start`] from a long-lived runtime for that.
-    pub fn new(settings: EdgeSettings, domains: Domains) -> Arc<Edge> {
+    pub fn new(
+        settings: EdgeSettings,
+        domains: Domains,
+        filters: Arc<FilterRegistry>,
+        access_log: AccessLog,
+    ) -> Arc<Edge> {
         let store = PageStore::new(settings.pages.clone());
         store.register(&domains);
         let storage: &'static MemoryStorage = Box::leak(Box::new(MemoryStorage::new(settings.cache_memory)));
@@ -53,6 +64,8 @@ impl Edge {
             pages: CustomPages::new(store),
             storage,
             cache_lock,
+            filters,
+            access_log,
             status: Mutex::new(ReloadStatus {
                 version: 1,
                 last_reload_at: None,
@@ -84,8 +97,12 @@ impl Edge {
     /// last good one keeps serving and the errors are logged and kept for `/api/status`.
     pub async fn reload(&self) -> Result<u64, config::ConfigErrors> {
         let _one_at_a_time = self.reloading.lock().await;
-        let loaded = config::EdgeSettings::load(&self.settings.file)
-            .and_then(|newer| Ok((Domains::load_dir(&self.settings.domains_dir)?, newer)));
+        let loaded = config::EdgeSettings::load(&self.settings.file).and_then(|newer| {
+            Ok((
+                Domains::load_dir(&self.settings.domains_dir, &self.filters)?,
+                newer,
+            ))
+        });
         let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
         match loaded {
             Ok((domains, newer)) => {
@@ -98,6 +115,7 @@ impl Edge {
                 }
                 let version = self.apply(domains, &newer.pages).await;
                 info!("configuration {version} applied");
+                METRICS.reloads.with_label_values(&["ok"]).inc();
                 let mut status = self.status.lock();
                 status.version = version;
                 status.last_reload_at = Some(now);
@@ -107,6 +125,7 @@ impl Edge {
                 Ok(version)
             }
             Err(errors) => {
+                METRICS.reloads.with_label_values(&["error"]).inc();
                 for e in &errors.0 {
                     error!("configuration not applied: {e}");
                 }

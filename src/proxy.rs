@@ -1,8 +1,11 @@
 //! The edge's `ProxyHttp`: each hook routes, caches or delegates to the custom pages module.
 
+use crate::access_log;
 use crate::cache::policy::{self, TtlPolicy};
 use crate::config::{values::normalize_host, Domain};
 use crate::edge::Edge;
+use crate::filters::{RequestInfo, Verdict};
+use crate::metrics::{status_class, METRICS};
 use crate::pages::{self, response, PageState, CDN_LOOP_TOKEN};
 use crate::upstream;
 use async_trait::async_trait;
@@ -14,7 +17,7 @@ use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub struct EdgeProxy {
     edge: Arc<Edge>,
@@ -27,8 +30,8 @@ impl EdgeProxy {
 }
 
 /// Per-request state.
-#[derive(Default)]
 pub struct RequestCtx {
+    pub started: Instant,
     pub domain: Option<Arc<Domain>>,
     /// The requested host, normalized (lower case, no port, no trailing dot).
     pub host: String,
@@ -81,7 +84,13 @@ impl ProxyHttp for EdgeProxy {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::default()
+        RequestCtx {
+            started: Instant::now(),
+            domain: None,
+            host: String::new(),
+            server_index: 0,
+            pages: PageState::default(),
+        }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
@@ -100,8 +109,23 @@ impl ProxyHttp for EdgeProxy {
         match routed {
             Some((host, domain)) => {
                 ctx.host = host;
-                ctx.domain = Some(domain);
-                Ok(false)
+                ctx.domain = Some(domain.clone());
+                if domain.filters.is_empty() {
+                    return Ok(false);
+                }
+                let client = session.client_addr().and_then(|a| a.as_inet()).copied();
+                let info = RequestInfo {
+                    host: &ctx.host,
+                    domain: &domain.label,
+                    client,
+                };
+                match domain.filters.request(session.req_header_mut(), &info).await {
+                    Verdict::Continue => Ok(false),
+                    Verdict::Respond(status) => {
+                        self.respond_error(session, ctx, status).await?;
+                        Ok(true)
+                    }
+                }
             }
             None => {
                 respond_default(session, 404).await?;
@@ -235,6 +259,17 @@ impl ProxyHttp for EdgeProxy {
     ) -> Result<()> {
         resp.insert_header("x-cache", cache_status(session))?;
         if let Some(domain) = ctx.domain.clone() {
+            if !domain.filters.is_empty() {
+                let client = session.client_addr().and_then(|a| a.as_inet()).copied();
+                domain.filters.response(
+                    resp,
+                    &RequestInfo {
+                        host: &ctx.host,
+                        domain: &domain.label,
+                        client,
+                    },
+                );
+            }
             self.edge
                 .pages
                 .on_response_header(session, &domain.rules, &ctx.host, resp, &mut ctx.pages)
@@ -268,26 +303,67 @@ impl ProxyHttp for EdgeProxy {
                 can_reuse_downstream: false,
             };
         }
-        let rules = ctx.domain.as_ref().map_or(&[][..], |d| &d.rules[..]);
-        let written = match self
-            .edge
-            .pages
-            .error_response(session, rules, &ctx.host, status, &mut ctx.pages)
-            .await
-        {
-            Ok((mut header, body)) => match header.insert_header("x-cache", cache_status(session)) {
-                Ok(()) => pages::write_whole(session, header, body).await,
-                Err(e) => Err(e),
-            },
-            Err(e) => Err(e),
-        };
-        if let Err(write_error) = written {
+        if let Err(write_error) = self.respond_error(session, ctx, status).await {
             log::warn!("cannot send the {status} answer: {write_error}");
         }
         FailToProxy {
             error_code: status,
             can_reuse_downstream: written_ok(session),
         }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let domain = ctx.domain.as_ref().map_or("-", |d| d.label.as_str());
+        let cache = cache_status(session);
+        METRICS
+            .requests
+            .with_label_values(&[domain, status_class(status)])
+            .inc();
+        METRICS
+            .latency
+            .with_label_values(&[domain])
+            .observe(ctx.started.elapsed().as_secs_f64());
+        if ctx.domain.is_some() {
+            METRICS.cache.with_label_values(&[cache]).inc();
+        }
+        if let Some(sub) = &ctx.pages.substitution {
+            METRICS
+                .pages_served
+                .with_label_values(&[domain, &sub.rule, sub.page_state])
+                .inc();
+        }
+        if self.edge.access_log.enabled() {
+            self.edge
+                .access_log
+                .write(access_log::line(session, ctx, status, cache));
+        }
+    }
+}
+
+impl EdgeProxy {
+    /// Answers an error the edge produced (a failed proxy attempt or a filter's verdict): the
+    /// domain's custom page or the built-in one, with the domain's response filters applied.
+    async fn respond_error(&self, session: &mut Session, ctx: &mut RequestCtx, status: u16) -> Result<()> {
+        let rules = ctx.domain.as_ref().map_or(&[][..], |d| &d.rules[..]);
+        let (mut header, body) = self
+            .edge
+            .pages
+            .error_response(session, rules, &ctx.host, status, &mut ctx.pages)
+            .await?;
+        header.insert_header("x-cache", cache_status(session))?;
+        if let Some(domain) = ctx.domain.as_ref().filter(|d| !d.filters.is_empty()) {
+            let client = session.client_addr().and_then(|a| a.as_inet()).copied();
+            domain.filters.response(
+                &mut header,
+                &RequestInfo {
+                    host: &ctx.host,
+                    domain: &domain.label,
+                    client,
+                },
+            );
+        }
+        pages::write_whole(session, header, body).await
     }
 }
 

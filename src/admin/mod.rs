@@ -6,6 +6,7 @@
 
 use crate::config::{self, CodePattern, ConfigError, DomainFile, PageUrl, RuleSpec, Source};
 use crate::edge::Edge;
+use crate::metrics::METRICS;
 use async_trait::async_trait;
 use http::{Method, Response, StatusCode};
 use log::info;
@@ -252,7 +253,7 @@ impl AdminApi {
             .ok_or_else(|| unknown_domain(domain))?;
         let outcome = change(&mut parsed[index].1.custom_pages)?;
         let (file, spec) = parsed[index].clone();
-        if let Err(errors) = config::Domains::build(parsed) {
+        if let Err(errors) = config::Domains::build(parsed, &self.edge.filters) {
             let (ours, others): (Vec<ConfigError>, Vec<ConfigError>) =
                 errors.0.into_iter().partition(|e| e.file == file);
             if let Some(first) = ours.first() {
@@ -307,6 +308,13 @@ impl AdminApi {
 #[async_trait]
 impl ServeHttp for AdminApi {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let req = session.req_header();
+        if req.uri.path() == "/metrics" && req.method == Method::GET {
+            // Scrapers on the same machine need no token; anywhere else they do.
+            if self.edge.settings.admin_listen.ip().is_loopback() || self.authorized(session) {
+                return metrics_response();
+            }
+        }
         if !self.authorized(session) {
             let mut resp = json_response(
                 StatusCode::UNAUTHORIZED,
@@ -332,6 +340,19 @@ impl ServeHttp for AdminApi {
             }
         }
     }
+}
+
+fn metrics_response() -> Response<Vec<u8>> {
+    let body = METRICS.render();
+    let mut resp = Response::new(Vec::new());
+    let headers = resp.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    headers.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(body.len()));
+    *resp.body_mut() = body;
+    resp
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response<Vec<u8>> {
@@ -382,7 +403,8 @@ fn parse_rule_body(body: &[u8]) -> Result<RuleBody, ApiError> {
     serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let message = e.inner().to_string();
-        let field = if path != "." {
+        // serde_path_to_error says "." for the top level and "?" where parsing broke.
+        let field = if path != "." && path != "?" {
             path
         } else if let Some(unknown) = message
             .split('`')

@@ -14,9 +14,9 @@ pub struct DomainFile {
     pub cache: DomainCacheSection,
     #[serde(default)]
     pub custom_pages: Vec<RuleSpec>,
-    /// Names of built-in filters to run for this domain, in order.
+    /// Filters to run for this domain, in order: a name, or a name with its settings.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub filters: Vec<String>,
+    pub filters: Vec<serde_yaml::Value>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -120,11 +120,13 @@ impl RuleSpec {
 #[derive(Debug, Clone)]
 pub struct Domain {
     pub name: DomainName,
+    /// The name as written (`*.example.com`), for logs, metrics and filters.
+    pub label: String,
     pub origin: Origin,
     pub default_ttl: Duration,
     pub error_ttl: Duration,
     pub rules: Vec<Rule>,
-    pub filters: Vec<String>,
+    pub filters: crate::filters::FilterChain,
     /// The file this domain came from, for messages and for writes by the admin API.
     pub file: std::path::PathBuf,
     /// The file as written, so the admin API can change rules and keep the rest.

@@ -21,6 +21,9 @@ pub struct EdgeFile {
     pub domains: PathBuf,
     #[serde(default)]
     pub admin: AdminSection,
+    /// `stderr` (default), `off`, or a file path relative to this file.
+    #[serde(default = "default_access_log")]
+    pub access_log: String,
     /// Passed through to Pingora's `ServerConf` (pid_file, upgrade_sock, grace periods...).
     #[serde(default)]
     pub server: serde_yaml::Mapping,
@@ -31,6 +34,9 @@ fn default_listen() -> Vec<String> {
 }
 fn default_threads() -> usize {
     2
+}
+fn default_access_log() -> String {
+    "stderr".into()
 }
 fn default_domains() -> PathBuf {
     PathBuf::from("domains")

@@ -12,6 +12,8 @@ pub mod watch;
 pub use domain::{Domain, DomainFile, Origin, Rule, RuleSpec, Source};
 pub use values::{CodePattern, DomainName, PageUrl};
 
+use crate::access_log::AccessLogTarget;
+use crate::filters::{FilterChain, FilterRegistry};
 use serde::de::DeserializeOwned;
 use std::collections::HashMap;
 use std::fmt;
@@ -104,6 +106,7 @@ pub struct EdgeSettings {
     pub domains_dir: PathBuf,
     pub admin_listen: SocketAddr,
     pub admin_token_file: Option<PathBuf>,
+    pub access_log: AccessLogTarget,
     pub server: pingora_core::server::configuration::ServerConf,
 }
 
@@ -206,6 +209,7 @@ impl EdgeSettings {
                 domains_dir: base.join(&raw.domains),
                 admin_listen,
                 admin_token_file: raw.admin.token_file.map(|p| base.join(p)),
+                access_log: AccessLogTarget::parse(&raw.access_log, base),
                 server,
             }),
             _ => Err(ConfigErrors(errors)),
@@ -240,6 +244,7 @@ impl EdgeSettings {
             "admin.token_file",
             self.admin_token_file != newer.admin_token_file,
         );
+        check("access_log", self.access_log != newer.access_log);
         check("server", self.server.to_yaml() != newer.server.to_yaml());
         keys
     }
@@ -320,7 +325,7 @@ impl Domains {
 
     /// Loads every `*.yaml` / `*.yml` file of the domains folder. Hidden files and other names
     /// (editor backups, temporary files) are ignored.
-    pub fn load_dir(dir: &Path) -> Result<Domains, ConfigErrors> {
+    pub fn load_dir(dir: &Path, filters: &FilterRegistry) -> Result<Domains, ConfigErrors> {
         let mut parsed = Vec::new();
         let mut errors = Vec::new();
         for (file, result) in read_dir_files(dir)? {
@@ -329,7 +334,7 @@ impl Domains {
                 Err(e) => errors.push(e),
             }
         }
-        match Domains::build(parsed) {
+        match Domains::build(parsed, filters) {
             Ok(domains) if errors.is_empty() => Ok(domains),
             Ok(_) => Err(ConfigErrors(errors)),
             Err(ConfigErrors(more)) => {
@@ -341,12 +346,15 @@ impl Domains {
 
     /// Validates parsed domain files together: each on its own, then across files (one file
     /// per domain name; in-place page URLs must point at a served domain).
-    pub fn build(files: Vec<(PathBuf, DomainFile)>) -> Result<Domains, ConfigErrors> {
+    pub fn build(
+        files: Vec<(PathBuf, DomainFile)>,
+        filters: &FilterRegistry,
+    ) -> Result<Domains, ConfigErrors> {
         let mut errors = Vec::new();
         let mut domains = Domains::default();
         let mut claimed: HashMap<DomainName, PathBuf> = HashMap::new();
         for (file, spec) in files {
-            let domain = match validate_domain(&file, spec) {
+            let domain = match validate_domain(&file, spec, filters) {
                 Ok(d) => d,
                 Err(mut e) => {
                     errors.append(&mut e);
@@ -447,7 +455,11 @@ fn is_domain_file(path: &Path) -> bool {
 }
 
 /// Checks one domain file on its own.
-pub fn validate_domain(file: &Path, spec: DomainFile) -> Result<Domain, Vec<ConfigError>> {
+pub fn validate_domain(
+    file: &Path,
+    spec: DomainFile,
+    filters: &FilterRegistry,
+) -> Result<Domain, Vec<ConfigError>> {
     let mut errors = Vec::new();
     let mut err = |key: String, msg: String| errors.push(ConfigError::new(file, key, msg));
     let name = spec
@@ -496,11 +508,19 @@ pub fn validate_domain(file: &Path, spec: DomainFile) -> Result<Domain, Vec<Conf
         }
         seen.push(code);
     }
+    let mut chain = FilterChain::default();
+    for (i, entry) in spec.filters.iter().enumerate() {
+        match filters.build(entry) {
+            Ok(filter) => chain.0.push(filter),
+            Err(m) => err(format!("filters[{i}]"), m),
+        }
+    }
     let name = match name {
         Some(n) if errors.is_empty() => n,
         _ => return Err(errors),
     };
     Ok(Domain {
+        label: name.to_string(),
         name,
         origin: Origin {
             servers: spec.origin.servers.clone(),
@@ -511,7 +531,7 @@ pub fn validate_domain(file: &Path, spec: DomainFile) -> Result<Domain, Vec<Conf
         default_ttl: spec.cache.default_ttl.0,
         error_ttl: spec.cache.error_ttl.0,
         rules: spec.custom_pages.iter().map(Rule::from_spec).collect(),
-        filters: spec.filters.clone(),
+        filters: chain,
         file: file.to_path_buf(),
         spec,
     })
@@ -543,9 +563,9 @@ fn check_server(server: &str) -> Result<(), String> {
 }
 
 /// The edge settings and the domains loaded together, as `custom-pages -t` checks them.
-pub fn load_all(edge_file: &Path) -> Result<(EdgeSettings, Domains), ConfigErrors> {
+pub fn load_all(edge_file: &Path, filters: &FilterRegistry) -> Result<(EdgeSettings, Domains), ConfigErrors> {
     let edge = EdgeSettings::load(edge_file)?;
-    let domains = Domains::load_dir(&edge.domains_dir)?;
+    let domains = Domains::load_dir(&edge.domains_dir, filters)?;
     Ok((edge, domains))
 }
 
@@ -563,6 +583,7 @@ mod tests {
                 .iter()
                 .map(|(name, yaml)| (PathBuf::from(name), domain_file(yaml)))
                 .collect(),
+            &FilterRegistry::with_builtins(),
         )
     }
 
@@ -642,6 +663,27 @@ mod tests {
                 "custom_pages[2].code"
             ]
         );
+    }
+
+    #[test]
+    fn filters_are_built_by_name() {
+        let ok = format!(
+            "{EXP}filters:\n  - remove_response_headers: [Server]\n  - block_paths: {{paths: [\"/.git\"]}}\n"
+        );
+        assert_eq!(
+            build(&[("a.yaml", &ok)])
+                .unwrap()
+                .route("exp.example.com")
+                .unwrap()
+                .filters
+                .0
+                .len(),
+            2
+        );
+        let bad = format!("{EXP}filters:\n  - remove_response_headers: [Server]\n  - gzip_everything\n");
+        let e = build(&[("a.yaml", &bad)]).unwrap_err();
+        assert_eq!(e.0[0].key, "filters[1]");
+        assert!(e.0[0].message.contains("unknown filter"), "{e}");
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! memory pressure and outages: it is exactly what is needed when everything else fails.
 
 use crate::config::{Domains, Origin, PageSettings, PageUrl};
+use crate::metrics::METRICS;
 use crate::upstream;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use bytes::{Bytes, BytesMut};
@@ -221,9 +222,15 @@ impl PageStore {
         let origin = slot.origin.load_full();
         let result = tokio::time::timeout(settings.fetch_timeout, self.fetch(&slot.url, &origin, &settings))
             .await
-            .unwrap_or_else(|_| Err(format!("no complete answer within {:?}", settings.fetch_timeout)));
+            .unwrap_or_else(|_| {
+                Err((
+                    "timeout",
+                    format!("no complete answer within {:?}", settings.fetch_timeout),
+                ))
+            });
         let outcome = match result {
             Ok(page) => {
+                METRICS.page_fetches.with_label_values(&["ok"]).inc();
                 debug!(
                     "custom page {} fetched: {} bytes",
                     slot.url.as_str(),
@@ -234,7 +241,8 @@ impl PageStore {
                 *slot.last_error.lock() = None;
                 Ok(page)
             }
-            Err(reason) => {
+            Err((kind, reason)) => {
+                METRICS.page_fetches.with_label_values(&[kind]).inc();
                 let kept = if slot.page.load().is_some() {
                     "; keeping the last good copy"
                 } else {
@@ -253,7 +261,12 @@ impl PageStore {
     }
 
     /// One GET of the page through its domain's origin servers, tried in order.
-    async fn fetch(&self, url: &PageUrl, origin: &Origin, settings: &PageSettings) -> Result<Page, String> {
+    async fn fetch(
+        &self,
+        url: &PageUrl,
+        origin: &Origin,
+        settings: &PageSettings,
+    ) -> Result<Page, FetchError> {
         let mut last_error = String::from("the domain has no origin server");
         let mut connected = None;
         for server in &origin.servers {
@@ -273,10 +286,11 @@ impl PageStore {
                 Err(e) => last_error = format!("cannot connect to {server}: {e}"),
             }
         }
-        let (mut session, peer) = connected.ok_or(last_error)?;
+        let (mut session, peer) = connected.ok_or(("connect", last_error))?;
         let host = origin.host.as_deref().unwrap_or_else(|| url.host());
-        let request = page_request(url, host).map_err(|e| format!("cannot build the request: {e}"))?;
-        let io = |e: Box<pingora_error::Error>| format!("origin error: {e}");
+        let request =
+            page_request(url, host).map_err(|e| ("internal", format!("cannot build the request: {e}")))?;
+        let io = |e: Box<pingora_error::Error>| ("origin_io", format!("origin error: {e}"));
         session
             .write_request_header(Box::new(request))
             .await
@@ -285,18 +299,19 @@ impl PageStore {
         session.read_response_header().await.map_err(io)?;
         let response = session
             .response_header()
-            .ok_or("origin sent no response header")?;
+            .ok_or(("origin_io", "origin sent no response header".to_string()))?;
         let status = response.status.as_u16();
         if status != 200 {
-            return Err(format!(
-                "origin answered {status}; only 200 is accepted (redirects are not followed)"
-            ));
+            let reason =
+                format!("origin answered {status}; only 200 is accepted (redirects are not followed)");
+            return Err(("status", reason));
         }
         let header = |name: http::header::HeaderName| response.headers.get(name).cloned();
         if let Some(encoding) = header(http::header::CONTENT_ENCODING).filter(|v| v.as_bytes() != b"identity")
         {
-            return Err(format!(
-                "page is sent with Content-Encoding {encoding:?}; serve it uncompressed"
+            return Err((
+                "encoding",
+                format!("page is sent with Content-Encoding {encoding:?}; serve it uncompressed"),
             ));
         }
         let declared_len = header(http::header::CONTENT_LENGTH)
@@ -385,9 +400,15 @@ fn page_request(url: &PageUrl, host: &str) -> pingora_error::Result<RequestHeade
     Ok(request)
 }
 
-fn too_large(len: usize, max: usize) -> String {
-    format!("page is larger than pages.max_size ({len} > {max} bytes)")
+fn too_large(len: usize, max: usize) -> FetchError {
+    (
+        "too_large",
+        format!("page is larger than pages.max_size ({len} > {max} bytes)"),
+    )
 }
+
+/// Why a fetch failed: a short class for metrics, and the reason for logs and the API.
+type FetchError = (&'static str, String);
 
 /// The page's own freshness from `Cache-Control: max-age`; without one, `pages.refresh` applies.
 fn max_age(response: &pingora_http::ResponseHeader) -> Option<Duration> {

@@ -1,0 +1,165 @@
+//! The `custom-pages` command line and server wiring, as a library function so a program can
+//! run the edge with filters of its own (see `examples/add_filter.rs`).
+
+use crate::access_log::AccessLog;
+use crate::admin::{self, AdminApi};
+use crate::config::{self, watch};
+use crate::edge::Edge;
+use crate::filters::FilterRegistry;
+use crate::proxy::EdgeProxy;
+use clap::Parser;
+use pingora_core::apps::HttpServerOptions;
+use pingora_core::server::configuration::Opt;
+use pingora_core::server::{Server, ShutdownWatch};
+use pingora_core::services::background::{background_service, BackgroundService};
+use pingora_core::services::listening::Service;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+/// A CDN edge that answers errors with the custom pages its operator chose.
+#[derive(Parser, Debug)]
+#[command(name = "custom-pages", version)]
+pub struct Cli {
+    /// The edge file; domain files are read from the folder it names.
+    #[arg(short = 'c', long = "conf", default_value = "conf/edge.yaml")]
+    conf: PathBuf,
+    /// Validate the whole configuration (edge file and every domain file), print every
+    /// error with its file and key, and exit.
+    #[arg(short = 't', long = "test")]
+    test: bool,
+    /// Run in the background.
+    #[arg(short = 'd', long = "daemon")]
+    daemon: bool,
+    /// Take over the listeners of a running instance (graceful upgrade).
+    #[arg(short = 'u', long = "upgrade")]
+    upgrade: bool,
+}
+
+/// Parses the command line and runs the edge (or validates the configuration with `-t`),
+/// with `filters` available to domain files. Returns only on a configuration error or `-t`.
+pub fn main_with(filters: FilterRegistry) -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    let (settings, domains) = match config::load_all(&cli.conf, &filters) {
+        Ok(loaded) => loaded,
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!("custom-pages: the configuration has {} error(s)", errors.0.len());
+            return ExitCode::FAILURE;
+        }
+    };
+    let admin_token = match admin::load_token(settings.admin_token_file.as_ref()) {
+        Ok(token) => token,
+        Err(e) => {
+            eprintln!("{}: {e}", cli.conf.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    if cli.test {
+        println!(
+            "custom-pages: configuration OK: {} and {} domain(s) in {}",
+            cli.conf.display(),
+            domains.len(),
+            settings.domains_dir.display()
+        );
+        return ExitCode::SUCCESS;
+    }
+    let access_log = match AccessLog::open(&settings.access_log) {
+        Ok(log) => log,
+        Err(e) => {
+            eprintln!(
+                "{}: access_log: cannot open {:?}: {e}",
+                cli.conf.display(),
+                settings.access_log
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    run(cli, settings, domains, admin_token, Arc::new(filters), access_log)
+}
+
+fn run(
+    cli: Cli,
+    mut settings: config::EdgeSettings,
+    domains: config::Domains,
+    admin_token: Option<String>,
+    filters: Arc<FilterRegistry>,
+    access_log: AccessLog,
+) -> ExitCode {
+    let opt = Opt {
+        upgrade: cli.upgrade,
+        daemon: cli.daemon,
+        nocapture: false,
+        test: false,
+        conf: None,
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, std::mem::take(&mut settings.server));
+    server.bootstrap();
+
+    let listen = settings.listen.clone();
+    let edge = Edge::new(settings, domains, filters, access_log);
+    let mut proxy = pingora_proxy::http_proxy_service_with_name(
+        &server.configuration,
+        EdgeProxy::new(edge.clone()),
+        "edge",
+    );
+    for addr in &listen {
+        proxy.add_tcp(&addr.to_string());
+    }
+    // Every listener also speaks HTTP/2 cleartext with prior knowledge.
+    let mut options = HttpServerOptions::default();
+    options.h2c = true;
+    if let Some(app) = proxy.app_logic_mut() {
+        app.server_options = Some(options);
+    }
+    server.add_service(proxy);
+    let admin_listen = edge.settings.admin_listen;
+    match admin_token {
+        Some(token) => {
+            let mut api = Service::new("admin".to_string(), AdminApi::new(edge.clone(), token));
+            api.add_tcp(&admin_listen.to_string());
+            server.add_service(api);
+        }
+        None if admin_listen.ip().is_loopback() => log::warn!(
+            "admin API not started: no token (set admin.token_file or {})",
+            admin::TOKEN_ENV
+        ),
+        None => log::warn!("admin API refuses to listen on the non-loopback {admin_listen} without a token"),
+    }
+    server.add_service(background_service("control", Control { edge }));
+    server.run_forever()
+}
+
+/// Work that lives beside the proxy: fetching and refreshing pages, applying configuration.
+struct Control {
+    edge: Arc<Edge>,
+}
+
+#[async_trait::async_trait]
+impl BackgroundService for Control {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        self.edge.start().await;
+        let settings = &self.edge.settings;
+        let (_watcher, mut changes) = match watch::watch(&settings.file, &settings.domains_dir) {
+            Ok(watching) => watching,
+            Err(e) => {
+                log::error!("cannot watch the configuration, changes need a restart: {e}");
+                let _ = shutdown.changed().await;
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                changed = watch::next_change(&mut changes) => {
+                    if !changed {
+                        return;
+                    }
+                    // Errors are logged and reported by /api/status; the last good configuration stays.
+                    let _ = self.edge.reload().await;
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
