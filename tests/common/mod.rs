@@ -41,6 +41,8 @@ pub struct EdgeOptions {
     pub edge_extra: String,
     /// Environment variables for the process.
     pub env: Vec<(String, String)>,
+    /// The program to run instead of `custom-pages` (an example built on the library).
+    pub program: Option<PathBuf>,
 }
 
 impl Default for EdgeOptions {
@@ -48,6 +50,7 @@ impl Default for EdgeOptions {
         EdgeOptions {
             edge_extra: "pages:\n  max_size: 64KiB\n  refresh: 5m\n  fetch_timeout: 2s\n".into(),
             env: Vec::new(),
+            program: None,
         }
     }
 }
@@ -79,7 +82,11 @@ impl Edge {
             );
             std::fs::write(dir.path().join("edge.yaml"), edge_yaml).expect("edge file");
             let log = std::fs::File::create(dir.path().join("edge.log")).expect("log file");
-            let child = Command::new(env!("CARGO_BIN_EXE_custom-pages"))
+            let program = options
+                .program
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_custom-pages")));
+            let child = Command::new(program)
                 .arg("-c")
                 .arg(dir.path().join("edge.yaml"))
                 .env(
@@ -163,6 +170,14 @@ impl Drop for Edge {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The path of an example program built alongside the tests (`cargo test` builds examples).
+pub fn example(name: &str) -> PathBuf {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_custom-pages"));
+    bin.parent()
+        .map(|dir| dir.join("examples").join(name))
+        .unwrap_or_default()
 }
 
 /// Which protocol a client speaks to the edge.
