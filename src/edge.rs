@@ -14,10 +14,14 @@ use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
 use std::sync::Arc;
 use std::time::SystemTime;
 
+/// Added to the longest origin read timeout before unused pages are dropped after a reload.
+const RETIRE_SLACK: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub struct Edge {
     /// The settings the edge started with; `pages` may change live (see [`Edge::pages_settings`]).
     pub settings: EdgeSettings,
-    domains: ArcSwap<Domains>,
+    /// Shared with the page store's delayed clean-up, which must see the configuration of its time.
+    domains: Arc<ArcSwap<Domains>>,
     pub pages: CustomPages,
     /// Pingora's cache takes `&'static` storage and lock: one of each lives for the process.
     pub storage: &'static MemoryStorage,
@@ -60,7 +64,7 @@ impl Edge {
             Box::leak(Box::new(CacheLock::new(settings.cache_lock_timeout)));
         Arc::new(Edge {
             settings,
-            domains: ArcSwap::from_pointee(domains),
+            domains: Arc::new(ArcSwap::from_pointee(domains)),
             pages: CustomPages::new(store),
             storage,
             cache_lock,
@@ -139,12 +143,25 @@ impl Edge {
     }
 
     /// Applies a validated domain set: its new pages are fetched first, then it replaces the
-    /// old one in one atomic swap, then pages no rule uses any more are dropped.
+    /// old one in one atomic swap. Pages no rule uses any more are dropped later, once requests
+    /// routed by the old rules have finished with them.
     async fn apply(&self, domains: Domains, pages: &PageSettings) -> u64 {
         let store = self.pages.store();
         store.sync(&domains, pages).await;
-        self.domains.store(Arc::new(domains));
-        store.retain(&self.domains.load()).await;
+        // The longest a request can still be using the old rules: its origin's read timeout
+        // plus slack for connecting and waiting on the cache lock.
+        let old = self.domains.swap(Arc::new(domains));
+        let longest_read = old
+            .iter()
+            .map(|d| d.origin.read_timeout)
+            .max()
+            .unwrap_or_default();
+        let in_flight_bound = longest_read + self.settings.cache_lock_timeout + RETIRE_SLACK;
+        let (store, current) = (store.clone(), self.domains.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(in_flight_bound).await;
+            store.retain(&current.load()).await;
+        });
         let version = self.status.lock().version + 1;
         version
     }

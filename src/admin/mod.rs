@@ -243,14 +243,18 @@ impl AdminApi {
                 Err(e) => broken.push(e),
             }
         }
-        let index = parsed
-            .iter()
-            .position(|(_, spec)| {
-                spec.domain
-                    .parse::<config::DomainName>()
-                    .is_ok_and(|n| n == wanted)
-            })
-            .ok_or_else(|| unknown_domain(domain))?;
+        let Some(index) = parsed.iter().position(|(_, spec)| {
+            spec.domain
+                .parse::<config::DomainName>()
+                .is_ok_and(|n| n == wanted)
+        }) else {
+            // The domain's own file may be among the broken ones: say so rather than "unknown".
+            return Err(if broken.is_empty() {
+                unknown_domain(domain)
+            } else {
+                conflict(config::ConfigErrors(broken))
+            });
+        };
         let outcome = change(&mut parsed[index].1.custom_pages)?;
         let (file, spec) = parsed[index].clone();
         if let Err(errors) = config::Domains::build(parsed, &self.edge.filters) {
@@ -400,12 +404,13 @@ async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, ApiError> {
 
 fn parse_rule_body(body: &[u8]) -> Result<RuleBody, ApiError> {
     let mut de = serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+    let parsed: RuleBody = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let message = e.inner().to_string();
-        // serde_path_to_error says "." for the top level and "?" where parsing broke.
-        let field = if path != "." && path != "?" {
-            path
+        // serde_path_to_error says "." for the top level and "?" where parsing broke; a path
+        // into an array means the body was not an object at all.
+        let field = if path != "." && path != "?" && !path.starts_with('[') {
+            path.split(['.', '[']).next().unwrap_or("body").to_string()
         } else if let Some(unknown) = message
             .split('`')
             .nth(1)
@@ -418,7 +423,10 @@ fn parse_rule_body(body: &[u8]) -> Result<RuleBody, ApiError> {
             "body".to_string()
         };
         ApiError::field(&field, format!("invalid JSON body: {message}"))
-    })
+    })?;
+    de.end()
+        .map_err(|e| ApiError::field("body", format!("invalid JSON body: {e}")))?;
+    Ok(parsed)
 }
 
 fn unknown_domain(name: &str) -> ApiError {
@@ -477,6 +485,8 @@ mod tests {
         assert_eq!(field(r#"{"url": 5}"#), "url");
         assert_eq!(field(r#"{"url": "http://a.com/x", "source": "moon"}"#), "source");
         assert_eq!(field("{not json"), "body");
+        assert_eq!(field("[1, 2]"), "body");
+        assert_eq!(field(r#"{"url": "http://a.com/x"} trailing"#), "body");
         assert!(parse_rule_body(br#"{"url": "http://a.com/x", "status": 503}"#).is_ok());
     }
 

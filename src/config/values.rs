@@ -295,9 +295,18 @@ impl FromStr for PageUrl {
                 "URL {s:?} has no path; expected e.g. http://{host}/error404.html"
             ));
         }
+        let host = normalize_host(host);
+        let is_ip = host.parse::<std::net::Ipv4Addr>().is_ok()
+            || host
+                .strip_prefix('[')
+                .and_then(|h| h.strip_suffix(']'))
+                .is_some_and(|h| h.parse::<std::net::Ipv6Addr>().is_ok());
+        if !is_ip && !matches!(host.parse::<DomainName>(), Ok(DomainName::Exact(_))) {
+            return Err(format!("URL {s:?} has no valid host"));
+        }
         Ok(PageUrl {
             raw: s.to_string(),
-            host: normalize_host(host),
+            host,
             path_and_query: path_and_query.to_string(),
         })
     }
