@@ -72,10 +72,10 @@ impl ProxyHttp for MyProxy {
         &self,
         _session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut PageState,
     ) -> Result<Option<Duration>> {
-        self.pages.on_response_body(body, ctx);
+        self.pages.on_response_body(body, end_of_stream, ctx);
         Ok(None)
     }
 

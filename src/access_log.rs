@@ -16,6 +16,7 @@ use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 
 const QUEUE: usize = 16 * 1024;
 
+/// The access log writer (see the module docs for the format).
 pub struct AccessLog {
     sender: Option<SyncSender<String>>,
     dropped: AtomicU64,
@@ -59,10 +60,12 @@ impl AccessLog {
         })
     }
 
+    /// Whether lines are written anywhere (false for `off`).
     pub fn enabled(&self) -> bool {
         self.sender.is_some()
     }
 
+    /// Queues one line; never blocks (drops it when the writer is far behind).
     pub fn write(&self, line: String) {
         let Some(sender) = &self.sender else { return };
         if let Err(TrySendError::Full(_)) = sender.try_send(line) {
@@ -80,8 +83,11 @@ impl AccessLog {
 /// Where the access log goes (`access_log:` in the edge file).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AccessLogTarget {
+    /// No access log.
     Off,
+    /// The process's standard error.
     Stderr,
+    /// A file, appended to.
     File(std::path::PathBuf),
 }
 

@@ -17,17 +17,21 @@ use std::time::SystemTime;
 /// Added to the longest origin read timeout before unused pages are dropped after a reload.
 const RETIRE_SLACK: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// A running edge: what the proxy, the admin API and the control service share.
 pub struct Edge {
     /// The settings the edge started with; `pages` may change live (see [`Edge::pages_settings`]).
     pub settings: EdgeSettings,
     /// Shared with the page store's delayed clean-up, which must see the configuration of its time.
     domains: Arc<ArcSwap<Domains>>,
+    /// The custom pages module and its page store.
     pub pages: CustomPages,
     /// Pingora's cache takes `&'static` storage and lock: one of each lives for the process.
     pub storage: &'static MemoryStorage,
+    /// The cache lock that makes concurrent misses wait for one origin request.
     pub cache_lock: &'static CacheKeyLockImpl,
     /// The filters domain files may name.
     pub filters: Arc<FilterRegistry>,
+    /// Where one line per request goes.
     pub access_log: AccessLog,
     status: Mutex<ReloadStatus>,
     /// Serializes reloads, whoever asks (file watcher, admin API).
@@ -41,6 +45,7 @@ pub struct ReloadStatus {
     pub version: u64,
     /// When the last reload was tried (RFC 3339), and whether it was applied.
     pub last_reload_at: Option<String>,
+    /// Whether that reload was applied.
     pub last_reload_ok: bool,
     /// Errors of the last reload; the configuration before it keeps serving.
     pub errors: Vec<ConfigError>,
@@ -92,6 +97,7 @@ impl Edge {
         self.domains.load_full()
     }
 
+    /// The reload status reported by `GET /api/status`.
     pub fn status(&self) -> ReloadStatus {
         self.status.lock().clone()
     }

@@ -1,4 +1,5 @@
 //! custom-pages: a CDN edge on Pingora that serves operator-configured custom error pages.
+#![warn(missing_docs)]
 
 pub mod access_log;
 pub mod admin;

@@ -6,6 +6,7 @@
 use once_cell::sync::Lazy;
 use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
 
+/// Every metric the edge exports.
 pub struct Metrics {
     registry: Registry,
     /// Requests by domain (`-` for unknown hosts) and status class (`2xx`…).
@@ -18,6 +19,7 @@ pub struct Metrics {
     pub page_fetches: IntCounterVec,
     /// Configuration reloads by result (`ok`, `error`).
     pub reloads: IntCounterVec,
+    /// Request duration by domain.
     pub latency: HistogramVec,
 }
 

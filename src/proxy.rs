@@ -19,11 +19,13 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// The edge's Pingora proxy application.
 pub struct EdgeProxy {
     edge: Arc<Edge>,
 }
 
 impl EdgeProxy {
+    /// The proxy of a running edge.
     pub fn new(edge: Arc<Edge>) -> EdgeProxy {
         EdgeProxy { edge }
     }
@@ -31,12 +33,15 @@ impl EdgeProxy {
 
 /// Per-request state.
 pub struct RequestCtx {
+    /// When the request started, for the access log and the latency histogram.
     pub started: Instant,
+    /// The domain serving the request, once routed.
     pub domain: Option<Arc<Domain>>,
     /// The requested host, normalized (lower case, no port, no trailing dot).
     pub host: String,
     /// Which of the domain's origin servers this attempt uses.
     server_index: usize,
+    /// The custom pages module's state for this request.
     pub pages: PageState,
 }
 
@@ -282,10 +287,12 @@ impl ProxyHttp for EdgeProxy {
         &self,
         _session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
-        self.edge.pages.on_response_body(body, &mut ctx.pages);
+        self.edge
+            .pages
+            .on_response_body(body, end_of_stream, &mut ctx.pages);
         Ok(None)
     }
 
@@ -303,12 +310,16 @@ impl ProxyHttp for EdgeProxy {
                 can_reuse_downstream: false,
             };
         }
+        // Pingora 0.9 drops the client connection after a failed proxy attempt whatever this
+        // hook answers (it reuses only on the attempt's own verdict), so say so to the client
+        // with `Connection: close` instead of promising keep-alive.
+        session.set_keepalive(None);
         if let Err(write_error) = self.respond_error(session, ctx, status).await {
             log::warn!("cannot send the {status} answer: {write_error}");
         }
         FailToProxy {
             error_code: status,
-            can_reuse_downstream: written_ok(session),
+            can_reuse_downstream: false,
         }
     }
 
@@ -365,9 +376,4 @@ impl EdgeProxy {
         }
         pages::write_whole(session, header, body).await
     }
-}
-
-/// Whether the whole error answer went out, so the client's connection can carry on.
-fn written_ok(session: &Session) -> bool {
-    session.response_written().is_some()
 }

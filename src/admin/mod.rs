@@ -22,6 +22,7 @@ const MAX_BODY: usize = 64 * 1024;
 /// Environment variable holding the token when `admin.token_file` is not set.
 pub const TOKEN_ENV: &str = "CUSTOM_PAGES_ADMIN_TOKEN";
 
+/// The admin API as a Pingora HTTP app (`ServeHttp`).
 pub struct AdminApi {
     edge: Arc<Edge>,
     token: String,
@@ -81,6 +82,7 @@ struct RuleBody {
 }
 
 impl AdminApi {
+    /// An API over `edge` accepting `token` as bearer token.
     pub fn new(edge: Arc<Edge>, token: String) -> AdminApi {
         AdminApi {
             edge,

@@ -19,7 +19,9 @@ const DEFAULT_TTL_STATUSES: [u16; 5] = [200, 203, 204, 301, 308];
 /// Per-domain freshness settings.
 #[derive(Debug, Clone, Copy)]
 pub struct TtlPolicy {
+    /// Freshness of responses that give none (0: not cached).
     pub default_ttl: Duration,
+    /// Minimum freshness of origin 4xx/5xx (0: no negative caching).
     pub error_ttl: Duration,
 }
 

@@ -162,6 +162,7 @@ impl MemoryStorage {
         *self.used_bytes.lock()
     }
 
+    /// The bound given to [`MemoryStorage::new`].
     pub fn capacity_bytes(&self) -> usize {
         self.capacity_bytes
     }

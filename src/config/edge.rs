@@ -6,19 +6,26 @@ use serde::Deserialize;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// The edge file as written. Unknown keys are errors; every key has a default.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EdgeFile {
+    /// Addresses to listen on, each serving HTTP/1.1 and h2c.
     #[serde(default = "default_listen")]
     pub listen: Vec<String>,
+    /// Worker threads of the proxy.
     #[serde(default = "default_threads")]
     pub threads: usize,
+    /// The content cache.
     #[serde(default)]
     pub cache: CacheSection,
+    /// The page store.
     #[serde(default)]
     pub pages: PagesSection,
+    /// Folder of domain files, relative to the edge file.
     #[serde(default = "default_domains")]
     pub domains: PathBuf,
+    /// The admin API.
     #[serde(default)]
     pub admin: AdminSection,
     /// `stderr` (default), `off`, or a file path relative to this file.
@@ -42,6 +49,7 @@ fn default_domains() -> PathBuf {
     PathBuf::from("domains")
 }
 
+/// The `cache:` section of the edge file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CacheSection {
@@ -73,13 +81,17 @@ fn default_lock_timeout() -> Dur {
     Dur(Duration::from_secs(5))
 }
 
+/// The `pages:` section of the edge file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PagesSection {
+    /// Largest page accepted.
     #[serde(default = "default_max_size")]
     pub max_size: Size,
+    /// Refresh interval of pages without max-age.
     #[serde(default = "default_refresh")]
     pub refresh: Dur,
+    /// Bound of one page fetch.
     #[serde(default = "default_fetch_timeout")]
     pub fetch_timeout: Dur,
 }
@@ -104,11 +116,14 @@ fn default_fetch_timeout() -> Dur {
     Dur(Duration::from_secs(5))
 }
 
+/// The `admin:` section of the edge file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminSection {
+    /// Address of the admin API.
     #[serde(default = "default_admin_listen")]
     pub listen: String,
+    /// File holding the bearer token (else `CUSTOM_PAGES_ADMIN_TOKEN`).
     #[serde(default)]
     pub token_file: Option<PathBuf>,
 }

@@ -25,13 +25,16 @@ use std::time::Duration;
 /// One thing wrong with the configuration.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ConfigError {
+    /// The file at fault.
     pub file: PathBuf,
     /// Dotted path of the key (`origin.servers[0]`), empty for the file as a whole.
     pub key: String,
+    /// What is wrong and what was expected.
     pub message: String,
 }
 
 impl ConfigError {
+    /// An error of `key` in `file`.
     pub fn new(file: &Path, key: impl Into<String>, message: impl Into<String>) -> Self {
         ConfigError {
             file: file.to_path_buf(),
@@ -96,25 +99,40 @@ fn read_file(file: &Path) -> Result<String, ConfigError> {
 /// Settings from the edge file, validated.
 #[derive(Debug)]
 pub struct EdgeSettings {
+    /// The edge file these settings came from.
     pub file: PathBuf,
+    /// Listening addresses.
     pub listen: Vec<SocketAddr>,
+    /// Worker threads of the proxy.
     pub threads: usize,
+    /// Bound of the content cache in bytes.
     pub cache_memory: usize,
+    /// Largest object cached, in bytes.
     pub cache_max_object: usize,
+    /// How long concurrent misses wait for the first.
     pub cache_lock_timeout: Duration,
+    /// Page store settings.
     pub pages: PageSettings,
+    /// The domains folder (resolved against the edge file's folder).
     pub domains_dir: PathBuf,
+    /// Address of the admin API.
     pub admin_listen: SocketAddr,
+    /// File holding the admin token, if any.
     pub admin_token_file: Option<PathBuf>,
+    /// Where the access log goes.
     pub access_log: AccessLogTarget,
+    /// Pingora's server settings.
     pub server: pingora_core::server::configuration::ServerConf,
 }
 
 /// How the page store fetches and keeps pages.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PageSettings {
+    /// Largest page accepted, in bytes.
     pub max_size: usize,
+    /// Refresh interval of pages without max-age.
     pub refresh: Duration,
+    /// Bound of one page fetch.
     pub fetch_timeout: Duration,
 }
 
@@ -315,10 +333,12 @@ impl Domains {
         self.iter().find(|d| d.name == name)
     }
 
+    /// How many domains.
     pub fn len(&self) -> usize {
         self.exact.len() + self.wildcards.len()
     }
 
+    /// Whether no domain is served.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -118,6 +118,7 @@ fn parse_error_code(s: &str) -> Result<u16, String> {
 }
 
 impl CodePattern {
+    /// Whether `status` falls under the pattern.
     pub fn matches(&self, status: u16) -> bool {
         match self {
             CodePattern::Exact(c) => *c == status,
@@ -248,12 +249,15 @@ pub struct PageUrl {
 }
 
 impl PageUrl {
+    /// The URL as written.
     pub fn as_str(&self) -> &str {
         &self.raw
     }
+    /// Lower-cased host, without port.
     pub fn host(&self) -> &str {
         &self.host
     }
+    /// Path and query, as requested from the origin.
     pub fn path_and_query(&self) -> &str {
         &self.path_and_query
     }
@@ -347,6 +351,7 @@ pub fn normalize_host(host: &str) -> String {
 /// any name below `example.com` (not `example.com` itself).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum DomainName {
+    /// A single name.
     Exact(String),
     /// The suffix after `*`, with its leading dot: `.example.com`.
     Wildcard(String),

@@ -15,6 +15,7 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+/// Registers the built-in filters in `registry`.
 pub fn register(registry: &mut FilterRegistry) {
     registry.register("add_response_headers", |settings| {
         Ok(Arc::new(AddResponseHeaders::from_settings(settings)?))
@@ -40,6 +41,7 @@ fn header_name(name: &str) -> Result<HeaderName, String> {
 pub struct AddResponseHeaders(Vec<(HeaderName, HeaderValue)>);
 
 impl AddResponseHeaders {
+    /// From `{Header-Name: value, ...}`.
     pub fn from_settings(value: &serde_yaml::Value) -> Result<Self, String> {
         let map: BTreeMap<String, String> = settings(value, "a map of header names to values")?;
         let mut headers = Vec::with_capacity(map.len());
@@ -66,6 +68,7 @@ impl Filter for AddResponseHeaders {
 pub struct RemoveResponseHeaders(Vec<HeaderName>);
 
 impl RemoveResponseHeaders {
+    /// From `[Header-Name, ...]`.
     pub fn from_settings(value: &serde_yaml::Value) -> Result<Self, String> {
         let names: Vec<String> = settings(value, "a list of header names")?;
         names
@@ -106,6 +109,7 @@ fn forbidden() -> u16 {
 }
 
 impl BlockPaths {
+    /// From `{paths: ["/admin"], status: 403}` (status optional).
     pub fn from_settings(value: &serde_yaml::Value) -> Result<Self, String> {
         let s: BlockPathsSettings = settings(value, "{paths: [\"/admin\"], status: 403}")?;
         if !(400..=599).contains(&s.status) {

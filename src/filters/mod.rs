@@ -117,6 +117,7 @@ impl fmt::Debug for FilterChain {
 }
 
 impl FilterChain {
+    /// Whether the chain has no filter (the proxy then skips it).
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
@@ -131,6 +132,7 @@ impl FilterChain {
         Verdict::Continue
     }
 
+    /// Runs the response filters in order.
     pub fn response(&self, resp: &mut ResponseHeader, info: &RequestInfo<'_>) {
         for filter in &self.0 {
             filter.response(resp, info);

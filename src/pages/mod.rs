@@ -3,13 +3,17 @@
 //!
 //! It is usable from any Pingora `ProxyHttp`: call [`CustomPages::on_response_header`] from
 //! `response_filter`, [`CustomPages::on_response_body`] from `response_body_filter` and
-//! [`CustomPages::respond_error`] from `fail_to_proxy`, keeping one [`PageState`] per request
+//! [`CustomPages::error_response`] from `fail_to_proxy`, keeping one [`PageState`] per request
 //! in the proxy's context.
 //!
 //! Three paths deliver a page, because Pingora delivers bodies three ways:
-//! - the error has a body (proxied or from cache): the header is rewritten and the first body
-//!   chunk is replaced by the page, later chunks dropped (end of stream is not reliable with
-//!   the cache on, so nothing waits for it);
+//! - the error has a body (proxied or from cache): the header is rewritten and the origin's
+//!   body chunks are replaced by the page. Usually the page goes out with the first chunk.
+//!   When the origin's body is being written to the cache, it goes out with the chunk that
+//!   ends the body instead: Pingora's HTTP/1.1 writer counts a complete `Content-Length` as the
+//!   end of the response and the proxy then stops reading the origin, which would leave the
+//!   cache entry unfinished. (With our storage, which does not serve partial writes, the body
+//!   filter sees the end of stream; storages that do may not, see `PINGORA_NOTES.md`.)
 //! - the origin's header already ended the response (`Content-Length: 0`), so Pingora will run
 //!   no body filter (pingora issue #852): the page is written directly from the header hook,
 //!   and Pingora's own later write of the header is a no-op;
@@ -37,7 +41,9 @@ use std::sync::Arc;
 pub struct Substitution {
     /// The rule's code pattern, e.g. `404` or `5xx`.
     pub rule: String,
+    /// The status the response had.
     pub original_status: u16,
+    /// Who produced that status.
     pub cause: Source,
     /// `fresh`, `stale` (last good copy), `default` (built-in page) or `redirect`.
     pub page_state: &'static str,
@@ -46,11 +52,26 @@ pub struct Substitution {
 /// Per-request state of the module; keep one in the proxy's `CTX`.
 #[derive(Debug, Default)]
 pub struct PageState {
-    /// Set when this response's body is being replaced: the page until it is sent, then `None`.
-    replacement: Option<Option<Bytes>>,
+    /// How this response's body is being replaced, if it is.
+    replacement: Replacement,
     /// Set when this request must never get a custom page (the edge's own page fetches).
     pub disabled: bool,
+    /// What was substituted, if anything (for logs and metrics).
     pub substitution: Option<Substitution>,
+}
+
+/// What happens to the origin's body chunks.
+#[derive(Debug, Default)]
+enum Replacement {
+    /// They pass: nothing is replaced.
+    #[default]
+    Pass,
+    /// The page goes out in place of the first chunk.
+    AtFirstChunk(Bytes),
+    /// The page goes out in place of the chunk that ends the body; the others are dropped.
+    AtEndOfStream(Bytes),
+    /// The page went out (or none is due, as for HEAD): every chunk is dropped.
+    Drop,
 }
 
 /// How an error is answered.
@@ -66,15 +87,18 @@ enum Answer {
     },
 }
 
+/// The custom pages module: decides and writes replacements; see the module docs for the hooks.
 pub struct CustomPages {
     store: Arc<PageStore>,
 }
 
 impl CustomPages {
+    /// The module over a page store (shared with whatever keeps it synced).
     pub fn new(store: Arc<PageStore>) -> CustomPages {
         CustomPages { store }
     }
 
+    /// The page store, to sync, refresh or inspect pages.
     pub fn store(&self) -> &Arc<PageStore> {
         &self.store
     }
@@ -162,25 +186,40 @@ impl CustomPages {
             Answer::Redirect { code, location } => response::rewrite_as_redirect(resp, code, &location)?,
         };
         state.substitution = Some(substitution);
-        if session.req_header().method == http::Method::HEAD {
-            state.replacement = Some(None);
+        state.replacement = if session.req_header().method == http::Method::HEAD {
+            Replacement::Drop
         } else if ended_with_header {
             // No body filter will run for this response (pingora #852): send the page now.
             session
                 .write_response_header(Box::new(resp.clone()), false)
                 .await?;
             session.write_response_body(Some(body.bytes), true).await?;
-            state.replacement = Some(None);
+            Replacement::Drop
+        } else if matches!(session.cache.phase(), CachePhase::Miss | CachePhase::Expired) {
+            // The origin's body is being cached: let the proxy read it to its end.
+            Replacement::AtEndOfStream(body.bytes)
         } else {
-            state.replacement = Some(Some(body.bytes));
-        }
+            Replacement::AtFirstChunk(body.bytes)
+        };
         Ok(())
     }
 
-    /// From `response_body_filter`: the first chunk becomes the page, later chunks are dropped.
-    pub fn on_response_body(&self, body: &mut Option<Bytes>, state: &mut PageState) {
-        if let Some(replacement) = state.replacement.as_mut() {
-            *body = replacement.take();
+    /// From `response_body_filter`: the origin's body chunks become the page.
+    pub fn on_response_body(&self, body: &mut Option<Bytes>, end_of_stream: bool, state: &mut PageState) {
+        match std::mem::take(&mut state.replacement) {
+            Replacement::Pass => {}
+            Replacement::AtFirstChunk(page) => {
+                *body = Some(page);
+                state.replacement = Replacement::Drop;
+            }
+            Replacement::AtEndOfStream(page) if end_of_stream => {
+                *body = Some(page);
+                state.replacement = Replacement::Drop;
+            }
+            waiting @ (Replacement::AtEndOfStream(_) | Replacement::Drop) => {
+                *body = None;
+                state.replacement = waiting;
+            }
         }
     }
 

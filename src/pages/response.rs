@@ -30,11 +30,14 @@ const HTML: HeaderValue = HeaderValue::from_static("text/html; charset=utf-8");
 /// A response body and its type, cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Body {
+    /// The body.
     pub bytes: Bytes,
+    /// Its `Content-Type`.
     pub content_type: HeaderValue,
 }
 
 impl Body {
+    /// An HTML body.
     pub fn html(bytes: Bytes) -> Body {
         Body {
             bytes,

@@ -34,14 +34,18 @@ const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
 /// A fetched page, ready to send.
 #[derive(Debug)]
 pub struct Page {
+    /// The page as fetched.
     pub body: Bytes,
+    /// The page's `Content-Type` (HTML if it sent none).
     pub content_type: HeaderValue,
+    /// When this copy was fetched.
     pub fetched_at: SystemTime,
     /// How long this copy is fresh: the page's max-age, or `pages.refresh`.
     pub max_age: Duration,
 }
 
 impl Page {
+    /// Whether this copy is within its max-age at `now`.
     pub fn is_fresh(&self, now: SystemTime) -> bool {
         now.duration_since(self.fetched_at)
             .is_ok_and(|age| age <= self.max_age)
@@ -51,12 +55,17 @@ impl Page {
 /// What the admin API shows of a page.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct PageInfo {
+    /// The page URL.
     pub url: String,
     /// `fresh`, `stale` (kept after failed refreshes) or `missing` (never fetched).
     pub state: &'static str,
+    /// When the current copy was fetched (RFC 3339).
     pub fetched_at: Option<String>,
+    /// Size of the current copy in bytes.
     pub size: Option<usize>,
+    /// `Content-Type` of the current copy.
     pub content_type: Option<String>,
+    /// Why the last fetch failed, if it did.
     pub last_error: Option<String>,
 }
 
@@ -81,6 +90,7 @@ impl Drop for Slot {
     }
 }
 
+/// Every page in use, by URL (see the module docs).
 pub struct PageStore {
     slots: ArcSwap<HashMap<String, Arc<Slot>>>,
     settings: ArcSwap<PageSettings>,
@@ -90,6 +100,7 @@ pub struct PageStore {
 }
 
 impl PageStore {
+    /// An empty store; [`PageStore::sync`] fills it.
     pub fn new(settings: PageSettings) -> Arc<PageStore> {
         Arc::new(PageStore {
             slots: ArcSwap::default(),
@@ -180,6 +191,7 @@ impl PageStore {
         self.fetch_into(&slot).await
     }
 
+    /// What the admin API shows of a page, if the store holds it.
     pub fn info(&self, url: &str) -> Option<PageInfo> {
         let slot = self.slots.load().get(url)?.clone();
         let page = slot.page.load_full();
