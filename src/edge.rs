@@ -19,7 +19,8 @@ const RETIRE_SLACK: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A running edge: what the proxy, the admin API and the control service share.
 pub struct Edge {
-    /// The settings the edge started with; `pages` may change live (see [`Edge::pages_settings`]).
+    /// The settings the edge started with (a reload may apply newer `pages` settings to the
+    /// page store; the rest needs a restart).
     pub settings: EdgeSettings,
     /// Shared with the page store's delayed clean-up, which must see the configuration of its time.
     domains: Arc<ArcSwap<Domains>>,
