@@ -110,7 +110,8 @@ impl ProxyHttp for EdgeProxy {
             }
         }
         let domains = self.edge.domains();
-        let routed = request_host(req).and_then(|host| domains.route(&host).map(|d| (host, d.clone())));
+        let routed =
+            request_host(req).and_then(|host| domains.route_normalized(&host).map(|d| (host, d.clone())));
         match routed {
             Some((host, domain)) => {
                 ctx.host = host;

@@ -307,7 +307,9 @@ impl Domains {
         self.route_normalized(&host)
     }
 
-    fn route_normalized(&self, host: &str) -> Option<&Arc<Domain>> {
+    /// Like [`route`](Self::route) for a host already normalized by
+    /// [`values::normalize_host`].
+    pub fn route_normalized(&self, host: &str) -> Option<&Arc<Domain>> {
         self.exact.get(host).or_else(|| {
             self.wildcards
                 .iter()
