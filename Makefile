@@ -32,5 +32,13 @@ lint: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
+# Side by side with nginx (installs nginx-light and wrk); writes BENCHMARKS.md. Not part of `test`.
+bench: deps
+	bash bench/run.sh
+
+# Ten minutes of mixed traffic, rule changes and origin restarts (SOAK_SECONDS, default 600).
+soak: deps
+	bash soak/run.sh
+
 clean:
 	$(CARGO) clean

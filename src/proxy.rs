@@ -56,6 +56,18 @@ pub fn request_host(req: &RequestHeader) -> Option<String> {
     (!host.is_empty()).then_some(host)
 }
 
+/// How long an idle HTTP/1.1 client connection is kept between requests.
+const KEEPALIVE_TIMEOUT_SECS: u64 = 60;
+
+/// Whether the request target, as the client sent it, is a path (origin form), a URL
+/// (absolute form) or `OPTIONS *`.
+fn is_origin_form(req: &RequestHeader) -> bool {
+    let target = req.raw_path();
+    target.starts_with(b"/")
+        || req.uri.scheme().is_some()
+        || (target == b"*" && req.method == http::Method::OPTIONS)
+}
+
 /// How many times this edge already handled the request (RFC 8586 `CDN-Loop`).
 fn loop_count(req: &RequestHeader) -> usize {
     req.headers
@@ -99,7 +111,16 @@ impl ProxyHttp for EdgeProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        // Pingora waits for the next request on a kept-alive HTTP/1.1 connection forever
+        // unless told otherwise.
+        session.set_keepalive(Some(KEEPALIVE_TIMEOUT_SECS));
         let req = session.req_header();
+        if !is_origin_form(req) {
+            // Not a path (`GET admin`, or a request line Pingora had to escape): no origin
+            // would agree with us on what it means, so nothing is forwarded.
+            respond_default(session, 400).await?;
+            return Ok(true);
+        }
         match loop_count(req) {
             0 => {}
             // One of our own page fetches: serve it, but never with a custom page.

@@ -8,7 +8,8 @@ use crate::edge::Edge;
 use crate::filters::FilterRegistry;
 use crate::proxy::EdgeProxy;
 use clap::Parser;
-use pingora_core::apps::HttpServerOptions;
+use pingora_core::apps::{HttpServerOptions, ServerApp};
+use pingora_core::protocols::Stream;
 use pingora_core::server::configuration::Opt;
 use pingora_core::server::{Server, ShutdownWatch};
 use pingora_core::services::background::{background_service, BackgroundService};
@@ -99,19 +100,16 @@ fn run(
 
     let listen = settings.listen.clone();
     let edge = Edge::new(settings, domains, filters, access_log);
-    let mut proxy = pingora_proxy::http_proxy_service_with_name(
-        &server.configuration,
-        EdgeProxy::new(edge.clone()),
-        "edge",
-    );
-    for addr in &listen {
-        proxy.add_tcp(&addr.to_string());
-    }
+    let mut app = pingora_proxy::http_proxy(&server.configuration, EdgeProxy::new(edge.clone()));
     // Every listener also speaks HTTP/2 cleartext with prior knowledge.
     let mut options = HttpServerOptions::default();
     options.h2c = true;
-    if let Some(app) = proxy.app_logic_mut() {
-        app.server_options = Some(options);
+    // Idle h2 connections are closed like idle HTTP/1.1 ones (see the proxy's keep-alive).
+    options.h2_idle_timeout = Some(IDLE_TIMEOUT);
+    app.server_options = Some(options);
+    let mut proxy = Service::new("edge".to_string(), FirstBytesTimeout { inner: Arc::new(app) });
+    for addr in &listen {
+        proxy.add_tcp(&addr.to_string());
     }
     server.add_service(proxy);
     let admin_listen = edge.settings.admin_listen;
@@ -129,6 +127,32 @@ fn run(
     }
     server.add_service(background_service("control", Control { edge }));
     server.run_forever()
+}
+
+/// How long a client connection may stay silent: before its first bytes, and between requests.
+const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Bounds the wait for a connection's first bytes. To tell h2c from HTTP/1.1, Pingora 0.9
+/// reads the 24-byte HTTP/2 preface with no timeout, so a client that connects and sends
+/// nothing (or a few bytes) would hold its socket and task forever.
+struct FirstBytesTimeout<A> {
+    inner: Arc<A>,
+}
+
+#[async_trait::async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for FirstBytesTimeout<A> {
+    async fn process_new(self: &Arc<Self>, mut stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        let mut preface = [0u8; 24];
+        // Peeking rewinds what it read, so the inner app sees the same bytes.
+        match tokio::time::timeout(IDLE_TIMEOUT, stream.try_peek(&mut preface)).await {
+            Ok(Ok(_)) => self.inner.process_new(stream, shutdown).await,
+            _ => None,
+        }
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await
+    }
 }
 
 /// Work that lives beside the proxy: fetching and refreshing pages, applying configuration.

@@ -123,6 +123,8 @@ pub struct EdgeSettings {
     pub access_log: AccessLogTarget,
     /// Pingora's server settings.
     pub server: pingora_core::server::configuration::ServerConf,
+    /// `server` as loaded, to compare on reload (the running edge hands `server` to Pingora).
+    pub server_yaml: String,
 }
 
 /// How the page store fetches and keeps pages.
@@ -228,6 +230,7 @@ impl EdgeSettings {
                 admin_listen,
                 admin_token_file: raw.admin.token_file.map(|p| base.join(p)),
                 access_log: AccessLogTarget::parse(&raw.access_log, base),
+                server_yaml: server.to_yaml(),
                 server,
             }),
             _ => Err(ConfigErrors(errors)),
@@ -263,7 +266,7 @@ impl EdgeSettings {
             self.admin_token_file != newer.admin_token_file,
         );
         check("access_log", self.access_log != newer.access_log);
-        check("server", self.server.to_yaml() != newer.server.to_yaml());
+        check("server", self.server_yaml != newer.server_yaml);
         keys
     }
 }

@@ -133,6 +133,9 @@ impl BlockPaths {
     }
 
     fn blocks(&self, path: &str) -> bool {
+        // Compare the path as the origin will understand it, so `/%61dmin`, `//admin` or
+        // `/x/../admin` cannot slip past a rule for `/admin`.
+        let path = normalize_path(path);
         self.paths.iter().any(|blocked| {
             blocked.is_empty()
                 || path
@@ -140,6 +143,39 @@ impl BlockPaths {
                     .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
         })
     }
+}
+
+/// Decodes `%XX` escapes, then resolves empty, `.` and `..` segments: the path an origin that
+/// normalizes (as most do) will serve.
+fn normalize_path(raw: &str) -> String {
+    let bytes = raw.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: Option<&u8>| b.and_then(|b| (*b as char).to_digit(16));
+        match (bytes[i], hex(bytes.get(i + 1)), hex(bytes.get(i + 2))) {
+            (b'%', Some(hi), Some(lo)) => {
+                decoded.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                decoded.push(b);
+                i += 1;
+            }
+        }
+    }
+    let decoded = String::from_utf8_lossy(&decoded);
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in decoded.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            s => segments.push(s),
+        }
+    }
+    format!("/{}", segments.join("/"))
 }
 
 #[async_trait]
@@ -167,6 +203,17 @@ mod tests {
         assert_eq!(f.status, 403);
         assert!(f.blocks("/admin") && f.blocks("/admin/users") && f.blocks("/.git/config"));
         assert!(!f.blocks("/administrator") && !f.blocks("/") && !f.blocks("/public/admin"));
+        for spelling in [
+            "/%61dmin",
+            "/%2fadmin",
+            "/./admin",
+            "//admin",
+            "/x/../admin",
+            "admin",
+            "/admin/.",
+        ] {
+            assert!(f.blocks(spelling), "{spelling} should be blocked");
+        }
     }
 
     #[test]
