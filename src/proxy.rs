@@ -184,6 +184,19 @@ impl ProxyHttp for EdgeProxy {
         Ok(CacheKey::new(format!("{} {target}", ctx.host), ""))
     }
 
+    fn cache_miss(&self, session: &mut Session, _ctx: &mut RequestCtx) {
+        if session.req_header().method == http::Method::HEAD {
+            // Pingora fetches a GET for a HEAD miss, but stops reading the origin once the HEAD
+            // answer is out, so the entry would never complete (a dangling cache lock). A HEAD
+            // miss goes to the origin as HEAD, uncached; a later GET fills the cache.
+            session
+                .cache
+                .disable(pingora_cache::NoCacheReason::Custom("HEAD miss"));
+            return;
+        }
+        session.cache.cache_miss();
+    }
+
     fn cache_vary_filter(
         &self,
         meta: &CacheMeta,

@@ -438,3 +438,40 @@ fn dash_t_names_file_and_key_of_every_error() {
     assert!(!ok);
     assert!(stderr.contains("edge.yaml: threads"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn head_miss_leaves_no_half_written_entry() {
+    let origin = Origin::start().await;
+    let body = "b".repeat(2 << 20);
+    origin.route(
+        "/big.bin",
+        Reply::ok(body.clone()).header("cache-control", "max-age=60"),
+    );
+    let edge = Edge::start(&[("a.yaml", domain_yaml("a.example.com", origin.addr(), ""))]);
+    let c = client(&edge, Proto::H1, &["a.example.com"]);
+    let url = edge.url("a.example.com", "/big.bin");
+    let head = common::send(c.head(&url)).await;
+    assert_eq!(
+        (head.status, head.header("content-length")),
+        (200, Some("2097152"))
+    );
+    let first = get(&c, &url).await;
+    assert_eq!(
+        (first.body.len(), first.header("x-cache")),
+        (body.len(), Some("MISS"))
+    );
+    let second = get(&c, &url).await;
+    assert_eq!(
+        (second.body.len(), second.header("x-cache")),
+        (body.len(), Some("HIT"))
+    );
+    assert!(!edge.log().contains("Dangling cache lock"), "{}", edge.log());
+    assert_eq!(
+        origin
+            .requests("/big.bin")
+            .iter()
+            .map(|r| r.method.as_str())
+            .collect::<Vec<_>>(),
+        ["HEAD", "GET"]
+    );
+}
