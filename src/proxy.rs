@@ -63,8 +63,14 @@ const KEEPALIVE_TIMEOUT_SECS: u64 = 60;
 /// (absolute form) or `OPTIONS *`.
 fn is_origin_form(req: &RequestHeader) -> bool {
     let target = req.raw_path();
+    let absolute = |scheme: &[u8]| {
+        target
+            .get(..scheme.len())
+            .is_some_and(|t| t.eq_ignore_ascii_case(scheme))
+    };
     target.starts_with(b"/")
-        || req.uri.scheme().is_some()
+        || absolute(b"http://")
+        || absolute(b"https://")
         || (target == b"*" && req.method == http::Method::OPTIONS)
 }
 
