@@ -1,0 +1,137 @@
+//! Micro-benchmark of the per-request custom page path, through the library's public API:
+//! choosing the rule, rewriting the origin's error header in place, handing the page body over,
+//! and the built-in default page.
+//!
+//! `cargo bench --bench page_path` (add `-- --quick` or `--measurement-time 2` to shorten it).
+
+use bytes::Bytes;
+use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion};
+use custom_pages::config::{CodePattern, PageUrl, Rule, Source};
+use custom_pages::pages::response::{default_page, rewrite_in_place, Body};
+use custom_pages::pages::rules::select;
+use http::HeaderValue;
+use pingora_http::ResponseHeader;
+
+fn rule(code: CodePattern, source: Source, url: &str) -> Rule {
+    Rule {
+        code,
+        source,
+        url: url.parse::<PageUrl>().expect("valid page URL"),
+        status: None,
+        redirect: None,
+    }
+}
+
+/// A realistic domain: five rules of every pattern kind, the exact 404 last in the file so the
+/// whole list is always scanned.
+fn rules() -> Vec<Rule> {
+    vec![
+        rule(
+            CodePattern::Class(5),
+            Source::Any,
+            "http://www.example.com/errors/5xx.html",
+        ),
+        rule(
+            CodePattern::Range(500, 504),
+            Source::Edge,
+            "http://www.example.com/errors/down.html",
+        ),
+        rule(
+            CodePattern::List(vec![401, 403]),
+            Source::Any,
+            "http://www.example.com/errors/denied.html",
+        ),
+        rule(
+            CodePattern::Class(4),
+            Source::Origin,
+            "http://www.example.com/errors/4xx.html",
+        ),
+        rule(
+            CodePattern::Exact(404),
+            Source::Any,
+            "http://www.example.com/errors/404.html",
+        ),
+    ]
+}
+
+/// An origin 404 as a typical origin sends it (nginx/Apache-like plus CDN-relevant headers).
+fn origin_404() -> ResponseHeader {
+    let mut resp = ResponseHeader::build(404, Some(16)).unwrap();
+    for (k, v) in [
+        ("server", "nginx/1.22.1"),
+        ("date", "Tue, 25 Nov 2025 09:11:56 GMT"),
+        ("content-type", "text/html"),
+        ("content-length", "153"),
+        ("connection", "keep-alive"),
+        ("etag", "\"6561b7c4-99\""),
+        ("last-modified", "Sat, 25 Nov 2023 09:00:52 GMT"),
+        ("cache-control", "max-age=60"),
+        ("vary", "Accept-Encoding"),
+        ("access-control-allow-origin", "*"),
+        ("x-request-id", "6f1c2a8e4b7d4e0b9a3c5d7e8f901234"),
+        ("set-cookie", "session=abc123; Path=/; HttpOnly"),
+    ] {
+        resp.append_header(k, v).unwrap();
+    }
+    resp
+}
+
+fn page_body() -> Body {
+    let mut html = String::from("<!DOCTYPE html>\n<html><head><title>Not found</title></head><body>\n");
+    while html.len() < 1000 {
+        html.push_str("<p>The page you asked for is not here. Try the home page.</p>\n");
+    }
+    html.push_str("</body></html>\n");
+    Body {
+        bytes: Bytes::from(html),
+        content_type: HeaderValue::from_static("text/html; charset=utf-8"),
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let rules = rules();
+    let page = page_body();
+
+    let mut g = c.benchmark_group("rules");
+    g.bench_function("select_404_origin", |b| {
+        b.iter(|| select(black_box(&rules), black_box(404), Source::Origin))
+    });
+    g.bench_function("select_502_edge", |b| {
+        b.iter(|| select(black_box(&rules), black_box(502), Source::Edge))
+    });
+    g.bench_function("select_no_match_200", |b| {
+        b.iter(|| select(black_box(&rules), black_box(200), Source::Origin))
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("response");
+    // The header clone is the setup, not measured: only the rewrite is.
+    let template = origin_404();
+    g.bench_function("rewrite_in_place_404", |b| {
+        b.iter_batched_ref(
+            || template.clone(),
+            |resp| rewrite_in_place(resp, 404, black_box(&page)).unwrap(),
+            BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("body_handoff_1k", |b| b.iter(|| black_box(&page).clone()));
+    g.bench_function("default_page_502", |b| b.iter(|| default_page(black_box(502))));
+    g.finish();
+
+    // The whole path for one origin 404: select, rewrite, hand the body over.
+    c.bench_function("page_path/origin_404_total", |b| {
+        b.iter_batched_ref(
+            || template.clone(),
+            |resp| {
+                let rule = select(black_box(&rules), 404, Source::Origin).unwrap();
+                let body = page.clone();
+                rewrite_in_place(resp, rule.status.unwrap_or(404), &body).unwrap();
+                body.bytes
+            },
+            BatchSize::SmallInput,
+        )
+    });
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
