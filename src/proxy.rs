@@ -22,14 +22,39 @@ use std::time::{Duration, Instant};
 /// The edge's Pingora proxy application.
 pub struct EdgeProxy {
     edge: Arc<Edge>,
+    /// When each domain's origin failure was last logged.
+    failures_logged: parking_lot::Mutex<std::collections::HashMap<String, Instant>>,
 }
 
 impl EdgeProxy {
     /// The proxy of a running edge.
     pub fn new(edge: Arc<Edge>) -> EdgeProxy {
-        EdgeProxy { edge }
+        EdgeProxy {
+            edge,
+            failures_logged: Default::default(),
+        }
+    }
+
+    /// Logs an origin failure, at most once a second per domain: a down origin fails every
+    /// request, and a line for each would cost more than answering them.
+    fn log_origin_failure(&self, ctx: &RequestCtx, status: u16, e: &Error) {
+        let domain = ctx.domain.as_ref().map_or("-", |d| d.label.as_str());
+        let now = Instant::now();
+        let mut logged = self.failures_logged.lock();
+        if logged
+            .get(domain)
+            .is_some_and(|at| now.duration_since(*at) < ORIGIN_FAILURE_LOG_INTERVAL)
+        {
+            return;
+        }
+        logged.insert(domain.to_string(), now);
+        drop(logged);
+        log::warn!("origin of {domain} failed, answering {status}: {e} (repeats within 1 s are not logged)");
     }
 }
+
+/// At most one origin failure line per domain per this interval.
+const ORIGIN_FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Per-request state.
 pub struct RequestCtx {
@@ -351,6 +376,9 @@ impl ProxyHttp for EdgeProxy {
                 can_reuse_downstream: false,
             };
         }
+        if *e.esource() == ErrorSource::Upstream {
+            self.log_origin_failure(ctx, status, e);
+        }
         // Pingora 0.9 drops the client connection after a failed proxy attempt whatever this
         // hook answers (it reuses only on the attempt's own verdict), so say so to the client
         // with `Connection: close` instead of promising keep-alive.
@@ -362,6 +390,11 @@ impl ProxyHttp for EdgeProxy {
             error_code: status,
             can_reuse_downstream: false,
         }
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, error: &Error) -> bool {
+        // Origin failures are logged by `fail_to_proxy`, rate-limited per domain.
+        *error.esource() == ErrorSource::Upstream
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {

@@ -475,3 +475,23 @@ async fn head_miss_leaves_no_half_written_entry() {
         ["HEAD", "GET"]
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_down_origin_is_logged_once_a_second_not_once_a_request() {
+    let dead = Origin::start().await;
+    let dead_addr = dead.addr();
+    drop(dead);
+    let edge = Edge::start(&[("a.yaml", domain_yaml("a.example.com", dead_addr, ""))]);
+    let c = client(&edge, Proto::H1, &["a.example.com"]);
+    for _ in 0..5 {
+        assert_eq!(get(&c, &edge.url("a.example.com", "/")).await.status, 502);
+    }
+    let log = edge.log();
+    assert_eq!(
+        log.matches("origin of a.example.com failed, answering 502")
+            .count(),
+        1,
+        "{log}"
+    );
+    assert!(!log.contains("Fail to proxy"), "{log}");
+}
