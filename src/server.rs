@@ -165,7 +165,7 @@ impl BackgroundService for Control {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         self.edge.start().await;
         let settings = &self.edge.settings;
-        let (_watcher, mut changes) = match watch::watch(&settings.file, &settings.domains_dir) {
+        let mut watcher = match watch::ConfigWatcher::start(&settings.file, &settings.domains_dir) {
             Ok(watching) => watching,
             Err(e) => {
                 log::error!("cannot watch the configuration, changes need a restart: {e}");
@@ -175,7 +175,7 @@ impl BackgroundService for Control {
         };
         loop {
             tokio::select! {
-                changed = watch::next_change(&mut changes) => {
+                changed = watcher.next_change() => {
                     if !changed {
                         return;
                     }

@@ -495,3 +495,70 @@ async fn a_down_origin_is_logged_once_a_second_not_once_a_request() {
     );
     assert!(!log.contains("Fail to proxy"), "{log}");
 }
+
+/// `/api/status` of an edge started with admin token `t0ken`.
+async fn status(edge: &Edge) -> serde_json::Value {
+    let c = reqwest::Client::builder().no_proxy().build().unwrap();
+    let got = common::send(
+        c.get(format!("http://127.0.0.1:{}/api/status", edge.admin_port))
+            .bearer_auth("t0ken"),
+    )
+    .await;
+    serde_json::from_str(&got.body).unwrap()
+}
+
+/// Replaces a file the way editors save: a new file renamed over the old one.
+fn save_like_an_editor(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("swp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn edge_file_changes_are_seen_after_editor_saves_and_logs_beside_it_are_ignored() {
+    let origin = Origin::start().await;
+    let options = EdgeOptions {
+        env: vec![("CUSTOM_PAGES_ADMIN_TOKEN".into(), "t0ken".into())],
+        ..EdgeOptions::default()
+    };
+    let edge = Edge::start_with(
+        options,
+        &[("a.yaml", domain_yaml("a.example.com", origin.addr(), ""))],
+    );
+    let edge_file = edge.dir().join("edge.yaml");
+    let original = std::fs::read_to_string(&edge_file).unwrap();
+    let version = status(&edge).await["version"].clone();
+    // A busy log beside the edge file triggers no reload.
+    for i in 0..50 {
+        std::fs::write(edge.dir().join("beside.log"), format!("line {i}\n")).unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        status(&edge).await["version"],
+        version,
+        "a log file caused a reload"
+    );
+
+    let restart_required = |threads: &'static str| {
+        let edge = &edge;
+        async move {
+            for _ in 0..40 {
+                let s = status(edge).await;
+                let keys: Vec<String> = serde_json::from_value(s["restart_required"].clone()).unwrap();
+                if keys.contains(&"threads".to_string()) == (threads == "3") {
+                    return keys;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!(
+                "restart_required never reflected threads: {threads}\n{}",
+                edge.log()
+            );
+        }
+    };
+    save_like_an_editor(&edge_file, &original.replace("threads: 2", "threads: 3"));
+    assert_eq!(restart_required("3").await, ["threads"]);
+    // A second save is seen too: the watch follows the file across renames.
+    save_like_an_editor(&edge_file, &original);
+    assert!(restart_required("2").await.is_empty());
+}

@@ -123,7 +123,8 @@ pub struct EdgeSettings {
     pub access_log: AccessLogTarget,
     /// Pingora's server settings.
     pub server: pingora_core::server::configuration::ServerConf,
-    /// `server` as loaded, to compare on reload (the running edge hands `server` to Pingora).
+    /// The `server:` section as written, to compare on reload (the running edge hands `server`
+    /// to Pingora).
     pub server_yaml: String,
 }
 
@@ -230,7 +231,7 @@ impl EdgeSettings {
                 admin_listen,
                 admin_token_file: raw.admin.token_file.map(|p| base.join(p)),
                 access_log: AccessLogTarget::parse(&raw.access_log, base),
-                server_yaml: server.to_yaml(),
+                server_yaml: serde_yaml::to_string(&raw.server).unwrap_or_default(),
                 server,
             }),
             _ => Err(ConfigErrors(errors)),

@@ -1,4 +1,5 @@
-//! Watching the configuration folders: any change becomes one debounced "reload now" signal.
+//! Watching the configuration: any change of the edge file or of the domains folder becomes one
+//! debounced "reload now" signal.
 
 use log::warn;
 use notify::{RecursiveMode, Watcher};
@@ -11,54 +12,54 @@ const SETTLE: Duration = Duration::from_millis(100);
 /// Fallback polling interval when the platform's change notification is unavailable.
 const POLL_INTERVAL: Duration = Duration::from_millis(300);
 
-/// Watches the edge file and the domains folder; the receiver yields once per burst of changes
-/// to them (other files beside the edge file, such as logs, are ignored). Watching stops when
-/// the returned watcher is dropped.
-pub fn watch(
-    edge_file: &Path,
-    domains_dir: &Path,
-) -> notify::Result<(Box<dyn Watcher + Send>, mpsc::Receiver<()>)> {
-    // Absolute paths, so the paths in events compare equal however the edge file was named.
-    let edge_file = &std::path::absolute(edge_file)?;
-    let domains_dir = &std::path::absolute(domains_dir)?;
-    let (tx, rx) = mpsc::channel(1);
-    let relevant = {
-        let (edge_file, domains_dir) = (edge_file.to_path_buf(), domains_dir.to_path_buf());
-        move |path: &PathBuf| {
-            path == &edge_file || path.parent() == Some(domains_dir.as_path()) || path == &domains_dir
-        }
-    };
-    let handler = move |event: notify::Result<notify::Event>| {
-        if event.is_ok_and(|e| !e.kind.is_access() && e.paths.iter().any(&relevant)) {
-            // A full channel already holds a pending reload: nothing to add.
-            let _ = tx.try_send(());
-        }
-    };
-    let mut watcher: Box<dyn Watcher + Send> = match notify::recommended_watcher(handler.clone()) {
-        Ok(w) => Box::new(w),
-        Err(e) => {
-            warn!("file change notification unavailable ({e}); polling every {POLL_INTERVAL:?}");
-            Box::new(notify::PollWatcher::new(
-                handler,
-                notify::Config::default().with_poll_interval(POLL_INTERVAL),
-            )?)
-        }
-    };
-    let edge_dir = edge_file
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    watcher.watch(edge_dir, RecursiveMode::NonRecursive)?;
-    watcher.watch(domains_dir, RecursiveMode::NonRecursive)?;
-    Ok((watcher, rx))
+/// Watches the edge file itself (not its folder, where logs may be written many times a
+/// second) and the domains folder. Watching stops when this is dropped.
+pub struct ConfigWatcher {
+    watcher: Box<dyn Watcher + Send>,
+    edge_file: PathBuf,
+    changes: mpsc::Receiver<()>,
 }
 
-/// Waits for the next burst of changes to settle. Returns `false` when watching has ended.
-pub async fn next_change(rx: &mut mpsc::Receiver<()>) -> bool {
-    if rx.recv().await.is_none() {
-        return false;
+impl ConfigWatcher {
+    /// Starts watching `edge_file` and `domains_dir`.
+    pub fn start(edge_file: &Path, domains_dir: &Path) -> notify::Result<ConfigWatcher> {
+        let (tx, changes) = mpsc::channel(1);
+        let handler = move |event: notify::Result<notify::Event>| {
+            if event.is_ok_and(|e| !e.kind.is_access()) {
+                // A full channel already holds a pending reload: nothing to add.
+                let _ = tx.try_send(());
+            }
+        };
+        let mut watcher: Box<dyn Watcher + Send> = match notify::recommended_watcher(handler.clone()) {
+            Ok(w) => Box::new(w),
+            Err(e) => {
+                warn!("file change notification unavailable ({e}); polling every {POLL_INTERVAL:?}");
+                let config = notify::Config::default().with_poll_interval(POLL_INTERVAL);
+                Box::new(notify::PollWatcher::new(handler, config)?)
+            }
+        };
+        watcher.watch(domains_dir, RecursiveMode::NonRecursive)?;
+        watcher.watch(edge_file, RecursiveMode::NonRecursive)?;
+        Ok(ConfigWatcher {
+            watcher,
+            edge_file: edge_file.to_path_buf(),
+            changes,
+        })
     }
-    tokio::time::sleep(SETTLE).await;
-    while rx.try_recv().is_ok() {}
-    true
+
+    /// Waits for the next burst of changes to settle. Returns `false` when watching has ended.
+    pub async fn next_change(&mut self) -> bool {
+        if self.changes.recv().await.is_none() {
+            return false;
+        }
+        tokio::time::sleep(SETTLE).await;
+        while self.changes.try_recv().is_ok() {}
+        // Editors save by writing a new file and renaming it over the old one, which ends a
+        // watch on the old file: watch whatever file now has the name.
+        let _ = self.watcher.unwatch(&self.edge_file);
+        if let Err(e) = self.watcher.watch(&self.edge_file, RecursiveMode::NonRecursive) {
+            warn!("cannot watch {} any more: {e}", self.edge_file.display());
+        }
+        true
+    }
 }
