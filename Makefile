@@ -25,7 +25,9 @@ run: build
 	echo "edge on :6188 - try: curl -i -H 'Host: exp.example.com' localhost:6188/missing" && \
 	./target/release/custom-pages -c $(EDGE_CONF)
 
+# The example programs are built first: tests run them as a user would.
 test: deps lint
+	$(CARGO) build --examples
 	$(CARGO) test --all-targets
 
 lint: deps
