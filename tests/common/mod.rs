@@ -172,12 +172,19 @@ impl Drop for Edge {
     }
 }
 
-/// The path of an example program built alongside the tests (`cargo test` builds examples).
+/// The path of an example program, built by `cargo build --examples` (`make test` does).
 pub fn example(name: &str) -> PathBuf {
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_custom-pages"));
-    bin.parent()
+    let path = bin
+        .parent()
         .map(|dir| dir.join("examples").join(name))
-        .unwrap_or_default()
+        .unwrap_or_default();
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --examples` first",
+        path.display()
+    );
+    path
 }
 
 /// Which protocol a client speaks to the edge.
