@@ -116,24 +116,11 @@ async fn wait_fetched(edge: &Edge, url: &str) {
 }
 
 /// Like [`client`], for tests where the edge itself answers errors (origin down, timeout,
-/// malformed response): its HTTP/1.1 client opens a new connection per request, because the
-/// edge closes the connection after such answers (see
-/// `edge_made_error_answers_keep_the_http1_connection_usable`) and a pooled one would make the
-/// next request fail at random with IncompleteMessage. That test checks reuse itself.
+/// malformed response): its HTTP/1.1 client opens a new connection per request, since the edge
+/// closes the connection after such answers (see
+/// `edge_made_error_answers_say_connection_close_and_mean_it`, which checks that itself).
 fn edge_error_client(edge: &Edge, proto: Proto, hosts: &[&str]) -> reqwest::Client {
-    let mut builder = reqwest::Client::builder()
-        .no_proxy()
-        .no_gzip()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(20));
-    for host in hosts {
-        builder = builder.resolve(host, edge.addr());
-    }
-    builder = match proto {
-        Proto::H1 => builder.http1_only().pool_max_idle_per_host(0),
-        Proto::H2c => builder.http2_prior_knowledge(),
-    };
-    builder.build().expect("client")
+    common::client_with(edge, proto, hosts, false)
 }
 
 fn expected_version(proto: Proto) -> reqwest::Version {

@@ -136,19 +136,7 @@ fn good(path: &str) -> Reply {
 /// A client that opens a new HTTP/1.1 connection per request (edge-made error answers close
 /// the connection, see `custom_pages.rs`), or shares one h2c connection.
 fn fresh_client(edge: &Edge, proto: Proto, hosts: &[&str]) -> reqwest::Client {
-    let mut builder = reqwest::Client::builder()
-        .no_proxy()
-        .no_gzip()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(20));
-    for host in hosts {
-        builder = builder.resolve(host, edge.addr());
-    }
-    builder = match proto {
-        Proto::H1 => builder.http1_only().pool_max_idle_per_host(0),
-        Proto::H2c => builder.http2_prior_knowledge(),
-    };
-    builder.build().expect("client")
+    common::client_with(edge, proto, hosts, false)
 }
 
 /// What a client got for one request, whether or not the response completed.

@@ -4,6 +4,7 @@
 //! reload path as a file edit, so the files stay the one source of truth: what the API set
 //! is what a restart serves.
 
+use crate::config::values::percent_decode;
 use crate::config::{self, CodePattern, ConfigError, DomainFile, PageUrl, RuleSpec, Source};
 use crate::edge::Edge;
 use crate::metrics::METRICS;
@@ -443,31 +444,6 @@ fn conflict(errors: config::ConfigErrors) -> ApiError {
             "the configuration on disk has errors; fix them before changing rules through the API",
         )
     }
-}
-
-/// Decodes `%XX` escapes in a path segment (`%2A.example.com` → `*.example.com`).
-fn percent_decode(segment: &str) -> String {
-    let bytes = segment.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (
-            bytes[i],
-            bytes.get(i + 1).copied().and_then(hex),
-            bytes.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(hi), Some(lo)) => {
-                out.push((hi * 16 + lo) as u8);
-                i += 3;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Compares secrets without leaking where they differ through timing.

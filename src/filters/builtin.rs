@@ -8,6 +8,7 @@
 //! ```
 
 use super::{Filter, FilterRegistry, RequestInfo, Verdict};
+use crate::config::values::percent_decode;
 use async_trait::async_trait;
 use http::{HeaderName, HeaderValue};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -148,23 +149,7 @@ impl BlockPaths {
 /// Decodes `%XX` escapes, then resolves empty, `.` and `..` segments: the path an origin that
 /// normalizes (as most do) will serve.
 fn normalize_path(raw: &str) -> String {
-    let bytes = raw.as_bytes();
-    let mut decoded = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: Option<&u8>| b.and_then(|b| (*b as char).to_digit(16));
-        match (bytes[i], hex(bytes.get(i + 1)), hex(bytes.get(i + 2))) {
-            (b'%', Some(hi), Some(lo)) => {
-                decoded.push((hi * 16 + lo) as u8);
-                i += 3;
-            }
-            (b, _, _) => {
-                decoded.push(b);
-                i += 1;
-            }
-        }
-    }
-    let decoded = String::from_utf8_lossy(&decoded);
+    let decoded = percent_decode(raw);
     let mut segments: Vec<&str> = Vec::new();
     for segment in decoded.split('/') {
         match segment {

@@ -199,6 +199,11 @@ pub const PROTOS: [Proto; 2] = [Proto::H1, Proto::H2c];
 /// A client that sends every request for `hosts` to the edge: HTTP/1.1 (with Host) or h2c
 /// with prior knowledge (with :authority). No automatic decompression or redirects.
 pub fn client(edge: &Edge, proto: Proto, hosts: &[&str]) -> reqwest::Client {
+    client_with(edge, proto, hosts, true)
+}
+
+/// Like [`client`]; when `pooled` is false, each HTTP/1.1 request opens a new connection.
+pub fn client_with(edge: &Edge, proto: Proto, hosts: &[&str], pooled: bool) -> reqwest::Client {
     let mut builder = reqwest::Client::builder()
         .no_proxy()
         .no_gzip()
@@ -208,6 +213,7 @@ pub fn client(edge: &Edge, proto: Proto, hosts: &[&str]) -> reqwest::Client {
         builder = builder.resolve(host, edge.addr());
     }
     builder = match proto {
+        Proto::H1 if !pooled => builder.http1_only().pool_max_idle_per_host(0),
         Proto::H1 => builder.http1_only(),
         Proto::H2c => builder.http2_prior_knowledge(),
     };
