@@ -158,7 +158,10 @@ fn wait_listening(child: &mut Child, port: u16, within: Duration) -> bool {
             return false;
         }
         if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return true;
+            // Another process may hold the port if ours failed to bind it; ours would exit
+            // at once, so make sure it is still running.
+            std::thread::sleep(Duration::from_millis(50));
+            return matches!(child.try_wait(), Ok(None));
         }
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -108,12 +108,24 @@ enum Failure {
     ShortBody(usize),
 }
 
+/// A loopback address (in 127.0.0.0/8) no other origin of this process uses. A stopped
+/// origin's address then keeps refusing connections: on a shared 127.0.0.1, another test's
+/// origin could take the freed port and answer in its place.
+pub fn own_loopback_ip() -> std::net::Ipv4Addr {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    // The process id keeps test binaries that run at the same time apart too.
+    let process = 100 + (std::process::id() % 100) as u8;
+    std::net::Ipv4Addr::new(127, process, (n / 250) as u8, (n % 250) as u8 + 2)
+}
+
 impl Origin {
-    /// Starts an origin on 127.0.0.1 with an ephemeral port.
+    /// Starts an origin on an ephemeral port of a loopback address of its own (see
+    /// [`own_loopback_ip`]).
     ///
     /// Panics if it cannot bind, which in a test is the clearest failure.
     pub async fn start() -> Origin {
-        let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+        let any_port = SocketAddr::from((own_loopback_ip(), 0));
         match Origin::start_on(any_port).await {
             Ok(origin) => origin,
             Err(e) => panic!("test origin: cannot listen on {any_port}: {e}"),
