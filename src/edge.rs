@@ -11,8 +11,18 @@ use arc_swap::ArcSwap;
 use log::{error, info, warn};
 use parking_lot::Mutex;
 use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
+use pingora_cache::predictor::{CacheablePredictor, Predictor};
 use std::sync::Arc;
 use std::time::SystemTime;
+
+/// The uncacheable-key memory: 32 shards of 1024 keys.
+const PREDICTOR_SHARDS: usize = 32;
+const PREDICTOR_KEYS_PER_SHARD: usize = 1024;
+
+/// Reasons the proxy gives for not caching one request that say nothing of the next.
+fn is_per_request_reason(reason: &'static str) -> bool {
+    reason == crate::proxy::HEAD_MISS
+}
 
 /// Added to the longest origin read timeout before unused pages are dropped after a reload.
 const RETIRE_SLACK: std::time::Duration = std::time::Duration::from_secs(10);
@@ -30,6 +40,9 @@ pub struct Edge {
     pub storage: &'static MemoryStorage,
     /// The cache lock that makes concurrent misses wait for one origin request.
     pub cache_lock: &'static CacheKeyLockImpl,
+    /// Remembers keys whose responses were uncacheable, so their next requests skip the cache
+    /// lookup and lock.
+    pub cache_predictor: &'static (dyn CacheablePredictor + Sync),
     /// The filters domain files may name.
     pub filters: Arc<FilterRegistry>,
     /// Where one line per request goes.
@@ -68,12 +81,17 @@ impl Edge {
         let storage: &'static MemoryStorage = Box::leak(Box::new(MemoryStorage::new(settings.cache_memory)));
         let cache_lock: &'static CacheKeyLockImpl =
             Box::leak(Box::new(CacheLock::new(settings.cache_lock_timeout)));
+        let cache_predictor: &'static Predictor<PREDICTOR_SHARDS> = Box::leak(Box::new(Predictor::new(
+            PREDICTOR_KEYS_PER_SHARD,
+            Some(is_per_request_reason),
+        )));
         Arc::new(Edge {
             settings,
             domains: Arc::new(ArcSwap::from_pointee(domains)),
             pages: CustomPages::new(store),
             storage,
             cache_lock,
+            cache_predictor,
             filters,
             access_log,
             status: Mutex::new(ReloadStatus {

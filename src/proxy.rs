@@ -81,6 +81,9 @@ pub fn request_host(req: &RequestHeader) -> Option<String> {
     (!host.is_empty()).then_some(host)
 }
 
+/// Why a HEAD miss is not cached (see `cache_miss`); it says nothing of later requests.
+pub const HEAD_MISS: &str = "HEAD miss";
+
 /// How long an idle HTTP/1.1 client connection is kept between requests.
 const KEEPALIVE_TIMEOUT_SECS: u64 = 60;
 
@@ -194,9 +197,13 @@ impl ProxyHttp for EdgeProxy {
 
     fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
         if ctx.domain.is_some() && pingora_cache::filters::request_cacheable(session.req_header()) {
-            session
-                .cache
-                .enable(self.edge.storage, None, None, Some(self.edge.cache_lock), None);
+            session.cache.enable(
+                self.edge.storage,
+                None,
+                Some(self.edge.cache_predictor),
+                Some(self.edge.cache_lock),
+                None,
+            );
             session
                 .cache
                 .set_max_file_size_bytes(self.edge.settings.cache_max_object);
@@ -222,7 +229,7 @@ impl ProxyHttp for EdgeProxy {
             // miss goes to the origin as HEAD, uncached; a later GET fills the cache.
             session
                 .cache
-                .disable(pingora_cache::NoCacheReason::Custom("HEAD miss"));
+                .disable(pingora_cache::NoCacheReason::Custom(HEAD_MISS));
             return;
         }
         session.cache.cache_miss();

@@ -562,3 +562,28 @@ async fn edge_file_changes_are_seen_after_editor_saves_and_logs_beside_it_are_ig
     save_like_an_editor(&edge_file, &original);
     assert!(restart_required("2").await.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_that_becomes_cacheable_is_cached_again() {
+    let origin = Origin::start().await;
+    origin.route("/flip", Reply::ok("dynamic").header("cache-control", "no-store"));
+    let edge = Edge::start(&[("a.yaml", domain_yaml("a.example.com", origin.addr(), ""))]);
+    let c = client(&edge, Proto::H1, &["a.example.com"]);
+    let url = edge.url("a.example.com", "/flip");
+    for _ in 0..3 {
+        assert_eq!(get(&c, &url).await.header("x-cache"), Some("BYPASS"));
+    }
+    origin.route("/flip", Reply::ok("static").header("cache-control", "max-age=60"));
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        seen.push(
+            get(&c, &url)
+                .await
+                .header("x-cache")
+                .unwrap_or_default()
+                .to_string(),
+        );
+    }
+    assert_eq!(seen.last().map(String::as_str), Some("HIT"), "{seen:?}");
+    assert_eq!(get(&c, &url).await.body, "static");
+}
