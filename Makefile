@@ -27,8 +27,8 @@ run: build
 
 # The example programs are built first: tests run them as a user would.
 test: deps lint
-	$(CARGO) build --examples
-	$(CARGO) test --all-targets
+	$(CARGO) build --examples --benches
+	$(CARGO) test --lib --tests
 
 lint: deps
 	$(CARGO) fmt --all -- --check
