@@ -112,6 +112,16 @@ fn loop_count(req: &RequestHeader) -> usize {
         .count()
 }
 
+/// What a filter is told about the request.
+fn filter_info<'a>(session: &Session, host: &'a str, domain: &'a Domain) -> RequestInfo<'a> {
+    let client = session.client_addr().and_then(|a| a.as_inet()).copied();
+    RequestInfo {
+        host,
+        domain: &domain.label,
+        client,
+    }
+}
+
 /// The `X-Cache` value for a response.
 fn cache_status(session: &Session) -> &'static str {
     match session.cache.phase() {
@@ -174,12 +184,7 @@ impl ProxyHttp for EdgeProxy {
                 if domain.filters.is_empty() {
                     return Ok(false);
                 }
-                let client = session.client_addr().and_then(|a| a.as_inet()).copied();
-                let info = RequestInfo {
-                    host: &ctx.host,
-                    domain: &domain.label,
-                    client,
-                };
+                let info = filter_info(session, &ctx.host, &domain);
                 match domain.filters.request(session.req_header_mut(), &info).await {
                     Verdict::Continue => Ok(false),
                     Verdict::Respond(status) => {
@@ -338,15 +343,9 @@ impl ProxyHttp for EdgeProxy {
         resp.insert_header("x-cache", cache_status(session))?;
         if let Some(domain) = ctx.domain.clone() {
             if !domain.filters.is_empty() {
-                let client = session.client_addr().and_then(|a| a.as_inet()).copied();
-                domain.filters.response(
-                    resp,
-                    &RequestInfo {
-                        host: &ctx.host,
-                        domain: &domain.label,
-                        client,
-                    },
-                );
+                domain
+                    .filters
+                    .response(resp, &filter_info(session, &ctx.host, &domain));
             }
             self.edge
                 .pages
@@ -445,15 +444,9 @@ impl EdgeProxy {
             .await?;
         header.insert_header("x-cache", cache_status(session))?;
         if let Some(domain) = ctx.domain.as_ref().filter(|d| !d.filters.is_empty()) {
-            let client = session.client_addr().and_then(|a| a.as_inet()).copied();
-            domain.filters.response(
-                &mut header,
-                &RequestInfo {
-                    host: &ctx.host,
-                    domain: &domain.label,
-                    client,
-                },
-            );
+            domain
+                .filters
+                .response(&mut header, &filter_info(session, &ctx.host, domain));
         }
         pages::write_whole(session, header, body).await
     }
