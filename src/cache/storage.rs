@@ -55,8 +55,19 @@ struct StoredMeta {
     variance: Option<HashBinary>,
     epoch_override: Option<SystemTime>,
     header: ResponseHeader,
-    /// Size of the serialized form, which the entry's weight counts.
-    serialized_len: usize,
+    /// What the meta costs in memory, which the entry's weight counts.
+    size: usize,
+}
+
+/// Rough memory of a parsed header: names, values and the map's per-entry bookkeeping.
+fn parsed_size(header: &ResponseHeader) -> usize {
+    const PER_HEADER: usize = 64;
+    const BASE: usize = 256;
+    BASE + header
+        .headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + PER_HEADER)
+        .sum::<usize>()
 }
 
 impl StoredMeta {
@@ -72,7 +83,7 @@ impl StoredMeta {
             variance: meta.variance(),
             epoch_override: meta.epoch_override(),
             header: meta.response_header_copy(),
-            serialized_len: internal.len() + header.len(),
+            size: internal.len() + header.len() + parsed_size(meta.response_header()),
         })
     }
 
@@ -170,7 +181,7 @@ impl Entry {
 }
 
 fn entry_weight(meta: &StoredMeta, body_len: usize) -> usize {
-    meta.serialized_len + body_len + ENTRY_OVERHEAD_BYTES
+    meta.size + body_len + ENTRY_OVERHEAD_BYTES
 }
 
 /// The stored key a purge or expire targets, or `None` if it cannot be one of ours.
@@ -183,8 +194,8 @@ fn target_key(target: PurgeTarget<'_>) -> Option<HashBinary> {
 }
 
 impl MemoryStorage {
-    /// `capacity_bytes`: the bound on the sum of stored entries' weights (body bytes + serialized
-    /// meta bytes + a small per-entry overhead).
+    /// `capacity_bytes`: the bound on the sum of stored entries' weights (body bytes, the
+    /// meta's serialized and parsed sizes, and a small per-entry overhead).
     pub fn new(capacity_bytes: usize) -> Self {
         let block_bytes = capacity_bytes
             .div_ceil(usize::from(u16::MAX))
