@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::origin::{Origin, Reply};
 use common::{client, domain_yaml, get, send, Edge, EdgeOptions, Got, Proto, PROTOS};
+use common::{log_line, log_tail, start_edge};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -55,13 +56,6 @@ fn pages_options(refresh: &str) -> EdgeOptions {
     }
 }
 
-/// Starts the edge off the async workers (starting blocks while it waits for the listener).
-async fn start_edge(options: EdgeOptions, domains: Vec<(&'static str, String)>) -> Edge {
-    tokio::task::spawn_blocking(move || Edge::start_with(options, &domains))
-        .await
-        .expect("edge start")
-}
-
 /// The edge with one domain, exp.example.com, proxied to `origin`, with `extra` YAML.
 async fn start_exp(origin: &Origin, extra: &str) -> Edge {
     start_edge(
@@ -69,18 +63,6 @@ async fn start_exp(origin: &Origin, extra: &str) -> Edge {
         vec![("exp.yaml", domain_yaml(EXP, origin.addr(), extra))],
     )
     .await
-}
-
-/// The last lines of the edge's log, for assertion messages.
-fn log_tail(edge: &Edge) -> String {
-    let log = edge.log();
-    let lines: Vec<&str> = log.lines().collect();
-    let from = lines.len().saturating_sub(80);
-    format!(
-        "--- edge log (last {} lines) ---\n{}",
-        lines.len() - from,
-        lines[from..].join("\n")
-    )
 }
 
 /// Waits until the edge's log has a line containing every one of `needles`.
@@ -95,14 +77,6 @@ async fn wait_log_line(edge: &Edge, needles: &[&str], within: Duration) -> bool 
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-}
-
-/// The first log line containing every one of `needles`.
-fn log_line(edge: &Edge, needles: &[&str]) -> Option<String> {
-    edge.log()
-        .lines()
-        .find(|line| needles.iter().all(|n| line.contains(n)))
-        .map(str::to_string)
 }
 
 /// Waits until the edge logged that it fetched `url`; panics otherwise.

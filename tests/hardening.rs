@@ -37,6 +37,7 @@ use std::time::{Duration, Instant};
 
 use common::origin::{Origin, Reply};
 use common::{client, domain_yaml, Edge, EdgeOptions, Proto, PROTOS};
+use common::{log_line, log_tail, start_edge};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -58,34 +59,11 @@ const TOKEN: &str = "t0ken";
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-/// Starts the edge off the async workers (starting blocks while it waits for the listener).
-async fn start_edge(options: EdgeOptions, domains: Vec<(&'static str, String)>) -> Edge {
-    tokio::task::spawn_blocking(move || Edge::start_with(options, &domains))
-        .await
-        .expect("edge start")
-}
-
 fn with_admin() -> EdgeOptions {
     EdgeOptions {
         env: vec![("CUSTOM_PAGES_ADMIN_TOKEN".into(), TOKEN.into())],
         ..EdgeOptions::default()
     }
-}
-
-/// The last lines of the edge's log, for assertion messages.
-fn log_tail(edge: &Edge) -> String {
-    let log = edge.log();
-    let lines: Vec<&str> = log.lines().collect();
-    let from = lines.len().saturating_sub(60);
-    format!("--- edge log (last lines) ---\n{}", lines[from..].join("\n"))
-}
-
-/// The first log line containing every one of `needles`.
-fn log_line(edge: &Edge, needles: &[&str]) -> Option<String> {
-    edge.log()
-        .lines()
-        .find(|line| needles.iter().all(|n| line.contains(n)))
-        .map(str::to_string)
 }
 
 /// Waits until the edge's log has a line containing every one of `needles`; panics otherwise.

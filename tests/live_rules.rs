@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::origin::{Origin, Reply};
 use common::{client, domain_yaml, get, Edge, EdgeOptions, Got, Proto, PROTOS};
+use common::{log_tail, start_edge};
 use serde_json::{json, Value};
 
 const TOKEN: &str = "t0ken";
@@ -91,13 +92,6 @@ async fn origin() -> Origin {
     origin
 }
 
-/// Starts the edge off the async workers (starting blocks while it waits for the listener).
-async fn start_edge(options: EdgeOptions, domains: Vec<(&'static str, String)>) -> Edge {
-    tokio::task::spawn_blocking(move || Edge::start_with(options, &domains))
-        .await
-        .expect("edge start")
-}
-
 async fn start_edge_in(dir: tempfile::TempDir, options: EdgeOptions) -> Edge {
     tokio::task::spawn_blocking(move || Edge::start_in(dir, options))
         .await
@@ -107,18 +101,6 @@ async fn start_edge_in(dir: tempfile::TempDir, options: EdgeOptions) -> Edge {
 /// The edge with exp.example.com proxied to `origin` with these rules, and the API token.
 async fn start_exp(origin: &Origin, rules: &[(&str, &str)]) -> Edge {
     start_edge(with_token(), vec![("exp.yaml", exp_yaml(origin, rules))]).await
-}
-
-/// The last lines of the edge's log, for assertion messages.
-fn log_tail(edge: &Edge) -> String {
-    let log = edge.log();
-    let lines: Vec<&str> = log.lines().collect();
-    let from = lines.len().saturating_sub(60);
-    format!(
-        "--- edge log (last {} lines) ---\n{}",
-        lines.len() - from,
-        lines[from..].join("\n")
-    )
 }
 
 /// Polls `check` every 50 ms until it holds: the time it took, or `None` after `within`.

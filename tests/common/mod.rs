@@ -255,3 +255,30 @@ pub async fn send(request: reqwest::RequestBuilder) -> Got {
         version,
     }
 }
+
+/// Starts the edge without blocking the test's runtime (the origin runs on it).
+pub async fn start_edge(options: EdgeOptions, domains: Vec<(&'static str, String)>) -> Edge {
+    tokio::task::spawn_blocking(move || Edge::start_with(options, &domains))
+        .await
+        .expect("edge start")
+}
+
+/// The last lines of the edge's log, to print when an assertion fails.
+pub fn log_tail(edge: &Edge) -> String {
+    let log = edge.log();
+    let lines: Vec<&str> = log.lines().collect();
+    let from = lines.len().saturating_sub(80);
+    format!(
+        "--- edge log (last {} lines) ---\n{}",
+        lines.len() - from,
+        lines[from..].join("\n")
+    )
+}
+
+/// The first line of the edge's log that contains every needle.
+pub fn log_line(edge: &Edge, needles: &[&str]) -> Option<String> {
+    edge.log()
+        .lines()
+        .find(|line| needles.iter().all(|n| line.contains(n)))
+        .map(str::to_string)
+}
