@@ -13,25 +13,38 @@ use std::io::{BufWriter, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::OnceLock;
 
 const QUEUE: usize = 16 * 1024;
 
 /// The access log writer (see the module docs for the format).
 pub struct AccessLog {
-    sender: Option<SyncSender<String>>,
+    /// Where lines go, until the writer thread takes it.
+    out: parking_lot::Mutex<Option<Box<dyn Write + Send>>>,
+    /// Started on the first line, not when the log is opened: with `-d` the process forks
+    /// after opening, and a thread started before the fork would not exist in the daemon.
+    sender: OnceLock<Option<SyncSender<String>>>,
+    enabled: bool,
     dropped: AtomicU64,
 }
 
 impl AccessLog {
     /// A log that writes nothing.
     pub fn off() -> AccessLog {
+        AccessLog::writing_to(None)
+    }
+
+    fn writing_to(out: Option<Box<dyn Write + Send>>) -> AccessLog {
         AccessLog {
-            sender: None,
+            enabled: out.is_some(),
+            out: parking_lot::Mutex::new(out),
+            sender: OnceLock::new(),
             dropped: AtomicU64::new(0),
         }
     }
 
-    /// `stderr`, or a file (appended to, created if missing).
+    /// `stderr`, or a file (appended to, created if missing, so an unwritable path is an
+    /// error at start).
     pub fn open(target: &AccessLogTarget) -> std::io::Result<AccessLog> {
         let out: Box<dyn Write + Send> = match target {
             AccessLogTarget::Off => return Ok(AccessLog::off()),
@@ -40,34 +53,46 @@ impl AccessLog {
                 Box::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?)
             }
         };
-        let (sender, receiver) = sync_channel::<String>(QUEUE);
-        std::thread::Builder::new()
-            .name("access-log".into())
-            .spawn(move || {
-                let mut out = BufWriter::new(out);
-                while let Ok(line) = receiver.recv() {
-                    let _ = writeln!(out, "{line}");
-                    // Flush whenever the queue is drained, so lines appear promptly when idle.
-                    while let Ok(line) = receiver.try_recv() {
-                        let _ = writeln!(out, "{line}");
+        Ok(AccessLog::writing_to(Some(out)))
+    }
+
+    fn sender(&self) -> Option<&SyncSender<String>> {
+        self.sender
+            .get_or_init(|| {
+                let out = self.out.lock().take()?;
+                let (sender, receiver) = sync_channel::<String>(QUEUE);
+                let spawned = std::thread::Builder::new()
+                    .name("access-log".into())
+                    .spawn(move || {
+                        let mut out = BufWriter::new(out);
+                        while let Ok(line) = receiver.recv() {
+                            let _ = writeln!(out, "{line}");
+                            // Flush whenever the queue is drained, so lines appear promptly when idle.
+                            while let Ok(line) = receiver.try_recv() {
+                                let _ = writeln!(out, "{line}");
+                            }
+                            let _ = out.flush();
+                        }
+                    });
+                match spawned {
+                    Ok(_) => Some(sender),
+                    Err(e) => {
+                        warn!("access log disabled: cannot start its writer thread: {e}");
+                        None
                     }
-                    let _ = out.flush();
                 }
-            })?;
-        Ok(AccessLog {
-            sender: Some(sender),
-            dropped: AtomicU64::new(0),
-        })
+            })
+            .as_ref()
     }
 
     /// Whether lines are written anywhere (false for `off`).
     pub fn enabled(&self) -> bool {
-        self.sender.is_some()
+        self.enabled
     }
 
     /// Queues one line; never blocks (drops it when the writer is far behind).
     pub fn write(&self, line: String) {
-        let Some(sender) = &self.sender else { return };
+        let Some(sender) = self.sender() else { return };
         if let Err(TrySendError::Full(_)) = sender.try_send(line) {
             if self
                 .dropped

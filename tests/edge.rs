@@ -587,3 +587,118 @@ async fn a_key_that_becomes_cacheable_is_cached_again() {
     assert_eq!(seen.last().map(String::as_str), Some("HIT"), "{seen:?}");
     assert_eq!(get(&c, &url).await.body, "static");
 }
+
+fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{name} {pid}");
+}
+
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dash_u_takes_over_the_listeners_of_a_running_edge() {
+    let origin = Origin::start().await;
+    origin.route("/", Reply::ok("served"));
+    let mut old = Edge::start(&[("a.yaml", domain_yaml("a.example.com", origin.addr(), ""))]);
+    let c = client(&old, Proto::H1, &["a.example.com"]);
+    let url = old.url("a.example.com", "/");
+    assert_eq!(get(&c, &url).await.body, "served");
+
+    // The new process waits for the old one's listeners; SIGQUIT makes the old one hand them over.
+    let mut new = Command::new(env!("CARGO_BIN_EXE_custom-pages"))
+        .arg("-u")
+        .arg("-c")
+        .arg(old.dir().join("edge.yaml"))
+        .stderr(std::fs::File::create(old.dir().join("new.log")).unwrap())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    signal(old.pid(), "QUIT");
+    wait_until("the old edge exits", || !old.running()).await;
+    let got = get(&c, &url).await;
+    let _ = new.kill();
+    let _ = new.wait();
+    assert_eq!((got.status, got.body.as_str()), (200, "served"), "{}", old.log());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dash_d_runs_in_the_background_and_still_logs_requests() {
+    let origin = Origin::start().await;
+    origin.route("/", Reply::ok("daemon"));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("domains")).unwrap();
+    std::fs::write(
+        dir.path().join("domains/a.yaml"),
+        domain_yaml("a.example.com", origin.addr(), ""),
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let pid_file = dir.path().join("edge.pid");
+    std::fs::write(
+        dir.path().join("edge.yaml"),
+        format!(
+            "listen: [\"127.0.0.1:{port}\"]\naccess_log: access.log\nadmin: {{listen: \"127.0.0.1:1\"}}\nserver:\n  pid_file: {}\n  upgrade_sock: {}\n  error_log: {}\n",
+            pid_file.display(),
+            dir.path().join("upgrade.sock").display(),
+            dir.path().join("error.log").display(),
+        ),
+    )
+    .unwrap();
+    let started = Command::new(env!("CARGO_BIN_EXE_custom-pages"))
+        .arg("-d")
+        .arg("-c")
+        .arg(dir.path().join("edge.yaml"))
+        .output()
+        .unwrap();
+    assert!(
+        started.status.success(),
+        "{}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    wait_until("the daemon writes its pid", || {
+        std::fs::read_to_string(&pid_file).is_ok_and(|p| !p.trim().is_empty())
+    })
+    .await;
+    let pid: u32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let _daemon = KillOnDrop(pid);
+    let c = reqwest::Client::builder().no_proxy().build().unwrap();
+    let got = common::send(
+        c.get(format!("http://127.0.0.1:{port}/"))
+            .header("host", "a.example.com"),
+    )
+    .await;
+    let log = dir.path().join("access.log");
+    wait_until("the access log has the request", || {
+        std::fs::read_to_string(&log).is_ok_and(|text| text.contains("\"GET / HTTP/1.1\" 200"))
+    })
+    .await;
+    assert_eq!(got.body, "daemon");
+}
+
+/// Stops a daemonized edge however the test ends.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-KILL", &self.0.to_string()]).status();
+    }
+}
