@@ -670,8 +670,9 @@ async fn dash_d_runs_in_the_background_and_still_logs_requests() {
         "{}",
         String::from_utf8_lossy(&started.stderr)
     );
-    wait_until("the daemon writes its pid", || {
+    wait_until("the daemon writes its pid and listens", || {
         std::fs::read_to_string(&pid_file).is_ok_and(|p| !p.trim().is_empty())
+            && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
     })
     .await;
     let pid: u32 = std::fs::read_to_string(&pid_file)
