@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::origin::{Origin, Reply};
 use common::{client, domain_yaml, get, send, Edge, EdgeOptions, Got, Proto, PROTOS};
-use common::{log_line, log_tail, start_edge};
+use common::{log_line, log_tail, start_edge, RawResponse};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -160,26 +160,6 @@ struct RawH1 {
     sent: Vec<String>,
 }
 
-#[derive(Debug)]
-struct RawResponse {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl RawResponse {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
 impl RawH1 {
     async fn connect(edge: &Edge) -> RawH1 {
         RawH1 {
@@ -286,6 +266,7 @@ impl RawH1 {
             status,
             headers,
             body: Vec::new(),
+            complete: true,
         };
         if head_request || status == 204 || status == 304 || (100..200).contains(&status) {
             return response;

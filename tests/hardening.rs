@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use common::origin::{Origin, Reply};
 use common::{client, domain_yaml, Edge, EdgeOptions, Proto, PROTOS};
-use common::{log_line, log_tail, start_edge};
+use common::{log_line, log_tail, start_edge, RawResponse};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -293,30 +293,6 @@ const MIB: u64 = 1024 * 1024;
 // A raw HTTP/1.1 client, for inputs no HTTP library would send.
 // ---------------------------------------------------------------------------------------------
 
-/// One response as read off the wire.
-#[derive(Debug, Default)]
-struct RawReply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    /// Decoded body (chunked framing removed); for an incomplete response, the bytes received.
-    body: Vec<u8>,
-    /// Whether the body was complete per its framing (read-until-close counts at close).
-    complete: bool,
-}
-
-impl RawReply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
@@ -339,9 +315,9 @@ fn parse_head(buf: &[u8]) -> Option<Head> {
 
 /// A complete response at the start of `buf` and its length, or `None` if more is needed
 /// (responses framed by the connection's close are never complete here).
-fn parse_response(buf: &[u8], head_request: bool) -> Option<(RawReply, usize)> {
+fn parse_response(buf: &[u8], head_request: bool) -> Option<(RawResponse, usize)> {
     let (status, headers, head_len) = parse_head(buf)?;
-    let mut reply = RawReply {
+    let mut reply = RawResponse {
         status,
         headers,
         body: Vec::new(),
@@ -408,7 +384,7 @@ impl RawConn {
 
     /// Reads one response within `within`. `None` when the connection closed (or nothing came)
     /// before a response head; an incomplete response has `complete: false`.
-    async fn response(&mut self, within: Duration, head_request: bool) -> Option<RawReply> {
+    async fn response(&mut self, within: Duration, head_request: bool) -> Option<RawResponse> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             if let Some((reply, used)) = parse_response(&self.buf, head_request) {
@@ -423,7 +399,7 @@ impl RawConn {
                     // Closed, reset or out of time: whatever head arrived, with its partial body.
                     self.closed = ended.is_ok();
                     let (status, headers, head_len) = parse_head(&self.buf)?;
-                    let mut reply = RawReply {
+                    let mut reply = RawResponse {
                         status,
                         headers,
                         body: self.buf.split_off(head_len),
@@ -441,7 +417,7 @@ impl RawConn {
     }
 
     /// Reads responses until the connection closes or none comes within `idle`.
-    async fn responses(&mut self, idle: Duration) -> Vec<RawReply> {
+    async fn responses(&mut self, idle: Duration) -> Vec<RawResponse> {
         let mut replies = Vec::new();
         while !self.closed {
             match self.response(idle, false).await {
@@ -471,7 +447,7 @@ impl RawConn {
 
 /// Sends `request` on a new connection and reads the first response (within 5 s); also says
 /// whether the edge then closed the connection.
-async fn raw_exchange(edge: &Edge, request: &[u8]) -> (Option<RawReply>, bool) {
+async fn raw_exchange(edge: &Edge, request: &[u8]) -> (Option<RawResponse>, bool) {
     let mut conn = RawConn::connect(edge.addr()).await;
     // A refused write (the edge closed early on an oversize head) is an answer too.
     let _ = conn.send(request).await;
@@ -482,7 +458,7 @@ async fn raw_exchange(edge: &Edge, request: &[u8]) -> (Option<RawReply>, bool) {
 
 /// Sends `request` on a new connection and reads every response until the edge closes the
 /// connection or stays silent for 1 s (to see whether a second, smuggled, request was answered).
-async fn raw_exchange_all(edge: &Edge, request: &[u8]) -> (Vec<RawReply>, bool) {
+async fn raw_exchange_all(edge: &Edge, request: &[u8]) -> (Vec<RawResponse>, bool) {
     let mut conn = RawConn::connect(edge.addr()).await;
     let _ = conn.send(request).await;
     let replies = conn.responses(Duration::from_secs(1)).await;

@@ -282,3 +282,28 @@ pub fn log_line(edge: &Edge, needles: &[&str]) -> Option<String> {
         .find(|line| needles.iter().all(|n| line.contains(n)))
         .map(str::to_string)
 }
+
+/// One HTTP/1.1 response as read off the wire by a raw-socket client.
+#[derive(Debug, Default)]
+pub struct RawResponse {
+    pub status: u16,
+    /// Names lower-cased, in order.
+    pub headers: Vec<(String, String)>,
+    /// Decoded body (chunked framing removed); for an incomplete response, the bytes received.
+    pub body: Vec<u8>,
+    /// Whether the body was complete per its framing.
+    pub complete: bool,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
