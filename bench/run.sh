@@ -8,6 +8,8 @@
 #   BENCH_CONNECTIONS  connections of wrk / bench/headload.c (default 32)
 #   BENCH_WARMUP       seconds of warm-up per case and server (default 2, 1 if BENCH_SECONDS < 3)
 #   BENCH_PORT_BASE    first of the 10 ports used on 127.0.0.1 (default 18480)
+#   BENCH_CASES        the cases to run, e.g. "1 3 5" (default: all of 1 2 3 4 5 6 1r); a report of
+#                      some cases is for quick comparisons, the targets are judged on all of them
 #   BENCH_MICRO        1 (default) also runs the criterion micro-benchmark (benches/page_path.rs)
 #   BENCH_OUT          the report written (default BENCHMARKS.md at the repository root)
 #   BENCH_DISTURBED    a run during which other work used more than this % of CPU 0 or 1 is run again
@@ -230,6 +232,7 @@ admin:
   listen: 127.0.0.1:$ADMIN_PORT   # not started: no token is given
 server:
   grace_period_seconds: 0
+  work_stealing: false
   graceful_shutdown_timeout_seconds: 1
   pid_file: $WORK/edge/edge.pid
   upgrade_sock: $WORK/edge/upgrade.sock
@@ -363,6 +366,12 @@ server_pids() {
 # 1r is case 1 measured with case 6's client (headload), so that case 6 can be compared with a
 # cache hit measured the same way.
 CASES=(1 2 3 4 5 6 1r)
+if [[ -n ${BENCH_CASES:-} ]]; then
+  read -r -a CASES <<<"$BENCH_CASES"
+  for c in "${CASES[@]}"; do
+    [[ $c =~ ^(1|2|3|4|5|6|1r)$ ]] || die "BENCH_CASES: unknown case '$c' (cases: 1 2 3 4 5 6 1r)"
+  done
+fi
 declare -A C_NAME=(
   [1]="cache hit, 1 KiB" [2]="cache hit, 1 MiB" [3]="miss pass-through, uncacheable 1 KiB"
   [4]="origin 404 -> custom page" [5]="origin down: 502 + custom page" [6]="HEAD on a custom 404 (headload)"
@@ -641,6 +650,7 @@ add "- Requests/s at or above nginx: $(yes_no $((${#rps_bad[@]} == 0))) — at o
 add "- p99 at or below nginx: $(yes_no $((${#p99_bad[@]} == 0))) — at or below in case(s) $(list "${p99_ok[@]:-none}")${p99_bad:+; above in $(list "${p99_bad[@]}")}."
 for pair in 4:1 6:1r; do
   c=${pair%%:*} ref=${pair##*:}
+  [[ -n ${RPS[ours,$c]:-} && -n ${RPS[ours,$ref]:-} ]] || continue # not among BENCH_CASES
   pct=$(awk -v a="${RPS[ours,$c]}" -v b="${RPS[ours,$ref]}" 'BEGIN{ if (b>0) printf "%.0f", 100*a/b; else print 0 }')
   if ((pct >= 90)); then ok=1; else ok=0; fi
   add "- Custom page case $c at least 90% of our cache hit (case $ref, same client): $(yes_no $ok) — ${pct}% ($(f1 "${RPS[ours,$c]}") vs $(f1 "${RPS[ours,$ref]}") req/s)."

@@ -37,7 +37,7 @@ impl EdgeProxy {
 
     /// Logs an origin failure, at most once a second per domain: a down origin fails every
     /// request, and a line for each would cost more than answering them.
-    fn log_origin_failure(&self, ctx: &RequestCtx, status: u16, e: &Error) {
+    fn log_origin_failure(&self, ctx: &RequestCtx, status: u16, reason: &dyn std::fmt::Display) {
         let domain = ctx.domain.as_ref().map_or("-", |d| d.label.as_str());
         let now = Instant::now();
         let mut logged = self.failures_logged.lock();
@@ -49,7 +49,9 @@ impl EdgeProxy {
         }
         logged.insert(domain.to_string(), now);
         drop(logged);
-        log::warn!("origin of {domain} failed, answering {status}: {e} (repeats within 1 s are not logged)");
+        log::warn!(
+            "origin of {domain} failed, answering {status}: {reason} (repeats within 1 s are not logged)"
+        );
     }
 }
 
@@ -66,6 +68,8 @@ pub struct RequestCtx {
     pub host: String,
     /// Which of the domain's origin servers this attempt uses.
     server_index: usize,
+    /// Held while this request tries a server that is down (see `upstream::OriginHealth`).
+    probe: Option<upstream::Probe>,
     /// The custom pages module's state for this request.
     pub pages: PageState,
 }
@@ -112,6 +116,35 @@ fn loop_count(req: &RequestHeader) -> usize {
         .count()
 }
 
+/// Points the request at the server it should try, looking from `from` on (see
+/// `upstream::OriginHealth::pick`). Err: every server left is down and being retried by
+/// other requests; the status to answer with.
+fn choose_server(domain: &Domain, ctx: &mut RequestCtx, from: usize) -> Result<(), u16> {
+    match domain.health.pick(from) {
+        upstream::Pick::Up(server) => {
+            ctx.server_index = server;
+            ctx.probe = None;
+        }
+        upstream::Pick::Probe(probe) => {
+            ctx.server_index = probe.server();
+            ctx.probe = Some(probe);
+        }
+        upstream::Pick::AllDown(status) => return Err(status),
+    }
+    Ok(())
+}
+
+/// Marks a server down after a failed connection attempt, logging when it was up.
+fn note_failure(domain: &Domain, server: usize, status: u16, e: &Error) {
+    if domain.health.failed(server, status) {
+        let name = domain.origin.servers.get(server).map_or("?", |s| s.as_str());
+        log::warn!(
+            "origin server {name} of {} is down ({e}); one request at a time retries it",
+            domain.label
+        );
+    }
+}
+
 /// What a filter is told about the request.
 fn filter_info<'a>(session: &Session, host: &'a str, domain: &'a Domain) -> RequestInfo<'a> {
     let client = session.client_addr().and_then(|a| a.as_inet()).copied();
@@ -150,6 +183,7 @@ impl ProxyHttp for EdgeProxy {
             domain: None,
             host: String::new(),
             server_index: 0,
+            probe: None,
             pages: PageState::default(),
         }
     }
@@ -282,27 +316,47 @@ impl ProxyHttp for EdgeProxy {
         Ok(policy::decide(resp, authorized, ttl))
     }
 
+    async fn proxy_upstream_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let Some(domain) = ctx.domain.clone() else {
+            return Ok(true);
+        };
+        let Err(status) = choose_server(&domain, ctx, 0) else {
+            return Ok(true);
+        };
+        // Every server is down and another request is trying it: answer now. Unlike an answer
+        // after a failed attempt, this one keeps the client connection.
+        self.log_origin_failure(
+            ctx,
+            status,
+            &"its servers are down and being retried by another request",
+        );
+        self.respond_error(session, ctx, status).await?;
+        Ok(false)
+    }
+
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
         let domain = ctx
             .domain
             .clone()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "request has no domain"))?;
-        let servers = &domain.origin.servers;
-        let mut last_error = None;
-        // A server whose name does not resolve is skipped like one that refuses connections.
-        while let Some(server) = servers.get(ctx.server_index) {
+        loop {
+            let server = domain
+                .origin
+                .servers
+                .get(ctx.server_index)
+                .ok_or_else(|| Error::explain(ErrorType::ConnectNoRoute, "no origin server left"))?;
+            // A server whose name does not resolve is down like one that refuses connections.
             match upstream::resolve(server).await {
                 Ok(addr) => return Ok(Box::new(upstream::peer(addr, &domain.origin))),
-                Err(e) => {
-                    last_error = Some(e);
-                    ctx.server_index += 1;
+                Err(mut e) => {
+                    note_failure(&domain, ctx.server_index, 502, &e);
+                    if choose_server(&domain, ctx, ctx.server_index + 1).is_err() {
+                        e.as_up();
+                        return Err(e);
+                    }
                 }
             }
         }
-        let mut e =
-            last_error.unwrap_or_else(|| Error::explain(ErrorType::ConnectNoRoute, "no origin server left"));
-        e.as_up();
-        Err(e)
     }
 
     fn fail_to_connect(
@@ -312,13 +366,38 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        // Failover: the next server of the domain gets the next attempt.
-        let servers = ctx.domain.as_ref().map_or(0, |d| d.origin.servers.len());
-        if ctx.server_index + 1 < servers {
-            ctx.server_index += 1;
+        let Some(domain) = ctx.domain.clone() else {
+            return e;
+        };
+        note_failure(&domain, ctx.server_index, pages::edge_status(&e), &e);
+        // Failover: the next server of the domain, if any may be tried, gets the next attempt.
+        if choose_server(&domain, ctx, ctx.server_index + 1).is_ok() {
             e.set_retry(true);
         }
         e
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        _fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora_core::protocols::Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(domain) = &ctx.domain {
+            if domain.health.connected(ctx.server_index) {
+                let server = domain
+                    .origin
+                    .servers
+                    .get(ctx.server_index)
+                    .map_or("?", |s| s.as_str());
+                log::info!("origin server {server} of {} is back up", domain.label);
+            }
+        }
+        ctx.probe = None;
+        Ok(())
     }
 
     async fn upstream_request_filter(
@@ -385,6 +464,7 @@ impl ProxyHttp for EdgeProxy {
         if *e.esource() == ErrorSource::Upstream {
             self.log_origin_failure(ctx, status, e);
         }
+        ctx.probe = None;
         // Pingora 0.9 drops the client connection after a failed proxy attempt whatever this
         // hook answers (it reuses only on the attempt's own verdict), so say so to the client
         // with `Connection: close` instead of promising keep-alive.

@@ -1,9 +1,12 @@
-//! Reaching a domain's origin: name resolution off the blocking path and peer settings.
+//! Reaching a domain's origin: name resolution off the blocking path, peer settings, and
+//! which servers are reachable.
 
 use crate::config::Origin;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, OrErr, Result};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How long an idle pooled origin connection is kept.
@@ -37,4 +40,171 @@ pub fn peer(addr: SocketAddr, origin: &Origin) -> HttpPeer {
     peer.options.write_timeout = Some(origin.read_timeout);
     peer.options.idle_timeout = Some(IDLE_TIMEOUT);
     peer
+}
+
+/// What the edge has seen of each origin server's reachability (a passive health check).
+///
+/// A server whose last connection attempt failed is down. While it is down, one request at a
+/// time tries it again (the probe) and the others are answered at once with the status that
+/// attempt got, instead of each paying its own failed connect or connect timeout (and, over
+/// HTTP/1.1, its client connection: Pingora closes it after a failed attempt). A successful
+/// connection marks the server up again, so the first request after an origin comes back
+/// reaches it: there is no hold-down time to wait out.
+#[derive(Debug, Default)]
+pub struct OriginHealth {
+    servers: Box<[ServerHealth]>,
+}
+
+#[derive(Debug, Default)]
+struct ServerHealth {
+    /// 0 while up; while down, the status its last failed attempt was answered with.
+    down_status: AtomicU16,
+    /// Whether a request is trying the server while it is down.
+    probing: AtomicBool,
+}
+
+/// Which server a request may try.
+#[derive(Debug)]
+pub enum Pick {
+    /// This server, the first one from where the request is that is up.
+    Up(usize),
+    /// This server, down: the request holds its probe until it connects, fails or ends.
+    Probe(Probe),
+    /// None: every server left is down and being probed. The status to answer with.
+    AllDown(u16),
+}
+
+impl OriginHealth {
+    /// All `servers` of an origin, up.
+    pub fn new(servers: usize) -> OriginHealth {
+        OriginHealth {
+            servers: (0..servers).map(|_| ServerHealth::default()).collect(),
+        }
+    }
+
+    /// The server a request should try, looking at `from` and the servers after it in order:
+    /// the first that is up or down with no probe out. So a first server that comes back is
+    /// used again, while at most one request at a time pays for trying it.
+    pub fn pick(self: &Arc<Self>, from: usize) -> Pick {
+        let candidates = self.servers.get(from..).unwrap_or_default();
+        for (offset, server) in candidates.iter().enumerate() {
+            if server.down_status.load(Ordering::Relaxed) == 0 {
+                return Pick::Up(from + offset);
+            }
+            // Read first: a write on every request would bounce the cache line between threads.
+            if !server.probing.load(Ordering::Relaxed) && !server.probing.swap(true, Ordering::Acquire) {
+                return Pick::Probe(Probe {
+                    health: self.clone(),
+                    server: from + offset,
+                });
+            }
+        }
+        let status = candidates
+            .last()
+            .map_or(0, |s| s.down_status.load(Ordering::Relaxed));
+        Pick::AllDown(if status == 0 { 502 } else { status })
+    }
+
+    /// Records a failed connection attempt, answered with `status`. True if the server was up.
+    pub fn failed(&self, server: usize, status: u16) -> bool {
+        self.servers
+            .get(server)
+            .is_some_and(|s| s.down_status.swap(status.max(1), Ordering::Relaxed) == 0)
+    }
+
+    /// Records a connection made (or reused). True if the server was down.
+    pub fn connected(&self, server: usize) -> bool {
+        self.servers.get(server).is_some_and(|s| {
+            s.down_status.load(Ordering::Relaxed) != 0 && s.down_status.swap(0, Ordering::Relaxed) != 0
+        })
+    }
+}
+
+/// A request's right to try a down server; given back when dropped.
+#[derive(Debug)]
+pub struct Probe {
+    health: Arc<OriginHealth>,
+    server: usize,
+}
+
+impl Probe {
+    /// The server probed.
+    pub fn server(&self) -> usize {
+        self.server
+    }
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        if let Some(server) = self.health.servers.get(self.server) {
+            server.probing.store(false, Ordering::Release);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server_of(pick: &Pick) -> Option<usize> {
+        match pick {
+            Pick::Up(server) => Some(*server),
+            Pick::Probe(probe) => Some(probe.server()),
+            Pick::AllDown(_) => None,
+        }
+    }
+
+    #[test]
+    fn servers_are_picked_in_order_from_where_the_request_is() {
+        let health = Arc::new(OriginHealth::new(3));
+        assert!(matches!(health.pick(0), Pick::Up(0)));
+        assert!(matches!(health.pick(2), Pick::Up(2)));
+        assert!(health.failed(0, 502));
+        // The first server, down, is tried by one request; the others go to the next one.
+        let probe = health.pick(0);
+        assert_eq!(server_of(&probe), Some(0));
+        assert!(matches!(health.pick(0), Pick::Up(1)));
+        assert!(
+            matches!(health.pick(1), Pick::Up(1)),
+            "a failover skips no server"
+        );
+    }
+
+    #[test]
+    fn a_down_server_is_probed_by_one_request_at_a_time() {
+        let health = Arc::new(OriginHealth::new(1));
+        assert!(health.failed(0, 504));
+        assert!(!health.failed(0, 504), "already down");
+        let probe = health.pick(0);
+        assert_eq!(server_of(&probe), Some(0));
+        assert!(matches!(probe, Pick::Probe(_)));
+        // While the probe is out, others get the status the last attempt got.
+        assert!(matches!(health.pick(0), Pick::AllDown(504)));
+        drop(probe);
+        assert!(
+            matches!(health.pick(0), Pick::Probe(_)),
+            "the probe was given back"
+        );
+    }
+
+    #[test]
+    fn a_connection_brings_a_server_back_at_once() {
+        let health = Arc::new(OriginHealth::new(2));
+        health.failed(0, 502);
+        health.failed(1, 502);
+        let first = health.pick(0);
+        let second = health.pick(0);
+        assert_eq!((server_of(&first), server_of(&second)), (Some(0), Some(1)));
+        assert!(matches!(health.pick(0), Pick::AllDown(502)));
+        assert!(health.connected(1));
+        assert!(!health.connected(1), "already up");
+        assert!(matches!(health.pick(0), Pick::Up(1)));
+    }
+
+    #[test]
+    fn a_request_past_the_last_server_finds_none() {
+        let health = Arc::new(OriginHealth::new(1));
+        assert!(matches!(health.pick(1), Pick::AllDown(502)));
+        assert!(!health.failed(7, 502) && !health.connected(7));
+    }
 }

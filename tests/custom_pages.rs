@@ -1137,6 +1137,146 @@ async fn edge_made_error_answers_say_connection_close_and_mean_it() {
     assert_raw_edge_page(&got, 502, PAGE_5XX, PAGE_5XX_TYPE, &edge);
 }
 
+/// A listener whose accept queue is full: connections to it time out, as to an origin host
+/// that is down or overloaded. (With a backlog of 0 the queue holds one connection, which the
+/// listener keeps; later SYNs are dropped.)
+struct Blackhole {
+    _listener: tokio::net::TcpListener,
+    _queued: TcpStream,
+}
+
+impl Blackhole {
+    async fn start() -> Blackhole {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_reuseaddr(true).expect("SO_REUSEADDR");
+        socket
+            .bind((common::origin::own_loopback_ip(), 0).into())
+            .expect("bind the blackhole");
+        let listener = socket.listen(0).expect("listen");
+        let queued = TcpStream::connect(listener.local_addr().expect("address"))
+            .await
+            .expect("fill the accept queue");
+        Blackhole {
+            _listener: listener,
+            _queued: queued,
+        }
+    }
+
+    fn addr(&self) -> std::net::SocketAddr {
+        self._listener.local_addr().expect("address")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+/// Passive health: while one request waits out the connect timeout of an origin that does not
+/// answer, the others get the page at once instead of each waiting (over HTTP/1.1 on a
+/// connection that stays open), and the origin is used again as soon as it accepts connections.
+async fn a_down_origin_is_retried_by_one_request_while_the_others_get_the_page_at_once() {
+    let pages = origin_with_pages().await;
+    let hole = Blackhole::start().await;
+    let addr = hole.addr();
+    let rules = format!("custom_pages:\n{RULE_5XX}");
+    let down = "down.example.com";
+    let edge = start_edge(
+        EdgeOptions::default(),
+        vec![
+            ("exp.yaml", domain_yaml(EXP, pages.addr(), &rules)),
+            ("down.yaml", domain_yaml(down, addr, &rules)),
+        ],
+    )
+    .await;
+    wait_fetched(&edge, PAGE_5XX_URL).await;
+    const CONNECT_TIMEOUT: Duration = Duration::from_secs(1); // domain_yaml's
+
+    // The first request finds the origin up, tries it and waits out the connect timeout.
+    let timed = |path: &'static str| {
+        let edge = &edge;
+        async move {
+            let started = Instant::now();
+            let mut conn = RawH1::connect(edge).await;
+            let got = conn.request("GET", down, path, &[]).await;
+            (got, started.elapsed())
+        }
+    };
+    let first = timed("/first");
+    let others = async {
+        // By then the first request is waiting for the connection and the server is not yet
+        // known to be down; once it is, requests are answered without waiting.
+        tokio::time::sleep(CONNECT_TIMEOUT + Duration::from_millis(300)).await;
+        let while_second_retries = async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let mut conn = RawH1::connect(&edge).await;
+            let mut answers = Vec::new();
+            for path in ["/a", "/b", "/c"] {
+                let started = Instant::now();
+                answers.push((conn.request("GET", down, path, &[]).await, started.elapsed()));
+            }
+            let h2 = client(&edge, Proto::H2c, &[down]);
+            let started = Instant::now();
+            let over_h2 = get(&h2, &edge.url(down, "/h2")).await;
+            (answers, (over_h2, started.elapsed()))
+        };
+        let (second, (answers, h2)) = tokio::join!(timed("/second"), while_second_retries);
+        (second, answers, h2)
+    };
+    let ((first, first_took), ((second, second_took), answers, (over_h2, h2_took))) =
+        tokio::join!(first, others);
+
+    assert_raw_edge_page(&first, 504, PAGE_5XX, PAGE_5XX_TYPE, &edge);
+    assert!(
+        first_took >= CONNECT_TIMEOUT - Duration::from_millis(100),
+        "first: {first_took:?}"
+    );
+    // The second request found the server down and tried it itself (no other was trying),
+    // the ones after it were answered while it waited.
+    assert_raw_edge_page(&second, 504, PAGE_5XX, PAGE_5XX_TYPE, &edge);
+    assert!(
+        second_took >= CONNECT_TIMEOUT - Duration::from_millis(100),
+        "second: {second_took:?}"
+    );
+    let prompt = Duration::from_millis(300);
+    for (got, took) in &answers {
+        // One connection for all three: the answer keeps it open.
+        assert_raw_page(got, 504, PAGE_5XX, PAGE_5XX_TYPE, &edge);
+        assert!(
+            *took < prompt,
+            "answered in {took:?} while another request retried the origin"
+        );
+    }
+    assert_page(&over_h2, Proto::H2c, 504, PAGE_5XX, PAGE_5XX_TYPE, &edge);
+    assert!(h2_took < prompt, "h2c answered in {h2_took:?}");
+    assert!(
+        log_line(&edge, &["origin server", down, "is down"]).is_some(),
+        "{}",
+        log_tail(&edge)
+    );
+
+    // The origin comes back on the same address: the next request reaches it.
+    drop(hole);
+    let back = Origin::start_on(addr).await.expect("start the origin again");
+    back.route("/back", Reply::ok("back"));
+    let h1 = client(&edge, Proto::H1, &[down]);
+    let started = Instant::now();
+    let got = get(&h1, &edge.url(down, "/back")).await;
+    assert_eq!(
+        (got.status, got.body.as_str()),
+        (200, "back"),
+        "{}",
+        log_tail(&edge)
+    );
+    assert!(started.elapsed() < prompt, "took {:?}", started.elapsed());
+    assert!(
+        wait_log_line(
+            &edge,
+            &["origin server", down, "is back up"],
+            Duration::from_secs(2)
+        )
+        .await,
+        "{}",
+        log_tail(&edge)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn origin_stalling_past_read_timeout_gets_the_504_page() {
     let origin = origin_with_pages().await;

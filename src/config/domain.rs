@@ -143,6 +143,9 @@ pub struct Domain {
     pub label: String,
     /// Where requests go.
     pub origin: Origin,
+    /// Which of the origin's servers answered their last connection attempt. Runtime state:
+    /// a reload starts with every server up.
+    pub health: std::sync::Arc<crate::upstream::OriginHealth>,
     /// Freshness of responses that give none (0: not cached).
     pub default_ttl: Duration,
     /// Minimum freshness of origin errors (0: off).

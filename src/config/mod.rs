@@ -554,6 +554,7 @@ pub fn validate_domain(
             connect_timeout: spec.origin.connect_timeout.0,
             read_timeout: spec.origin.read_timeout.0,
         },
+        health: Arc::new(crate::upstream::OriginHealth::new(spec.origin.servers.len())),
         default_ttl: spec.cache.default_ttl.0,
         error_ttl: spec.cache.error_ttl.0,
         rules: spec.custom_pages.iter().map(Rule::from_spec).collect(),
