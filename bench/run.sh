@@ -232,7 +232,6 @@ admin:
   listen: 127.0.0.1:$ADMIN_PORT   # not started: no token is given
 server:
   grace_period_seconds: 0
-  work_stealing: false
   graceful_shutdown_timeout_seconds: 1
   pid_file: $WORK/edge/edge.pid
   upgrade_sock: $WORK/edge/upgrade.sock
