@@ -188,6 +188,11 @@ impl ProxyHttp for EdgeProxy {
         }
     }
 
+    fn init_downstream_modules(&self, _modules: &mut pingora_core::modules::http::HttpModules) {
+        // None: the edge does not compress, and Pingora's default, a disabled compression
+        // module, still runs on every request.
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         // Pingora waits for the next request on a kept-alive HTTP/1.1 connection forever
         // unless told otherwise.
