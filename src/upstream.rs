@@ -2,23 +2,38 @@
 //! which servers are reachable.
 
 use crate::config::Origin;
+use once_cell::sync::Lazy;
+use parking_lot::RwLock;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, OrErr, Result};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long an idle pooled origin connection is kept.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long a resolved origin name is used before it is resolved again. `getaddrinfo` tells
+/// no TTL, and without a cache every request to a named origin would make a DNS query.
+const RESOLVED_FOR: Duration = Duration::from_secs(30);
+
+/// Origin names resolved so far. Only configured names get here, so it stays small.
+static NAMES: Lazy<NameCache> = Lazy::new(|| NameCache::new(RESOLVED_FOR));
+
 /// Resolves `host:port` without blocking a worker. `HttpPeer::new` would resolve names with
 /// blocking std DNS and panic on failure, so peers are only ever built from addresses.
+/// A name is resolved at most every 30 s; while it fails to resolve, its last address is used.
 pub async fn resolve(server: &str) -> Result<SocketAddr> {
     if let Ok(addr) = server.parse::<SocketAddr>() {
         return Ok(addr);
     }
-    tokio::net::lookup_host(server)
+    NAMES.resolve_with(server, lookup).await
+}
+
+async fn lookup(server: String) -> Result<SocketAddr> {
+    tokio::net::lookup_host(&server)
         .await
         .or_err_with(ErrorType::ConnectNoRoute, || {
             format!("cannot resolve origin {server}")
@@ -30,6 +45,53 @@ pub async fn resolve(server: &str) -> Result<SocketAddr> {
                 format!("origin {server} resolves to no address"),
             )
         })
+}
+
+/// Resolved names with the time they were resolved.
+struct NameCache {
+    fresh_for: Duration,
+    entries: RwLock<HashMap<String, (SocketAddr, Instant)>>,
+}
+
+impl NameCache {
+    fn new(fresh_for: Duration) -> NameCache {
+        NameCache {
+            fresh_for,
+            entries: RwLock::default(),
+        }
+    }
+
+    async fn resolve_with<F, Fut>(&self, server: &str, lookup: F) -> Result<SocketAddr>
+    where
+        F: FnOnce(String) -> Fut,
+        Fut: std::future::Future<Output = Result<SocketAddr>>,
+    {
+        let known = self.entries.read().get(server).copied();
+        if let Some((addr, at)) = known {
+            if at.elapsed() < self.fresh_for {
+                return Ok(addr);
+            }
+        }
+        match lookup(server.to_string()).await {
+            Ok(addr) => {
+                self.entries
+                    .write()
+                    .insert(server.to_string(), (addr, Instant::now()));
+                Ok(addr)
+            }
+            Err(e) => match known {
+                Some((addr, _)) => {
+                    // Tried again after another `fresh_for`, not on every request.
+                    self.entries
+                        .write()
+                        .insert(server.to_string(), (addr, Instant::now()));
+                    log::warn!("{e}; still using its last address {addr}");
+                    Ok(addr)
+                }
+                None => Err(e),
+            },
+        }
+    }
 }
 
 /// A plain-HTTP peer for one origin server with the domain's timeouts.
@@ -199,6 +261,62 @@ mod tests {
         assert!(health.connected(1));
         assert!(!health.connected(1), "already up");
         assert!(matches!(health.pick(0), Pick::Up(1)));
+    }
+
+    fn address(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[tokio::test]
+    async fn a_name_is_resolved_again_only_once_its_address_is_stale() {
+        let lookups = std::sync::atomic::AtomicUsize::new(0);
+        let counted = |port: u16| {
+            let lookups = &lookups;
+            move |_: String| async move {
+                lookups.fetch_add(1, Ordering::Relaxed);
+                Ok(address(port))
+            }
+        };
+        let cache = NameCache::new(Duration::from_secs(60));
+        assert_eq!(
+            cache.resolve_with("origin:80", counted(1)).await.ok(),
+            Some(address(1))
+        );
+        assert_eq!(
+            cache.resolve_with("origin:80", counted(2)).await.ok(),
+            Some(address(1))
+        );
+        assert_eq!(
+            lookups.load(Ordering::Relaxed),
+            1,
+            "the second answer came from the cache"
+        );
+
+        let stale = NameCache::new(Duration::ZERO);
+        stale.resolve_with("origin:80", counted(1)).await.ok();
+        assert_eq!(
+            stale.resolve_with("origin:80", counted(2)).await.ok(),
+            Some(address(2))
+        );
+        assert_eq!(lookups.load(Ordering::Relaxed), 3);
+    }
+
+    #[tokio::test]
+    async fn a_name_that_stops_resolving_keeps_its_last_address() {
+        let failing = |_: String| async { Err(Error::explain(ErrorType::ConnectNoRoute, "no DNS")) };
+        let cache = NameCache::new(Duration::ZERO);
+        assert!(
+            cache.resolve_with("origin:80", failing).await.is_err(),
+            "never resolved"
+        );
+        cache
+            .resolve_with("origin:80", |_| async { Ok(address(1)) })
+            .await
+            .ok();
+        assert_eq!(
+            cache.resolve_with("origin:80", failing).await.ok(),
+            Some(address(1))
+        );
     }
 
     #[test]
