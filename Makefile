@@ -3,7 +3,7 @@ CARGO ?= cargo
 EDGE_CONF ?= conf/edge.yaml
 DEMO_ORIGIN ?= 127.0.0.1:8080
 
-.PHONY: all deps build run test lint bench soak clean
+.PHONY: all deps build run test lint bench profile soak clean
 
 all: build
 
@@ -37,6 +37,11 @@ lint: deps
 # Side by side with nginx (installs nginx-light and wrk); writes BENCHMARKS.md. Not part of `test`.
 bench: deps
 	bash bench/run.sh
+
+# perf + flame graph of our edge on one bench case: make profile CASE=3 (writes target/profile/).
+CASE ?= 1
+profile: deps
+	bash bench/profile.sh $(CASE)
 
 # Ten minutes of mixed traffic, rule changes and origin restarts (SOAK_SECONDS, default 600).
 soak: deps

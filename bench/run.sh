@@ -341,6 +341,7 @@ env -u CUSTOM_PAGES_ADMIN_TOKEN "${SRV_PIN[@]}" "$EDGE_BIN" -c "$WORK/edge/edge.
 EDGE_PID=$!
 PIDS+=("$EDGE_PID")
 wait_port "$EDGE_PORT" "$EDGE_PID" "our edge"
+log "our edge runs as pid $EDGE_PID" # bench/profile.sh attaches perf to it
 
 log "starting nginx on :$NGINX_PORT"
 "${SRV_PIN[@]}" "$NGINX" -p "$WORK/nginx" -e "$WORK/nginx/error.log" -c "$WORK/nginx/nginx.conf" &
