@@ -332,6 +332,11 @@ impl ProxyHttp for EdgeProxy {
         let Err(status) = choose_server(&domain, ctx, 0) else {
             return Ok(true);
         };
+        if session.cache.can_serve_stale_error() {
+            // An expired copy the origin allows to serve on error (`stale-if-error`): Pingora
+            // serves it when the attempt fails, so the attempt is made.
+            return Ok(true);
+        }
         // Every server is down and another request is trying it: answer now. Unlike an answer
         // after a failed attempt, this one keeps the client connection.
         self.log_origin_failure(

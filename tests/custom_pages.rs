@@ -1147,11 +1147,13 @@ struct Blackhole {
 
 impl Blackhole {
     async fn start() -> Blackhole {
+        Blackhole::start_on((common::origin::own_loopback_ip(), 0).into()).await
+    }
+
+    async fn start_on(addr: std::net::SocketAddr) -> Blackhole {
         let socket = tokio::net::TcpSocket::new_v4().expect("socket");
         socket.set_reuseaddr(true).expect("SO_REUSEADDR");
-        socket
-            .bind((common::origin::own_loopback_ip(), 0).into())
-            .expect("bind the blackhole");
+        socket.bind(addr).expect("bind the blackhole");
         let listener = socket.listen(0).expect("listen");
         let queued = TcpStream::connect(listener.local_addr().expect("address"))
             .await
@@ -1272,6 +1274,53 @@ async fn a_down_origin_is_retried_by_one_request_while_the_others_get_the_page_a
             Duration::from_secs(2)
         )
         .await,
+        "{}",
+        log_tail(&edge)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+/// The passive health check never hides a stale copy: an expired object whose origin allowed
+/// `stale-if-error` is served while the origin is known to be down, even while another
+/// request is retrying it.
+async fn stale_if_error_is_served_while_the_origin_is_known_down() {
+    let origin = origin_with_pages().await;
+    origin.route(
+        "/doc",
+        Reply::ok("doc v1").header("cache-control", "max-age=1, stale-if-error=60"),
+    );
+    let edge = start_exp(&origin, &format!("custom_pages:\n{RULE_5XX}")).await;
+    wait_fetched(&edge, PAGE_5XX_URL).await;
+    let h1 = client(&edge, Proto::H1, &[EXP]);
+    let fresh = get(&h1, &edge.url(EXP, "/doc")).await;
+    assert_eq!(
+        (fresh.status, fresh.body.as_str()),
+        (200, "doc v1"),
+        "{}",
+        log_tail(&edge)
+    );
+
+    // The copy expires, the origin stops answering, and a first request finds it down.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    origin.stop();
+    let _hole = Blackhole::start_on(origin.addr()).await;
+    let marks_down = edge_error_client(&edge, Proto::H1, &[EXP]);
+    let got = get(&marks_down, &edge.url(EXP, "/uncached-1")).await;
+    assert_page(&got, Proto::H1, 504, PAGE_5XX, PAGE_5XX_TYPE, &edge);
+
+    // While another request retries the origin, the expired copy is still served.
+    let retry_url = edge.url(EXP, "/uncached-2");
+    let retrying = get(&marks_down, &retry_url);
+    let stale = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let c = edge_error_client(&edge, Proto::H1, &[EXP]);
+        get(&c, &edge.url(EXP, "/doc")).await
+    };
+    let (retried, stale) = tokio::join!(retrying, stale);
+    assert_page(&retried, Proto::H1, 504, PAGE_5XX, PAGE_5XX_TYPE, &edge);
+    assert_eq!(
+        (stale.status, stale.body.as_str(), stale.header("x-cache")),
+        (200, "doc v1", Some("STALE")),
         "{}",
         log_tail(&edge)
     );
