@@ -56,7 +56,8 @@ sleep 1
 DATA=$OUT/perf-case-$CASE.data
 rm -f "$DATA" "$DATA.old"
 log "recording pid $EDGE_PID for $SECONDS_RECORDED s"
-perf record -q -F 999 -g --call-graph dwarf,16384 -p "$EDGE_PID" -o "$DATA" -- sleep "$SECONDS_RECORDED" 2>/dev/null
+perf record -q -F 999 -g --call-graph dwarf,16384 -p "$EDGE_PID" -o "$DATA" -- sleep "$SECONDS_RECORDED" \
+  2>"$OUT/perf-record.log" || die "perf record failed: $(tail -n 3 "$OUT/perf-record.log")"
 wait "$BENCH" || die "the benchmark failed: $(tail -n 5 "$BENCH_LOG")"
 trap - EXIT
 
@@ -64,9 +65,9 @@ log "rendering"
 TOP=$OUT/top-case-$CASE.txt
 {
   echo "# case $CASE: share of the edge's CPU by binary, then by function (self time)"
-  perf report -i "$DATA" --no-children --sort dso --stdio -g none 2>/dev/null | grep -v '^#' | sed '/^$/d'
+  perf report -i "$DATA" --no-children --sort dso --stdio -g none 2>/dev/null | { grep -v '^#' || true; } | sed '/^$/d'
   echo
-  perf report -i "$DATA" --no-children --sort symbol --stdio -g none 2>/dev/null | grep -v '^#' | sed '/^$/d' | sed -n '1,60p'
+  perf report -i "$DATA" --no-children --sort symbol --stdio -g none 2>/dev/null | { grep -v '^#' || true; } | sed '/^$/d' | sed -n '1,60p'
 } >"$TOP"
 perf script -i "$DATA" 2>/dev/null | "$TOOLS/bin/inferno-collapse-perf" >"$OUT/stacks-case-$CASE.txt"
 # How much of it runs in this project's code (inclusive: its hooks and what they call; not

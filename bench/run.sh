@@ -368,6 +368,7 @@ server_pids() {
 CASES=(1 2 3 4 5 6 1r)
 if [[ -n ${BENCH_CASES:-} ]]; then
   read -r -a CASES <<<"$BENCH_CASES"
+  ((${#CASES[@]} > 0)) || die "BENCH_CASES names no case (cases: 1 2 3 4 5 6 1r)"
   for c in "${CASES[@]}"; do
     [[ $c =~ ^(1|2|3|4|5|6|1r)$ ]] || die "BENCH_CASES: unknown case '$c' (cases: 1 2 3 4 5 6 1r)"
   done

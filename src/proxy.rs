@@ -70,6 +70,8 @@ pub struct RequestCtx {
     server_index: usize,
     /// Held while this request tries a server that is down (see `upstream::OriginHealth`).
     probe: Option<upstream::Probe>,
+    /// Every server was down and being retried by other requests: the status to answer with.
+    all_down: Option<u16>,
     /// The custom pages module's state for this request.
     pub pages: PageState,
 }
@@ -184,6 +186,7 @@ impl ProxyHttp for EdgeProxy {
             host: String::new(),
             server_index: 0,
             probe: None,
+            all_down: None,
             pages: PageState::default(),
         }
     }
@@ -240,12 +243,19 @@ impl ProxyHttp for EdgeProxy {
     }
 
     fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
-        if ctx.domain.is_some() && pingora_cache::filters::request_cacheable(session.req_header()) {
+        let Some(domain) = &ctx.domain else {
+            return Ok(());
+        };
+        if pingora_cache::filters::request_cacheable(session.req_header()) {
+            // While every server is down, concurrent misses of one key are not queued behind
+            // the request retrying the origin (for up to its connect timeout): each is answered
+            // at once by `proxy_upstream_filter` instead.
+            let lock = domain.health.any_up().then_some(self.edge.cache_lock);
             session.cache.enable(
                 self.edge.storage,
                 None,
                 Some(self.edge.cache_predictor),
-                Some(self.edge.cache_lock),
+                lock,
                 None,
             );
             session
@@ -334,7 +344,8 @@ impl ProxyHttp for EdgeProxy {
         };
         if session.cache.can_serve_stale_error() {
             // An expired copy the origin allows to serve on error (`stale-if-error`): Pingora
-            // serves it when the attempt fails, so the attempt is made.
+            // serves it when the attempt fails, and `upstream_peer` fails it at once.
+            ctx.all_down = Some(status);
             return Ok(true);
         }
         // Every server is down and another request is trying it: answer now. Unlike an answer
@@ -353,6 +364,19 @@ impl ProxyHttp for EdgeProxy {
             .domain
             .clone()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "request has no domain"))?;
+        if let Some(status) = ctx.all_down {
+            let etype = if status == 504 {
+                ErrorType::ConnectTimedout
+            } else {
+                ErrorType::ConnectRefused
+            };
+            let mut e = Error::explain(
+                etype,
+                "every origin server is down and being retried by another request",
+            );
+            e.as_up();
+            return Err(e);
+        }
         loop {
             let server = domain
                 .origin
@@ -364,6 +388,7 @@ impl ProxyHttp for EdgeProxy {
                 Ok(addr) => return Ok(Box::new(upstream::peer(addr, &domain.origin))),
                 Err(mut e) => {
                     note_failure(&domain, ctx.server_index, 502, &e);
+                    ctx.probe = None;
                     if choose_server(&domain, ctx, ctx.server_index + 1).is_err() {
                         e.as_up();
                         return Err(e);
@@ -384,6 +409,8 @@ impl ProxyHttp for EdgeProxy {
             return e;
         };
         note_failure(&domain, ctx.server_index, pages::edge_status(&e), &e);
+        // Given back now: this request may go on to serve a stale copy for a long while.
+        ctx.probe = None;
         // Failover: the next server of the domain, if any may be tried, gets the next attempt.
         if choose_server(&domain, ctx, ctx.server_index + 1).is_ok() {
             e.set_retry(true);

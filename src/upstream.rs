@@ -71,6 +71,14 @@ impl NameCache {
             if at.elapsed() < self.fresh_for {
                 return Ok(addr);
             }
+            // One request resolves the name again; the others keep using the last address
+            // meanwhile instead of each waiting for its own lookup.
+            let mut entries = self.entries.write();
+            match entries.get_mut(server) {
+                Some((_, at)) if at.elapsed() >= self.fresh_for => *at = Instant::now(),
+                Some((current, _)) => return Ok(*current),
+                None => {}
+            }
         }
         match lookup(server.to_string()).await {
             Ok(addr) => {
@@ -165,6 +173,13 @@ impl OriginHealth {
             .last()
             .map_or(0, |s| s.down_status.load(Ordering::Relaxed));
         Pick::AllDown(if status == 0 { 502 } else { status })
+    }
+
+    /// Whether any server is up.
+    pub fn any_up(&self) -> bool {
+        self.servers
+            .iter()
+            .any(|s| s.down_status.load(Ordering::Relaxed) == 0)
     }
 
     /// Records a failed connection attempt, answered with `status`. True if the server was up.
@@ -299,6 +314,42 @@ mod tests {
             Some(address(2))
         );
         assert_eq!(lookups.load(Ordering::Relaxed), 3);
+    }
+
+    #[tokio::test]
+    async fn while_a_name_is_resolved_again_requests_keep_its_last_address() {
+        let cache = NameCache::new(Duration::from_millis(50));
+        cache
+            .resolve_with("origin:80", |_| async { Ok(address(1)) })
+            .await
+            .ok();
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let lookups = std::sync::atomic::AtomicUsize::new(0);
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let slow = cache.resolve_with("origin:80", |_| async {
+            lookups.fetch_add(1, Ordering::Relaxed);
+            released.await.ok();
+            Ok(address(2))
+        });
+        let meanwhile = async {
+            tokio::task::yield_now().await; // `slow` is now waiting for its lookup
+            let got = cache
+                .resolve_with("origin:80", |_| async {
+                    lookups.fetch_add(1, Ordering::Relaxed);
+                    Ok(address(3))
+                })
+                .await;
+            release.send(()).ok();
+            got
+        };
+        let (slow, meanwhile) = tokio::join!(slow, meanwhile);
+        assert_eq!(
+            meanwhile.ok(),
+            Some(address(1)),
+            "the last address, without a lookup"
+        );
+        assert_eq!(slow.ok(), Some(address(2)));
+        assert_eq!(lookups.load(Ordering::Relaxed), 1);
     }
 
     #[tokio::test]
