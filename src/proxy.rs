@@ -147,6 +147,20 @@ fn note_failure(domain: &Domain, server: usize, status: u16, e: &Error) {
     }
 }
 
+/// Marks the request's server up, logging when it was down.
+fn note_up(ctx: &RequestCtx) {
+    if let Some(domain) = &ctx.domain {
+        if domain.health.reached(ctx.server_index) {
+            let name = domain
+                .origin
+                .servers
+                .get(ctx.server_index)
+                .map_or("?", |s| s.as_str());
+            log::info!("origin server {name} of {} is back up", domain.label);
+        }
+    }
+}
+
 /// What a filter is told about the request.
 fn filter_info<'a>(session: &Session, host: &'a str, domain: &'a Domain) -> RequestInfo<'a> {
     let client = session.client_addr().and_then(|a| a.as_inet()).copied();
@@ -421,23 +435,28 @@ impl ProxyHttp for EdgeProxy {
     async fn connected_to_upstream(
         &self,
         _session: &mut Session,
-        _reused: bool,
+        reused: bool,
         _peer: &HttpPeer,
         _fd: std::os::unix::io::RawFd,
         _digest: Option<&pingora_core::protocols::Digest>,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let Some(domain) = &ctx.domain {
-            if domain.health.connected(ctx.server_index) {
-                let server = domain
-                    .origin
-                    .servers
-                    .get(ctx.server_index)
-                    .map_or("?", |s| s.as_str());
-                log::info!("origin server {server} of {} is back up", domain.label);
-            }
+        // A new connection shows the server is up; a pooled one may be to a process that has
+        // since gone, so it counts once the server answers (`upstream_response_filter`).
+        if !reused {
+            note_up(ctx);
         }
         ctx.probe = None;
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        _upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        note_up(ctx);
         Ok(())
     }
 

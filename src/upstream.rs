@@ -189,8 +189,9 @@ impl OriginHealth {
             .is_some_and(|s| s.down_status.swap(status.max(1), Ordering::Relaxed) == 0)
     }
 
-    /// Records a connection made (or reused). True if the server was down.
-    pub fn connected(&self, server: usize) -> bool {
+    /// Records that the server is reachable: a new connection, or an answer on a pooled one.
+    /// True if the server was down.
+    pub fn reached(&self, server: usize) -> bool {
         self.servers.get(server).is_some_and(|s| {
             s.down_status.load(Ordering::Relaxed) != 0 && s.down_status.swap(0, Ordering::Relaxed) != 0
         })
@@ -273,8 +274,8 @@ mod tests {
         let second = health.pick(0);
         assert_eq!((server_of(&first), server_of(&second)), (Some(0), Some(1)));
         assert!(matches!(health.pick(0), Pick::AllDown(502)));
-        assert!(health.connected(1));
-        assert!(!health.connected(1), "already up");
+        assert!(health.reached(1));
+        assert!(!health.reached(1), "already up");
         assert!(matches!(health.pick(0), Pick::Up(1)));
     }
 
@@ -374,6 +375,6 @@ mod tests {
     fn a_request_past_the_last_server_finds_none() {
         let health = Arc::new(OriginHealth::new(1));
         assert!(matches!(health.pick(1), Pick::AllDown(502)));
-        assert!(!health.failed(7, 502) && !health.connected(7));
+        assert!(!health.failed(7, 502) && !health.reached(7));
     }
 }
