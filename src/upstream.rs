@@ -88,11 +88,8 @@ impl NameCache {
                 Ok(addr)
             }
             Err(e) => match known {
+                // Its time was renewed above: tried again after another `fresh_for`.
                 Some((addr, _)) => {
-                    // Tried again after another `fresh_for`, not on every request.
-                    self.entries
-                        .write()
-                        .insert(server.to_string(), (addr, Instant::now()));
                     log::warn!("{e}; still using its last address {addr}");
                     Ok(addr)
                 }
@@ -117,9 +114,9 @@ pub fn peer(addr: SocketAddr, origin: &Origin) -> HttpPeer {
 /// A server whose last connection attempt failed is down. While it is down, one request at a
 /// time tries it again (the probe) and the others are answered at once with the status that
 /// attempt got, instead of each paying its own failed connect or connect timeout (and, over
-/// HTTP/1.1, its client connection: Pingora closes it after a failed attempt). A successful
-/// connection marks the server up again, so the first request after an origin comes back
-/// reaches it: there is no hold-down time to wait out.
+/// HTTP/1.1, its client connection: Pingora closes it after a failed attempt). A new
+/// connection, or an answer on a pooled one, marks the server up again, so the first request
+/// after an origin comes back reaches it: there is no hold-down time to wait out.
 #[derive(Debug, Default)]
 pub struct OriginHealth {
     servers: Box<[ServerHealth]>,

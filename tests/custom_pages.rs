@@ -1141,7 +1141,8 @@ async fn edge_made_error_answers_say_connection_close_and_mean_it() {
 /// that is down or overloaded. (With a backlog of 0 the queue holds one connection, which the
 /// listener keeps; later SYNs are dropped.)
 struct Blackhole {
-    _listener: tokio::net::TcpListener,
+    listener: tokio::net::TcpListener,
+    /// The connection that fills the accept queue, kept open.
     _queued: TcpStream,
 }
 
@@ -1159,13 +1160,13 @@ impl Blackhole {
             .await
             .expect("fill the accept queue");
         Blackhole {
-            _listener: listener,
+            listener,
             _queued: queued,
         }
     }
 
     fn addr(&self) -> std::net::SocketAddr {
-        self._listener.local_addr().expect("address")
+        self.listener.local_addr().expect("address")
     }
 }
 
