@@ -6,19 +6,17 @@
 
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion};
-use custom_pages::config::{CodePattern, PageUrl, Rule, Source};
 use custom_pages::pages::response::{default_page, rewrite_in_place, Body};
 use custom_pages::pages::rules::select;
+use custom_pages::pages::Rule;
+use custom_pages::spec::{CodePattern, PageUrl, Source};
 use http::HeaderValue;
 use pingora_http::ResponseHeader;
 
 fn rule(code: CodePattern, source: Source, url: &str) -> Rule {
     Rule {
-        code,
         source,
-        url: url.parse::<PageUrl>().expect("valid page URL"),
-        status: None,
-        redirect: None,
+        ..Rule::in_place(code, url.parse::<PageUrl>().expect("valid page URL"))
     }
 }
 

@@ -8,12 +8,14 @@
 //! where `bytes` counts the response body, `cache` is the `X-Cache` value and `page` names the
 //! custom page rule and page state used (`-` when none).
 
+use crate::spec::AccessLogTarget;
 use log::warn;
+use std::fmt;
 use std::io::{BufWriter, Write};
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::OnceLock;
+use std::time::{Duration, SystemTime};
 
 const QUEUE: usize = 16 * 1024;
 
@@ -90,10 +92,10 @@ impl AccessLog {
         self.enabled
     }
 
-    /// Queues one line; never blocks (drops it when the writer is far behind).
-    pub fn write(&self, line: String) {
+    /// Queues the line of one request; never blocks (drops it when the writer is far behind).
+    pub fn write(&self, record: &Record) {
         let Some(sender) = self.sender() else { return };
-        if let Err(TrySendError::Full(_)) = sender.try_send(line) {
+        if let Err(TrySendError::Full(_)) = sender.try_send(record.to_string()) {
             if self
                 .dropped
                 .fetch_add(1, Ordering::Relaxed)
@@ -105,55 +107,91 @@ impl AccessLog {
     }
 }
 
-/// Where the access log goes (`access_log:` in the edge file).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AccessLogTarget {
-    /// No access log.
-    Off,
-    /// The process's standard error.
-    Stderr,
-    /// A file, appended to.
-    File(std::path::PathBuf),
+/// What the access log says of one finished request.
+#[derive(Clone)]
+pub struct Record<'a> {
+    /// The client's address, if known.
+    pub client: Option<&'a dyn fmt::Display>,
+    /// The requested host (normalized), empty when there was none.
+    pub host: &'a str,
+    /// The request method.
+    pub method: &'a str,
+    /// The request target (path and query).
+    pub target: &'a str,
+    /// The HTTP version of the request.
+    pub version: http::Version,
+    /// The status answered, 0 when none was.
+    pub status: u16,
+    /// Bytes of response body sent.
+    pub body_bytes: usize,
+    /// From the request's start to the end of the response.
+    pub duration: Duration,
+    /// The `X-Cache` value.
+    pub cache: &'a str,
+    /// The custom page rule and page state used, if any.
+    pub page: Option<(&'a str, &'a str)>,
 }
 
-impl AccessLogTarget {
-    /// `off`, `stderr`, or a file path relative to `base`.
-    pub fn parse(value: &str, base: &Path) -> AccessLogTarget {
-        match value {
-            "off" => AccessLogTarget::Off,
-            "stderr" => AccessLogTarget::Stderr,
-            path => AccessLogTarget::File(base.join(path)),
+impl fmt::Display for Record<'_> {
+    /// The line, without its end (see the module docs for the format).
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "{} ", humantime::format_rfc3339_millis(SystemTime::now()))?;
+        match self.client {
+            Some(client) => write!(f, "{client} ")?,
+            None => f.write_str("- ")?,
+        }
+        let host = if self.host.is_empty() { "-" } else { self.host };
+        write!(
+            f,
+            "{host} \"{} {} {:?}\" {} {} {:.3}ms {} ",
+            self.method,
+            self.target,
+            self.version,
+            self.status,
+            self.body_bytes,
+            self.duration.as_secs_f64() * 1000.0,
+            self.cache
+        )?;
+        match self.page {
+            Some((rule, state)) => write!(f, "page={rule}:{state}"),
+            None => f.write_str("-"),
         }
     }
 }
 
-/// The access log line of a finished request.
-pub fn line(
-    session: &pingora_proxy::Session,
-    ctx: &crate::proxy::RequestCtx,
-    status: u16,
-    cache: &str,
-) -> String {
-    let req = session.req_header();
-    let client = session
-        .client_addr()
-        .map_or_else(|| "-".to_string(), |a| a.to_string());
-    let host = if ctx.host.is_empty() {
-        "-"
-    } else {
-        ctx.host.as_str()
-    };
-    let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
-    let page = ctx.pages.substitution.as_ref().map_or_else(
-        || "-".to_string(),
-        |s| format!("page={}:{}", s.rule, s.page_state),
-    );
-    format!(
-        "{} {client} {host} \"{} {target} {:?}\" {status} {} {:.3}ms {cache} {page}",
-        humantime::format_rfc3339_millis(std::time::SystemTime::now()),
-        req.method,
-        req.version,
-        session.body_bytes_sent(),
-        ctx.started.elapsed().as_secs_f64() * 1000.0,
-    )
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_has_every_field_in_order() {
+        let client = "127.0.0.1:51234";
+        let record = Record {
+            client: Some(&client),
+            host: "exp.example.com",
+            method: "GET",
+            target: "/missing",
+            version: http::Version::HTTP_11,
+            status: 404,
+            body_bytes: 758,
+            duration: Duration::from_micros(412),
+            cache: "MISS",
+            page: Some(("404", "fresh")),
+        };
+        let line = record.to_string();
+        let fields: Vec<&str> = line.splitn(2, ' ').collect();
+        assert_eq!(
+            fields[1],
+            "127.0.0.1:51234 exp.example.com \"GET /missing HTTP/1.1\" 404 758 0.412ms MISS page=404:fresh"
+        );
+        let bare = Record {
+            client: None,
+            host: "",
+            page: None,
+            ..record
+        };
+        assert!(bare
+            .to_string()
+            .ends_with(" - - \"GET /missing HTTP/1.1\" 404 758 0.412ms MISS -"));
+    }
 }

@@ -4,33 +4,40 @@
 //! 500…) or from the edge itself (origin unreachable: 502, too slow: 504) — the client gets the
 //! page the operator chose for that code, in place, with the original status.
 //!
-//! The crate is the `custom-pages` edge ([`server::main_with`]) and its parts, each usable on
-//! its own:
+//! The crate is the `custom-pages` edge ([`server::main_with`]) and its parts, in layers: each
+//! module uses only the modules of the layers below it, never one beside or above it
+//! (`tests/architecture.rs` keeps it so).
 //!
-//! | module | what |
-//! | --- | --- |
-//! | [`pages`] | the custom pages module: rule matching, the page store, the response rewrite |
-//! | [`config`] | the YAML contract: domain files, rules, validation with file and key |
-//! | [`filters`] | the filter API and the built-in filters |
-//! | [`cache`] | a bounded TinyUFO storage for Pingora's HTTP cache, and the freshness policy |
-//! | [`proxy`], [`edge`], [`admin`], [`server`] | the edge itself: proxy, shared state, admin API, CLI |
+//! | layer | modules | what |
+//! | --- | --- | --- |
+//! | contract | [`spec`] | the YAML contract as plain data: edge file, domain specs, value types, their checks |
+//! | features | [`metrics`], [`access_log`], [`filters`], [`cache`], [`upstream`] | each owns its types: Prometheus metrics; the access log; the filter API; cache key, Vary, policy and storage; origins, resolution, health and failover |
+//! | features | [`pages`] | custom pages: rules, the page store (fetching through [`upstream`]), the response rewrite, the loop guard |
+//! | sources | [`source`] | where specs come from and where changes go: the [`source::ConfigSource`] trait and [`source::FileSource`] |
+//! | runtime | [`runtime`] | the live route table compiled from a source, reloads, and what survives them |
+//! | glue | [`proxy`] | the edge's `ProxyHttp`: each hook a short list of calls into the layers above |
+//! | surfaces | [`admin`], [`server`] | the admin API; the command line and the wiring |
 //!
 //! # Embedding custom pages in your own Pingora proxy
 //!
-//! `examples/embed.rs` is a complete, tested proxy doing this. The steps:
+//! `examples/embed.rs` is a complete, tested proxy doing this, with no YAML. The steps:
 //!
-//! 1. **Rules.** Build a [`config::Domains`] from domain files ([`config::Domains::load_dir`])
-//!    or from [`config::DomainFile`]s you parse or construct ([`config::Domains::build`]). The
-//!    rules of the domain serving a request are `domains.route(host)?.rules`.
-//! 2. **Pages.** Create a [`pages::PageStore`] with [`config::PageSettings`], call
-//!    [`pages::PageStore::register`] with the domains, and from a long-lived runtime (a Pingora
-//!    background service) call [`pages::PageStore::sync`]: it fetches every page through its
-//!    domain's origin and keeps it refreshed. Wrap the store in a [`pages::CustomPages`].
-//! 3. **Hooks.** Keep a [`pages::PageState`] in your `CTX`, then in your `ProxyHttp`:
+//! 1. **Rules** are plain values: [`pages::Rule::in_place`] (or [`pages::Rule::from_spec`] for
+//!    a rule parsed from a domain file), with [`spec::CodePattern`]s and [`spec::PageUrl`]s.
+//! 2. **Pages.** A [`pages::PageStore`] fetches each page through the origin you give it
+//!    ([`upstream::Origin::new`]) with a [`pages::PageFetcher`] (by default
+//!    [`pages::HttpFetcher`]) and reports every fetch to a [`pages::PageObserver`] of yours
+//!    ([`pages::PageStore::with`]). A [`pages::PageKeeper`] background service keeps them
+//!    fetched and fresh. Wrap the store in a [`pages::CustomPages`].
+//! 3. **Hooks.** Keep a [`pages::PageState`] in your `CTX` and make one call per hook:
 //!
 //! ```ignore
+//! async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+//!     self.pages.request_filter(session, &mut ctx.pages).await // the loop guard
+//! }
+//!
 //! async fn response_filter(&self, session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
-//!     self.pages.on_response_header(session, &ctx.rules, &ctx.host, resp, &mut ctx.pages).await
+//!     self.pages.on_response_header(session, &self.rules, HOST, resp, &mut ctx.pages).await
 //! }
 //!
 //! fn response_body_filter(&self, _: &mut Session, body: &mut Option<Bytes>, end: bool, ctx: &mut Ctx)
@@ -40,13 +47,7 @@
 //! }
 //!
 //! async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-//!     let status = pages::edge_status(e); // 504 for timeouts, 502 for other origin failures
-//!     if session.response_written().is_none() {
-//!         if let Ok((header, body)) = self.pages.error_response(session, &ctx.rules, &ctx.host, status, &mut ctx.pages).await {
-//!             let _ = pages::write_whole(session, header, body).await;
-//!         }
-//!     }
-//!     FailToProxy { error_code: status, can_reuse_downstream: false }
+//!     self.pages.fail_to_proxy(session, &self.rules, HOST, e, &mut ctx.pages).await // 502, 504
 //! }
 //! ```
 //!
@@ -65,11 +66,12 @@
 pub mod access_log;
 pub mod admin;
 pub mod cache;
-pub mod config;
-pub mod edge;
 pub mod filters;
 pub mod metrics;
 pub mod pages;
 pub mod proxy;
+pub mod runtime;
 pub mod server;
+pub mod source;
+pub mod spec;
 pub mod upstream;

@@ -1,17 +1,19 @@
-//! The edge's `ProxyHttp`: each hook routes, caches or delegates to the custom pages module.
+//! The edge's `ProxyHttp`: each hook is a short list of calls into the modules below — routing
+//! ([`runtime`](crate::runtime)), the request guards, filters, the cache, failover
+//! ([`upstream`](crate::upstream)) and custom pages.
 
-use crate::access_log;
-use crate::cache::policy::{self, TtlPolicy};
-use crate::config::{values::normalize_host, Domain};
-use crate::edge::Edge;
+use crate::access_log::{AccessLog, Record};
+use crate::cache::{self, policy};
 use crate::filters::{RequestInfo, Verdict};
 use crate::metrics::{status_class, METRICS};
-use crate::pages::{self, response, PageState, CDN_LOOP_TOKEN};
-use crate::upstream;
+use crate::pages::{self, guard, PageState};
+use crate::runtime::{Domain, Runtime};
+use crate::spec::values::normalize_host;
+use crate::upstream::Attempt;
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::header;
-use pingora_cache::{CacheKey, CacheMeta, CachePhase, RespCacheable, VarianceBuilder};
+use pingora_cache::{CacheKey, CacheMeta, RespCacheable};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -21,16 +23,38 @@ use std::time::{Duration, Instant};
 
 /// The edge's Pingora proxy application.
 pub struct EdgeProxy {
-    edge: Arc<Edge>,
+    runtime: Arc<Runtime>,
+    access_log: AccessLog,
     /// When each domain's origin failure was last logged.
     failures_logged: parking_lot::Mutex<std::collections::HashMap<String, Instant>>,
 }
 
+/// At most one origin failure line per domain per this interval.
+const ORIGIN_FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long an idle HTTP/1.1 client connection is kept between requests.
+const KEEPALIVE_TIMEOUT_SECS: u64 = 60;
+
+/// Per-request state.
+pub struct RequestCtx {
+    /// When the request started, for the access log and the latency histogram.
+    pub started: Instant,
+    /// The domain serving the request, once routed.
+    pub domain: Option<Arc<Domain>>,
+    /// The requested host, normalized (lower case, no port, no trailing dot).
+    pub host: String,
+    /// The request's way through the domain's origin servers.
+    attempt: Attempt,
+    /// The custom pages module's state for this request.
+    pub pages: PageState,
+}
+
 impl EdgeProxy {
-    /// The proxy of a running edge.
-    pub fn new(edge: Arc<Edge>) -> EdgeProxy {
+    /// The proxy of a running edge, writing its access log to `access_log`.
+    pub fn new(runtime: Arc<Runtime>, access_log: AccessLog) -> EdgeProxy {
         EdgeProxy {
-            edge,
+            runtime,
+            access_log,
             failures_logged: Default::default(),
         }
     }
@@ -53,27 +77,36 @@ impl EdgeProxy {
             "origin of {domain} failed, answering {status}: {reason} (repeats within 1 s are not logged)"
         );
     }
-}
 
-/// At most one origin failure line per domain per this interval.
-const ORIGIN_FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(1);
+    /// The answer to an error the edge produced (a failed proxy attempt or a filter's
+    /// verdict): the domain's custom page or the built-in one, with the domain's response
+    /// filters applied.
+    async fn error_answer(
+        &self,
+        session: &Session,
+        ctx: &mut RequestCtx,
+        status: u16,
+    ) -> Result<(ResponseHeader, Bytes)> {
+        let rules = ctx.domain.as_ref().map_or(&[][..], |d| &d.rules[..]);
+        let (mut header, body) = self
+            .runtime
+            .pages
+            .error_response(session, rules, &ctx.host, status, &mut ctx.pages)
+            .await?;
+        header.insert_header("x-cache", cache::key::status(session.cache.phase()))?;
+        if let Some(domain) = ctx.domain.as_ref().filter(|d| !d.filters.is_empty()) {
+            domain
+                .filters
+                .response(&mut header, &filter_info(session, &ctx.host, domain));
+        }
+        Ok((header, body))
+    }
 
-/// Per-request state.
-pub struct RequestCtx {
-    /// When the request started, for the access log and the latency histogram.
-    pub started: Instant,
-    /// The domain serving the request, once routed.
-    pub domain: Option<Arc<Domain>>,
-    /// The requested host, normalized (lower case, no port, no trailing dot).
-    pub host: String,
-    /// Which of the domain's origin servers this attempt uses.
-    server_index: usize,
-    /// Held while this request tries a server that is down (see `upstream::OriginHealth`).
-    probe: Option<upstream::Probe>,
-    /// Every server was down and being retried by other requests: the status to answer with.
-    all_down: Option<u16>,
-    /// The custom pages module's state for this request.
-    pub pages: PageState,
+    /// Answers an error the edge produced, keeping the client connection.
+    async fn respond_error(&self, session: &mut Session, ctx: &mut RequestCtx, status: u16) -> Result<()> {
+        let (header, body) = self.error_answer(session, ctx, status).await?;
+        pages::write_whole(session, header, body).await
+    }
 }
 
 /// The host a request is for: the request target's authority (HTTP/2 `:authority`, or an
@@ -87,11 +120,16 @@ pub fn request_host(req: &RequestHeader) -> Option<String> {
     (!host.is_empty()).then_some(host)
 }
 
-/// Why a HEAD miss is not cached (see `cache_miss`); it says nothing of later requests.
-pub const HEAD_MISS: &str = "HEAD miss";
-
-/// How long an idle HTTP/1.1 client connection is kept between requests.
-const KEEPALIVE_TIMEOUT_SECS: u64 = 60;
+/// The request guards, before anything else looks at a request. Err: the status to answer
+/// with at once (the built-in page).
+fn guard_request(req: &RequestHeader, pages: &mut PageState) -> Result<(), u16> {
+    if !is_origin_form(req) {
+        // Not a path (`GET admin`, or a request line Pingora had to escape): no origin
+        // would agree with us on what it means, so nothing is forwarded.
+        return Err(400);
+    }
+    pages::check_loop(req, pages)
+}
 
 /// Whether the request target, as the client sent it, is a path (origin form), a URL
 /// (absolute form) or `OPTIONS *`.
@@ -108,59 +146,6 @@ fn is_origin_form(req: &RequestHeader) -> bool {
         || (target == b"*" && req.method == http::Method::OPTIONS)
 }
 
-/// How many times this edge already handled the request (RFC 8586 `CDN-Loop`).
-fn loop_count(req: &RequestHeader) -> usize {
-    req.headers
-        .get_all("cdn-loop")
-        .iter()
-        .flat_map(|v| v.to_str().unwrap_or_default().split(','))
-        .filter(|token| token.split(';').next().unwrap_or_default().trim() == CDN_LOOP_TOKEN)
-        .count()
-}
-
-/// Points the request at the server it should try, looking from `from` on (see
-/// `upstream::OriginHealth::pick`). Err: every server left is down and being retried by
-/// other requests; the status to answer with.
-fn choose_server(domain: &Domain, ctx: &mut RequestCtx, from: usize) -> Result<(), u16> {
-    match domain.health.pick(from) {
-        upstream::Pick::Up(server) => {
-            ctx.server_index = server;
-            ctx.probe = None;
-        }
-        upstream::Pick::Probe(probe) => {
-            ctx.server_index = probe.server();
-            ctx.probe = Some(probe);
-        }
-        upstream::Pick::AllDown(status) => return Err(status),
-    }
-    Ok(())
-}
-
-/// Marks a server down after a failed connection attempt, logging when it was up.
-fn note_failure(domain: &Domain, server: usize, status: u16, e: &Error) {
-    if domain.health.failed(server, status) {
-        let name = domain.origin.servers.get(server).map_or("?", |s| s.as_str());
-        log::warn!(
-            "origin server {name} of {} is down ({e}); one request at a time retries it",
-            domain.label
-        );
-    }
-}
-
-/// Marks the request's server up, logging when it was down.
-fn note_up(ctx: &RequestCtx) {
-    if let Some(domain) = &ctx.domain {
-        if domain.health.reached(ctx.server_index) {
-            let name = domain
-                .origin
-                .servers
-                .get(ctx.server_index)
-                .map_or("?", |s| s.as_str());
-            log::info!("origin server {name} of {} is back up", domain.label);
-        }
-    }
-}
-
 /// What a filter is told about the request.
 fn filter_info<'a>(session: &Session, host: &'a str, domain: &'a Domain) -> RequestInfo<'a> {
     let client = session.client_addr().and_then(|a| a.as_inet()).copied();
@@ -171,22 +156,11 @@ fn filter_info<'a>(session: &Session, host: &'a str, domain: &'a Domain) -> Requ
     }
 }
 
-/// The `X-Cache` value for a response.
-fn cache_status(session: &Session) -> &'static str {
-    match session.cache.phase() {
-        CachePhase::Hit => "HIT",
-        CachePhase::Miss => "MISS",
-        CachePhase::Stale | CachePhase::StaleUpdating => "STALE",
-        CachePhase::Expired => "EXPIRED",
-        CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => "REVALIDATED",
-        _ => "BYPASS",
-    }
-}
-
-/// Answers with the built-in page for `status`.
-async fn respond_default(session: &mut Session, status: u16) -> Result<()> {
-    let body = response::default_page(status);
-    pages::write_whole(session, response::fresh(status, &body)?, body.bytes).await
+/// The domain of a request the proxy goes on with (routing answered the others).
+fn routed(ctx: &RequestCtx) -> Result<Arc<Domain>> {
+    ctx.domain
+        .clone()
+        .ok_or_else(|| Error::explain(ErrorType::InternalError, "request has no domain"))
 }
 
 #[async_trait]
@@ -198,9 +172,7 @@ impl ProxyHttp for EdgeProxy {
             started: Instant::now(),
             domain: None,
             host: String::new(),
-            server_index: 0,
-            probe: None,
-            all_down: None,
+            attempt: Attempt::default(),
             pages: PageState::default(),
         }
     }
@@ -214,97 +186,54 @@ impl ProxyHttp for EdgeProxy {
         // Pingora waits for the next request on a kept-alive HTTP/1.1 connection forever
         // unless told otherwise.
         session.set_keepalive(Some(KEEPALIVE_TIMEOUT_SECS));
-        let req = session.req_header();
-        if !is_origin_form(req) {
-            // Not a path (`GET admin`, or a request line Pingora had to escape): no origin
-            // would agree with us on what it means, so nothing is forwarded.
-            respond_default(session, 400).await?;
+        if let Err(status) = guard_request(session.req_header(), &mut ctx.pages) {
+            pages::respond_default(session, status).await?;
             return Ok(true);
         }
-        match loop_count(req) {
-            0 => {}
-            // One of our own page fetches: serve it, but never with a custom page.
-            1 => ctx.pages.disabled = true,
-            _ => {
-                respond_default(session, 508).await?;
-                return Ok(true);
-            }
+        let routes = self.runtime.routes();
+        let routed = request_host(session.req_header())
+            .and_then(|host| routes.route_normalized(&host).map(|d| (host, d.clone())));
+        let Some((host, domain)) = routed else {
+            pages::respond_default(session, 404).await?;
+            return Ok(true);
+        };
+        ctx.host = host;
+        ctx.domain = Some(domain.clone());
+        if domain.filters.is_empty() {
+            return Ok(false);
         }
-        let domains = self.edge.domains();
-        let routed =
-            request_host(req).and_then(|host| domains.route_normalized(&host).map(|d| (host, d.clone())));
-        match routed {
-            Some((host, domain)) => {
-                ctx.host = host;
-                ctx.domain = Some(domain.clone());
-                if domain.filters.is_empty() {
-                    return Ok(false);
-                }
-                let info = filter_info(session, &ctx.host, &domain);
-                match domain.filters.request(session.req_header_mut(), &info).await {
-                    Verdict::Continue => Ok(false),
-                    Verdict::Respond(status) => {
-                        self.respond_error(session, ctx, status).await?;
-                        Ok(true)
-                    }
-                }
-            }
-            None => {
-                respond_default(session, 404).await?;
+        let info = filter_info(session, &ctx.host, &domain);
+        match domain.filters.request(session.req_header_mut(), &info).await {
+            Verdict::Continue => Ok(false),
+            Verdict::Respond(status) => {
+                self.respond_error(session, ctx, status).await?;
                 Ok(true)
             }
         }
     }
 
     fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
-        let Some(domain) = &ctx.domain else {
-            return Ok(());
-        };
-        if pingora_cache::filters::request_cacheable(session.req_header()) {
+        if let Some(domain) = &ctx.domain {
             // While every server is down, concurrent misses of one key are not queued behind
-            // the request retrying the origin (for up to its connect timeout): each is answered
-            // at once by `proxy_upstream_filter` instead.
-            let lock = domain.health.any_up().then_some(self.edge.cache_lock);
-            session.cache.enable(
-                self.edge.storage,
-                None,
-                Some(self.edge.cache_predictor),
-                lock,
-                None,
-            );
-            session
-                .cache
-                .set_max_file_size_bytes(self.edge.settings.cache_max_object);
+            // the request retrying the origin (for up to its connect timeout): each is
+            // answered at once by `proxy_upstream_filter` instead.
+            let lock = domain.upstream.health.any_up();
+            self.runtime.cache.enable(session, lock);
         }
         Ok(())
     }
 
     fn cache_key_callback(&self, session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
-        // The normalized host holds no space, so "host target" is unambiguous, and two domains
-        // (or two names of one wildcard domain) never share an entry, over h1 and h2 alike.
         let target = session
             .req_header()
             .uri
             .path_and_query()
             .map_or("/", |p| p.as_str());
-        let mut key = CacheKey::new(format!("{} {target}", ctx.host), "");
-        // The same hash Pingora would compute, computed once: the predictor and the storage
-        // would each hash the key again (blake2b, about 1.5% of a cache hit's CPU apiece).
-        key.set_primary_bin_override(pingora_cache::key::hash_key(key.primary_key()));
-        Ok(key)
+        Ok(cache::key::key(&ctx.host, target))
     }
 
     fn cache_miss(&self, session: &mut Session, _ctx: &mut RequestCtx) {
-        if session.req_header().method == http::Method::HEAD {
-            // Pingora fetches a GET for a HEAD miss, but stops reading the origin once the HEAD
-            // answer is out, so the entry would never complete (a dangling cache lock). A HEAD
-            // miss goes to the origin as HEAD, uncached; a later GET fills the cache.
-            session
-                .cache
-                .disable(pingora_cache::NoCacheReason::Custom(HEAD_MISS));
-            return;
-        }
-        session.cache.cache_miss();
+        self.runtime.cache.miss(session);
     }
 
     fn cache_vary_filter(
@@ -313,21 +242,7 @@ impl ProxyHttp for EdgeProxy {
         _ctx: &mut RequestCtx,
         req: &RequestHeader,
     ) -> Option<[u8; 16]> {
-        let mut variance = VarianceBuilder::new();
-        for vary in meta.headers().get_all(header::VARY) {
-            for name in vary.to_str().unwrap_or_default().split(',') {
-                let name = name.trim().to_ascii_lowercase();
-                if !name.is_empty() {
-                    let value = req
-                        .headers
-                        .get(&name)
-                        .map(|v| v.as_bytes().to_vec())
-                        .unwrap_or_default();
-                    variance.add_owned_name_value(name, value);
-                }
-            }
-        }
-        variance.finalize()
+        cache::key::variance(meta, req)
     }
 
     fn response_cache_filter(
@@ -341,25 +256,21 @@ impl ProxyHttp for EdgeProxy {
                 pingora_cache::NoCacheReason::NeverEnabled,
             ));
         };
-        let ttl = TtlPolicy {
-            default_ttl: domain.default_ttl,
-            error_ttl: domain.error_ttl,
-        };
         let authorized = session.req_header().headers.contains_key(header::AUTHORIZATION);
-        Ok(policy::decide(resp, authorized, ttl))
+        Ok(policy::decide(resp, authorized, domain.cache))
     }
 
     async fn proxy_upstream_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let Some(domain) = ctx.domain.clone() else {
             return Ok(true);
         };
-        let Err(status) = choose_server(&domain, ctx, 0) else {
+        let Err(status) = ctx.attempt.begin(&domain.upstream) else {
             return Ok(true);
         };
         if session.cache.can_serve_stale_error() {
             // An expired copy the origin allows to serve on error (`stale-if-error`): Pingora
             // serves it when the attempt fails, and `upstream_peer` fails it at once.
-            ctx.all_down = Some(status);
+            ctx.attempt.fail_with(status);
             return Ok(true);
         }
         // Every server is down and another request is trying it: answer now. Unlike an answer
@@ -374,42 +285,8 @@ impl ProxyHttp for EdgeProxy {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
-        let domain = ctx
-            .domain
-            .clone()
-            .ok_or_else(|| Error::explain(ErrorType::InternalError, "request has no domain"))?;
-        if let Some(status) = ctx.all_down {
-            let etype = if status == 504 {
-                ErrorType::ConnectTimedout
-            } else {
-                ErrorType::ConnectRefused
-            };
-            let mut e = Error::explain(
-                etype,
-                "every origin server is down and being retried by another request",
-            );
-            e.as_up();
-            return Err(e);
-        }
-        loop {
-            let server = domain
-                .origin
-                .servers
-                .get(ctx.server_index)
-                .ok_or_else(|| Error::explain(ErrorType::ConnectNoRoute, "no origin server left"))?;
-            // A server whose name does not resolve is down like one that refuses connections.
-            match upstream::resolve(server).await {
-                Ok(addr) => return Ok(Box::new(upstream::peer(addr, &domain.origin))),
-                Err(mut e) => {
-                    note_failure(&domain, ctx.server_index, 502, &e);
-                    ctx.probe = None;
-                    if choose_server(&domain, ctx, ctx.server_index + 1).is_err() {
-                        e.as_up();
-                        return Err(e);
-                    }
-                }
-            }
-        }
+        let domain = routed(ctx)?;
+        ctx.attempt.peer(&domain.upstream).await.map(Box::new)
     }
 
     fn fail_to_connect(
@@ -419,15 +296,11 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        let Some(domain) = ctx.domain.clone() else {
-            return e;
-        };
-        note_failure(&domain, ctx.server_index, pages::edge_status(&e), &e);
-        // Given back now: this request may go on to serve a stale copy for a long while.
-        ctx.probe = None;
         // Failover: the next server of the domain, if any may be tried, gets the next attempt.
-        if choose_server(&domain, ctx, ctx.server_index + 1).is_ok() {
-            e.set_retry(true);
+        if let Some(domain) = ctx.domain.clone() {
+            if ctx.attempt.connect_failed(&domain.upstream, &e) {
+                e.set_retry(true);
+            }
         }
         e
     }
@@ -441,12 +314,8 @@ impl ProxyHttp for EdgeProxy {
         _digest: Option<&pingora_core::protocols::Digest>,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        // A new connection shows the server is up; a pooled one may be to a process that has
-        // since gone, so it counts once the server answers (`upstream_response_filter`).
-        if !reused {
-            note_up(ctx);
-        }
-        ctx.probe = None;
+        let domain = routed(ctx)?;
+        ctx.attempt.connected(&domain.upstream, reused);
         Ok(())
     }
 
@@ -456,7 +325,8 @@ impl ProxyHttp for EdgeProxy {
         _upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        note_up(ctx);
+        let domain = routed(ctx)?;
+        ctx.attempt.answered(&domain.upstream);
         Ok(())
     }
 
@@ -466,11 +336,14 @@ impl ProxyHttp for EdgeProxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let Some(host) = ctx.domain.as_ref().and_then(|d| d.origin.host.as_deref()) {
+        if let Some(host) = ctx
+            .domain
+            .as_ref()
+            .and_then(|d| d.upstream.origin.host.as_deref())
+        {
             upstream_request.insert_header(header::HOST, host)?;
         }
-        upstream_request.append_header("cdn-loop", CDN_LOOP_TOKEN)?;
-        Ok(())
+        guard::mark(upstream_request)
     }
 
     async fn response_filter(
@@ -479,19 +352,19 @@ impl ProxyHttp for EdgeProxy {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        resp.insert_header("x-cache", cache_status(session))?;
-        if let Some(domain) = ctx.domain.clone() {
-            if !domain.filters.is_empty() {
-                domain
-                    .filters
-                    .response(resp, &filter_info(session, &ctx.host, &domain));
-            }
-            self.edge
-                .pages
-                .on_response_header(session, &domain.rules, &ctx.host, resp, &mut ctx.pages)
-                .await?;
+        resp.insert_header("x-cache", cache::key::status(session.cache.phase()))?;
+        let Some(domain) = ctx.domain.clone() else {
+            return Ok(());
+        };
+        if !domain.filters.is_empty() {
+            domain
+                .filters
+                .response(resp, &filter_info(session, &ctx.host, &domain));
         }
-        Ok(())
+        self.runtime
+            .pages
+            .on_response_header(session, &domain.rules, &ctx.host, resp, &mut ctx.pages)
+            .await
     }
 
     fn response_body_filter(
@@ -501,40 +374,30 @@ impl ProxyHttp for EdgeProxy {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
-        self.edge
+        self.runtime
             .pages
             .on_response_body(body, end_of_stream, &mut ctx.pages);
         Ok(None)
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
-        let client_gone = *e.esource() == ErrorSource::Downstream
-            && matches!(
-                e.etype(),
-                ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed
-            );
-        let status = pages::edge_status(e);
-        if client_gone || session.response_written().is_some() {
-            // Nothing can be sent: the client is gone or the response is already under way.
-            return FailToProxy {
-                error_code: if client_gone { 0 } else { status },
-                can_reuse_downstream: false,
-            };
-        }
+        let status = match pages::failure_answer(session, e) {
+            Ok(status) => status,
+            Err(nothing_to_send) => return nothing_to_send,
+        };
         if *e.esource() == ErrorSource::Upstream {
             self.log_origin_failure(ctx, status, e);
         }
-        ctx.probe = None;
-        // Pingora 0.9 drops the client connection after a failed proxy attempt whatever this
-        // hook answers (it reuses only on the attempt's own verdict), so say so to the client
-        // with `Connection: close` instead of promising keep-alive.
-        session.set_keepalive(None);
-        if let Err(write_error) = self.respond_error(session, ctx, status).await {
-            log::warn!("cannot send the {status} answer: {write_error}");
-        }
-        FailToProxy {
-            error_code: status,
-            can_reuse_downstream: false,
+        ctx.attempt.end();
+        match self.error_answer(session, ctx, status).await {
+            Ok((header, body)) => pages::answer_failure(session, status, header, body).await,
+            Err(write_error) => {
+                log::warn!("cannot build the {status} answer: {write_error}");
+                FailToProxy {
+                    error_code: status,
+                    can_reuse_downstream: false,
+                }
+            }
         }
     }
 
@@ -546,7 +409,7 @@ impl ProxyHttp for EdgeProxy {
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let domain = ctx.domain.as_ref().map_or("-", |d| d.label.as_str());
-        let cache = cache_status(session);
+        let cache = cache::key::status(session.cache.phase());
         METRICS
             .requests
             .with_label_values(&[domain, status_class(status)])
@@ -558,36 +421,28 @@ impl ProxyHttp for EdgeProxy {
         if ctx.domain.is_some() {
             METRICS.cache.with_label_values(&[cache]).inc();
         }
-        if let Some(sub) = &ctx.pages.substitution {
+        let page = ctx.pages.substitution.as_ref();
+        if let Some(sub) = page {
             METRICS
                 .pages_served
                 .with_label_values(&[domain, &sub.rule, sub.page_state])
                 .inc();
         }
-        if self.edge.access_log.enabled() {
-            self.edge
-                .access_log
-                .write(access_log::line(session, ctx, status, cache));
+        if self.access_log.enabled() {
+            let req = session.req_header();
+            let client = session.client_addr();
+            self.access_log.write(&Record {
+                client: client.map(|a| a as &dyn std::fmt::Display),
+                host: &ctx.host,
+                method: req.method.as_str(),
+                target: req.uri.path_and_query().map_or("/", |p| p.as_str()),
+                version: req.version,
+                status,
+                body_bytes: session.body_bytes_sent(),
+                duration: ctx.started.elapsed(),
+                cache,
+                page: page.map(|s| (s.rule.as_str(), s.page_state)),
+            });
         }
-    }
-}
-
-impl EdgeProxy {
-    /// Answers an error the edge produced (a failed proxy attempt or a filter's verdict): the
-    /// domain's custom page or the built-in one, with the domain's response filters applied.
-    async fn respond_error(&self, session: &mut Session, ctx: &mut RequestCtx, status: u16) -> Result<()> {
-        let rules = ctx.domain.as_ref().map_or(&[][..], |d| &d.rules[..]);
-        let (mut header, body) = self
-            .edge
-            .pages
-            .error_response(session, rules, &ctx.host, status, &mut ctx.pages)
-            .await?;
-        header.insert_header("x-cache", cache_status(session))?;
-        if let Some(domain) = ctx.domain.as_ref().filter(|d| !d.filters.is_empty()) {
-            domain
-                .filters
-                .response(&mut header, &filter_info(session, &ctx.host, domain));
-        }
-        pages::write_whole(session, header, body).await
     }
 }

@@ -3,10 +3,10 @@
 
 use crate::access_log::AccessLog;
 use crate::admin::{self, AdminApi};
-use crate::config::{self, watch};
-use crate::edge::Edge;
 use crate::filters::FilterRegistry;
 use crate::proxy::EdgeProxy;
+use crate::runtime::Runtime;
+use crate::source::{ConfigSource, FileSource, Snapshot};
 use clap::Parser;
 use pingora_core::apps::{HttpServerOptions, ServerApp};
 use pingora_core::listeners::ListenerConfig;
@@ -44,15 +44,15 @@ pub struct Cli {
 pub fn main_with(filters: FilterRegistry) -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
-    let (settings, domains) = match config::load_all(&cli.conf, &filters) {
-        Ok(loaded) => loaded,
-        Err(errors) => {
-            eprintln!("{errors}");
-            eprintln!("custom-pages: the configuration has {} error(s)", errors.0.len());
+    let source = Arc::new(FileSource::new(&cli.conf));
+    let snapshot = match load_checked(source.as_ref(), &filters) {
+        Ok(snapshot) => snapshot,
+        Err(message) => {
+            eprintln!("{message}");
             return ExitCode::FAILURE;
         }
     };
-    let admin_token = match admin::load_token(settings.admin_token_file.as_ref()) {
+    let admin_token = match admin::load_token(snapshot.edge.admin_token_file.as_ref()) {
         Ok(token) => token,
         Err(e) => {
             eprintln!("{}: {e}", cli.conf.display());
@@ -60,32 +60,45 @@ pub fn main_with(filters: FilterRegistry) -> ExitCode {
         }
     };
     if cli.test {
-        println!(
-            "custom-pages: configuration OK: {} and {} domain(s) in {}",
-            cli.conf.display(),
-            domains.len(),
-            settings.domains_dir.display()
-        );
+        println!("custom-pages: configuration OK: {}", source.describe(&snapshot));
         return ExitCode::SUCCESS;
     }
-    let access_log = match AccessLog::open(&settings.access_log) {
+    let access_log = match AccessLog::open(&snapshot.edge.access_log) {
         Ok(log) => log,
         Err(e) => {
             eprintln!(
                 "{}: access_log: cannot open {:?}: {e}",
                 cli.conf.display(),
-                settings.access_log
+                snapshot.edge.access_log
             );
             return ExitCode::FAILURE;
         }
     };
-    run(cli, settings, domains, admin_token, Arc::new(filters), access_log)
+    run(cli, source, snapshot, admin_token, Arc::new(filters), access_log)
+}
+
+/// Loads the source and checks it as a reload would.
+fn load_checked(source: &dyn ConfigSource, filters: &FilterRegistry) -> Result<Snapshot, String> {
+    // A runtime of its own, gone before Pingora starts (and, with `-d`, forks).
+    let loader = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("custom-pages: cannot start a runtime to load the configuration: {e}"))?;
+    let checked = loader
+        .block_on(source.load())
+        .and_then(|snapshot| Runtime::check(&snapshot, filters).map(|_| snapshot));
+    checked.map_err(|errors| {
+        format!(
+            "{errors}\ncustom-pages: the configuration has {} error(s)",
+            errors.0.len()
+        )
+    })
 }
 
 fn run(
     cli: Cli,
-    mut settings: config::EdgeSettings,
-    domains: config::Domains,
+    source: Arc<FileSource>,
+    mut snapshot: Snapshot,
     admin_token: Option<String>,
     filters: Arc<FilterRegistry>,
     access_log: AccessLog,
@@ -97,12 +110,20 @@ fn run(
         test: false,
         conf: None,
     };
-    let mut server = Server::new_with_opt_and_conf(opt, std::mem::take(&mut settings.server));
+    let mut server = Server::new_with_opt_and_conf(opt, std::mem::take(&mut snapshot.edge.server));
     server.bootstrap();
 
-    let listen = settings.listen.clone();
-    let edge = Edge::new(settings, domains, filters, access_log);
-    let mut app = pingora_proxy::http_proxy(&server.configuration, EdgeProxy::new(edge.clone()));
+    let listen = snapshot.edge.listen.clone();
+    let runtime = match Runtime::new(source, snapshot, filters) {
+        Ok(runtime) => runtime,
+        Err(errors) => {
+            // Checked above; only a change between the check and now gets here.
+            eprintln!("{errors}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let proxy = EdgeProxy::new(runtime.clone(), access_log);
+    let mut app = pingora_proxy::http_proxy(&server.configuration, proxy);
     // Every listener also speaks HTTP/2 cleartext with prior knowledge.
     let mut options = HttpServerOptions::default();
     options.h2c = true;
@@ -114,10 +135,10 @@ fn run(
         proxy.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(CLIENT_L4_BUFFER));
     }
     server.add_service(proxy);
-    let admin_listen = edge.settings.admin_listen;
+    let admin_listen = runtime.settings.admin_listen;
     match admin_token {
         Some(token) => {
-            let mut api = Service::new("admin".to_string(), AdminApi::new(edge.clone(), token));
+            let mut api = Service::new("admin".to_string(), AdminApi::new(runtime.clone(), token));
             api.add_tcp(&admin_listen.to_string());
             server.add_service(api);
         }
@@ -127,7 +148,7 @@ fn run(
         ),
         None => log::warn!("admin API refuses to listen on the non-loopback {admin_listen} without a token"),
     }
-    server.add_service(background_service("control", Control { edge }));
+    server.add_service(background_service("control", Control { runtime }));
     server.run_forever()
 }
 
@@ -166,35 +187,14 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for FirstBytesTimeout<A> {
     }
 }
 
-/// Work that lives beside the proxy: fetching and refreshing pages, applying configuration.
+/// Work that lives beside the proxy: fetching and refreshing pages, applying changes.
 struct Control {
-    edge: Arc<Edge>,
+    runtime: Arc<Runtime>,
 }
 
 #[async_trait::async_trait]
 impl BackgroundService for Control {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        self.edge.start().await;
-        let settings = &self.edge.settings;
-        let mut watcher = match watch::ConfigWatcher::start(&settings.file, &settings.domains_dir) {
-            Ok(watching) => watching,
-            Err(e) => {
-                log::error!("cannot watch the configuration, changes need a restart: {e}");
-                let _ = shutdown.changed().await;
-                return;
-            }
-        };
-        loop {
-            tokio::select! {
-                changed = watcher.next_change() => {
-                    if !changed {
-                        return;
-                    }
-                    // Errors are logged and reported by /api/status; the last good configuration stays.
-                    let _ = self.edge.reload().await;
-                }
-                _ = shutdown.changed() => return,
-            }
-        }
+    async fn start(&self, shutdown: ShutdownWatch) {
+        self.runtime.run(shutdown).await;
     }
 }

@@ -2,8 +2,10 @@
 //! status-code patterns, page URLs and domain names. Whatever the input, parsing never panics,
 //! a rejection says what is wrong, and what a valid input means survives a round trip.
 
-use custom_pages::config::{self, CodePattern, DomainFile, DomainName, Domains, PageUrl};
 use custom_pages::filters::FilterRegistry;
+use custom_pages::runtime::Runtime;
+use custom_pages::source::{DomainEntry, Snapshot};
+use custom_pages::spec::{self, CodePattern, DomainName, DomainSpec, EdgeSettings, Location, PageUrl};
 use proptest::prelude::*;
 use std::path::{Path, PathBuf};
 
@@ -56,25 +58,28 @@ proptest! {
 
     #[test]
     fn domain_files_never_panic(yaml in domain_file_like()) {
-        let file = Path::new("fuzz.yaml");
-        match config::parse_yaml::<DomainFile>(file, &yaml) {
+        let file = Location::File(PathBuf::from("fuzz.yaml"));
+        match spec::parse_yaml::<DomainSpec>(file.clone(), &yaml) {
             Ok(spec) => {
-                // Validation of a parsed file never panics either; errors name the file.
-                if let Err(errors) = Domains::build(vec![(PathBuf::from(file), spec)], &FilterRegistry::with_builtins()) {
-                    prop_assert!(errors.0.iter().all(|e| e.file == file && !e.message.is_empty()));
+                // Validation of a parsed spec never panics either; errors name the file.
+                let snapshot = Snapshot {
+                    edge: EdgeSettings::from_yaml(Path::new("edge.yaml"), "threads: 1\n").unwrap(),
+                    domains: vec![DomainEntry { at: file.clone(), spec }],
+                    errors: Vec::new(),
+                };
+                if let Err(errors) = Runtime::check(&snapshot, &FilterRegistry::with_builtins()) {
+                    prop_assert!(errors.0.iter().all(|e| e.at == file && !e.message.is_empty()));
                 }
             }
-            Err(e) => prop_assert!(e.file == file && !e.message.is_empty()),
+            Err(e) => prop_assert!(e.at == file && !e.message.is_empty()),
         }
     }
 
     #[test]
     fn edge_files_never_panic(yaml in edge_file_like()) {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("edge.yaml");
-        std::fs::write(&file, &yaml).unwrap();
-        if let Err(errors) = config::EdgeSettings::load(&file) {
-            prop_assert!(errors.0.iter().all(|e| e.file == file && !e.message.is_empty()));
+        let file = Path::new("conf/edge.yaml");
+        if let Err(errors) = EdgeSettings::from_yaml(file, &yaml) {
+            prop_assert!(errors.0.iter().all(|e| e.at == Location::File(file.into()) && !e.message.is_empty()));
         }
     }
 }

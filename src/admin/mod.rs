@@ -1,13 +1,14 @@
 //! The admin API: JSON over HTTP on `admin.listen`, every call behind a bearer token.
 //!
-//! Changes are written to the domain's YAML file (atomically) and applied through the same
-//! reload path as a file edit, so the files stay the one source of truth: what the API set
-//! is what a restart serves.
+//! Changes go through the edge's config source (for files: the domain's file, written
+//! atomically) after the same checks as `custom-pages -t`, and are applied through the same
+//! reload path as any other change, so the source stays the one source of truth: what the API
+//! set is what a restart serves.
 
-use crate::config::values::percent_decode;
-use crate::config::{self, CodePattern, ConfigError, DomainFile, PageUrl, RuleSpec, Source};
-use crate::edge::Edge;
 use crate::metrics::METRICS;
+use crate::runtime::Runtime;
+use crate::spec::values::percent_decode;
+use crate::spec::{CodePattern, ConfigError, ConfigErrors, DomainName, Location, PageUrl, RuleSpec, Source};
 use async_trait::async_trait;
 use http::{Method, Response, StatusCode};
 use log::info;
@@ -25,9 +26,9 @@ pub const TOKEN_ENV: &str = "CUSTOM_PAGES_ADMIN_TOKEN";
 
 /// The admin API as a Pingora HTTP app (`ServeHttp`).
 pub struct AdminApi {
-    edge: Arc<Edge>,
+    runtime: Arc<Runtime>,
     token: String,
-    /// Serializes read-modify-write of domain files.
+    /// Serializes read-modify-write of domain specs.
     writes: tokio::sync::Mutex<()>,
 }
 
@@ -69,6 +70,29 @@ impl ApiError {
 
 type ApiResult = Result<(StatusCode, Value), ApiError>;
 
+/// A domain in `GET /api/domains`.
+#[derive(serde::Serialize)]
+struct DomainView<'a> {
+    domain: &'a str,
+    /// `file` (or `store_key`): where the spec lives.
+    #[serde(flatten)]
+    at: &'a Location,
+    origin: OriginView<'a>,
+    custom_pages: &'a [RuleSpec],
+}
+
+#[derive(serde::Serialize)]
+struct OriginView<'a> {
+    servers: Vec<ServerView<'a>>,
+}
+
+/// An origin server and whether its last connection attempt failed (`down`) or not (`up`).
+#[derive(serde::Serialize)]
+struct ServerView<'a> {
+    server: &'a str,
+    state: &'static str,
+}
+
 /// The JSON body of `PUT .../custom-pages/{code}`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -83,10 +107,10 @@ struct RuleBody {
 }
 
 impl AdminApi {
-    /// An API over `edge` accepting `token` as bearer token.
-    pub fn new(edge: Arc<Edge>, token: String) -> AdminApi {
+    /// An API over `runtime` accepting `token` as bearer token.
+    pub fn new(runtime: Arc<Runtime>, token: String) -> AdminApi {
         AdminApi {
-            edge,
+            runtime,
             token,
             writes: tokio::sync::Mutex::new(()),
         }
@@ -109,7 +133,7 @@ impl AdminApi {
         let segments: Vec<String> = path.trim_matches('/').split('/').map(percent_decode).collect();
         let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
         match (&method, segments.as_slice()) {
-            (&Method::GET, ["api", "status"]) => Ok((StatusCode::OK, json!(self.edge.status()))),
+            (&Method::GET, ["api", "status"]) => Ok((StatusCode::OK, json!(self.runtime.status()))),
             (&Method::GET, ["api", "domains"]) => Ok((StatusCode::OK, self.list_domains())),
             (&Method::GET, ["api", "domains", domain, "custom-pages"]) => self.domain_rules(domain),
             (&Method::PUT, ["api", "domains", domain, "custom-pages", code]) => {
@@ -136,18 +160,40 @@ impl AdminApi {
     }
 
     fn list_domains(&self) -> Value {
-        let domains = self.edge.domains();
-        let list: Vec<Value> = domains
+        let routes = self.runtime.routes();
+        let list: Vec<Value> = routes
             .iter()
-            .map(|d| json!({"domain": d.name.to_string(), "file": d.file, "custom_pages": d.spec.custom_pages}))
+            .map(|d| {
+                let servers: Vec<ServerView> = d
+                    .upstream
+                    .origin
+                    .servers
+                    .iter()
+                    .map(|server| ServerView {
+                        server,
+                        state: if self.runtime.server_down(server) {
+                            "down"
+                        } else {
+                            "up"
+                        },
+                    })
+                    .collect();
+                json!(DomainView {
+                    domain: &d.label,
+                    at: &d.at,
+                    origin: OriginView { servers },
+                    custom_pages: &d.spec.custom_pages,
+                })
+            })
             .collect();
         json!({ "domains": list })
     }
 
     fn domain_rules(&self, name: &str) -> ApiResult {
-        let domains = self.edge.domains();
-        let domain = domains.by_name(name).ok_or_else(|| unknown_domain(name))?;
-        let store = self.edge.pages.store();
+        let routes = self.runtime.routes();
+        let domain = parse_name(name).and_then(|n| routes.by_name(&n).cloned());
+        let domain = domain.ok_or_else(|| unknown_domain(name))?;
+        let store = self.runtime.pages.store();
         let rules: Vec<Value> = domain
             .spec
             .custom_pages
@@ -165,7 +211,7 @@ impl AdminApi {
             .collect();
         Ok((
             StatusCode::OK,
-            json!({"domain": domain.name.to_string(), "custom_pages": rules}),
+            json!({"domain": domain.label, "custom_pages": rules}),
         ))
     }
 
@@ -195,7 +241,7 @@ impl AdminApi {
                 }
             })
             .await?;
-        let version = self.edge.status().version;
+        let version = self.runtime.status().version;
         let status = if created {
             StatusCode::CREATED
         } else {
@@ -223,90 +269,80 @@ impl AdminApi {
         .await?;
         Ok((
             StatusCode::OK,
-            json!({"domain": domain, "deleted": code.to_string(), "version": self.edge.status().version}),
+            json!({"domain": domain, "deleted": code.to_string(), "version": self.runtime.status().version}),
         ))
     }
 
-    /// Read-modify-write of one domain's rules: the file on disk is read, changed, validated
-    /// together with every other domain file (the same code as `-t` and reloads), written
-    /// atomically, and applied. A rejected change writes nothing.
+    /// Read-modify-write of one domain's rules: the specs are loaded from the source, the
+    /// domain's is changed, all are checked together (the same code as `-t` and reloads), the
+    /// domain's spec is written back atomically, and the result applied. A rejected change
+    /// writes nothing.
     async fn change_rules<T>(
         &self,
         domain: &str,
         change: impl FnOnce(&mut Vec<RuleSpec>) -> Result<T, ApiError>,
     ) -> Result<T, ApiError> {
         let _one_writer = self.writes.lock().await;
-        let wanted: config::DomainName = domain.parse().map_err(|_| unknown_domain(domain))?;
-        let files = config::read_dir_files(&self.edge.settings.domains_dir).map_err(conflict)?;
-        let mut parsed: Vec<(PathBuf, DomainFile)> = Vec::new();
-        let mut broken = Vec::new();
-        for (file, result) in files {
-            match result {
-                Ok(spec) => parsed.push((file, spec)),
-                Err(e) => broken.push(e),
-            }
-        }
-        let Some(index) = parsed.iter().position(|(_, spec)| {
-            spec.domain
-                .parse::<config::DomainName>()
-                .is_ok_and(|n| n == wanted)
-        }) else {
-            // The domain's own file may be among the broken ones: say so rather than "unknown".
-            return Err(if broken.is_empty() {
+        let wanted = parse_name(domain).ok_or_else(|| unknown_domain(domain))?;
+        let source = self.runtime.source();
+        let mut snapshot = source.load().await.map_err(conflict)?;
+        let Some(index) = snapshot
+            .domains
+            .iter()
+            .position(|entry| entry.spec.domain.parse::<DomainName>().is_ok_and(|n| n == wanted))
+        else {
+            // The domain's own spec may be among the broken ones: say so rather than "unknown".
+            return Err(if snapshot.errors.is_empty() {
                 unknown_domain(domain)
             } else {
-                conflict(config::ConfigErrors(broken))
+                conflict(ConfigErrors(snapshot.errors))
             });
         };
-        let outcome = change(&mut parsed[index].1.custom_pages)?;
-        let (file, spec) = parsed[index].clone();
-        if let Err(errors) = config::Domains::build(parsed, &self.edge.filters) {
+        let outcome = change(&mut snapshot.domains[index].spec.custom_pages)?;
+        let entry = snapshot.domains[index].clone();
+        if let Err(errors) = self.runtime.check_snapshot(&snapshot) {
             let (ours, others): (Vec<ConfigError>, Vec<ConfigError>) =
-                errors.0.into_iter().partition(|e| e.file == file);
+                errors.0.into_iter().partition(|e| e.at == entry.at);
             if let Some(first) = ours.first() {
                 let field = first.key.rsplit('.').next().unwrap_or("body");
                 let mut e = ApiError::field(field, first.message.clone());
                 e.details = ours;
                 return Err(e);
             }
-            broken.extend(others);
+            return Err(conflict(ConfigErrors(others)));
         }
-        if !broken.is_empty() {
-            return Err(conflict(config::ConfigErrors(broken)));
-        }
-        config::write_domain_file(&file, &spec).map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("cannot write {}: {e}", file.display()),
-            )
-        })?;
-        info!("admin API changed the rules of {domain} in {}", file.display());
-        self.edge.reload().await.map_err(conflict)?;
+        let at = source
+            .put_domain(&entry.spec)
+            .await
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.0))?;
+        info!("admin API changed the rules of {domain} in {at}");
+        self.runtime.reload().await.map_err(conflict)?;
         Ok(outcome)
     }
 
-    async fn refresh(&self, domain: &str, code: &str) -> ApiResult {
+    async fn refresh(&self, name: &str, code: &str) -> ApiResult {
         let code: CodePattern = code.parse().map_err(|e: String| ApiError::field("code", e))?;
-        let domains = self.edge.domains();
-        let domain = domains.by_name(domain).ok_or_else(|| unknown_domain(domain))?;
+        let routes = self.runtime.routes();
+        let domain = parse_name(name).and_then(|n| routes.by_name(&n).cloned());
+        let domain = domain.ok_or_else(|| unknown_domain(name))?;
         let rule = domain.rules.iter().find(|r| r.code == code).ok_or_else(|| {
             ApiError::new(
                 StatusCode::NOT_FOUND,
-                format!("{} has no rule for code {code}", domain.name),
+                format!("{} has no rule for code {code}", domain.label),
             )
         })?;
-        if !rule.in_place() {
+        let Some(page) = rule.page() else {
             return Err(ApiError::field(
                 "code",
                 format!("the rule for {code} redirects; it has no page to fetch"),
             ));
-        }
-        let store = self.edge.pages.store();
-        match store.refresh(rule.url.as_str()).await {
-            Ok(_) => Ok((StatusCode::OK, json!(store.info(rule.url.as_str())))),
+        };
+        let store = self.runtime.pages.store();
+        match store.refresh(page.as_str()).await {
+            Ok(_) => Ok((StatusCode::OK, json!(store.info(page.as_str())))),
             Err(reason) => Err(ApiError::new(
                 StatusCode::BAD_GATEWAY,
-                format!("cannot fetch {}: {reason}", rule.url.as_str()),
+                format!("cannot fetch {}: {reason}", page.as_str()),
             )),
         }
     }
@@ -318,7 +354,7 @@ impl ServeHttp for AdminApi {
         let req = session.req_header();
         if req.uri.path() == "/metrics" && req.method == Method::GET {
             // Scrapers on the same machine need no token; anywhere else they do.
-            if self.edge.settings.admin_listen.ip().is_loopback() || self.authorized(session) {
+            if self.runtime.settings.admin_listen.ip().is_loopback() || self.authorized(session) {
                 return metrics_response();
             }
         }
@@ -432,16 +468,21 @@ fn parse_rule_body(body: &[u8]) -> Result<RuleBody, ApiError> {
     Ok(parsed)
 }
 
+/// A domain name from a path, as specs write it.
+fn parse_name(name: &str) -> Option<DomainName> {
+    name.parse().ok()
+}
+
 fn unknown_domain(name: &str) -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, format!("no domain named {name} is served"))
 }
 
-fn conflict(errors: config::ConfigErrors) -> ApiError {
+fn conflict(errors: ConfigErrors) -> ApiError {
     ApiError {
         details: errors.0,
         ..ApiError::new(
             StatusCode::CONFLICT,
-            "the configuration on disk has errors; fix them before changing rules through the API",
+            "the configuration has errors; fix them before changing rules through the API",
         )
     }
 }

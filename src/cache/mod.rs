@@ -1,4 +1,5 @@
-//! The content cache: its storage and its freshness policy.
+//! The content cache: its key and variance, its freshness policy, and its storage, bundled as
+//! the [`EdgeCache`] a proxy enables per request.
 //!
 //! Pingora's HTTP cache needs a [`pingora_cache::storage::Storage`] backend. The only one it
 //! ships, `pingora_cache::MemCache`, is test-only: it never evicts, so memory grows without
@@ -7,7 +8,86 @@
 //! one-hit wonders from flushing popular entries) and weighted eviction (S3-FIFO), so the cache
 //! stays within a byte budget without a separate Pingora eviction manager.
 
+pub mod key;
 pub mod policy;
 pub mod storage;
 
+pub use policy::TtlPolicy;
 pub use storage::MemoryStorage;
+
+use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
+use pingora_cache::predictor::{CacheablePredictor, Predictor};
+use pingora_cache::NoCacheReason;
+use pingora_proxy::Session;
+use std::time::Duration;
+
+/// Why a HEAD miss is not cached (see [`EdgeCache::miss`]); it says nothing of later requests.
+pub const HEAD_MISS: &str = "HEAD miss";
+
+/// The uncacheable-key memory: 32 shards of 1024 keys.
+const PREDICTOR_SHARDS: usize = 32;
+const PREDICTOR_KEYS_PER_SHARD: usize = 1024;
+
+/// Reasons for not caching one request that say nothing of the next.
+fn is_per_request_reason(reason: &'static str) -> bool {
+    reason == HEAD_MISS
+}
+
+/// The storage, the lock and the predictor a proxy enables the cache with. Pingora's cache
+/// takes them `&'static`: one of each lives for the process.
+pub struct EdgeCache {
+    /// The bounded storage.
+    pub storage: &'static MemoryStorage,
+    /// Makes concurrent misses of one key wait for one origin request.
+    lock: &'static CacheKeyLockImpl,
+    /// Remembers keys whose responses were uncacheable, so their next requests skip the cache
+    /// lookup and lock.
+    predictor: &'static (dyn CacheablePredictor + Sync),
+    /// Largest object cached, in bytes.
+    max_object: usize,
+}
+
+impl EdgeCache {
+    /// A cache of `memory` bytes keeping objects up to `max_object` bytes, whose concurrent
+    /// misses wait up to `lock_timeout` for the first.
+    pub fn new(memory: usize, max_object: usize, lock_timeout: Duration) -> EdgeCache {
+        let predictor: &'static Predictor<PREDICTOR_SHARDS> = Box::leak(Box::new(Predictor::new(
+            PREDICTOR_KEYS_PER_SHARD,
+            Some(is_per_request_reason),
+        )));
+        EdgeCache {
+            storage: Box::leak(Box::new(MemoryStorage::new(memory))),
+            lock: Box::leak(Box::new(CacheLock::new(lock_timeout))),
+            predictor,
+            max_object,
+        }
+    }
+
+    /// Enables the cache for a request that may be cached. With `lock` false, concurrent
+    /// misses of one key are not queued behind the first (used while every origin server is
+    /// down, so each is answered at once instead of after the first's connect timeout).
+    pub fn enable(&self, session: &mut Session, lock: bool) {
+        if !pingora_cache::filters::request_cacheable(session.req_header()) {
+            return;
+        }
+        session.cache.enable(
+            self.storage,
+            None,
+            Some(self.predictor),
+            lock.then_some(self.lock),
+            None,
+        );
+        session.cache.set_max_file_size_bytes(self.max_object);
+    }
+
+    /// From `cache_miss`. Pingora fetches a GET for a HEAD miss, but stops reading the origin
+    /// once the HEAD answer is out, so the entry would never complete (a dangling cache lock).
+    /// A HEAD miss goes to the origin as HEAD, uncached; a later GET fills the cache.
+    pub fn miss(&self, session: &mut Session) {
+        if session.req_header().method == http::Method::HEAD {
+            session.cache.disable(NoCacheReason::Custom(HEAD_MISS));
+            return;
+        }
+        session.cache.cache_miss();
+    }
+}

@@ -8,7 +8,7 @@
 //! ```
 
 use super::{Filter, FilterRegistry, RequestInfo, Verdict};
-use crate::config::values::percent_decode;
+use crate::spec::values::percent_decode;
 use async_trait::async_trait;
 use http::{HeaderName, HeaderValue};
 use pingora_http::{RequestHeader, ResponseHeader};

@@ -1,10 +1,13 @@
 //! The custom pages module: when a response carries an error status that a rule names, the
 //! client gets the rule's page instead, with the original status (or the rule's `status`).
 //!
-//! It is usable from any Pingora `ProxyHttp`: call [`CustomPages::on_response_header`] from
-//! `response_filter`, [`CustomPages::on_response_body`] from `response_body_filter` and
-//! [`CustomPages::error_response`] from `fail_to_proxy`, keeping one [`PageState`] per request
-//! in the proxy's context.
+//! It is usable from any Pingora `ProxyHttp` with one call per hook, keeping one [`PageState`]
+//! per request in the proxy's context: [`CustomPages::request_filter`] (the loop guard),
+//! [`CustomPages::on_response_header`] from `response_filter`,
+//! [`CustomPages::on_response_body`] from `response_body_filter` and
+//! [`CustomPages::fail_to_proxy`] from `fail_to_proxy`. Rules are plain values ([`Rule`]); the
+//! [`PageStore`] fetches pages through a [`PageFetcher`] and reports to a [`PageObserver`],
+//! and a [`PageKeeper`] background service keeps a fixed set of pages fresh.
 //!
 //! Three paths deliver a page, because Pingora delivers bodies three ways:
 //! - the error has a body (proxied or from cache): the header is rewritten and the origin's
@@ -13,27 +16,35 @@
 //!   ends the body instead: Pingora's HTTP/1.1 writer counts a complete `Content-Length` as the
 //!   end of the response and the proxy then stops reading the origin, which would leave the
 //!   cache entry unfinished. (With our storage, which does not serve partial writes, the body
-//!   filter sees the end of stream; storages that do may not, see `PINGORA_NOTES.md`.)
+//!   filter sees the end of stream; with storages that do, Pingora may never report it.)
 //! - the origin's header already ended the response (`Content-Length: 0`), so Pingora will run
 //!   no body filter (pingora issue #852): the page is written directly from the header hook,
 //!   and Pingora's own later write of the header is a no-op;
 //! - the edge itself failed (connect error, timeout): the whole response is written from
 //!   `fail_to_proxy`.
 
+pub mod fetch;
+pub mod guard;
+mod replace;
 pub mod response;
 pub mod rules;
 pub mod store;
 
+pub use fetch::{FetchError, HttpFetcher, PageFetcher};
+pub use guard::CDN_LOOP_TOKEN;
 pub use response::Body;
-pub use store::{Page, PageInfo, PageStore, CDN_LOOP_TOKEN};
+pub use rules::Rule;
+pub use store::{NoObserver, Page, PageInfo, PageKeeper, PageObserver, PageStore, WantedPage};
 
-use crate::config::{Rule, Source};
+use crate::spec::Source;
+use crate::upstream::failure_status;
 use bytes::Bytes;
 use log::debug;
 use pingora_cache::CachePhase;
-use pingora_error::{ErrorType, Result};
-use pingora_http::ResponseHeader;
-use pingora_proxy::Session;
+use pingora_error::{Error, ErrorSource, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, Session};
+use replace::Replacement;
 use std::sync::Arc;
 
 /// What was done to one response, for logs and metrics.
@@ -58,20 +69,6 @@ pub struct PageState {
     pub disabled: bool,
     /// What was substituted, if anything (for logs and metrics).
     pub substitution: Option<Substitution>,
-}
-
-/// What happens to the origin's body chunks.
-#[derive(Debug, Default)]
-enum Replacement {
-    /// They pass: nothing is replaced.
-    #[default]
-    Pass,
-    /// The page goes out in place of the first chunk.
-    AtFirstChunk(Bytes),
-    /// The page goes out in place of the chunk that ends the body; the others are dropped.
-    AtEndOfStream(Bytes),
-    /// The page went out (or none is due, as for HEAD): every chunk is dropped.
-    Drop,
 }
 
 /// How an error is answered.
@@ -101,6 +98,18 @@ impl CustomPages {
     /// The page store, to sync, refresh or inspect pages.
     pub fn store(&self) -> &Arc<PageStore> {
         &self.store
+    }
+
+    /// From `request_filter`, first: the loop guard (see [`check_loop`]). True when the
+    /// request was answered (508, a loop).
+    pub async fn request_filter(&self, session: &mut Session, state: &mut PageState) -> Result<bool> {
+        match check_loop(session.req_header(), state) {
+            Ok(()) => Ok(false),
+            Err(status) => {
+                respond_default(session, status).await?;
+                Ok(true)
+            }
+        }
     }
 
     /// Chooses the answer to `status`, or `None` when no rule applies (the response passes).
@@ -206,20 +215,26 @@ impl CustomPages {
 
     /// From `response_body_filter`: the origin's body chunks become the page.
     pub fn on_response_body(&self, body: &mut Option<Bytes>, end_of_stream: bool, state: &mut PageState) {
-        match std::mem::take(&mut state.replacement) {
-            Replacement::Pass => {}
-            Replacement::AtFirstChunk(page) => {
-                *body = Some(page);
-                state.replacement = Replacement::Drop;
-            }
-            Replacement::AtEndOfStream(page) if end_of_stream => {
-                *body = Some(page);
-                state.replacement = Replacement::Drop;
-            }
-            waiting @ (Replacement::AtEndOfStream(_) | Replacement::Drop) => {
-                *body = None;
-                state.replacement = waiting;
-            }
+        state.replacement.on_chunk(body, end_of_stream);
+    }
+
+    /// From `fail_to_proxy`: answers the edge's own error (origin unreachable: 502, too slow:
+    /// 504) with the rule's page or the built-in one, and tells Pingora what was done.
+    pub async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        rules: &[Rule],
+        host: &str,
+        e: &Error,
+        state: &mut PageState,
+    ) -> FailToProxy {
+        let status = match failure_answer(session, e) {
+            Ok(status) => status,
+            Err(nothing_to_send) => return nothing_to_send,
+        };
+        match self.error_response(session, rules, host, status, state).await {
+            Ok((header, body)) => answer_failure(session, status, header, body).await,
+            Err(_) => closed(status),
         }
     }
 
@@ -266,18 +281,66 @@ pub async fn write_whole(session: &mut Session, header: ResponseHeader, body: By
     session.write_response_body(Some(body), true).await
 }
 
-/// The status the edge answers with when proxying failed: 504 for timeouts, the carried
-/// status for HTTP errors, 502 for any other origin failure, 500 for our own.
-pub fn edge_status(e: &pingora_error::Error) -> u16 {
-    use pingora_error::ErrorSource;
-    match e.etype() {
-        ErrorType::HTTPStatus(code) => *code,
-        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => 504,
-        _ => match e.esource() {
-            ErrorSource::Upstream => 502,
-            ErrorSource::Downstream => 400,
-            ErrorSource::Internal | ErrorSource::Unset => 500,
-        },
+/// The loop guard (see [`guard`]): a page fetch of this edge coming back is served, but never
+/// with a custom page; a request that went through the edge twice already is a loop. Err: the
+/// status to answer with (508).
+pub fn check_loop(req: &RequestHeader, state: &mut PageState) -> Result<(), u16> {
+    match guard::hops(req) {
+        guard::Hops::First => Ok(()),
+        guard::Hops::Second => {
+            state.disabled = true;
+            Ok(())
+        }
+        guard::Hops::Looping => Err(508),
+    }
+}
+
+/// Answers with the built-in page for `status`.
+pub async fn respond_default(session: &mut Session, status: u16) -> Result<()> {
+    let body = response::default_page(status);
+    write_whole(session, response::fresh(status, &body)?, body.bytes).await
+}
+
+/// Whether a failed proxy attempt can still be answered, and with which status (504 for
+/// timeouts, 502 for other origin failures...). Err: the client is gone or a response is
+/// already under way, so nothing can be sent; return it from `fail_to_proxy`.
+pub fn failure_answer(session: &Session, e: &Error) -> Result<u16, FailToProxy> {
+    let client_gone = *e.esource() == ErrorSource::Downstream
+        && matches!(
+            e.etype(),
+            ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed
+        );
+    let status = failure_status(e);
+    if client_gone || session.response_written().is_some() {
+        return Err(FailToProxy {
+            error_code: if client_gone { 0 } else { status },
+            can_reuse_downstream: false,
+        });
+    }
+    Ok(status)
+}
+
+/// Writes the answer to a failed proxy attempt and tells Pingora what was done.
+pub async fn answer_failure(
+    session: &mut Session,
+    status: u16,
+    header: ResponseHeader,
+    body: Bytes,
+) -> FailToProxy {
+    // Pingora 0.9 drops the client connection after a failed proxy attempt whatever
+    // `fail_to_proxy` answers (it reuses only on the attempt's own verdict), so say so to the
+    // client with `Connection: close` instead of promising keep-alive.
+    session.set_keepalive(None);
+    if let Err(e) = write_whole(session, header, body).await {
+        log::warn!("cannot send the {status} answer: {e}");
+    }
+    closed(status)
+}
+
+fn closed(status: u16) -> FailToProxy {
+    FailToProxy {
+        error_code: status,
+        can_reuse_downstream: false,
     }
 }
 

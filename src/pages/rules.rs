@@ -1,6 +1,50 @@
-//! Which rule answers an error: pure functions, no I/O.
+//! The rules, and which one answers an error: pure functions, no I/O.
 
-use crate::config::{Rule, Source};
+use crate::spec::{CodePattern, PageUrl, RuleSpec, Source};
+
+/// A custom page rule, ready to match.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rule {
+    /// Which statuses the rule answers.
+    pub code: CodePattern,
+    /// Which source of status the rule answers.
+    pub source: Source,
+    /// The page, or the redirect target.
+    pub url: PageUrl,
+    /// Status to answer with instead of the original (in-place rules only).
+    pub status: Option<u16>,
+    /// Redirect code: answer with a redirect to `url` instead of serving it in place.
+    pub redirect: Option<u16>,
+}
+
+impl Rule {
+    /// A rule serving `url` in place for the statuses `code` names, from any source.
+    pub fn in_place(code: CodePattern, url: PageUrl) -> Rule {
+        Rule {
+            code,
+            source: Source::Any,
+            url,
+            status: None,
+            redirect: None,
+        }
+    }
+
+    /// The rule a checked spec describes.
+    pub fn from_spec(spec: &RuleSpec) -> Rule {
+        Rule {
+            code: spec.code.clone(),
+            source: spec.source,
+            url: spec.url.clone(),
+            status: spec.status,
+            redirect: spec.redirect,
+        }
+    }
+
+    /// The page the rule serves in place, if it is not a redirect rule.
+    pub fn page(&self) -> Option<&PageUrl> {
+        self.redirect.is_none().then_some(&self.url)
+    }
+}
 
 /// The rule for `status` from `source`: among rules whose code and source match, the most
 /// specific code pattern wins (exact, list, narrowest range, class); ties go to the first in
@@ -21,7 +65,6 @@ pub fn is_own_page(rule: &Rule, host: &str, path: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::CodePattern;
 
     fn rule(code: &str, source: Source, url: &str) -> Rule {
         let code = if code.starts_with('[') {
@@ -30,11 +73,8 @@ mod tests {
             code.parse::<CodePattern>().unwrap()
         };
         Rule {
-            code,
             source,
-            url: url.parse().unwrap(),
-            status: None,
-            redirect: None,
+            ..Rule::in_place(code, url.parse().unwrap())
         }
     }
 

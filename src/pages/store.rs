@@ -7,27 +7,39 @@
 //! Pages are kept here rather than in the evicting content cache because a page must survive
 //! memory pressure and outages: it is exactly what is needed when everything else fails.
 
-use crate::config::{Domains, Origin, PageSettings, PageUrl};
-use crate::metrics::METRICS;
-use crate::upstream;
+use super::fetch::{FetchError, HttpFetcher, PageFetcher};
+use crate::spec::{PageSettings, PageUrl};
+use crate::upstream::Origin;
 use arc_swap::{ArcSwap, ArcSwapOption};
-use bytes::{Bytes, BytesMut};
+use async_trait::async_trait;
+use bytes::Bytes;
 use http::HeaderValue;
 use log::{debug, warn};
 use parking_lot::Mutex;
-use pingora_core::connectors::http::Connector;
-use pingora_http::RequestHeader;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-/// The `CDN-Loop` token this edge adds to its own requests (RFC 8586).
-pub const CDN_LOOP_TOKEN: &str = "custom-pages";
+/// A page to keep, and the origin it is fetched through.
+pub type WantedPage = (PageUrl, Arc<Origin>);
 
-/// Shortest time between two fetches of one page, whatever its max-age says.
-const MIN_REFRESH: Duration = Duration::from_secs(1);
+/// Told of every finished page fetch; the edge counts them in its metrics.
+pub trait PageObserver: Send + Sync {
+    /// A fetch of `url` ended: `result` is `ok` or the failure class ([`FetchError::kind`]).
+    fn fetched(&self, url: &PageUrl, result: &'static str);
+}
+
+/// An observer that ignores everything.
+pub struct NoObserver;
+
+impl PageObserver for NoObserver {
+    fn fetched(&self, _url: &PageUrl, _result: &'static str) {}
+}
+
 /// Retry delay after a failed fetch, capped by `pages.refresh`.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
 
@@ -94,32 +106,45 @@ impl Drop for Slot {
 pub struct PageStore {
     slots: ArcSwap<HashMap<String, Arc<Slot>>>,
     settings: ArcSwap<PageSettings>,
-    connector: Connector,
+    fetcher: Arc<dyn PageFetcher>,
+    observer: Arc<dyn PageObserver>,
     /// Serializes `sync` calls (reloads and admin changes may overlap).
     syncing: tokio::sync::Mutex<()>,
 }
 
 impl PageStore {
-    /// An empty store; [`PageStore::sync`] fills it.
+    /// An empty store that fetches pages over HTTP through their origins and reports to no
+    /// one; [`PageStore::sync`] fills it.
     pub fn new(settings: PageSettings) -> Arc<PageStore> {
+        PageStore::with(settings, Arc::new(HttpFetcher::default()), Arc::new(NoObserver))
+    }
+
+    /// An empty store that fetches with `fetcher` and tells `observer` of every fetch.
+    pub fn with(
+        settings: PageSettings,
+        fetcher: Arc<dyn PageFetcher>,
+        observer: Arc<dyn PageObserver>,
+    ) -> Arc<PageStore> {
         Arc::new(PageStore {
             slots: ArcSwap::default(),
             settings: ArcSwap::from_pointee(settings),
-            connector: Connector::new(None),
+            fetcher,
+            observer,
             syncing: tokio::sync::Mutex::new(()),
         })
     }
 
-    /// Makes the store hold every page that the domains' in-place rules use. Pages already
+    /// Makes the store hold every page of `pages` (typically, every page that an in-place rule
+    /// of the configuration uses). Pages already
     /// held keep their copy; new ones are fetched now, and this returns once each has been
     /// tried (bounded by `pages.fetch_timeout`), so a configuration is applied with its pages
     /// ready. Pages no longer used stay until [`retain`](Self::retain), so requests still
     /// routed by the previous configuration keep theirs. Must run inside a Tokio runtime that
     /// lives as long as the store: refresh tasks are spawned on it.
-    pub async fn sync(self: &Arc<Self>, domains: &Domains, settings: &PageSettings) {
+    pub async fn sync(self: &Arc<Self>, pages: &[WantedPage], settings: &PageSettings) {
         let _one_at_a_time = self.syncing.lock().await;
         self.settings.store(Arc::new(settings.clone()));
-        self.register(domains);
+        self.register(pages);
         let idle: Vec<Arc<Slot>> = self
             .slots
             .load()
@@ -137,28 +162,28 @@ impl PageStore {
         }
     }
 
-    /// Adds a slot for every page in use that has none, without fetching: a request that
+    /// Adds a slot for every page of `pages` that has none, without fetching: a request that
     /// needs the page before [`sync`](Self::sync) fetched it waits for that first fetch
     /// instead of getting the default page.
-    pub fn register(&self, domains: &Domains) {
+    pub fn register(&self, pages: &[WantedPage]) {
         let mut slots = HashMap::clone(&self.slots.load());
-        for (url, origin) in pages_in_use(domains) {
+        for (url, origin) in pages {
             match slots.get(url.as_str()) {
-                Some(slot) => slot.origin.store(origin),
+                Some(slot) => slot.origin.store(origin.clone()),
                 None => {
-                    slots.insert(url.as_str().to_string(), Arc::new(Slot::new(url, origin)));
+                    let slot = Slot::new(url.clone(), origin.clone());
+                    slots.insert(url.as_str().to_string(), Arc::new(slot));
                 }
             }
         }
         self.slots.store(Arc::new(slots));
     }
 
-    /// Drops the pages that no rule of `domains` uses any more (their refresh stops).
-    pub async fn retain(&self, domains: &Domains) {
+    /// Drops every page not in `pages` (their refresh stops).
+    pub async fn retain(&self, pages: &[WantedPage]) {
         let _one_at_a_time = self.syncing.lock().await;
-        let in_use: Vec<PageUrl> = pages_in_use(domains).into_iter().map(|(url, _)| url).collect();
         let mut slots = HashMap::clone(&self.slots.load());
-        slots.retain(|url, _| in_use.iter().any(|u| u.as_str() == url));
+        slots.retain(|url, _| pages.iter().any(|(u, _)| u.as_str() == url));
         self.slots.store(Arc::new(slots));
     }
 
@@ -232,17 +257,18 @@ impl PageStore {
         }
         let settings = self.settings.load_full();
         let origin = slot.origin.load_full();
-        let result = tokio::time::timeout(settings.fetch_timeout, self.fetch(&slot.url, &origin, &settings))
+        let fetch = self.fetcher.fetch(&slot.url, &origin, &settings);
+        let result = tokio::time::timeout(settings.fetch_timeout, fetch)
             .await
             .unwrap_or_else(|_| {
-                Err((
+                Err(FetchError::new(
                     "timeout",
                     format!("no complete answer within {:?}", settings.fetch_timeout),
                 ))
             });
         let outcome = match result {
             Ok(page) => {
-                METRICS.page_fetches.with_label_values(&["ok"]).inc();
+                self.observer.fetched(&slot.url, "ok");
                 debug!(
                     "custom page {} fetched: {} bytes",
                     slot.url.as_str(),
@@ -253,8 +279,8 @@ impl PageStore {
                 *slot.last_error.lock() = None;
                 Ok(page)
             }
-            Err((kind, reason)) => {
-                METRICS.page_fetches.with_label_values(&[kind]).inc();
+            Err(FetchError { kind, reason }) => {
+                self.observer.fetched(&slot.url, kind);
                 let kept = if slot.page.load().is_some() {
                     "; keeping the last good copy"
                 } else {
@@ -270,87 +296,6 @@ impl PageStore {
         };
         slot.attempts.send_modify(|n| *n += 1);
         outcome
-    }
-
-    /// One GET of the page through its domain's origin servers, tried in order.
-    async fn fetch(
-        &self,
-        url: &PageUrl,
-        origin: &Origin,
-        settings: &PageSettings,
-    ) -> Result<Page, FetchError> {
-        let mut last_error = String::from("the domain has no origin server");
-        let mut connected = None;
-        for server in &origin.servers {
-            let addr = match upstream::resolve(server).await {
-                Ok(addr) => addr,
-                Err(e) => {
-                    last_error = e.to_string();
-                    continue;
-                }
-            };
-            let peer = upstream::peer(addr, origin);
-            match self.connector.get_http_session(&peer).await {
-                Ok((session, _reused)) => {
-                    connected = Some((session, peer));
-                    break;
-                }
-                Err(e) => last_error = format!("cannot connect to {server}: {e}"),
-            }
-        }
-        let (mut session, peer) = connected.ok_or(("connect", last_error))?;
-        let host = origin.host.as_deref().unwrap_or_else(|| url.host());
-        let request =
-            page_request(url, host).map_err(|e| ("internal", format!("cannot build the request: {e}")))?;
-        let io = |e: Box<pingora_error::Error>| ("origin_io", format!("origin error: {e}"));
-        session
-            .write_request_header(Box::new(request))
-            .await
-            .map_err(io)?;
-        session.finish_request_body().await.map_err(io)?;
-        session.read_response_header().await.map_err(io)?;
-        let response = session
-            .response_header()
-            .ok_or(("origin_io", "origin sent no response header".to_string()))?;
-        let status = response.status.as_u16();
-        if status != 200 {
-            let reason =
-                format!("origin answered {status}; only 200 is accepted (redirects are not followed)");
-            return Err(("status", reason));
-        }
-        let header = |name: http::header::HeaderName| response.headers.get(name).cloned();
-        if let Some(encoding) = header(http::header::CONTENT_ENCODING).filter(|v| v.as_bytes() != b"identity")
-        {
-            return Err((
-                "encoding",
-                format!("page is sent with Content-Encoding {encoding:?}; serve it uncompressed"),
-            ));
-        }
-        let declared_len = header(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok().and_then(|s| s.parse::<usize>().ok()));
-        if let Some(len) = declared_len.filter(|len| *len > settings.max_size) {
-            return Err(too_large(len, settings.max_size));
-        }
-        let content_type = header(http::header::CONTENT_TYPE)
-            .unwrap_or_else(|| HeaderValue::from_static("text/html; charset=utf-8"));
-        let max_age = max_age(response).unwrap_or(settings.refresh).max(MIN_REFRESH);
-        let mut body = BytesMut::with_capacity(declared_len.unwrap_or(0));
-        while let Some(chunk) = session.read_response_body().await.map_err(io)? {
-            if body.len() + chunk.len() > settings.max_size {
-                // Stop reading: the rest is never buffered, and the connection is dropped.
-                return Err(too_large(body.len() + chunk.len(), settings.max_size));
-            }
-            body.extend_from_slice(&chunk);
-        }
-        self.connector
-            .release_http_session(session, &peer, peer.options.idle_timeout)
-            .await;
-        Ok(Page {
-            body: body.freeze(),
-            content_type,
-            fetched_at: SystemTime::now(),
-            max_age,
-        })
     }
 }
 
@@ -384,46 +329,174 @@ async fn refresh_loop(store: Weak<PageStore>, slot: Weak<Slot>) {
     }
 }
 
-/// Every page URL served in place, with the origin it is fetched through.
-fn pages_in_use(domains: &Domains) -> Vec<(PageUrl, Arc<Origin>)> {
-    let mut pages: Vec<(PageUrl, Arc<Origin>)> = Vec::new();
-    for rule in domains
-        .iter()
-        .flat_map(|d| d.rules.iter())
-        .filter(|r| r.in_place())
-    {
-        if pages.iter().any(|(url, _)| *url == rule.url) {
-            continue;
-        }
-        // Validation guarantees the host is served; a page without a domain is skipped.
-        if let Some(page_domain) = domains.route(rule.url.host()) {
-            pages.push((rule.url.clone(), Arc::new(page_domain.origin.clone())));
+/// A Pingora background service that fetches a fixed set of pages and keeps them refreshed
+/// while the server runs: what a proxy embedding custom pages needs besides its hooks.
+pub struct PageKeeper {
+    store: Arc<PageStore>,
+    pages: Vec<WantedPage>,
+    settings: PageSettings,
+}
+
+impl PageKeeper {
+    /// Keeps `pages` in `store`.
+    pub fn new(store: Arc<PageStore>, pages: Vec<WantedPage>) -> PageKeeper {
+        let settings = PageSettings::clone(&store.settings.load());
+        store.register(&pages);
+        PageKeeper {
+            store,
+            pages,
+            settings,
         }
     }
-    pages
 }
 
-fn page_request(url: &PageUrl, host: &str) -> pingora_error::Result<RequestHeader> {
-    let mut request = RequestHeader::build("GET", url.path_and_query().as_bytes(), None)?;
-    request.insert_header(http::header::HOST, host)?;
-    request.insert_header(http::header::USER_AGENT, CDN_LOOP_TOKEN)?;
-    request.insert_header(http::header::ACCEPT, "text/html, */*")?;
-    request.insert_header("cdn-loop", CDN_LOOP_TOKEN)?;
-    Ok(request)
+#[async_trait]
+impl BackgroundService for PageKeeper {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        self.store.sync(&self.pages, &self.settings).await;
+        // The refresh tasks run on this service's runtime, so it must stay up.
+        let _ = shutdown.changed().await;
+    }
 }
 
-fn too_large(len: usize, max: usize) -> FetchError {
-    (
-        "too_large",
-        format!("page is larger than pages.max_size ({len} > {max} bytes)"),
-    )
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// Why a fetch failed: a short class for metrics, and the reason for logs and the API.
-type FetchError = (&'static str, String);
+    /// Answers fetches from a script, one entry per call (the last one repeats), each after
+    /// `delay`, counting calls and the observer's reports.
+    struct Scripted {
+        answers: Mutex<VecDeque<Result<&'static str, &'static str>>>,
+        delay: Duration,
+        calls: AtomicUsize,
+        seen: Mutex<Vec<&'static str>>,
+    }
 
-/// The page's own freshness from `Cache-Control: max-age`; without one, `pages.refresh` applies.
-fn max_age(response: &pingora_http::ResponseHeader) -> Option<Duration> {
-    let cc = pingora_cache::cache_control::CacheControl::from_resp_headers(response)?;
-    cc.max_age().ok().flatten().map(|s| Duration::from_secs(s.into()))
+    impl Scripted {
+        fn new(answers: &[Result<&'static str, &'static str>], delay: Duration) -> Arc<Scripted> {
+            Arc::new(Scripted {
+                answers: Mutex::new(answers.iter().copied().collect()),
+                delay,
+                calls: AtomicUsize::new(0),
+                seen: Mutex::new(Vec::new()),
+            })
+        }
+        fn calls(&self) -> usize {
+            self.calls.load(Ordering::SeqCst)
+        }
+    }
+
+    #[async_trait]
+    impl PageFetcher for Scripted {
+        async fn fetch(&self, _: &PageUrl, _: &Origin, settings: &PageSettings) -> Result<Page, FetchError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(self.delay).await;
+            let answer = {
+                let mut answers = self.answers.lock();
+                let next = answers.front().copied();
+                if answers.len() > 1 {
+                    answers.pop_front();
+                }
+                next.unwrap_or(Err("no answer scripted"))
+            };
+            match answer {
+                Ok(body) => Ok(Page {
+                    body: Bytes::from_static(body.as_bytes()),
+                    content_type: HeaderValue::from_static("text/html"),
+                    fetched_at: SystemTime::now(),
+                    max_age: settings.refresh,
+                }),
+                Err(reason) => Err(FetchError::new("status", reason)),
+            }
+        }
+    }
+
+    impl PageObserver for Scripted {
+        fn fetched(&self, _: &PageUrl, result: &'static str) {
+            self.seen.lock().push(result);
+        }
+    }
+
+    const URL: &str = "http://exp.example.com/error404.html";
+
+    fn store(fetcher: &Arc<Scripted>, refresh: Duration) -> (Arc<PageStore>, Vec<WantedPage>, PageSettings) {
+        let settings = PageSettings {
+            refresh,
+            fetch_timeout: Duration::from_secs(5),
+            ..PageSettings::default()
+        };
+        let store = PageStore::with(settings.clone(), fetcher.clone(), fetcher.clone());
+        let pages = vec![(URL.parse().unwrap(), Arc::new(Origin::new(["127.0.0.1:1"])))];
+        (store, pages, settings)
+    }
+
+    fn body(store: &PageStore) -> Option<Bytes> {
+        store.get(URL).map(|page| page.body.clone())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sync_fetches_new_pages_before_it_returns_and_refreshes_them_after_their_max_age() {
+        let fetcher = Scripted::new(&[Ok("one"), Ok("two")], Duration::from_millis(10));
+        let (store, pages, settings) = store(&fetcher, Duration::from_secs(60));
+        store.sync(&pages, &settings).await;
+        assert_eq!(body(&store).as_deref(), Some(&b"one"[..]));
+        assert_eq!(store.info(URL).map(|i| i.state), Some("fresh"));
+        tokio::time::sleep(Duration::from_secs(61)).await;
+        assert_eq!(body(&store).as_deref(), Some(&b"two"[..]), "refreshed");
+        assert_eq!(fetcher.calls(), 2);
+        assert_eq!(*fetcher.seen.lock(), ["ok", "ok"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_refresh_keeps_the_last_good_copy() {
+        let fetcher = Scripted::new(&[Ok("good"), Err("origin answered 500")], Duration::ZERO);
+        let (store, pages, settings) = store(&fetcher, Duration::from_secs(60));
+        store.sync(&pages, &settings).await;
+        let failed = store.refresh(URL).await;
+        assert_eq!(failed.err().as_deref(), Some("origin answered 500"));
+        assert_eq!(body(&store).as_deref(), Some(&b"good"[..]));
+        let info = store.info(URL).expect("the page is held");
+        assert_eq!(info.last_error.as_deref(), Some("origin answered 500"));
+        assert_eq!(info.size, Some(4));
+        assert_eq!(*fetcher.seen.lock(), ["ok", "status"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_refreshes_share_one_fetch() {
+        let fetcher = Scripted::new(&[Ok("page")], Duration::from_millis(100));
+        let (store, pages, settings) = store(&fetcher, Duration::from_secs(600));
+        store.sync(&pages, &settings).await;
+        assert_eq!(fetcher.calls(), 1);
+        let refreshes = (0..8).map(|_| store.refresh(URL));
+        let results = futures::future::join_all(refreshes).await;
+        assert!(results.iter().all(Result::is_ok));
+        assert_eq!(fetcher.calls(), 2, "eight refreshes at once make one fetch");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_waits_for_the_first_fetch_of_a_new_page() {
+        let fetcher = Scripted::new(&[Ok("page")], Duration::from_millis(500));
+        let (store, pages, settings) = store(&fetcher, Duration::from_secs(600));
+        store.register(&pages);
+        assert!(store.get(URL).is_none(), "never fetched yet");
+        let syncing = tokio::spawn({
+            let store = store.clone();
+            async move { store.sync(&pages, &settings).await }
+        });
+        let page = store.get_or_wait(URL).await;
+        assert_eq!(page.map(|p| p.body.clone()).as_deref(), Some(&b"page"[..]));
+        syncing.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pages_no_longer_wanted_are_dropped() {
+        let fetcher = Scripted::new(&[Ok("page")], Duration::ZERO);
+        let (store, pages, settings) = store(&fetcher, Duration::from_secs(600));
+        store.sync(&pages, &settings).await;
+        store.retain(&[]).await;
+        assert!(store.get(URL).is_none());
+        assert!(store.refresh(URL).await.is_err());
+    }
 }

@@ -1,0 +1,259 @@
+//! The edge file and its folder of drop-in domain files, one domain per file.
+//!
+//! Every `*.yaml` / `*.yml` file of the folder is a domain spec; hidden files and other names
+//! (editor backups, temporary files) are ignored, so a change is written as a hidden
+//! temporary file renamed over the old one, and readers never see half a file.
+
+use super::watch::ConfigWatcher;
+use super::{ConfigSource, DomainEntry, Snapshot, WriteError};
+use crate::spec::{parse_yaml, ConfigError, ConfigErrors, DomainName, DomainSpec, EdgeSettings, Location};
+use async_trait::async_trait;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// The edge file and the domains folder it names (see the module docs).
+pub struct FileSource {
+    edge_file: PathBuf,
+    /// The folder named by the edge file when it was first loaded: a different one needs a
+    /// restart.
+    domains_dir: OnceLock<PathBuf>,
+    /// Started on the first wait for a change, from the runtime that keeps waiting: with `-d`
+    /// the process forks after loading, and a watcher thread started before would be gone.
+    watcher: tokio::sync::Mutex<Option<ConfigWatcher>>,
+}
+
+impl FileSource {
+    /// The source of the edge file `edge_file`.
+    pub fn new(edge_file: impl Into<PathBuf>) -> FileSource {
+        FileSource {
+            edge_file: edge_file.into(),
+            domains_dir: OnceLock::new(),
+            watcher: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The domains folder, once the edge file was loaded.
+    pub fn domains_dir(&self) -> Option<&Path> {
+        self.domains_dir.get().map(PathBuf::as_path)
+    }
+
+    fn loaded_dir(&self) -> Result<&Path, WriteError> {
+        self.domains_dir()
+            .ok_or_else(|| WriteError("the edge file was never loaded".into()))
+    }
+
+    /// The file holding the spec of `name`, if one parses and claims it.
+    fn file_of(&self, dir: &Path, name: &DomainName) -> Result<Option<PathBuf>, WriteError> {
+        let files = read_dir_files(dir).map_err(|e| WriteError(e.to_string()))?;
+        Ok(files.into_iter().find_map(|(file, parsed)| {
+            parsed
+                .ok()
+                .filter(|spec| spec.domain.parse::<DomainName>().is_ok_and(|n| n == *name))
+                .map(|_| file)
+        }))
+    }
+}
+
+#[async_trait]
+impl ConfigSource for FileSource {
+    async fn load(&self) -> Result<Snapshot, ConfigErrors> {
+        let text = read_file(&self.edge_file)?;
+        let edge = EdgeSettings::from_yaml(&self.edge_file, &text)?;
+        let dir = self.domains_dir.get_or_init(|| edge.domains_dir.clone());
+        let mut snapshot = Snapshot {
+            edge,
+            domains: Vec::new(),
+            errors: Vec::new(),
+        };
+        for (file, parsed) in read_dir_files(dir)? {
+            match parsed {
+                Ok(spec) => snapshot.domains.push(DomainEntry {
+                    at: Location::File(file),
+                    spec,
+                }),
+                Err(e) => snapshot.errors.push(e),
+            }
+        }
+        Ok(snapshot)
+    }
+
+    async fn changed(&self) -> bool {
+        let mut watcher = self.watcher.lock().await;
+        if watcher.is_none() {
+            let Some(dir) = self.domains_dir() else {
+                return false;
+            };
+            match ConfigWatcher::start(&self.edge_file, dir) {
+                Ok(started) => *watcher = Some(started),
+                Err(e) => {
+                    log::error!("cannot watch the configuration, changes need a restart: {e}");
+                    return false;
+                }
+            }
+        }
+        match watcher.as_mut() {
+            Some(watching) => watching.next_change().await,
+            None => false,
+        }
+    }
+
+    async fn put_domain(&self, spec: &DomainSpec) -> Result<Location, WriteError> {
+        let dir = self.loaded_dir()?;
+        let name: DomainName = spec.domain.parse().map_err(WriteError)?;
+        let file = match self.file_of(dir, &name)? {
+            Some(file) => file,
+            None => dir.join(file_name(&name)),
+        };
+        write_domain_file(&file, spec)
+            .map_err(|e| WriteError(format!("cannot write {}: {e}", file.display())))?;
+        Ok(Location::File(file))
+    }
+
+    async fn delete_domain(&self, name: &DomainName) -> Result<bool, WriteError> {
+        let dir = self.loaded_dir()?;
+        let Some(file) = self.file_of(dir, name)? else {
+            return Ok(false);
+        };
+        std::fs::remove_file(&file)
+            .map_err(|e| WriteError(format!("cannot remove {}: {e}", file.display())))?;
+        Ok(true)
+    }
+
+    fn describe(&self, snapshot: &Snapshot) -> String {
+        format!(
+            "{} and {} domain(s) in {}",
+            self.edge_file.display(),
+            snapshot.domains.len(),
+            snapshot.edge.domains_dir.display()
+        )
+    }
+}
+
+/// The file a new domain's spec is written to: its name, a wildcard's `*` spelled out.
+fn file_name(name: &DomainName) -> String {
+    match name {
+        DomainName::Exact(host) => format!("{host}.yaml"),
+        DomainName::Wildcard(suffix) => format!("wildcard{suffix}.yaml"),
+    }
+}
+
+fn read_file(file: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(file)
+        .map_err(|e| ConfigError::new(file, "", format!("cannot read the file: {e}")))
+}
+
+/// A domain file's path with its parsed spec or its error.
+type ParsedFile = (PathBuf, Result<DomainSpec, ConfigError>);
+
+/// Every domain file of the folder, sorted by name, each parsed or with its error.
+fn read_dir_files(dir: &Path) -> Result<Vec<ParsedFile>, ConfigErrors> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| ConfigError::new(dir, "", format!("cannot read the domains folder: {e}")))?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| is_domain_file(p))
+        .collect();
+    files.sort();
+    Ok(files
+        .into_iter()
+        .map(|file| {
+            let parsed = read_file(&file).and_then(|text| parse_yaml::<DomainSpec>(file.as_path(), &text));
+            (file, parsed)
+        })
+        .collect())
+}
+
+/// Replaces a domain file atomically: a hidden temporary file in the same folder (which the
+/// loader ignores), flushed to disk, then renamed over the old one.
+fn write_domain_file(file: &Path, spec: &DomainSpec) -> std::io::Result<()> {
+    use std::io::Write;
+    let yaml = serde_yaml::to_string(spec).map_err(std::io::Error::other)?;
+    let dir = file.parent().unwrap_or(Path::new("."));
+    let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("domain.yaml");
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let mut out = std::fs::File::create(&tmp)?;
+    out.write_all(yaml.as_bytes())?;
+    out.sync_all()?;
+    std::fs::rename(&tmp, file).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+fn is_domain_file(path: &Path) -> bool {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    !name.starts_with('.') && (name.ends_with(".yaml") || name.ends_with(".yml")) && path.is_file()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXP: &str = "domain: exp.example.com\norigin: {servers: [\"127.0.0.1:8080\"]}\n";
+
+    fn folder() -> (tempfile::TempDir, FileSource) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("domains")).unwrap();
+        std::fs::write(dir.path().join("edge.yaml"), "domains: domains\n").unwrap();
+        let source = FileSource::new(dir.path().join("edge.yaml"));
+        (dir, source)
+    }
+
+    #[tokio::test]
+    async fn loads_domain_files_and_says_which_do_not_parse() {
+        let (dir, source) = folder();
+        let domains = dir.path().join("domains");
+        std::fs::write(domains.join("exp.yaml"), EXP).unwrap();
+        std::fs::write(domains.join("typo.yml"), "domain: b.com\norign: {}\n").unwrap();
+        std::fs::write(domains.join(".exp.yaml.swp"), "junk").unwrap();
+        std::fs::write(domains.join("notes.txt"), "junk").unwrap();
+        let snapshot = source.load().await.unwrap();
+        assert_eq!(snapshot.domains.len(), 1);
+        assert_eq!(snapshot.domains[0].at, Location::File(domains.join("exp.yaml")));
+        assert_eq!(snapshot.errors.len(), 1);
+        assert_eq!(snapshot.errors[0].at, Location::File(domains.join("typo.yml")));
+    }
+
+    #[tokio::test]
+    async fn puts_replace_the_domains_own_file_and_create_new_ones() {
+        let (dir, source) = folder();
+        let domains = dir.path().join("domains");
+        std::fs::write(domains.join("mine.yaml"), EXP).unwrap();
+        let mut snapshot = source.load().await.unwrap();
+        let mut spec = snapshot.domains.remove(0).spec;
+        spec.origin.servers = vec!["127.0.0.1:9".into()];
+        let at = source.put_domain(&spec).await.unwrap();
+        assert_eq!(at, Location::File(domains.join("mine.yaml")));
+        let reloaded = source.load().await.unwrap();
+        assert_eq!(reloaded.domains[0].spec, spec);
+
+        spec.domain = "*.example.org".into();
+        let at = source.put_domain(&spec).await.unwrap();
+        assert_eq!(at, Location::File(domains.join("wildcard.example.org.yaml")));
+        assert_eq!(source.load().await.unwrap().domains.len(), 2);
+        let leftovers: Vec<_> = std::fs::read_dir(&domains)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "no temporary file is left behind");
+
+        let wildcard: DomainName = "*.example.org".parse().unwrap();
+        assert!(source.delete_domain(&wildcard).await.unwrap());
+        assert!(!source.delete_domain(&wildcard).await.unwrap());
+        assert_eq!(source.load().await.unwrap().domains.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_edge_file_or_folder_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = FileSource::new(dir.path().join("edge.yaml"));
+        let e = missing.load().await.unwrap_err();
+        assert_eq!(e.0[0].at, Location::File(dir.path().join("edge.yaml")));
+        std::fs::write(dir.path().join("edge.yaml"), "domains: nowhere\n").unwrap();
+        let e = FileSource::new(dir.path().join("edge.yaml"))
+            .load()
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("cannot read the domains folder"), "{e}");
+    }
+}

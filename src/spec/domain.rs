@@ -1,0 +1,358 @@
+//! A domain spec: one accelerated domain, its origin, its cache policy and its custom page
+//! rules, as written in a domain file (or a store key), and the checks of its values.
+
+use super::values::{CodePattern, DomainName, Dur, PageUrl};
+use super::{ConfigError, Location};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// A domain spec as written. Unknown keys are errors.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainSpec {
+    /// The name served: `exp.example.com` or `*.example.com`.
+    pub domain: String,
+    /// Where requests for the domain go.
+    pub origin: OriginSpec,
+    /// Freshness defaults of the content cache.
+    #[serde(default)]
+    pub cache: DomainCacheSpec,
+    /// The custom page rules.
+    #[serde(default)]
+    pub custom_pages: Vec<RuleSpec>,
+    /// Filters to run for this domain, in order: a name, or a name with its settings.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<serde_yaml::Value>,
+}
+
+/// The `origin:` section of a domain spec.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OriginSpec {
+    /// `host:port` of each origin server, tried in order on connect failure.
+    pub servers: Vec<String>,
+    /// Host header sent to the origin; by default the requested host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Bound of one connection attempt.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Dur,
+    /// Bound of one read from the origin; a longer stall is answered 504.
+    #[serde(default = "default_read_timeout")]
+    pub read_timeout: Dur,
+}
+
+impl Default for OriginSpec {
+    /// No server, and the default timeouts.
+    fn default() -> Self {
+        OriginSpec {
+            servers: Vec::new(),
+            host: None,
+            connect_timeout: default_connect_timeout(),
+            read_timeout: default_read_timeout(),
+        }
+    }
+}
+
+fn default_connect_timeout() -> Dur {
+    Dur(Duration::from_secs(2))
+}
+fn default_read_timeout() -> Dur {
+    Dur(Duration::from_secs(15))
+}
+
+/// The `cache:` section of a domain spec.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainCacheSpec {
+    /// Freshness when the origin gives none; zero means such responses are not cached.
+    #[serde(default)]
+    pub default_ttl: Dur,
+    /// Minimum freshness of an origin 4xx/5xx (negative caching); zero turns it off.
+    #[serde(default)]
+    pub error_ttl: Dur,
+}
+
+/// Where an error status came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// The origin sent the status.
+    Origin,
+    /// The edge produced it: no usable origin response (502) or a timeout (504).
+    Edge,
+    /// Either.
+    #[default]
+    Any,
+}
+
+impl Source {
+    /// Whether a rule with this source applies to a status that came from `actual`.
+    pub fn admits(self, actual: Source) -> bool {
+        self == Source::Any || self == actual
+    }
+}
+
+/// A custom page rule as written in a file or sent to the admin API.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSpec {
+    /// Which statuses the rule answers.
+    pub code: CodePattern,
+    /// The page (served in place) or the redirect target.
+    pub url: PageUrl,
+    /// Whether the rule applies to origin statuses, edge statuses or both.
+    #[serde(default, skip_serializing_if = "is_any")]
+    pub source: Source,
+    /// Status to answer with instead of the original.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// Redirect code: redirect to `url` instead of serving it in place.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect: Option<u16>,
+}
+
+fn is_any(s: &Source) -> bool {
+    *s == Source::Any
+}
+
+/// The statuses a redirect rule may answer with.
+pub const REDIRECT_CODES: [u16; 5] = [301, 302, 303, 307, 308];
+
+impl RuleSpec {
+    /// Checks what the types alone cannot. Returns the offending key and the reason.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        if let Some(status) = self.status {
+            if !(200..=599).contains(&status) {
+                return Err((
+                    "status",
+                    format!("{status} is not a status to answer with; expected 200 to 599"),
+                ));
+            }
+        }
+        if let Some(code) = self.redirect {
+            if !REDIRECT_CODES.contains(&code) {
+                return Err((
+                    "redirect",
+                    format!("{code} is not a redirect status; expected one of 301, 302, 303, 307, 308"),
+                ));
+            }
+            if self.status.is_some() {
+                return Err((
+                    "status",
+                    "a redirect rule answers with its redirect code; remove status or redirect".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl DomainSpec {
+    /// Checks what the types alone cannot, on this spec alone. Returns the domain's name, or
+    /// every error found, each located at `at`.
+    pub fn check(&self, at: &Location) -> Result<DomainName, Vec<ConfigError>> {
+        let mut errors = Vec::new();
+        let mut err = |key: String, msg: String| errors.push(ConfigError::new(at.clone(), key, msg));
+        let name = self
+            .domain
+            .parse::<DomainName>()
+            .map_err(|m| err("domain".into(), m))
+            .ok();
+        if self.origin.servers.is_empty() {
+            err(
+                "origin.servers".into(),
+                "no origin server; expected a list like [\"127.0.0.1:8080\"]".into(),
+            );
+        }
+        for (i, server) in self.origin.servers.iter().enumerate() {
+            if let Err(m) = check_server(server) {
+                err(format!("origin.servers[{i}]"), m);
+            }
+        }
+        if let Some(host) = &self.origin.host {
+            if host.is_empty() || http::HeaderValue::from_str(host).is_err() || host.contains(['/', ' ']) {
+                err(
+                    "origin.host".into(),
+                    format!("{host:?} is not a host name to send to the origin"),
+                );
+            }
+        }
+        for (key, d) in [
+            ("origin.connect_timeout", self.origin.connect_timeout),
+            ("origin.read_timeout", self.origin.read_timeout),
+        ] {
+            if d.0.is_zero() {
+                err(key.into(), "must be longer than 0s".into());
+            }
+        }
+        let mut seen: Vec<String> = Vec::new();
+        for (i, rule) in self.custom_pages.iter().enumerate() {
+            if let Err((key, m)) = rule.check() {
+                err(format!("custom_pages[{i}].{key}"), m);
+            }
+            let code = rule.code.to_string();
+            if let Some(first) = seen.iter().position(|c| *c == code) {
+                err(
+                    format!("custom_pages[{i}].code"),
+                    format!("{code} already has a rule (custom_pages[{first}]); one rule per code"),
+                );
+            }
+            seen.push(code);
+        }
+        match name {
+            Some(name) if errors.is_empty() => Ok(name),
+            _ => Err(errors),
+        }
+    }
+}
+
+/// Checks specs that each passed [`DomainSpec::check`] against each other: one spec per
+/// domain name (the first in order keeps it), and every page served in place is on a domain
+/// this edge serves, since it is fetched through that domain's origin.
+pub fn check_together(specs: &[(&Location, &DomainSpec, &DomainName)]) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    let mut claimed: HashMap<&DomainName, &Location> = HashMap::new();
+    for (at, _, name) in specs {
+        match claimed.get(name) {
+            Some(first) => errors.push(ConfigError::new(
+                (*at).clone(),
+                "domain",
+                format!("{name} is already claimed by {first}; one spec per domain"),
+            )),
+            None => {
+                claimed.insert(name, at);
+            }
+        }
+    }
+    let wildcards: Vec<&DomainName> = claimed
+        .keys()
+        .copied()
+        .filter(|n| matches!(n, DomainName::Wildcard(_)))
+        .collect();
+    let served = |host: &str| {
+        claimed.contains_key(&DomainName::Exact(host.to_string())) || wildcards.iter().any(|w| w.covers(host))
+    };
+    for (at, spec, _) in specs {
+        for (i, rule) in spec.custom_pages.iter().enumerate() {
+            if rule.redirect.is_none() && !served(rule.url.host()) {
+                errors.push(ConfigError::new(
+                    (*at).clone(),
+                    format!("custom_pages[{i}].url"),
+                    format!(
+                        "host {:?} is not a domain this edge serves; a page served in place is fetched through its domain's origin (add redirect: 302 to send clients to another site)",
+                        rule.url.host()
+                    ),
+                ));
+            }
+        }
+    }
+    errors
+}
+
+/// An origin server is `host:port` (IPv6 in brackets).
+fn check_server(server: &str) -> Result<(), String> {
+    let expected = "expected host:port like 127.0.0.1:8080 or origin.example.net:80";
+    let (host, port) = server
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{server:?} has no port; {expected}"))?;
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => {}
+        _ => return Err(format!("{server:?} has no valid port; {expected}")),
+    }
+    let host_ok = if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        v6.parse::<std::net::Ipv6Addr>().is_ok()
+    } else {
+        !host.is_empty()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+    };
+    if host_ok {
+        Ok(())
+    } else {
+        Err(format!("{server:?} has no valid host; {expected}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::parse_yaml;
+    use std::path::Path;
+
+    const EXP: &str = "domain: exp.example.com\norigin: {servers: [\"127.0.0.1:8080\"]}\n";
+
+    /// Every error of the given specs, checked alone and together, as `file: key`.
+    fn errors(files: &[(&str, &str)]) -> Vec<String> {
+        let parsed: Vec<(Location, DomainSpec)> = files
+            .iter()
+            .map(|(file, yaml)| {
+                (
+                    Location::from(Path::new(file)),
+                    parse_yaml(Path::new(file), yaml).unwrap(),
+                )
+            })
+            .collect();
+        let mut all = Vec::new();
+        let mut valid = Vec::new();
+        for (at, spec) in &parsed {
+            match spec.check(at) {
+                Ok(name) => valid.push((at, spec, name)),
+                Err(e) => all.extend(e),
+            }
+        }
+        let valid: Vec<(&Location, &DomainSpec, &DomainName)> =
+            valid.iter().map(|(at, spec, name)| (*at, *spec, name)).collect();
+        all.extend(check_together(&valid));
+        all.iter().map(|e| format!("{}: {}", e.at, e.key)).collect()
+    }
+
+    #[test]
+    fn two_specs_for_one_domain_is_an_error() {
+        assert_eq!(errors(&[("a.yaml", EXP), ("b.yaml", EXP)]), ["b.yaml: domain"]);
+    }
+
+    #[test]
+    fn in_place_page_must_be_on_a_served_domain() {
+        let yaml = format!(
+            "{EXP}custom_pages:\n  - {{code: 404, url: \"http://exp.example.com/e.html\"}}\n  - {{code: 403, url: \"https://help.example.org/f.html\"}}\n  - {{code: 401, url: \"https://help.example.org/f.html\", redirect: 302}}\n"
+        );
+        assert_eq!(errors(&[("a.yaml", &yaml)]), ["a.yaml: custom_pages[1].url"]);
+        let wildcard = "domain: \"*.example.org\"\norigin: {servers: [\"127.0.0.1:1\"]}\n";
+        assert_eq!(
+            errors(&[("a.yaml", &yaml), ("w.yaml", wildcard)]),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn rule_values_are_checked() {
+        let yaml = format!(
+            "{EXP}custom_pages:\n  - {{code: 404, url: \"http://exp.example.com/e.html\", redirect: 200}}\n  - {{code: \"5xx\", url: \"http://exp.example.com/e.html\", status: 700}}\n  - {{code: 404, url: \"http://exp.example.com/x.html\"}}\n"
+        );
+        assert_eq!(
+            errors(&[("a.yaml", &yaml)]),
+            [
+                "a.yaml: custom_pages[0].redirect",
+                "a.yaml: custom_pages[1].status",
+                "a.yaml: custom_pages[2].code"
+            ]
+        );
+    }
+
+    #[test]
+    fn servers_must_be_host_port() {
+        let yaml =
+            "domain: a.com\norigin: {servers: [\"127.0.0.1\", \"h:0\", \"h:80\", \"[::1]:80\", \"a b:1\"]}\n";
+        assert_eq!(
+            errors(&[("a.yaml", yaml)]),
+            [
+                "a.yaml: origin.servers[0]",
+                "a.yaml: origin.servers[1]",
+                "a.yaml: origin.servers[4]"
+            ]
+        );
+    }
+}

@@ -1,0 +1,411 @@
+//! The edge file (`conf/edge.yaml`): listeners, threads, cache bound, page store settings,
+//! the domains folder, the admin API and Pingora's own server settings; as written
+//! ([`EdgeFile`]) and validated ([`EdgeSettings`]).
+
+use super::values::{Dur, Size};
+use super::{parse_yaml, ConfigError, ConfigErrors};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The edge file as written. Unknown keys are errors; every key has a default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeFile {
+    /// Addresses to listen on, each serving HTTP/1.1 and h2c.
+    #[serde(default = "default_listen")]
+    pub listen: Vec<String>,
+    /// Worker threads of the proxy.
+    #[serde(default = "default_threads")]
+    pub threads: usize,
+    /// The content cache.
+    #[serde(default)]
+    pub cache: CacheSection,
+    /// The page store.
+    #[serde(default)]
+    pub pages: PagesSection,
+    /// Folder of domain files, relative to the edge file.
+    #[serde(default = "default_domains")]
+    pub domains: PathBuf,
+    /// The admin API.
+    #[serde(default)]
+    pub admin: AdminSection,
+    /// `stderr` (default), `off`, or a file path relative to this file.
+    #[serde(default = "default_access_log")]
+    pub access_log: String,
+    /// Passed through to Pingora's `ServerConf` (pid_file, upgrade_sock, grace periods...).
+    #[serde(default)]
+    pub server: serde_yaml::Mapping,
+}
+
+fn default_listen() -> Vec<String> {
+    vec!["0.0.0.0:6188".into()]
+}
+fn default_threads() -> usize {
+    2
+}
+fn default_access_log() -> String {
+    "stderr".into()
+}
+fn default_domains() -> PathBuf {
+    PathBuf::from("domains")
+}
+
+/// The `cache:` section of the edge file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSection {
+    /// Bound of the content cache.
+    #[serde(default = "default_memory")]
+    pub memory: Size,
+    /// Largest single object the cache keeps; larger responses are proxied uncached.
+    #[serde(default)]
+    pub max_object: Option<Size>,
+    /// How long concurrent misses for one key wait for the first one before going to the origin.
+    #[serde(default = "default_lock_timeout")]
+    pub lock_timeout: Dur,
+}
+
+impl Default for CacheSection {
+    fn default() -> Self {
+        CacheSection {
+            memory: default_memory(),
+            max_object: None,
+            lock_timeout: default_lock_timeout(),
+        }
+    }
+}
+
+fn default_memory() -> Size {
+    Size(256 << 20)
+}
+fn default_lock_timeout() -> Dur {
+    Dur(Duration::from_secs(5))
+}
+
+/// The `pages:` section of the edge file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PagesSection {
+    /// Largest page accepted.
+    #[serde(default = "default_max_size")]
+    pub max_size: Size,
+    /// Refresh interval of pages without max-age.
+    #[serde(default = "default_refresh")]
+    pub refresh: Dur,
+    /// Bound of one page fetch.
+    #[serde(default = "default_fetch_timeout")]
+    pub fetch_timeout: Dur,
+}
+
+impl Default for PagesSection {
+    fn default() -> Self {
+        PagesSection {
+            max_size: default_max_size(),
+            refresh: default_refresh(),
+            fetch_timeout: default_fetch_timeout(),
+        }
+    }
+}
+
+fn default_max_size() -> Size {
+    Size(1 << 20)
+}
+fn default_refresh() -> Dur {
+    Dur(Duration::from_secs(300))
+}
+fn default_fetch_timeout() -> Dur {
+    Dur(Duration::from_secs(5))
+}
+
+/// The `admin:` section of the edge file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    /// Address of the admin API.
+    #[serde(default = "default_admin_listen")]
+    pub listen: String,
+    /// File holding the bearer token (else `CUSTOM_PAGES_ADMIN_TOKEN`).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        AdminSection {
+            listen: default_admin_listen(),
+            token_file: None,
+        }
+    }
+}
+
+fn default_admin_listen() -> String {
+    "127.0.0.1:6189".into()
+}
+
+/// Settings from the edge file, validated.
+#[derive(Debug)]
+pub struct EdgeSettings {
+    /// The edge file these settings came from.
+    pub file: PathBuf,
+    /// Listening addresses.
+    pub listen: Vec<SocketAddr>,
+    /// Worker threads of the proxy.
+    pub threads: usize,
+    /// Bound of the content cache in bytes.
+    pub cache_memory: usize,
+    /// Largest object cached, in bytes.
+    pub cache_max_object: usize,
+    /// How long concurrent misses wait for the first.
+    pub cache_lock_timeout: Duration,
+    /// Page store settings.
+    pub pages: PageSettings,
+    /// The domains folder (resolved against the edge file's folder).
+    pub domains_dir: PathBuf,
+    /// Address of the admin API.
+    pub admin_listen: SocketAddr,
+    /// File holding the admin token, if any.
+    pub admin_token_file: Option<PathBuf>,
+    /// Where the access log goes.
+    pub access_log: AccessLogTarget,
+    /// Pingora's server settings.
+    pub server: pingora_core::server::configuration::ServerConf,
+    /// The `server:` section as written, to compare on reload (the running edge hands `server`
+    /// to Pingora).
+    pub server_yaml: String,
+}
+
+/// How the page store fetches and keeps pages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageSettings {
+    /// Largest page accepted, in bytes.
+    pub max_size: usize,
+    /// Refresh interval of pages without max-age.
+    pub refresh: Duration,
+    /// Bound of one page fetch.
+    pub fetch_timeout: Duration,
+}
+
+impl Default for PageSettings {
+    /// The defaults of the edge file's `pages:` section.
+    fn default() -> Self {
+        let section = PagesSection::default();
+        PageSettings {
+            max_size: section.max_size.0 as usize,
+            refresh: section.refresh.0,
+            fetch_timeout: section.fetch_timeout.0,
+        }
+    }
+}
+
+/// Where the access log goes (`access_log:` in the edge file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogTarget {
+    /// No access log.
+    Off,
+    /// The process's standard error.
+    Stderr,
+    /// A file, appended to.
+    File(PathBuf),
+}
+
+impl AccessLogTarget {
+    /// `off`, `stderr`, or a file path relative to `base`.
+    pub fn parse(value: &str, base: &Path) -> AccessLogTarget {
+        match value {
+            "off" => AccessLogTarget::Off,
+            "stderr" => AccessLogTarget::Stderr,
+            path => AccessLogTarget::File(base.join(path)),
+        }
+    }
+}
+
+impl EdgeSettings {
+    /// Parses and validates the text of the edge file `file` (relative paths in it are
+    /// resolved against the file's folder).
+    pub fn from_yaml(file: &Path, text: &str) -> Result<EdgeSettings, ConfigErrors> {
+        let raw: EdgeFile = parse_yaml(file, text)?;
+        let mut errors = Vec::new();
+        let mut err = |key: &str, msg: String| errors.push(ConfigError::new(file, key, msg));
+
+        if raw.listen.is_empty() {
+            err(
+                "listen",
+                "no address to listen on; expected e.g. [\"0.0.0.0:6188\"]".into(),
+            );
+        }
+        let mut listen = Vec::new();
+        for (i, addr) in raw.listen.iter().enumerate() {
+            match addr.parse::<SocketAddr>() {
+                Ok(a) => listen.push(a),
+                Err(_) => err(
+                    &format!("listen[{i}]"),
+                    format!("{addr:?} is not an address; expected ip:port like 0.0.0.0:6188"),
+                ),
+            }
+        }
+        if raw.threads == 0 || raw.threads > 1024 {
+            err(
+                "threads",
+                format!("{} threads is not possible; expected 1 to 1024", raw.threads),
+            );
+        }
+        let cache_memory = raw.cache.memory.0 as usize;
+        if cache_memory == 0 {
+            err(
+                "cache.memory",
+                "the cache needs some memory; expected a size like 256MiB".into(),
+            );
+        }
+        // TinyUFO admits new entries through a probation queue of a tenth of its capacity, so
+        // a larger object would be evicted on arrival: by default it is not even buffered.
+        let cache_max_object = raw.cache.max_object.map_or(cache_memory / 10, |s| s.0 as usize);
+        if cache_max_object > cache_memory {
+            err("cache.max_object", "is larger than cache.memory".into());
+        }
+        if raw.pages.max_size.0 == 0 {
+            err("pages.max_size", "must be more than 0 bytes".into());
+        }
+        for (key, d) in [
+            ("pages.refresh", raw.pages.refresh),
+            ("pages.fetch_timeout", raw.pages.fetch_timeout),
+        ] {
+            if d.0.is_zero() {
+                err(key, "must be longer than 0s".into());
+            }
+        }
+        let admin_listen = match raw.admin.listen.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                err(
+                    "admin.listen",
+                    format!(
+                        "{:?} is not an address; expected ip:port like 127.0.0.1:6189",
+                        raw.admin.listen
+                    ),
+                );
+                None
+            }
+        };
+        let base = file.parent().unwrap_or(Path::new("."));
+        let server = match server_conf(&raw.server, raw.threads) {
+            Ok(s) => Some(s),
+            Err((key, msg)) => {
+                err(&key, msg);
+                None
+            }
+        };
+        match (errors.is_empty(), admin_listen, server) {
+            (true, Some(admin_listen), Some(server)) => Ok(EdgeSettings {
+                file: file.to_path_buf(),
+                listen,
+                threads: raw.threads,
+                cache_memory,
+                cache_max_object,
+                cache_lock_timeout: raw.cache.lock_timeout.0,
+                pages: PageSettings {
+                    max_size: raw.pages.max_size.0 as usize,
+                    refresh: raw.pages.refresh.0,
+                    fetch_timeout: raw.pages.fetch_timeout.0,
+                },
+                domains_dir: base.join(&raw.domains),
+                admin_listen,
+                admin_token_file: raw.admin.token_file.map(|p| base.join(p)),
+                access_log: AccessLogTarget::parse(&raw.access_log, base),
+                server_yaml: serde_yaml::to_string(&raw.server).unwrap_or_default(),
+                server,
+            }),
+            _ => Err(ConfigErrors(errors)),
+        }
+    }
+
+    /// The keys of `newer` that differ from these settings and only take effect on restart
+    /// (everything but `pages`, which applies live).
+    pub fn restart_needed_for(&self, newer: &EdgeSettings) -> Vec<&'static str> {
+        let mut keys = Vec::new();
+        let mut check = |key, differs: bool| {
+            if differs {
+                keys.push(key)
+            }
+        };
+        check("listen", self.listen != newer.listen);
+        check("threads", self.threads != newer.threads);
+        check("cache.memory", self.cache_memory != newer.cache_memory);
+        check(
+            "cache.max_object",
+            self.cache_max_object != newer.cache_max_object,
+        );
+        check(
+            "cache.lock_timeout",
+            self.cache_lock_timeout != newer.cache_lock_timeout,
+        );
+        check("domains", self.domains_dir != newer.domains_dir);
+        check("admin.listen", self.admin_listen != newer.admin_listen);
+        check(
+            "admin.token_file",
+            self.admin_token_file != newer.admin_token_file,
+        );
+        check("access_log", self.access_log != newer.access_log);
+        check("server", self.server_yaml != newer.server_yaml);
+        keys
+    }
+}
+
+/// Builds Pingora's server settings from the `server` pass-through section. Keys Pingora does
+/// not know are errors, like everywhere else. Shutdown waits default to 5 s instead of
+/// Pingora's 300 s so a stop or an upgrade does not linger for minutes.
+fn server_conf(
+    section: &serde_yaml::Mapping,
+    threads: usize,
+) -> Result<pingora_core::server::configuration::ServerConf, (String, String)> {
+    use pingora_core::server::configuration::ServerConf;
+    let known =
+        serde_yaml::to_value(ServerConf::default()).map_err(|e| ("server".to_string(), e.to_string()))?;
+    for key in section.keys() {
+        let name = key.as_str().unwrap_or_default();
+        if known.get(name).is_none() {
+            return Err((format!("server.{name}"), "unknown Pingora server setting".into()));
+        }
+    }
+    let mut conf: ServerConf = serde_yaml::from_value(serde_yaml::Value::Mapping(section.clone()))
+        .map_err(|e| ("server".to_string(), e.to_string()))?;
+    conf.threads = threads;
+    conf.grace_period_seconds.get_or_insert(5);
+    conf.graceful_shutdown_timeout_seconds.get_or_insert(5);
+    Ok(conf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(yaml: &str) -> Result<EdgeSettings, ConfigErrors> {
+        EdgeSettings::from_yaml(Path::new("conf/edge.yaml"), yaml)
+    }
+
+    #[test]
+    fn every_key_has_a_default_and_paths_are_relative_to_the_file() {
+        let s = settings("threads: 3\n").unwrap();
+        assert_eq!(s.threads, 3);
+        assert_eq!(s.domains_dir, Path::new("conf/domains"));
+        assert_eq!(s.pages, PageSettings::default());
+        assert_eq!(s.access_log, AccessLogTarget::Stderr);
+        assert_eq!(s.server.grace_period_seconds, Some(5));
+    }
+
+    #[test]
+    fn every_bad_value_is_named() {
+        let e = settings("listen: [\"nowhere\"]\nthreads: 0\ncache: {memory: 0}\nserver: {colour: red}\n")
+            .unwrap_err();
+        let keys: Vec<&str> = e.0.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["listen[0]", "threads", "cache.memory", "server.colour"]);
+    }
+
+    #[test]
+    fn only_pages_apply_without_a_restart() {
+        let old = settings("pages: {refresh: 1m}\n").unwrap();
+        let newer = settings("pages: {refresh: 2m}\nthreads: 4\n").unwrap();
+        assert_eq!(old.restart_needed_for(&newer), ["threads"]);
+    }
+}
