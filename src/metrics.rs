@@ -3,8 +3,8 @@
 //! Labels are bounded: domains are named as configured (a wildcard domain is one label value,
 //! whatever hosts it serves), status codes are grouped by class where they could be anything.
 
-use once_cell::sync::Lazy;
 use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
+use std::sync::LazyLock;
 
 /// Every metric the edge exports.
 pub struct Metrics {
@@ -32,7 +32,7 @@ fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntC
 }
 
 /// The process-wide metrics.
-pub static METRICS: Lazy<Metrics> = Lazy::new(|| {
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let registry = Registry::new();
     let latency = HistogramVec::new(
         HistogramOpts::new(

@@ -112,7 +112,7 @@ impl StoredMeta {
 ///
 /// [`Storage`] methods take `&'static self`, so the storage must live for the whole program:
 /// either leak one instance (`Box::leak(Box::new(MemoryStorage::new(bytes)))`) or keep it in a
-/// `static` `once_cell::sync::Lazy`/`OnceCell`.
+/// `static` `std::sync::LazyLock`.
 ///
 /// Lookups are lock-free. Writes (finished misses, meta updates, purges) are serialized by one
 /// mutex, held only for in-memory work, so that the byte count stays exact.

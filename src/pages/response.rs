@@ -3,9 +3,9 @@
 
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
-use once_cell::sync::Lazy;
 use pingora_error::Result;
 use pingora_http::ResponseHeader;
+use std::sync::LazyLock;
 
 /// Headers that describe the origin's error body. They are wrong for the page, so they go;
 /// every other header of the error response (Cache-Control, Retry-After, WWW-Authenticate,
@@ -99,7 +99,7 @@ fn redirect_body(location: &str) -> Body {
 
 /// The built-in page for a status, naming the status and its reason.
 pub fn default_page(status: u16) -> Body {
-    static PAGES: Lazy<Vec<Bytes>> = Lazy::new(|| (0..600).map(render_default).collect());
+    static PAGES: LazyLock<Vec<Bytes>> = LazyLock::new(|| (0..600).map(render_default).collect());
     let bytes = PAGES
         .get(usize::from(status))
         .cloned()

@@ -1,10 +1,10 @@
 //! Origin names resolved without blocking a worker, and at most every 30 s.
 
-use once_cell::sync::Lazy;
 use parking_lot::RwLock;
 use pingora_error::{Error, ErrorType, OrErr, Result};
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 /// How long a resolved origin name is used before it is resolved again. `getaddrinfo` tells
@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 const RESOLVED_FOR: Duration = Duration::from_secs(30);
 
 /// Origin names resolved so far. Only configured names get here, so it stays small.
-static NAMES: Lazy<NameCache> = Lazy::new(|| NameCache::new(RESOLVED_FOR));
+static NAMES: LazyLock<NameCache> = LazyLock::new(|| NameCache::new(RESOLVED_FOR));
 
 /// Resolves `host:port` without blocking a worker. `HttpPeer::new` would resolve names with
 /// blocking std DNS and panic on failure, so peers are only ever built from addresses.
