@@ -1,19 +1,17 @@
-//! Integration tests for the custom error pages (issue 3): the real edge binary in front of the
-//! scriptable origin, over HTTP/1.1 and h2c.
+//! Custom error pages end to end: the real edge binary in front of the scriptable origin, over
+//! HTTP/1.1 and h2c.
 //!
 //! Every test starts its own origin and edge, so tests run in parallel without interfering.
 //! Pages are fetched by the edge when its configuration loads; tests that depend on a page
-//! being held (origin stopped afterwards) wait for the edge's "fetched" log line first.
+//! being held (origin stopped afterwards) first wait until the admin API shows the page fresh.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use common::origin::{Origin, Reply};
+use common::origin::{Blackhole, Origin, Reply};
 use common::{client, domain_yaml, get, send, Edge, EdgeOptions, Got, Proto, PROTOS};
-use common::{log_line, log_tail, start_edge, RawResponse};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use common::{log_line, log_line_within, log_tail, start_edge, wait_fetched, RawConn, RawResponse};
 
 const EXP: &str = "exp.example.com";
 const PAGE_404_URL: &str = "http://exp.example.com/error404.html";
@@ -63,30 +61,6 @@ async fn start_exp(origin: &Origin, extra: &str) -> Edge {
         vec![("exp.yaml", domain_yaml(EXP, origin.addr(), extra))],
     )
     .await
-}
-
-/// Waits until the edge's log has a line containing every one of `needles`.
-async fn wait_log_line(edge: &Edge, needles: &[&str], within: Duration) -> bool {
-    let deadline = Instant::now() + within;
-    loop {
-        if log_line(edge, needles).is_some() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-/// Waits until the edge logged that it fetched `url`; panics otherwise.
-async fn wait_fetched(edge: &Edge, url: &str) {
-    let needle = format!("custom page {url} fetched");
-    assert!(
-        wait_log_line(edge, &[&needle], Duration::from_secs(10)).await,
-        "the edge never fetched {url}\n{}",
-        log_tail(edge)
-    );
 }
 
 /// Like [`client`], for tests where the edge itself answers errors (origin down, timeout,
@@ -147,155 +121,6 @@ fn assert_default_page(got: &Got, proto: Proto, status: u16, reason: &str, edge:
         Some(got.body.len().to_string().as_str()),
         "{ctx}"
     );
-}
-
-// ---------------------------------------------------------------------------------------------
-// A raw HTTP/1.1 client: several requests on one connection, to prove it stays usable.
-// ---------------------------------------------------------------------------------------------
-
-struct RawH1 {
-    stream: TcpStream,
-    buf: Vec<u8>,
-    /// Request lines sent so far on this connection, for failure messages.
-    sent: Vec<String>,
-}
-
-impl RawH1 {
-    async fn connect(edge: &Edge) -> RawH1 {
-        RawH1 {
-            stream: TcpStream::connect(edge.addr())
-                .await
-                .expect("connect to the edge"),
-            buf: Vec::new(),
-            sent: Vec::new(),
-        }
-    }
-
-    /// Sends one request and reads its whole response (framed by Content-Length or chunked).
-    async fn request(
-        &mut self,
-        method: &str,
-        host: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-    ) -> RawResponse {
-        self.sent.push(format!("{method} {path}"));
-        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\n");
-        for (name, value) in headers {
-            head.push_str(&format!("{name}: {value}\r\n"));
-        }
-        head.push_str("\r\n");
-        self.stream
-            .write_all(head.as_bytes())
-            .await
-            .expect("write request");
-        let read = self.read_response(method == "HEAD");
-        match tokio::time::timeout(Duration::from_secs(10), read).await {
-            Ok(response) => response,
-            Err(_) => panic!(
-                "no complete response to {method} {path} within 10 s; received so far: {:?}",
-                String::from_utf8_lossy(&self.buf)
-            ),
-        }
-    }
-
-    /// Whether the edge closes the connection (now or within 300 ms) without being asked to.
-    async fn closed_by_peer(&mut self) -> bool {
-        let mut chunk = [0u8; 1024];
-        match tokio::time::timeout(Duration::from_millis(300), self.stream.read(&mut chunk)).await {
-            Err(_) => false,
-            Ok(Ok(0)) | Ok(Err(_)) => true,
-            Ok(Ok(n)) => {
-                self.buf.extend_from_slice(&chunk[..n]);
-                false
-            }
-        }
-    }
-
-    async fn fill(&mut self) -> bool {
-        let mut chunk = [0u8; 16 * 1024];
-        let n = self.stream.read(&mut chunk).await.unwrap_or(0);
-        self.buf.extend_from_slice(&chunk[..n]);
-        n > 0
-    }
-
-    async fn read_line(&mut self) -> String {
-        loop {
-            if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
-                let line: Vec<u8> = self.buf.drain(..i + 2).take(i).collect();
-                return String::from_utf8_lossy(&line).into_owned();
-            }
-            assert!(
-                self.fill().await,
-                "the edge closed the connection before a complete response head; requests on this \
-                 connection: {:?}; unparsed: {:?}",
-                self.sent,
-                String::from_utf8_lossy(&self.buf)
-            );
-        }
-    }
-
-    async fn read_exact(&mut self, n: usize) -> Vec<u8> {
-        while self.buf.len() < n {
-            assert!(
-                self.fill().await,
-                "the edge closed the connection mid-body; requests on this connection: {:?}",
-                self.sent
-            );
-        }
-        self.buf.drain(..n).collect()
-    }
-
-    async fn read_response(&mut self, head_request: bool) -> RawResponse {
-        let status_line = self.read_line().await;
-        let status: u16 = status_line
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
-        let mut headers = Vec::new();
-        loop {
-            let line = self.read_line().await;
-            if line.is_empty() {
-                break;
-            }
-            let (name, value) = line.split_once(':').expect("header line");
-            headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
-        }
-        let mut response = RawResponse {
-            status,
-            headers,
-            body: Vec::new(),
-            complete: true,
-        };
-        if head_request || status == 204 || status == 304 || (100..200).contains(&status) {
-            return response;
-        }
-        let chunked = response
-            .header("transfer-encoding")
-            .is_some_and(|te| te.to_ascii_lowercase().contains("chunked"));
-        if chunked {
-            loop {
-                let size_line = self.read_line().await;
-                let size = usize::from_str_radix(size_line.split(';').next().unwrap().trim(), 16)
-                    .unwrap_or_else(|_| panic!("bad chunk size line {size_line:?}"));
-                if size == 0 {
-                    while !self.read_line().await.is_empty() {}
-                    break;
-                }
-                let data = self.read_exact(size).await;
-                response.body.extend_from_slice(&data);
-                assert_eq!(self.read_line().await, "", "chunk data longer than its size");
-            }
-        } else if let Some(length) = response.header("content-length") {
-            let length: usize = length.parse().expect("content-length");
-            response.body = self.read_exact(length).await;
-        } else {
-            while self.fill().await {}
-            response.body = std::mem::take(&mut self.buf);
-        }
-        response
-    }
 }
 
 /// Asserts a raw HTTP/1.1 response is the page in place on a connection that stays open.
@@ -476,7 +301,7 @@ async fn head_gets_the_page_headers_without_a_body_and_the_connection_stays_usab
     }
 
     // HTTP/1.1 on one explicit connection: HEAD, GET, HEAD, GET.
-    let mut conn = RawH1::connect(&edge).await;
+    let mut conn = RawConn::connect(edge.addr()).await;
     for path in ["/missing", "/empty"] {
         let head = conn.request("HEAD", EXP, path, &[]).await;
         assert_eq!(head.status, 404, "raw HEAD {path}: {head:?}\n{}", log_tail(&edge));
@@ -600,7 +425,7 @@ async fn empty_chunked_and_gzip_error_bodies_are_replaced_cleanly() {
     }
 
     // One HTTP/1.1 connection through every case, twice, then a success.
-    let mut conn = RawH1::connect(&edge).await;
+    let mut conn = RawConn::connect(edge.addr()).await;
     for _ in 0..2 {
         for (path, status, body, content_type) in cases {
             let got = conn
@@ -719,7 +544,7 @@ async fn cached_errors_get_the_page_on_every_hit_without_the_origin() {
     .await;
 
     // The same hits on one HTTP/1.1 connection, and the cached error kept its Retry-After.
-    let mut conn = RawH1::connect(&edge).await;
+    let mut conn = RawConn::connect(edge.addr()).await;
     for path in ["/gone-h1", "/empty-h1", "/gone-h1"] {
         let got = conn.request("GET", EXP, path, &[]).await;
         assert_raw_page(&got, 404, PAGE_404, PAGE_404_TYPE, &edge);
@@ -1064,7 +889,7 @@ async fn origin_stopped_mid_test_gets_the_5xx_page_quickly() {
         }
     }
     // The HTTP/1.1 framing of the answer, byte for byte.
-    let mut conn = RawH1::connect(&edge).await;
+    let mut conn = RawConn::connect(edge.addr()).await;
     let got = conn.request("GET", EXP, "/raw", &[]).await;
     assert_raw_edge_page(&got, 502, PAGE_5XX, PAGE_5XX_TYPE, &edge);
 }
@@ -1104,9 +929,9 @@ async fn edge_made_error_answers_say_connection_close_and_mean_it() {
     let runs = cases.map(|(host, path, status, page)| {
         let edge = &edge;
         async move {
-            let mut conn = RawH1::connect(edge).await;
+            let mut conn = RawConn::connect(edge.addr()).await;
             let got = conn.request("GET", host, path, &[]).await;
-            let closed = conn.closed_by_peer().await;
+            let closed = conn.closed_by_peer(Duration::from_millis(300)).await;
             (host, path, status, page, got, closed)
         }
     });
@@ -1132,42 +957,9 @@ async fn edge_made_error_answers_say_connection_close_and_mean_it() {
     assert!(failures.is_empty(), "{failures:#?}\n{}", log_tail(&edge));
 
     // A new connection is answered the same way.
-    let mut conn = RawH1::connect(&edge).await;
+    let mut conn = RawConn::connect(edge.addr()).await;
     let got = conn.request("GET", "down.example.com", "/x", &[]).await;
     assert_raw_edge_page(&got, 502, PAGE_5XX, PAGE_5XX_TYPE, &edge);
-}
-
-/// A listener whose accept queue is full: connections to it time out, as to an origin host
-/// that is down or overloaded. (With a backlog of 0 the queue holds one connection, which the
-/// listener keeps; later SYNs are dropped.)
-struct Blackhole {
-    listener: tokio::net::TcpListener,
-    /// The connection that fills the accept queue, kept open.
-    _queued: TcpStream,
-}
-
-impl Blackhole {
-    async fn start() -> Blackhole {
-        Blackhole::start_on((common::origin::own_loopback_ip(), 0).into()).await
-    }
-
-    async fn start_on(addr: std::net::SocketAddr) -> Blackhole {
-        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-        socket.set_reuseaddr(true).expect("SO_REUSEADDR");
-        socket.bind(addr).expect("bind the blackhole");
-        let listener = socket.listen(0).expect("listen");
-        let queued = TcpStream::connect(listener.local_addr().expect("address"))
-            .await
-            .expect("fill the accept queue");
-        Blackhole {
-            listener,
-            _queued: queued,
-        }
-    }
-
-    fn addr(&self) -> std::net::SocketAddr {
-        self.listener.local_addr().expect("address")
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1200,7 +992,7 @@ async fn a_down_origin_is_retried_by_one_request_while_the_others_get_the_page_a
         let edge = &edge;
         async move {
             let started = Instant::now();
-            let mut conn = RawH1::connect(edge).await;
+            let mut conn = RawConn::connect(edge.addr()).await;
             let got = conn.request("GET", down, path, &[]).await;
             (got, started.elapsed())
         }
@@ -1213,7 +1005,9 @@ async fn a_down_origin_is_retried_by_one_request_while_the_others_get_the_page_a
         "first: {first_took:?}"
     );
     assert!(
-        wait_log_line(&edge, &["origin server", down, "is down"], Duration::from_secs(2)).await,
+        log_line_within(&edge, &["origin server", down, "is down"], Duration::from_secs(2))
+            .await
+            .is_some(),
         "{}",
         log_tail(&edge)
     );
@@ -1222,7 +1016,7 @@ async fn a_down_origin_is_retried_by_one_request_while_the_others_get_the_page_a
     // not queued behind its cache lock either), are answered at once.
     let while_second_retries = async {
         tokio::time::sleep(Duration::from_millis(400)).await;
-        let mut conn = RawH1::connect(&edge).await;
+        let mut conn = RawConn::connect(edge.addr()).await;
         let mut answers = Vec::new();
         for _ in 0..3 {
             let started = Instant::now();
@@ -1267,12 +1061,13 @@ async fn a_down_origin_is_retried_by_one_request_while_the_others_get_the_page_a
     );
     assert!(started.elapsed() < prompt, "took {:?}", started.elapsed());
     assert!(
-        wait_log_line(
+        log_line_within(
             &edge,
             &["origin server", down, "is back up"],
             Duration::from_secs(2)
         )
-        .await,
+        .await
+        .is_some(),
         "{}",
         log_tail(&edge)
     );
@@ -1386,16 +1181,9 @@ async fn errors_to_requests_with_a_body_get_the_page_and_keep_the_connection() {
         assert_eq!(got.header("retry-after"), Some("5"), "{proto:?}: {got:#?}");
     }
 
-    let mut conn = RawH1::connect(&edge).await;
-    let length = payload.len().to_string();
+    let mut conn = RawConn::connect(edge.addr()).await;
     for path in ["/upload", "/upload"] {
-        let head =
-            format!("POST {path} HTTP/1.1\r\nHost: {EXP}\r\nContent-Length: {length}\r\n\r\n{payload}");
-        conn.stream.write_all(head.as_bytes()).await.unwrap();
-        conn.sent.push(format!("POST {path}"));
-        let got = tokio::time::timeout(Duration::from_secs(10), conn.read_response(false))
-            .await
-            .expect("a response");
+        let got = conn.request_with_body("POST", EXP, path, &[], &payload).await;
         assert_raw_page(&got, 404, PAGE_404, PAGE_404_TYPE, &edge);
     }
     let ok = conn.request("GET", EXP, "/ok", &[]).await;
@@ -1813,7 +1601,9 @@ async fn substitutions_are_logged_with_domain_rule_and_cause() {
         ["DEBUG", "down.example.com/lost", "rule 5xx", "edge 502"],
     ] {
         assert!(
-            wait_log_line(&edge, &needles, Duration::from_secs(2)).await,
+            log_line_within(&edge, &needles, Duration::from_secs(2))
+                .await
+                .is_some(),
             "no log line with {needles:?}\n{}",
             log_tail(&edge)
         );

@@ -3,7 +3,7 @@
 mod common;
 
 use common::origin::{Origin, Reply};
-use common::{client, domain_yaml, get, Edge, EdgeOptions, Proto, PROTOS};
+use common::{client, domain_yaml, get, wait_until, Admin, Edge, EdgeOptions, Proto, PROTOS};
 use std::process::Command;
 use std::time::Duration;
 
@@ -496,17 +496,6 @@ async fn a_down_origin_is_logged_once_a_second_not_once_a_request() {
     assert!(!log.contains("Fail to proxy"), "{log}");
 }
 
-/// `/api/status` of an edge started with admin token `t0ken`.
-async fn status(edge: &Edge) -> serde_json::Value {
-    let c = reqwest::Client::builder().no_proxy().build().unwrap();
-    let got = common::send(
-        c.get(format!("http://127.0.0.1:{}/api/status", edge.admin_port))
-            .bearer_auth("t0ken"),
-    )
-    .await;
-    serde_json::from_str(&got.body).unwrap()
-}
-
 /// Replaces a file the way editors save: a new file renamed over the old one.
 fn save_like_an_editor(path: &std::path::Path, text: &str) {
     let tmp = path.with_extension("swp");
@@ -517,33 +506,23 @@ fn save_like_an_editor(path: &std::path::Path, text: &str) {
 #[tokio::test(flavor = "multi_thread")]
 async fn edge_file_changes_are_seen_after_editor_saves_and_logs_beside_it_are_ignored() {
     let origin = Origin::start().await;
-    let options = EdgeOptions {
-        env: vec![("CUSTOM_PAGES_ADMIN_TOKEN".into(), "t0ken".into())],
-        ..EdgeOptions::default()
-    };
-    let edge = Edge::start_with(
-        options,
-        &[("a.yaml", domain_yaml("a.example.com", origin.addr(), ""))],
-    );
+    let edge = Edge::start(&[("a.yaml", domain_yaml("a.example.com", origin.addr(), ""))]);
+    let admin = Admin::new(&edge);
     let edge_file = edge.dir().join("edge.yaml");
     let original = std::fs::read_to_string(&edge_file).unwrap();
-    let version = status(&edge).await["version"].clone();
+    let version = admin.version().await;
     // A busy log beside the edge file triggers no reload.
     for i in 0..50 {
         std::fs::write(edge.dir().join("beside.log"), format!("line {i}\n")).unwrap();
     }
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(
-        status(&edge).await["version"],
-        version,
-        "a log file caused a reload"
-    );
+    assert_eq!(admin.version().await, version, "a log file caused a reload");
 
     let restart_required = |threads: &'static str| {
-        let edge = &edge;
+        let (edge, admin) = (&edge, &admin);
         async move {
             for _ in 0..40 {
-                let s = status(edge).await;
+                let s = admin.status().await;
                 let keys: Vec<String> = serde_json::from_value(s["restart_required"].clone()).unwrap();
                 if keys.contains(&"threads".to_string()) == (threads == "3") {
                     return keys;
@@ -596,16 +575,6 @@ fn signal(pid: u32, name: &str) {
     assert!(status.success(), "kill -{name} {pid}");
 }
 
-async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    for _ in 0..200 {
-        if done() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting until {what}");
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn dash_u_takes_over_the_listeners_of_a_running_edge() {
     let origin = Origin::start().await;
@@ -625,7 +594,7 @@ async fn dash_u_takes_over_the_listeners_of_a_running_edge() {
         .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     signal(old.pid(), "QUIT");
-    wait_until("the old edge exits", || !old.running()).await;
+    wait_until("the old edge exits", || std::future::ready(!old.running())).await;
     let got = get(&c, &url).await;
     let _ = new.kill();
     let _ = new.wait();
@@ -671,8 +640,10 @@ async fn dash_d_runs_in_the_background_and_still_logs_requests() {
         String::from_utf8_lossy(&started.stderr)
     );
     wait_until("the daemon writes its pid and listens", || {
-        std::fs::read_to_string(&pid_file).is_ok_and(|p| !p.trim().is_empty())
-            && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        std::future::ready(
+            std::fs::read_to_string(&pid_file).is_ok_and(|p| !p.trim().is_empty())
+                && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        )
     })
     .await;
     let pid: u32 = std::fs::read_to_string(&pid_file)
@@ -689,7 +660,8 @@ async fn dash_d_runs_in_the_background_and_still_logs_requests() {
     .await;
     let log = dir.path().join("access.log");
     wait_until("the access log has the request", || {
-        std::fs::read_to_string(&log).is_ok_and(|text| text.contains("\"GET / HTTP/1.1\" 200"))
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        std::future::ready(text.contains("\"GET / HTTP/1.1\" 200"))
     })
     .await;
     assert_eq!(got.body, "daemon");

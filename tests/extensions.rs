@@ -202,12 +202,8 @@ fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_count_requests_pages_and_fetches() {
     let origin = origin_with_pages().await;
-    let options = EdgeOptions {
-        env: vec![("CUSTOM_PAGES_ADMIN_TOKEN".into(), "t0ken".into())],
-        ..EdgeOptions::default()
-    };
     let edge = Edge::start_with(
-        options,
+        EdgeOptions::default(),
         &[(
             "a.yaml",
             domain_yaml("a.example.com", origin.addr(), &rules("a.example.com")),

@@ -1,5 +1,5 @@
-//! Hardening (issue 6): broken origins, hostile clients and page fetch limits, against the real
-//! edge binary.
+//! Hardening: broken origins, hostile clients and page fetch limits, against the real edge
+//! binary.
 //!
 //! Every test starts its own origin(s) and edge, so tests run in parallel. `domain_yaml` gives
 //! each domain `connect_timeout: 1s` and `read_timeout: 2s`; the harness's edge file has
@@ -8,7 +8,7 @@
 //! Each test ends by checking that the edge process is still running, and every answer body a
 //! hostile input got is checked for internal error text (panics, Rust error types, "pingora").
 //!
-//! Limits these tests rely on (documented for operators in the report of issue 6):
+//! Limits these tests rely on (documented for operators in the README's "Limits and hostile input"):
 //! - request head: Pingora reads at most 1 MiB (`MAX_HEADER_SIZE`) and 256 header lines per
 //!   HTTP/1.1 request head; larger heads are refused (400 or the connection is closed);
 //! - slow request heads: a slowloris connection costs one idle task and a socket, never a worker
@@ -27,17 +27,15 @@
 
 mod common;
 
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use common::origin::{Origin, Reply};
-use common::{client, domain_yaml, Edge, EdgeOptions, Proto, PROTOS};
-use common::{log_line, log_tail, start_edge, RawResponse};
+use common::raw::{exchange, exchange_all, get_request};
+use common::{client, domain_yaml, time_until, wait_fetched, wait_log_line, Admin, Edge};
+use common::{log_line, log_tail, start_edge, EdgeOptions, Proto, RawConn, PROTOS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -53,37 +51,24 @@ const FAULT_BOUND: Duration = Duration::from_secs(4);
 const PROMPT: Duration = Duration::from_secs(1);
 /// Words that would reveal internals in an answer body.
 const INTERNAL_WORDS: [&str; 6] = ["panic", "error::", "pingora", "backtrace", "thread '", "unwrap"];
-const TOKEN: &str = "t0ken";
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-fn with_admin() -> EdgeOptions {
-    EdgeOptions {
-        env: vec![("CUSTOM_PAGES_ADMIN_TOKEN".into(), TOKEN.into())],
-        ..EdgeOptions::default()
-    }
+/// Waits until the admin API shows a failed fetch of page `url`: its `last_error`.
+async fn wait_page_error(admin: &Admin, url: &str) -> String {
+    let shown = || async { page_error(admin, url).await.is_some() };
+    time_until(Duration::from_secs(10), shown).await;
+    page_error(admin, url)
+        .await
+        .unwrap_or_else(|| panic!("no failed fetch of {url} shown"))
 }
 
-/// Waits until the edge's log has a line containing every one of `needles`; panics otherwise.
-async fn wait_log_line(edge: &Edge, needles: &[&str]) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(line) = log_line(edge, needles) {
-            return line;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no log line with {needles:?}\n{}",
-            log_tail(edge)
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-async fn wait_fetched(edge: &Edge, url: &str) {
-    wait_log_line(edge, &[&format!("custom page {url} fetched")]).await;
+async fn page_error(admin: &Admin, url: &str) -> Option<String> {
+    let rules = admin.rules(EXP).await;
+    let rule = rules.iter().find(|rule| rule["page"]["url"] == url)?;
+    rule["page"]["last_error"].as_str().map(str::to_string)
 }
 
 /// The page as the origin serves it.
@@ -290,187 +275,6 @@ impl RssSampler {
 const MIB: u64 = 1024 * 1024;
 
 // ---------------------------------------------------------------------------------------------
-// A raw HTTP/1.1 client, for inputs no HTTP library would send.
-// ---------------------------------------------------------------------------------------------
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-/// A parsed response head: status, headers (names lower-cased), length of the head.
-type Head = (u16, Vec<(String, String)>, usize);
-
-/// Parses the head at the start of `buf`.
-fn parse_head(buf: &[u8]) -> Option<Head> {
-    let end = find(buf, b"\r\n\r\n")? + 4;
-    let head = String::from_utf8_lossy(&buf[..end - 4]).into_owned();
-    let mut lines = head.split("\r\n");
-    let status = lines.next()?.split(' ').nth(1)?.parse().unwrap_or(0);
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    Some((status, headers, end))
-}
-
-/// A complete response at the start of `buf` and its length, or `None` if more is needed
-/// (responses framed by the connection's close are never complete here).
-fn parse_response(buf: &[u8], head_request: bool) -> Option<(RawResponse, usize)> {
-    let (status, headers, head_len) = parse_head(buf)?;
-    let mut reply = RawResponse {
-        status,
-        headers,
-        body: Vec::new(),
-        complete: true,
-    };
-    if head_request || status == 204 || status == 304 || (100..200).contains(&status) {
-        return Some((reply, head_len));
-    }
-    let chunked = reply
-        .header("transfer-encoding")
-        .is_some_and(|te| te.to_ascii_lowercase().contains("chunked"));
-    if chunked {
-        let mut pos = head_len;
-        loop {
-            let line_end = pos + find(&buf[pos..], b"\r\n")?;
-            let size_text = String::from_utf8_lossy(&buf[pos..line_end]).into_owned();
-            let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
-            pos = line_end + 2;
-            if size == 0 {
-                // Trailers up to the empty line.
-                loop {
-                    let end = pos + find(&buf[pos..], b"\r\n")?;
-                    let empty = end == pos;
-                    pos = end + 2;
-                    if empty {
-                        return Some((reply, pos));
-                    }
-                }
-            }
-            if buf.len() < pos + size + 2 {
-                return None;
-            }
-            reply.body.extend_from_slice(&buf[pos..pos + size]);
-            pos += size + 2;
-        }
-    }
-    let length: usize = reply.header("content-length")?.parse().ok()?;
-    if buf.len() < head_len + length {
-        return None;
-    }
-    reply.body = buf[head_len..head_len + length].to_vec();
-    Some((reply, head_len + length))
-}
-
-struct RawConn {
-    stream: TcpStream,
-    buf: Vec<u8>,
-    closed: bool,
-}
-
-impl RawConn {
-    async fn connect(addr: SocketAddr) -> RawConn {
-        RawConn {
-            stream: TcpStream::connect(addr).await.expect("connect to the edge"),
-            buf: Vec::new(),
-            closed: false,
-        }
-    }
-
-    /// Writes `bytes`; false if the edge closed the connection meanwhile.
-    async fn send(&mut self, bytes: &[u8]) -> bool {
-        self.stream.write_all(bytes).await.is_ok() && self.stream.flush().await.is_ok()
-    }
-
-    /// Reads one response within `within`. `None` when the connection closed (or nothing came)
-    /// before a response head; an incomplete response has `complete: false`.
-    async fn response(&mut self, within: Duration, head_request: bool) -> Option<RawResponse> {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            if let Some((reply, used)) = parse_response(&self.buf, head_request) {
-                self.buf.drain(..used);
-                return Some(reply);
-            }
-            let mut chunk = vec![0u8; 64 * 1024];
-            let read = tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await;
-            match read {
-                Ok(Ok(n)) if n > 0 => self.buf.extend_from_slice(&chunk[..n]),
-                ended => {
-                    // Closed, reset or out of time: whatever head arrived, with its partial body.
-                    self.closed = ended.is_ok();
-                    let (status, headers, head_len) = parse_head(&self.buf)?;
-                    let mut reply = RawResponse {
-                        status,
-                        headers,
-                        body: self.buf.split_off(head_len),
-                        complete: false,
-                    };
-                    // Without Content-Length or chunked, the close ends a complete body.
-                    reply.complete = self.closed
-                        && reply.header("content-length").is_none()
-                        && reply.header("transfer-encoding").is_none();
-                    self.buf.clear();
-                    return Some(reply);
-                }
-            }
-        }
-    }
-
-    /// Reads responses until the connection closes or none comes within `idle`.
-    async fn responses(&mut self, idle: Duration) -> Vec<RawResponse> {
-        let mut replies = Vec::new();
-        while !self.closed {
-            match self.response(idle, false).await {
-                Some(reply) => replies.push(reply),
-                None => break,
-            }
-        }
-        replies
-    }
-
-    /// Whether the edge closed the connection (now or within `within`).
-    async fn closed_by_peer(&mut self, within: Duration) -> bool {
-        if self.closed {
-            return true;
-        }
-        let mut chunk = [0u8; 1024];
-        match tokio::time::timeout(within, self.stream.read(&mut chunk)).await {
-            Err(_) => false,
-            Ok(Ok(0)) | Ok(Err(_)) => true,
-            Ok(Ok(n)) => {
-                self.buf.extend_from_slice(&chunk[..n]);
-                false
-            }
-        }
-    }
-}
-
-/// Sends `request` on a new connection and reads the first response (within 5 s); also says
-/// whether the edge then closed the connection.
-async fn raw_exchange(edge: &Edge, request: &[u8]) -> (Option<RawResponse>, bool) {
-    let mut conn = RawConn::connect(edge.addr()).await;
-    // A refused write (the edge closed early on an oversize head) is an answer too.
-    let _ = conn.send(request).await;
-    let reply = conn.response(Duration::from_secs(5), false).await;
-    let closed = conn.closed_by_peer(Duration::from_millis(200)).await;
-    (reply, closed)
-}
-
-/// Sends `request` on a new connection and reads every response until the edge closes the
-/// connection or stays silent for 1 s (to see whether a second, smuggled, request was answered).
-async fn raw_exchange_all(edge: &Edge, request: &[u8]) -> (Vec<RawResponse>, bool) {
-    let mut conn = RawConn::connect(edge.addr()).await;
-    let _ = conn.send(request).await;
-    let replies = conn.responses(Duration::from_secs(1)).await;
-    let closed = conn.closed_by_peer(Duration::from_millis(200)).await;
-    (replies, closed)
-}
-
-fn get_request(host: &str, target: &str) -> Vec<u8> {
-    format!("GET {target} HTTP/1.1\r\nHost: {host}\r\n\r\n").into_bytes()
-}
-
-// ---------------------------------------------------------------------------------------------
 // 1. Origin faults
 // ---------------------------------------------------------------------------------------------
 
@@ -538,7 +342,7 @@ async fn faults_before_the_response_head_get_the_5xx_page_and_leave_nothing_cach
         })
     });
     let probe = probe_latency(&edge, EXP, READ_TIMEOUT + Duration::from_millis(500));
-    let (results, slowest) = tokio::join!(join_all(runs), probe);
+    let (results, slowest) = tokio::join!(futures::future::join_all(runs), probe);
     let mut failures = Vec::new();
     if slowest >= PROMPT {
         failures.push(format!("/ok took {slowest:?} while the faults were in flight"));
@@ -653,7 +457,11 @@ async fn faults_after_the_response_head_truncate_the_stream_and_leave_nothing_ca
         }
     });
     let probe = probe_latency(&edge, EXP, READ_TIMEOUT + Duration::from_millis(500));
-    let (results, raw_results, slowest) = tokio::join!(join_all(runs), join_all(raw_runs), probe);
+    let (results, raw_results, slowest) = tokio::join!(
+        futures::future::join_all(runs),
+        futures::future::join_all(raw_runs),
+        probe
+    );
     let mut failures = Vec::new();
     if slowest >= PROMPT {
         failures.push(format!("/ok took {slowest:?} while the faults were in flight"));
@@ -778,7 +586,7 @@ impl StreamOrigin {
         let mut buf = Vec::new();
         loop {
             let head_end = loop {
-                if let Some(end) = find(&buf, b"\r\n\r\n") {
+                if let Some(end) = common::raw::find(&buf, b"\r\n\r\n") {
                     break end + 4;
                 }
                 let mut chunk = [0u8; 4096];
@@ -1050,7 +858,7 @@ async fn slowloris_does_not_delay_other_clients() {
         }
         slowest
     };
-    let (slow_replies, slowest) = tokio::join!(join_all(slow), normal);
+    let (slow_replies, slowest) = tokio::join!(futures::future::join_all(slow), normal);
     println!("slowest normal request during the slowloris: {slowest:?}");
     assert!(
         slowest < Duration::from_millis(500),
@@ -1106,7 +914,7 @@ async fn idle_and_stalled_connections_are_closed_in_bounded_time() {
             }
         }
     });
-    let closed = join_all(runs).await;
+    let closed = futures::future::join_all(runs).await;
     println!("{closed:#?}");
     let open: Vec<&str> = closed
         .iter()
@@ -1144,7 +952,7 @@ async fn oversize_headers_and_urls_are_refused_without_harm() {
         ),
     ];
     for (what, request) in &cases {
-        let (reply, closed) = raw_exchange(&edge, request.as_bytes()).await;
+        let (reply, closed) = exchange(edge.addr(), request.as_bytes()).await;
         match reply.as_ref() {
             Some(reply) => {
                 assert!(
@@ -1180,7 +988,7 @@ async fn oversize_headers_and_urls_are_refused_without_harm() {
 
     // A long but reasonable URL still works.
     let long = format!("/ok?{}", "q".repeat(8 * 1024));
-    let (reply, _) = raw_exchange(&edge, &get_request(EXP, &long)).await;
+    let (reply, _) = exchange(edge.addr(), &get_request(EXP, &long)).await;
     assert_eq!(
         reply.as_ref().map(|r| (r.status, r.text())),
         Some((200, "fine".into()))
@@ -1208,7 +1016,7 @@ async fn invalid_methods_are_refused() {
     ];
     for request in cases {
         let what = String::from_utf8_lossy(&request[..16]).into_owned();
-        let (reply, closed) = raw_exchange(&edge, request).await;
+        let (reply, closed) = exchange(edge.addr(), request).await;
         match reply.as_ref() {
             Some(reply) => {
                 assert!(
@@ -1233,8 +1041,8 @@ async fn invalid_methods_are_refused() {
         "invalid requests reached the origin: {reached:?}"
     );
     // An unknown but well-formed method is an ordinary request.
-    let (reply, _) = raw_exchange(
-        &edge,
+    let (reply, _) = exchange(
+        edge.addr(),
         b"BREW /ok?teapot HTTP/1.1\r\nHost: exp.example.com\r\nContent-Length: 0\r\n\r\n",
     )
     .await;
@@ -1317,7 +1125,7 @@ async fn smuggling_attempts_never_reach_the_origin_as_a_second_request() {
     ];
     let mut report = Vec::new();
     for (what, request) in &cases {
-        let (replies, closed) = raw_exchange_all(&edge, request.as_bytes()).await;
+        let (replies, closed) = exchange_all(edge.addr(), request.as_bytes()).await;
         for reply in &replies {
             assert_no_internal_text(&reply.body, what);
         }
@@ -1395,7 +1203,7 @@ async fn host_spellings_route_to_the_right_domain_and_share_its_cache_key() {
         ("B.example.COM".to_string(), "b"),
         ("b.example.com.:443".to_string(), "b"),
     ] {
-        let (reply, _) = raw_exchange(&edge, &get_request(&host, "/")).await;
+        let (reply, _) = exchange(edge.addr(), &get_request(&host, "/")).await;
         let reply = reply.unwrap_or_else(|| panic!("Host {host:?}: no answer"));
         assert_eq!(
             (reply.status, reply.text()),
@@ -1413,7 +1221,7 @@ async fn host_spellings_route_to_the_right_domain_and_share_its_cache_key() {
         "a.example.com:1",
     ];
     for (i, host) in spellings.iter().enumerate() {
-        let (reply, _) = raw_exchange(&edge, &get_request(host, "/c")).await;
+        let (reply, _) = exchange(edge.addr(), &get_request(host, "/c")).await;
         let reply = reply.unwrap_or_else(|| panic!("Host {host:?}: no answer"));
         let expected = if i == 0 { "MISS" } else { "HIT" };
         assert_eq!(
@@ -1422,7 +1230,7 @@ async fn host_spellings_route_to_the_right_domain_and_share_its_cache_key() {
             "Host {host:?}"
         );
     }
-    let (reply, _) = raw_exchange(&edge, &get_request("B.EXAMPLE.COM.", "/c")).await;
+    let (reply, _) = exchange(edge.addr(), &get_request("B.EXAMPLE.COM.", "/c")).await;
     let reply = reply.expect("an answer");
     assert_eq!(
         (reply.text(), reply.header("x-cache")),
@@ -1465,7 +1273,7 @@ async fn ambiguous_host_fields_never_cross_domains() {
     ];
     let mut report = Vec::new();
     for (what, request) in &cases {
-        let (reply, closed) = raw_exchange(&edge, request.as_bytes()).await;
+        let (reply, closed) = exchange(edge.addr(), request.as_bytes()).await;
         let reply = reply.as_ref();
         report.push(format!(
             "{what}: {:?}, closed {closed}",
@@ -1507,7 +1315,7 @@ async fn absolute_form_target_never_crosses_domains() {
 
     // Target b, Host a: refused, or b's (authority wins) and only b's.
     let request = b"GET http://b.example.com/c?mixed HTTP/1.1\r\nHost: a.example.com\r\n\r\n";
-    let (reply, _) = raw_exchange(&edge, request).await;
+    let (reply, _) = exchange(edge.addr(), request).await;
     let reply = reply.expect("an answer to the absolute-form request");
     println!("absolute-form b with Host a: {} {:?}", reply.status, reply.text());
     assert_no_internal_text(&reply.body, "absolute-form");
@@ -1515,7 +1323,7 @@ async fn absolute_form_target_never_crosses_domains() {
     if reply.status == 200 {
         assert_eq!(reply.text(), "cacheable of b");
         assert_eq!(b.requests("/c")[0].header("host"), Some("b.example.com"));
-        let (again, _) = raw_exchange(&edge, &get_request("b.example.com", "/c?mixed")).await;
+        let (again, _) = exchange(edge.addr(), &get_request("b.example.com", "/c?mixed")).await;
         assert_eq!(
             again.expect("answer").header("x-cache"),
             Some("HIT"),
@@ -1528,7 +1336,7 @@ async fn absolute_form_target_never_crosses_domains() {
 
     // Target b, Host b: routed to b, forwarded as b, cached under b only.
     let request = b"GET http://b.example.com/c?agreed HTTP/1.1\r\nHost: b.example.com\r\n\r\n";
-    let (reply, _) = raw_exchange(&edge, request).await;
+    let (reply, _) = exchange(edge.addr(), request).await;
     let reply = reply.expect("an answer");
     assert_eq!(
         (reply.status, reply.text(), reply.header("x-cache")),
@@ -1542,13 +1350,13 @@ async fn absolute_form_target_never_crosses_domains() {
         Some("b.example.com"),
         "{forwarded:?}"
     );
-    let (reply, _) = raw_exchange(&edge, &get_request("b.example.com", "/c?agreed")).await;
+    let (reply, _) = exchange(edge.addr(), &get_request("b.example.com", "/c?agreed")).await;
     let reply = reply.expect("an answer");
     assert_eq!(
         (reply.text(), reply.header("x-cache")),
         ("cacheable of b".to_string(), Some("HIT"))
     );
-    let (reply, _) = raw_exchange(&edge, &get_request("a.example.com", "/c?agreed")).await;
+    let (reply, _) = exchange(edge.addr(), &get_request("a.example.com", "/c?agreed")).await;
     let reply = reply.expect("an answer");
     assert_eq!(
         (reply.text(), reply.header("x-cache")),
@@ -1560,13 +1368,13 @@ async fn absolute_form_target_never_crosses_domains() {
         "GET http://a.example.com:{port}/ HTTP/1.1\r\nHost: a.example.com:{port}\r\n\r\n",
         port = edge.port
     );
-    let (reply, _) = raw_exchange(&edge, request.as_bytes()).await;
+    let (reply, _) = exchange(edge.addr(), request.as_bytes()).await;
     assert_eq!(reply.map(|r| r.text()), Some("site a".to_string()));
 
     // A name the edge does not serve.
     let before = a.all_requests().len() + b.all_requests().len();
     let request = b"GET http://elsewhere.example.org/ HTTP/1.1\r\nHost: elsewhere.example.org\r\n\r\n";
-    let (reply, _) = raw_exchange(&edge, request).await;
+    let (reply, _) = exchange(edge.addr(), request).await;
     let reply = reply.expect("an answer for an unknown absolute-form host");
     assert_eq!(reply.status, 404, "{reply:?}");
     assert_no_internal_text(&reply.body, "unknown absolute-form host");
@@ -1676,7 +1484,7 @@ async fn block_paths_holds_against_other_spellings_of_a_blocked_path() {
     ] {
         let before = origin.all_requests().len();
         let request = format!("{line}\r\nHost: {EXP}\r\n\r\n");
-        let (reply, _) = raw_exchange(&edge, request.as_bytes()).await;
+        let (reply, _) = exchange(edge.addr(), request.as_bytes()).await;
         let status = reply.map(|r| r.status);
         let reached: Vec<String> = origin.all_requests()[before..]
             .iter()
@@ -1693,29 +1501,6 @@ async fn block_paths_holds_against_other_spellings_of_a_blocked_path() {
 // ---------------------------------------------------------------------------------------------
 // 3. Page fetch limits
 // ---------------------------------------------------------------------------------------------
-
-fn admin_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .expect("admin client")
-}
-
-async fn refresh(admin: &reqwest::Client, edge: &Edge, domain: &str, code: &str) -> (u16, String) {
-    let url = format!(
-        "http://127.0.0.1:{}/api/domains/{domain}/custom-pages/{code}/refresh",
-        edge.admin_port
-    );
-    let resp = admin
-        .post(url)
-        .header("authorization", format!("Bearer {TOKEN}"))
-        .send()
-        .await
-        .expect("refresh call");
-    let status = resp.status().as_u16();
-    (status, resp.text().await.unwrap_or_default())
-}
 
 /// A 50 MiB page (max_size 64 KiB) is cut off after max_size, never buffered whole: the edge's
 /// memory does not move while it is fetched again and again, the page is rejected with a warning
@@ -1742,22 +1527,24 @@ async fn a_50_mib_page_is_cut_off_at_max_size_without_buffering_it() {
     origin.route("/boom", Reply::new(500).body("origin 500"));
     let rules = "custom_pages:\n  - code: 404\n    url: http://exp.example.com/huge-chunked.html\n  - code: 500\n    url: http://exp.example.com/huge-until-close.html\n";
     let mut edge = start_edge(
-        with_admin(),
+        EdgeOptions::default(),
         vec![("exp.yaml", domain_yaml(EXP, origin.addr(), rules))],
     )
     .await;
+    let admin = Admin::new(&edge);
     for page in ["huge-chunked.html", "huge-until-close.html"] {
+        let error = wait_page_error(&admin, &format!("http://{EXP}/{page}")).await;
+        assert!(error.contains("max_size"), "{page}: {error}");
         let line = wait_log_line(&edge, &["WARN", page, "max_size"]).await;
         println!("{line}");
     }
     let before = rss_bytes(edge.pid());
     let sampler = RssSampler::start(edge.pid());
-    let admin = admin_client();
     for _ in 0..3 {
         for code in ["404", "500"] {
-            let (status, text) = refresh(&admin, &edge, EXP, code).await;
-            assert_eq!(status, 502, "refresh of {code}: {text}");
-            assert!(text.contains("max_size"), "refresh of {code}: {text}");
+            let answer = admin.refresh(EXP, code).await;
+            assert_eq!(answer.status, 502, "refresh of {code}: {answer:?}");
+            assert!(answer.text.contains("max_size"), "refresh of {code}: {answer:?}");
         }
     }
     let peak = sampler.stop();
@@ -1812,8 +1599,12 @@ async fn a_page_answered_with_a_redirect_is_not_followed() {
         vec![("exp.yaml", domain_yaml(EXP, origin.addr(), rules))],
     )
     .await;
-    wait_log_line(&edge, &["WARN", "moved.html", "302"]).await;
-    wait_log_line(&edge, &["WARN", "relative.html", "301"]).await;
+    let admin = Admin::new(&edge);
+    for (page, status) in [("moved.html", "302"), ("relative.html", "301")] {
+        let error = wait_page_error(&admin, &format!("http://{EXP}/{page}")).await;
+        assert!(error.contains(status), "{page}: {error}");
+        wait_log_line(&edge, &["WARN", page, status]).await;
+    }
     for proto in PROTOS {
         let c = fresh_client(&edge, proto, &[EXP]);
         for (path, status) in [("/missing", 404), ("/gone", 410)] {
@@ -1840,23 +1631,22 @@ async fn a_refresh_storm_makes_one_fetch_per_page() {
     origin.route("/error5xx.html", page_reply(PAGE_5XX).delay(delay));
     let rules = "custom_pages:\n  - code: 404\n    url: http://exp.example.com/error404.html\n  - code: \"5xx\"\n    url: http://exp.example.com/error5xx.html\n";
     let mut edge = start_edge(
-        with_admin(),
+        EdgeOptions::default(),
         vec![("exp.yaml", domain_yaml(EXP, origin.addr(), rules))],
     )
     .await;
     wait_fetched(&edge, "http://exp.example.com/error404.html").await;
     wait_fetched(&edge, PAGE_5XX_URL).await;
     let before = (origin.hits("/error404.html"), origin.hits("/error5xx.html"));
-    let admin = admin_client();
+    let admin = Admin::new(&edge);
     let started = Instant::now();
-    let storm = (0..20).flat_map(|_| ["404", "5xx"]).map(|code| {
-        let (admin, edge) = (&admin, &edge);
-        async move { refresh(admin, edge, EXP, code).await }
-    });
-    let answers = join_all(storm).await;
+    let storm = (0..20)
+        .flat_map(|_| ["404", "5xx"])
+        .map(|code| admin.refresh(EXP, code));
+    let answers = futures::future::join_all(storm).await;
     let elapsed = started.elapsed();
-    for (status, text) in &answers {
-        assert_eq!(*status, 200, "{text}");
+    for answer in &answers {
+        assert_eq!(answer.status, 200, "{answer:?}");
     }
     let fetches = (
         origin.hits("/error404.html") - before.0,
@@ -1882,30 +1672,16 @@ async fn a_refresh_storm_makes_one_fetch_per_page() {
 async fn a_rule_change_does_not_claim_the_edge_file_needs_a_restart() {
     let origin = origin_with_page().await;
     let mut edge = start_edge(
-        with_admin(),
+        EdgeOptions::default(),
         vec![("exp.yaml", domain_yaml(EXP, origin.addr(), RULE_5XX))],
     )
     .await;
-    let admin = admin_client();
-    let base = format!("http://127.0.0.1:{}/api", edge.admin_port);
-    let resp = admin
-        .put(format!("{base}/domains/{EXP}/custom-pages/404"))
-        .header("authorization", format!("Bearer {TOKEN}"))
-        .body(format!("{{\"url\": \"{PAGE_5XX_URL}\"}}"))
-        .send()
-        .await
-        .expect("PUT");
-    assert_eq!(resp.status().as_u16(), 201);
-    let text = admin
-        .get(format!("{base}/status"))
-        .header("authorization", format!("Bearer {TOKEN}"))
-        .send()
-        .await
-        .expect("GET status")
-        .text()
-        .await
-        .expect("status body");
-    let status: serde_json::Value = serde_json::from_str(&text).expect("status JSON");
+    let admin = Admin::new(&edge);
+    let put = admin
+        .put_rule(EXP, "404", &serde_json::json!({"url": PAGE_5XX_URL}))
+        .await;
+    assert_eq!(put.status, 201, "{put:?}");
+    let status = admin.status().await;
     assert_eq!(status["last_reload_ok"], true, "{status}");
     assert_eq!(
         status["restart_required"],
@@ -1919,34 +1695,4 @@ async fn a_rule_change_does_not_claim_the_edge_file_needs_a_restart() {
         log_tail(&edge)
     );
     assert_running(&mut edge);
-}
-
-// ---------------------------------------------------------------------------------------------
-
-/// Awaits every future concurrently on this task, keeping their order (the tests have no
-/// `futures` crate; unlike `tokio::spawn` this lets the futures borrow).
-async fn join_all<F: Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
-    let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
-    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
-            if output.is_none() {
-                match future.as_mut().poll(cx) {
-                    Poll::Ready(value) => *output = Some(value),
-                    Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            Poll::Pending
-        } else {
-            Poll::Ready(())
-        }
-    })
-    .await;
-    outputs
-        .into_iter()
-        .map(|o| o.expect("every future finished"))
-        .collect()
 }

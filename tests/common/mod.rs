@@ -1,9 +1,17 @@
 //! Test harness: the real `custom-pages` binary on ephemeral ports with a configuration written
 //! to a temporary folder, a scriptable origin, and HTTP/1.1 and h2c clients.
 
-#![allow(dead_code)]
+// Each test binary uses a part of the harness.
+#![allow(dead_code, unused_imports)]
 
+pub mod admin;
 pub mod origin;
+pub mod raw;
+pub mod wait;
+
+pub use admin::{wait_fetched, Admin, TOKEN, TOKEN_ENV};
+pub use raw::{RawConn, RawResponse};
+pub use wait::{log_line_within, time_until, wait_log_line, wait_until};
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -39,7 +47,8 @@ pub struct Edge {
 pub struct EdgeOptions {
     /// Extra lines for edge.yaml (top-level keys other than listen/domains/admin/server).
     pub edge_extra: String,
-    /// Environment variables for the process.
+    /// Environment variables for the process; by default the admin token [`TOKEN`], so tests
+    /// can wait on the state the API shows.
     pub env: Vec<(String, String)>,
     /// The program to run instead of `custom-pages` (an example built on the library).
     pub program: Option<PathBuf>,
@@ -49,7 +58,7 @@ impl Default for EdgeOptions {
     fn default() -> Self {
         EdgeOptions {
             edge_extra: "pages:\n  max_size: 64KiB\n  refresh: 5m\n  fetch_timeout: 2s\n".into(),
-            env: Vec::new(),
+            env: vec![(TOKEN_ENV.into(), TOKEN.into())],
             program: None,
         }
     }
@@ -263,6 +272,13 @@ pub async fn start_edge(options: EdgeOptions, domains: Vec<(&'static str, String
         .expect("edge start")
 }
 
+/// Like [`start_edge`], on a prepared folder (see [`Edge::start_in`]).
+pub async fn start_edge_in(dir: tempfile::TempDir, options: EdgeOptions) -> Edge {
+    tokio::task::spawn_blocking(move || Edge::start_in(dir, options))
+        .await
+        .expect("edge start")
+}
+
 /// The last lines of the edge's log, to print when an assertion fails.
 pub fn log_tail(edge: &Edge) -> String {
     let log = edge.log();
@@ -281,29 +297,4 @@ pub fn log_line(edge: &Edge, needles: &[&str]) -> Option<String> {
         .lines()
         .find(|line| needles.iter().all(|n| line.contains(n)))
         .map(str::to_string)
-}
-
-/// One HTTP/1.1 response as read off the wire by a raw-socket client.
-#[derive(Debug, Default)]
-pub struct RawResponse {
-    pub status: u16,
-    /// Names lower-cased, in order.
-    pub headers: Vec<(String, String)>,
-    /// Decoded body (chunked framing removed); for an incomplete response, the bytes received.
-    pub body: Vec<u8>,
-    /// Whether the body was complete per its framing.
-    pub complete: bool,
-}
-
-impl RawResponse {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
 }

@@ -949,3 +949,36 @@ fn gzip(data: &[u8]) -> io::Result<Vec<u8>> {
     encoder.write_all(data)?;
     encoder.finish()
 }
+
+/// A listener whose accept queue is full: connections to it time out, as to an origin host
+/// that is down or overloaded. (With a backlog of 0 the queue holds one connection, which the
+/// listener keeps; later SYNs are dropped.)
+pub struct Blackhole {
+    listener: tokio::net::TcpListener,
+    /// The connection that fills the accept queue, kept open.
+    _queued: tokio::net::TcpStream,
+}
+
+impl Blackhole {
+    pub async fn start() -> Blackhole {
+        Blackhole::start_on((own_loopback_ip(), 0).into()).await
+    }
+
+    pub async fn start_on(addr: std::net::SocketAddr) -> Blackhole {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_reuseaddr(true).expect("SO_REUSEADDR");
+        socket.bind(addr).expect("bind the blackhole");
+        let listener = socket.listen(0).expect("listen");
+        let queued = tokio::net::TcpStream::connect(listener.local_addr().expect("address"))
+            .await
+            .expect("fill the accept queue");
+        Blackhole {
+            listener,
+            _queued: queued,
+        }
+    }
+
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.listener.local_addr().expect("address")
+    }
+}
