@@ -3,7 +3,7 @@ CARGO ?= cargo
 EDGE_CONF ?= conf/edge.yaml
 DEMO_ORIGIN ?= 127.0.0.1:8080
 
-.PHONY: all deps build run test lint bench profile soak clean
+.PHONY: all deps build run run-tls test lint bench profile soak clean
 
 all: build
 
@@ -24,6 +24,21 @@ run: build
 	./target/release/custom-pages -t -c $(EDGE_CONF) && \
 	echo "edge on :6188 - try: curl -i -H 'Host: exp.example.com' localhost:6188/missing" && \
 	./target/release/custom-pages -c $(EDGE_CONF)
+
+# The same demo also over HTTPS on 127.0.0.1:6443, with a self-signed certificate for
+# exp.example.com made once in target/demo-tls/ (see README, "HTTPS").
+TLS_DIR ?= target/demo-tls
+run-tls:
+	@command -v openssl >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null; }
+	@mkdir -p $(TLS_DIR)/domains
+	@test -f $(TLS_DIR)/exp.pem || openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+	  -days 30 -subj /CN=exp.example.com -addext subjectAltName=DNS:exp.example.com \
+	  -keyout $(TLS_DIR)/exp.key -out $(TLS_DIR)/exp.pem 2>/dev/null
+	@{ cat conf/edge.yaml; printf 'tls:\n  listen: ["127.0.0.1:6443"]\n'; } > $(TLS_DIR)/edge.yaml
+	@{ cat conf/domains/exp.example.com.yaml; printf 'tls: {cert: ../exp.pem, key: ../exp.key}\n'; } \
+	  > $(TLS_DIR)/domains/exp.example.com.yaml
+	@echo "HTTPS on :6443 - try: curl -i --cacert $(TLS_DIR)/exp.pem --resolve exp.example.com:6443:127.0.0.1 https://exp.example.com:6443/missing"
+	@$(MAKE) --no-print-directory run EDGE_CONF=$(TLS_DIR)/edge.yaml
 
 # The example programs are built first: tests run them as a user would.
 test: deps lint

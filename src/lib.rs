@@ -11,7 +11,8 @@
 //! | layer | modules | what |
 //! | --- | --- | --- |
 //! | contract | [`spec`] | the YAML contract as plain data: edge file, domain specs, value types, their checks |
-//! | features | [`metrics`], [`access_log`], [`filters`], [`cache`], [`upstream`] | each owns its types: Prometheus metrics; the access log; the filter API; cache key, Vary, policy and storage; origins, resolution, health and failover |
+//! | features | [`metrics`], [`access_log`], [`filters`], [`cache`], [`tls`] | each owns its types: Prometheus metrics; the access log; the filter API; cache key, Vary, policy and storage; certificates, the per-SNI resolver |
+//! | features | [`upstream`] | origins: resolution, peers (TLS through [`tls`]), health and failover |
 //! | features | [`pages`] | custom pages: rules, the page store (fetching through [`upstream`]), the response rewrite, the loop guard |
 //! | sources | [`source`] | where specs come from and where changes go: the [`source::ConfigSource`] trait and [`source::FileSource`] |
 //! | runtime | [`runtime`] | the live route table compiled from a source, reloads, and what survives them |
@@ -74,4 +75,5 @@ pub mod runtime;
 pub mod server;
 pub mod source;
 pub mod spec;
+pub mod tls;
 pub mod upstream;

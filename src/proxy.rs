@@ -9,6 +9,7 @@ use crate::metrics::{status_class, METRICS};
 use crate::pages::{self, guard, PageState};
 use crate::runtime::{Domain, Runtime};
 use crate::spec::values::normalize_host;
+use crate::tls;
 use crate::upstream::Attempt;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -43,6 +44,8 @@ pub struct RequestCtx {
     pub domain: Option<Arc<Domain>>,
     /// The requested host, normalized (lower case, no port, no trailing dot).
     pub host: String,
+    /// Whether the request came over TLS.
+    pub https: bool,
     /// The request's way through the domain's origin servers.
     attempt: Attempt,
     /// The custom pages module's state for this request.
@@ -62,7 +65,10 @@ impl EdgeProxy {
     /// Logs an origin failure, at most once a second per domain: a down origin fails every
     /// request, and a line for each would cost more than answering them.
     fn log_origin_failure(&self, ctx: &RequestCtx, status: u16, reason: &dyn std::fmt::Display) {
-        let domain = ctx.domain.as_ref().map_or("-", |d| d.label.as_str());
+        let (domain, server) = match &ctx.domain {
+            Some(d) => (d.label.as_str(), ctx.attempt.server(&d.upstream)),
+            None => ("-", "-"),
+        };
         let now = Instant::now();
         let mut logged = self.failures_logged.lock();
         if logged
@@ -74,7 +80,7 @@ impl EdgeProxy {
         logged.insert(domain.to_string(), now);
         drop(logged);
         log::warn!(
-            "origin of {domain} failed, answering {status}: {reason} (repeats within 1 s are not logged)"
+            "origin of {domain} failed (server {server}), answering {status}: {reason} (repeats within 1 s are not logged)"
         );
     }
 
@@ -172,6 +178,7 @@ impl ProxyHttp for EdgeProxy {
             started: Instant::now(),
             domain: None,
             host: String::new(),
+            https: false,
             attempt: Attempt::default(),
             pages: PageState::default(),
         }
@@ -197,6 +204,29 @@ impl ProxyHttp for EdgeProxy {
             pages::respond_default(session, 404).await?;
             return Ok(true);
         };
+        match tls::server_name(session.digest()) {
+            // A TLS connection serves the domain it was opened for: a request naming another
+            // (a connection reused across names that share a certificate) is sent back.
+            Some(Some(sni))
+                if !routes
+                    .route_normalized(sni)
+                    .is_some_and(|d| Arc::ptr_eq(d, &domain)) =>
+            {
+                pages::respond_default(session, 421).await?;
+                return Ok(true);
+            }
+            Some(_) => ctx.https = true,
+            None if domain.https_redirect => {
+                let target = session
+                    .req_header()
+                    .uri
+                    .path_and_query()
+                    .map_or("/", |p| p.as_str());
+                pages::respond_redirect(session, 308, &format!("https://{host}{target}")).await?;
+                return Ok(true);
+            }
+            None => {}
+        }
         ctx.host = host;
         ctx.domain = Some(domain.clone());
         if domain.filters.is_empty() {
@@ -229,7 +259,13 @@ impl ProxyHttp for EdgeProxy {
             .uri
             .path_and_query()
             .map_or("/", |p| p.as_str());
-        Ok(cache::key::key(&ctx.host, target))
+        let shared = ctx.domain.as_ref().is_some_and(|d| d.share_schemes);
+        let scheme = match (shared, ctx.https) {
+            (true, _) => "",
+            (false, true) => "https",
+            (false, false) => "http",
+        };
+        Ok(cache::key::key(scheme, &ctx.host, target))
     }
 
     fn cache_miss(&self, session: &mut Session, _ctx: &mut RequestCtx) {
@@ -286,7 +322,7 @@ impl ProxyHttp for EdgeProxy {
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
         let domain = routed(ctx)?;
-        ctx.attempt.peer(&domain.upstream).await.map(Box::new)
+        ctx.attempt.peer(&domain.upstream, &ctx.host).await.map(Box::new)
     }
 
     fn fail_to_connect(

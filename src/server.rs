@@ -7,6 +7,7 @@ use crate::filters::FilterRegistry;
 use crate::proxy::EdgeProxy;
 use crate::runtime::Runtime;
 use crate::source::{ConfigSource, FileSource, Snapshot};
+use crate::tls::{self, OneCert};
 use clap::Parser;
 use pingora_core::apps::{HttpServerOptions, ServerApp};
 use pingora_core::listeners::ListenerConfig;
@@ -59,6 +60,16 @@ pub fn main_with(filters: FilterRegistry) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let admin_cert = match &snapshot.edge.admin_tls {
+        None => None,
+        Some(spec) => match tls::load(&spec.cert, &spec.key, std::time::SystemTime::now()) {
+            Ok(cert) => Some(cert.key),
+            Err((part, message)) => {
+                eprintln!("{}: admin.tls.{}: {message}", cli.conf.display(), part.key());
+                return ExitCode::FAILURE;
+            }
+        },
+    };
     if cli.test {
         println!("custom-pages: configuration OK: {}", source.describe(&snapshot));
         return ExitCode::SUCCESS;
@@ -74,7 +85,18 @@ pub fn main_with(filters: FilterRegistry) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    run(cli, source, snapshot, admin_token, Arc::new(filters), access_log)
+    let admin = Admin {
+        token: admin_token,
+        cert: admin_cert,
+    };
+    run(cli, source, snapshot, admin, Arc::new(filters), access_log)
+}
+
+/// How the admin API is served: its token (none: not at all) and its certificate (none:
+/// cleartext, on loopback only).
+struct Admin {
+    token: Option<String>,
+    cert: Option<Arc<rustls::sign::CertifiedKey>>,
 }
 
 /// Loads the source and checks it as a reload would.
@@ -99,7 +121,7 @@ fn run(
     cli: Cli,
     source: Arc<FileSource>,
     mut snapshot: Snapshot,
-    admin_token: Option<String>,
+    admin: Admin,
     filters: Arc<FilterRegistry>,
     access_log: AccessLog,
 ) -> ExitCode {
@@ -114,6 +136,7 @@ fn run(
     server.bootstrap();
 
     let listen = snapshot.edge.listen.clone();
+    let tls_listen = snapshot.edge.tls_listen.clone();
     let runtime = match Runtime::new(source, snapshot, filters) {
         Ok(runtime) => runtime,
         Err(errors) => {
@@ -134,12 +157,33 @@ fn run(
     for addr in &listen {
         proxy.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(CLIENT_L4_BUFFER));
     }
+    for addr in &tls_listen {
+        match tls::listener_settings(runtime.certs()) {
+            // TLS reads keep Pingora's buffer: records are read whole.
+            Ok(settings) => proxy.add_listener(ListenerConfig::tcp(addr.to_string()).tls(settings)),
+            Err(e) => {
+                eprintln!("custom-pages: cannot set up TLS on {addr}: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     server.add_service(proxy);
     let admin_listen = runtime.settings.admin_listen;
-    match admin_token {
+    match admin.token {
         Some(token) => {
             let mut api = Service::new("admin".to_string(), AdminApi::new(runtime.clone(), token));
-            api.add_tcp(&admin_listen.to_string());
+            let endpoint = ListenerConfig::tcp(admin_listen.to_string());
+            match admin
+                .cert
+                .map(|cert| tls::listener_settings(Arc::new(OneCert(cert))))
+            {
+                None => api.add_listener(endpoint),
+                Some(Ok(settings)) => api.add_listener(endpoint.tls(settings)),
+                Some(Err(e)) => {
+                    eprintln!("custom-pages: cannot set up TLS for the admin API: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
             server.add_service(api);
         }
         None if admin_listen.ip().is_loopback() => log::warn!(

@@ -10,7 +10,9 @@ const LAYERS: &[&[&str]] = &[
     // The YAML contract as plain data.
     &["spec"],
     // Feature modules, each owning its own types.
-    &["metrics", "access_log", "filters", "cache", "upstream"],
+    &["metrics", "access_log", "filters", "cache", "tls"],
+    // Origins: peers read their CA roots through `tls`.
+    &["upstream"],
     // Custom pages fetch their pages through `upstream`.
     &["pages"],
     // Where specs come from.

@@ -10,7 +10,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::origin::{Blackhole, Origin, Reply};
-use common::{client, domain_yaml, get, send, Edge, EdgeOptions, Got, Proto, PROTOS};
+use common::{client, domain_yaml, get, send, Edge, EdgeOptions, Got, Proto, ALL_PROTOS};
 use common::{log_line, log_line_within, log_tail, start_edge, wait_fetched, RawConn, RawResponse};
 
 const EXP: &str = "exp.example.com";
@@ -67,14 +67,17 @@ async fn start_exp(origin: &Origin, extra: &str) -> Edge {
 /// malformed response): its HTTP/1.1 client opens a new connection per request, since the edge
 /// closes the connection after such answers (see
 /// `edge_made_error_answers_say_connection_close_and_mean_it`, which checks that itself).
-fn edge_error_client(edge: &Edge, proto: Proto, hosts: &[&str]) -> reqwest::Client {
+fn edge_error_client(edge: &Edge, proto: Proto, hosts: &[&str]) -> common::Client {
     common::client_with(edge, proto, hosts, false)
 }
 
-fn expected_version(proto: Proto) -> reqwest::Version {
+/// A name for `proto` in paths, so each protocol has cache keys of its own.
+fn suffix(proto: Proto) -> &'static str {
     match proto {
-        Proto::H1 => reqwest::Version::HTTP_11,
-        Proto::H2c => reqwest::Version::HTTP_2,
+        Proto::H1 => "h1",
+        Proto::H2c => "h2c",
+        Proto::H1Tls => "h1tls",
+        Proto::H2Tls => "h2tls",
     }
 }
 
@@ -83,7 +86,7 @@ fn expected_version(proto: Proto) -> reqwest::Version {
 #[track_caller]
 fn assert_page(got: &Got, proto: Proto, status: u16, body: &str, content_type: &str, edge: &Edge) {
     let ctx = format!("{proto:?}: got {got:#?}\n{}", log_tail(edge));
-    assert_eq!(got.version, expected_version(proto), "{ctx}");
+    assert_eq!(got.version, proto.version(), "{ctx}");
     assert_eq!(got.status, status, "{ctx}");
     assert_eq!(got.body, body, "{ctx}");
     assert_eq!(got.header("content-type"), Some(content_type), "{ctx}");
@@ -107,7 +110,7 @@ fn assert_page(got: &Got, proto: Proto, status: u16, body: &str, content_type: &
 #[track_caller]
 fn assert_default_page(got: &Got, proto: Proto, status: u16, reason: &str, edge: &Edge) {
     let ctx = format!("{proto:?}: got {got:#?}\n{}", log_tail(edge));
-    assert_eq!(got.version, expected_version(proto), "{ctx}");
+    assert_eq!(got.version, proto.version(), "{ctx}");
     assert_eq!(got.status, status, "{ctx}");
     assert!(got.body.contains(&format!("{status} {reason}")), "{ctx}");
     assert!(got.body.len() < 1024, "a built-in page is small; {ctx}");
@@ -176,7 +179,7 @@ async fn in_place_404_serves_the_page_with_its_type_and_length() {
     );
     let edge = start_exp(&origin, &format!("custom_pages:\n{RULE_404}")).await;
 
-    for proto in PROTOS {
+    for proto in ALL_PROTOS {
         let client = client(&edge, proto, &[EXP]);
         let got = get(&client, &edge.url(EXP, "/missing")).await;
         assert_page(&got, proto, 404, PAGE_404, PAGE_404_TYPE, &edge);
@@ -186,7 +189,7 @@ async fn in_place_404_serves_the_page_with_its_type_and_length() {
     }
     assert_eq!(
         origin.hits("/missing"),
-        2,
+        ALL_PROTOS.len(),
         "each request went to the origin (no error_ttl)"
     );
 }
@@ -199,14 +202,14 @@ async fn status_override_answers_with_the_rules_status() {
     let edge = start_exp(&origin, rules).await;
     wait_fetched(&edge, PAGE_5XX_URL).await;
 
-    for proto in PROTOS {
+    for proto in ALL_PROTOS {
         let client = client(&edge, proto, &[EXP]);
         let got = get(&client, &edge.url(EXP, "/gone")).await;
         assert_page(&got, proto, 410, PAGE_404, PAGE_404_TYPE, &edge);
     }
     // The edge's own 502 (origin down) is answered 503 with the 5xx page.
     origin.stop();
-    for proto in PROTOS {
+    for proto in ALL_PROTOS {
         let client = client(&edge, proto, &[EXP]);
         let got = get(&client, &edge.url(EXP, "/anything")).await;
         assert_page(&got, proto, 503, PAGE_5XX, PAGE_5XX_TYPE, &edge);
@@ -238,7 +241,7 @@ async fn origin_headers_are_kept_and_body_headers_dropped() {
     );
     let edge = start_exp(&origin, &format!("custom_pages:\n{RULE_404}")).await;
 
-    for proto in PROTOS {
+    for proto in ALL_PROTOS {
         let client = client(&edge, proto, &[EXP]);
         let got = send(
             client
@@ -285,7 +288,7 @@ async fn head_gets_the_page_headers_without_a_body_and_the_connection_stays_usab
     let edge = start_exp(&origin, &format!("custom_pages:\n{RULE_404}")).await;
     let length = PAGE_404.len().to_string();
 
-    for proto in PROTOS {
+    for proto in ALL_PROTOS {
         let client = client(&edge, proto, &[EXP]);
         for path in ["/missing", "/empty"] {
             let got = send(client.head(edge.url(EXP, path))).await;
@@ -351,7 +354,7 @@ async fn range_and_conditional_requests_never_get_206_or_304() {
         ("if-range", "\"v1\""),
     ];
 
-    for proto in PROTOS {
+    for proto in ALL_PROTOS {
         let client = client(&edge, proto, &hosts);
         for host in hosts {
             let status = if host == "soft.example.com" { 200 } else { 404 };
@@ -409,7 +412,7 @@ async fn empty_chunked_and_gzip_error_bodies_are_replaced_cleanly() {
         ("/until-close", 404, PAGE_404, PAGE_404_TYPE),
     ];
 
-    for proto in PROTOS {
+    for proto in ALL_PROTOS {
         let client = client(&edge, proto, &[EXP]);
         for (path, status, body, content_type) in cases {
             let got = send(client.get(edge.url(EXP, path)).header("accept-encoding", "gzip")).await;
@@ -457,8 +460,8 @@ struct CachedCase {
 async fn check_cached_errors(cases: Vec<CachedCase>, protos: &[Proto]) -> (Origin, Edge) {
     let origin = origin_with_pages().await;
     for case in &cases {
-        for suffix in ["h1", "h2c"] {
-            origin.route(&format!("/{}-{suffix}", case.kind), case.reply.clone());
+        for proto in ALL_PROTOS {
+            origin.route(&format!("/{}-{}", case.kind, suffix(proto)), case.reply.clone());
         }
     }
     let edge = start_exp(
@@ -468,7 +471,7 @@ async fn check_cached_errors(cases: Vec<CachedCase>, protos: &[Proto]) -> (Origi
     .await;
 
     for &proto in protos {
-        let suffix = if proto == Proto::H1 { "h1" } else { "h2c" };
+        let suffix = suffix(proto);
         let client = client(&edge, proto, &[EXP]);
         for case in &cases {
             let (status, body, content_type) = (case.status, case.body, case.content_type);
@@ -539,7 +542,7 @@ async fn cached_errors_get_the_page_on_every_hit_without_the_origin() {
                 content_type: PAGE_5XX_TYPE,
             },
         ],
-        &PROTOS,
+        &ALL_PROTOS,
     )
     .await;
 
@@ -597,14 +600,11 @@ async fn thirty_concurrent_errors_share_one_page_fetch() {
     let origin = origin_with_pages().await;
     origin.route("/missing", Reply::new(404).body("origin 404 body"));
     let edge = start_exp(&origin, &format!("custom_pages:\n{RULE_404}")).await;
-    let clients = [
-        client(&edge, Proto::H1, &[EXP]),
-        client(&edge, Proto::H2c, &[EXP]),
-    ];
+    let clients = ALL_PROTOS.map(|proto| client(&edge, proto, &[EXP]));
 
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..30 {
-        let client = clients[i % 2].clone();
+        let client = clients[i % 4].clone();
         // Half share one path (one cache key), half each have their own.
         let path = if i % 4 < 2 {
             "/missing".to_string()
@@ -617,7 +617,7 @@ async fn thirty_concurrent_errors_share_one_page_fetch() {
     let mut answered = 0;
     while let Some(joined) = tasks.join_next().await {
         let (i, got) = joined.expect("request task");
-        assert_page(&got, PROTOS[i % 2], 404, PAGE_404, PAGE_404_TYPE, &edge);
+        assert_page(&got, ALL_PROTOS[i % 4], 404, PAGE_404, PAGE_404_TYPE, &edge);
         answered += 1;
     }
     assert_eq!(answered, 30);
@@ -636,7 +636,7 @@ async fn page_fetch_carries_cdn_loop_and_no_client_credentials() {
     origin.route("/missing", Reply::new(404).body("origin 404 body"));
     let edge = start_exp(&origin, &format!("custom_pages:\n{RULE_404}")).await;
 
-    for proto in PROTOS {
+    for proto in ALL_PROTOS {
         let client = client(&edge, proto, &[EXP]);
         let got = send(
             client
@@ -649,7 +649,7 @@ async fn page_fetch_carries_cdn_loop_and_no_client_credentials() {
     }
     // The client's request itself did carry the credentials to the origin (the test is real).
     let proxied = origin.requests("/missing");
-    assert_eq!(proxied.len(), 2);
+    assert_eq!(proxied.len(), ALL_PROTOS.len());
     assert!(
         proxied
             .iter()
@@ -684,7 +684,7 @@ async fn oversize_page_falls_back_to_the_default_page_and_warns() {
     let rules = "custom_pages:\n  - code: 404\n    url: http://exp.example.com/big.html\n  - code: 500\n    url: http://exp.example.com/big-chunked.html\n";
     let edge = start_exp(&origin, rules).await;
 
-    for proto in PROTOS {
+    for proto in ALL_PROTOS {
         let client = client(&edge, proto, &[EXP]);
         let got = get(&client, &edge.url(EXP, "/missing")).await;
         assert_default_page(&got, proto, 404, "Not Found", &edge);
@@ -711,7 +711,7 @@ async fn page_that_is_itself_404_gives_the_default_page_without_looping() {
     origin.route("/missing", Reply::new(404).body("origin 404 body"));
     let edge = start_exp(&origin, &format!("custom_pages:\n{RULE_404}")).await;
 
-    for proto in PROTOS {
+    for proto in ALL_PROTOS {
         let client = client(&edge, proto, &[EXP]);
         for path in ["/missing", "/error404.html", "/error404.html?v=2"] {
             let got = get(&client, &edge.url(EXP, path)).await;
@@ -734,7 +734,7 @@ async fn a_request_carrying_our_cdn_loop_never_gets_a_custom_page() {
     origin.route("/missing", Reply::new(404).body("origin 404 body"));
     let edge = start_exp(&origin, &format!("custom_pages:\n{RULE_404}")).await;
 
-    for proto in PROTOS {
+    for proto in ALL_PROTOS {
         let client = client(&edge, proto, &[EXP]);
         let got = send(
             client
@@ -795,7 +795,7 @@ async fn page_changed_at_the_origin_is_picked_up_after_its_max_age() {
     origin.route("/error5xx.html", page("5xx v2", "text/html"));
     tokio::time::sleep(Duration::from_millis(2500)).await;
 
-    for proto in PROTOS {
+    for proto in ALL_PROTOS {
         let client = client(&edge, proto, &[EXP]);
         let got = get(&client, &edge.url(EXP, "/missing")).await;
         assert_page(&got, proto, 404, "404 v2", "text/html", &edge);
@@ -836,7 +836,7 @@ async fn refreshed_page_then_origin_down_keeps_the_last_good_copy() {
     // pages.refresh: 1s picks up a changed page.
     origin.route("/error5xx.html", page("5xx v2", "text/html"));
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    for proto in PROTOS {
+    for proto in ALL_PROTOS {
         let client = client(&edge, proto, &[EXP]);
         let got = get(&client, &edge.url(EXP, "/boom")).await;
         assert_page(&got, proto, 500, "5xx v2", "text/html", &edge);
@@ -850,7 +850,7 @@ async fn refreshed_page_then_origin_down_keeps_the_last_good_copy() {
         "a refresh should have failed by now\n{}",
         log_tail(&edge)
     );
-    for proto in PROTOS {
+    for proto in ALL_PROTOS {
         let client = client(&edge, proto, &[EXP]);
         let started = Instant::now();
         let got = get(&client, &edge.url(EXP, "/anything")).await;
@@ -869,17 +869,14 @@ async fn origin_stopped_mid_test_gets_the_5xx_page_quickly() {
     let edge = start_exp(&origin, &format!("custom_pages:\n{RULE_404}{RULE_5XX}")).await;
     wait_fetched(&edge, PAGE_5XX_URL).await;
     // Warm the edge's connection pool to the origin, then take the origin away.
-    let clients = [
-        edge_error_client(&edge, Proto::H1, &[EXP]),
-        client(&edge, Proto::H2c, &[EXP]),
-    ];
-    for (proto, client) in PROTOS.into_iter().zip(&clients) {
+    let clients = ALL_PROTOS.map(|proto| edge_error_client(&edge, proto, &[EXP]));
+    for (proto, client) in ALL_PROTOS.into_iter().zip(&clients) {
         let ok = get(client, &edge.url(EXP, "/ok")).await;
         assert_eq!((ok.status, ok.body.as_str()), (200, "fine"), "{proto:?}");
     }
     origin.stop();
 
-    for (proto, client) in PROTOS.into_iter().zip(&clients) {
+    for (proto, client) in ALL_PROTOS.into_iter().zip(&clients) {
         for attempt in 0..2 {
             let started = Instant::now();
             let got = get(client, &edge.url(EXP, &format!("/after-stop-{attempt}"))).await;
@@ -1134,7 +1131,7 @@ async fn origin_stalling_past_read_timeout_gets_the_504_page() {
     let edge = start_exp(&origin, &format!("custom_pages:\n{RULE_404}{RULE_5XX}")).await;
     wait_fetched(&edge, PAGE_5XX_URL).await;
 
-    let runs = PROTOS.map(|proto| {
+    let runs = ALL_PROTOS.map(|proto| {
         let client = edge_error_client(&edge, proto, &[EXP]);
         // One URL per protocol: concurrent misses of one URL wait for each other (cache lock),
         // so the second would get its 504 after two read timeouts.
@@ -1148,9 +1145,7 @@ async fn origin_stalling_past_read_timeout_gets_the_504_page() {
             (proto, got, elapsed, next)
         }
     });
-    let [a, b] = runs;
-    let (a, b) = tokio::join!(a, b);
-    for (proto, got, elapsed, next) in [a, b] {
+    for (proto, got, elapsed, next) in futures::future::join_all(runs).await {
         assert_page(&got, proto, 504, PAGE_5XX, PAGE_5XX_TYPE, &edge);
         assert!(
             elapsed >= Duration::from_millis(1800) && elapsed < Duration::from_secs(4),
@@ -1172,7 +1167,7 @@ async fn errors_to_requests_with_a_body_get_the_page_and_keep_the_connection() {
     let edge = start_exp(&origin, &format!("custom_pages:\n{RULE_404}{RULE_5XX}")).await;
     let payload = "field=value&".repeat(1000);
 
-    for proto in PROTOS {
+    for proto in ALL_PROTOS {
         let client = client(&edge, proto, &[EXP]);
         let got = send(client.post(edge.url(EXP, "/upload")).body(payload.clone())).await;
         assert_page(&got, proto, 404, PAGE_404, PAGE_404_TYPE, &edge);
@@ -1188,7 +1183,11 @@ async fn errors_to_requests_with_a_body_get_the_page_and_keep_the_connection() {
     }
     let ok = conn.request("GET", EXP, "/ok", &[]).await;
     assert_eq!((ok.status, ok.text().as_str()), (200, "fine"), "{ok:?}");
-    assert_eq!(origin.hits("/upload"), 2 + 2, "each POST reached the origin");
+    assert_eq!(
+        origin.hits("/upload"),
+        ALL_PROTOS.len() + 2,
+        "each POST reached the origin"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1201,7 +1200,7 @@ async fn head_first_on_a_cacheable_error_then_get_gets_the_whole_page() {
     )
     .await;
 
-    for proto in PROTOS {
+    for proto in ALL_PROTOS {
         let client = client(&edge, proto, &[EXP]);
         let path = format!("/gone?{proto:?}");
         let head = send(client.head(edge.url(EXP, &path))).await;
@@ -1237,14 +1236,12 @@ async fn a_request_during_the_first_page_fetch_waits_for_the_page() {
         "the page should still be on its way\n{}",
         log_tail(&edge)
     );
-    let runs = PROTOS.map(|proto| {
+    let runs = ALL_PROTOS.map(|proto| {
         let client = client(&edge, proto, &[EXP]);
         let url = edge.url(EXP, "/missing");
         async move { (proto, get(&client, &url).await) }
     });
-    let [a, b] = runs;
-    let (a, b) = tokio::join!(a, b);
-    for (proto, got) in [a, b] {
+    for (proto, got) in futures::future::join_all(runs).await {
         assert_page(&got, proto, 404, PAGE_404, PAGE_404_TYPE, &edge);
     }
     assert_eq!(
@@ -1277,7 +1274,7 @@ async fn a_page_missing_at_load_is_served_once_the_origin_has_it() {
 
     origin.route("/later.html", page("<p>later page</p>", "text/html"));
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    for proto in PROTOS {
+    for proto in ALL_PROTOS {
         let client = client(&edge, proto, &[EXP]);
         let got = get(&client, &edge.url(EXP, "/missing")).await;
         assert_page(&got, proto, 404, "<p>later page</p>", "text/html", &edge);
@@ -1317,7 +1314,7 @@ async fn a_rejected_refresh_keeps_the_last_good_copy() {
             log_tail(&edge)
         );
     }
-    for proto in PROTOS {
+    for proto in ALL_PROTOS {
         let client = client(&edge, proto, &[EXP]);
         let got = get(&client, &edge.url(EXP, "/missing")).await;
         assert_page(&got, proto, 404, "404 v1", "text/html", &edge);
@@ -1347,7 +1344,7 @@ async fn default_pages_for_unknown_host_down_origin_and_timeout() {
     .await;
     let hosts = ["slow.example.com", "down.example.com", "nowhere.example.net"];
 
-    let runs = PROTOS.map(|proto| {
+    let runs = ALL_PROTOS.map(|proto| {
         let client = edge_error_client(&edge, proto, &hosts);
         let urls = hosts.map(|h| edge.url(h, &format!("/slow?{proto:?}")));
         async move {
@@ -1357,9 +1354,7 @@ async fn default_pages_for_unknown_host_down_origin_and_timeout() {
             (proto, slow, down, unknown)
         }
     });
-    let [a, b] = runs;
-    let (a, b) = tokio::join!(a, b);
-    for (proto, slow, down, unknown) in [a, b] {
+    for (proto, slow, down, unknown) in futures::future::join_all(runs).await {
         assert_default_page(&slow, proto, 504, "Gateway Timeout", &edge);
         assert_default_page(&down, proto, 502, "Bad Gateway", &edge);
         assert_default_page(&unknown, proto, 404, "Not Found", &edge);
@@ -1410,7 +1405,7 @@ async fn redirect_rules_answer_with_location_no_store_and_a_tiny_body() {
     )
     .await;
 
-    for proto in PROTOS {
+    for proto in ALL_PROTOS {
         let client = edge_error_client(&edge, proto, &[EXP, "down.example.com"]);
         for (host, code, location) in [(EXP, 302, forbidden), ("down.example.com", 307, status_page)] {
             let got = get(&client, &edge.url(host, "/private")).await;
@@ -1449,7 +1444,7 @@ async fn redirect_rule_never_redirects_a_request_to_its_own_url() {
     )
     .await;
 
-    for proto in PROTOS {
+    for proto in ALL_PROTOS {
         let client = client(&edge, proto, &[EXP]);
         let got = get(&client, &edge.url(EXP, "/private")).await;
         assert_eq!(
@@ -1497,7 +1492,7 @@ async fn source_edge_and_source_origin_rules_apply_to_their_own_errors() {
     wait_fetched(&edge, PAGE_5XX_URL).await;
     let hosts = [EXP, "o.example.com"];
 
-    for proto in PROTOS {
+    for proto in ALL_PROTOS {
         let client = edge_error_client(&edge, proto, &hosts);
         // An origin-sent 502: only the `source: origin` rule applies.
         let got = get(&client, &edge.url(EXP, "/bad")).await;
@@ -1516,7 +1511,7 @@ async fn source_edge_and_source_origin_rules_apply_to_their_own_errors() {
     }
 
     origin.stop();
-    for proto in PROTOS {
+    for proto in ALL_PROTOS {
         let client = edge_error_client(&edge, proto, &hosts);
         let got = get(&client, &edge.url(EXP, "/down")).await;
         assert_page(&got, proto, 502, PAGE_5XX, PAGE_5XX_TYPE, &edge);
@@ -1545,7 +1540,7 @@ async fn the_most_specific_rule_wins_end_to_end() {
     let rules = "custom_pages:\n  - code: \"5xx\"\n    url: http://exp.example.com/class.html\n  - code: \"500-504\"\n    url: http://exp.example.com/wide.html\n  - code: \"504-505\"\n    url: http://exp.example.com/narrow.html\n  - code: [502, 503]\n    url: http://exp.example.com/list.html\n  - code: 503\n    url: http://exp.example.com/exact.html\n";
     let edge = start_exp(&origin, rules).await;
 
-    for proto in PROTOS {
+    for proto in ALL_PROTOS {
         let client = client(&edge, proto, &[EXP]);
         for (code, kind) in [
             (503, "exact"),

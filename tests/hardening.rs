@@ -98,7 +98,7 @@ fn good(path: &str) -> Reply {
 
 /// A client that opens a new HTTP/1.1 connection per request (edge-made error answers close
 /// the connection, see `custom_pages.rs`), or shares one h2c connection.
-fn fresh_client(edge: &Edge, proto: Proto, hosts: &[&str]) -> reqwest::Client {
+fn fresh_client(edge: &Edge, proto: Proto, hosts: &[&str]) -> common::Client {
     common::client_with(edge, proto, hosts, false)
 }
 

@@ -5,11 +5,12 @@ use http::header;
 use pingora_cache::{CacheKey, CacheMeta, CachePhase, VarianceBuilder};
 use pingora_http::RequestHeader;
 
-/// The key of a request for `target` (path and query) on `host` (normalized). The normalized
-/// host holds no space, so "host target" is unambiguous, and two domains (or two names of one
-/// wildcard domain) never share an entry, over h1 and h2 alike.
-pub fn key(host: &str, target: &str) -> CacheKey {
-    let mut key = CacheKey::new(format!("{host} {target}"), "");
+/// The key of a request for `target` (path and query) on `host` (normalized) over `scheme`
+/// (`http`, `https`, or empty when a domain shares entries between them). Neither scheme nor
+/// normalized host holds a space, so "scheme host target" is unambiguous: two domains (or two
+/// names of one wildcard domain) never share an entry, over h1 and h2 alike.
+pub fn key(scheme: &str, host: &str, target: &str) -> CacheKey {
+    let mut key = CacheKey::new(format!("{scheme} {host} {target}"), "");
     // The same hash Pingora would compute, computed once: the predictor and the storage
     // would each hash the key again (blake2b, about 1.5% of a cache hit's CPU apiece).
     key.set_primary_bin_override(pingora_cache::key::hash_key(key.primary_key()));
@@ -54,10 +55,12 @@ mod tests {
     use pingora_cache::key::CacheHashKey;
 
     #[test]
-    fn hosts_and_targets_never_share_a_key() {
-        let hash = |host, target| key(host, target).primary_bin();
-        assert_eq!(hash("a.com", "/x?y"), hash("a.com", "/x?y"));
-        assert_ne!(hash("a.com", "/x"), hash("b.com", "/x"));
-        assert_ne!(hash("a.com", "/x?y"), hash("a.com", "/x"));
+    fn schemes_hosts_and_targets_never_share_a_key() {
+        let hash = |scheme, host, target| key(scheme, host, target).primary_bin();
+        assert_eq!(hash("http", "a.com", "/x?y"), hash("http", "a.com", "/x?y"));
+        assert_ne!(hash("http", "a.com", "/x"), hash("http", "b.com", "/x"));
+        assert_ne!(hash("http", "a.com", "/x?y"), hash("http", "a.com", "/x"));
+        assert_ne!(hash("http", "a.com", "/x"), hash("https", "a.com", "/x"));
+        assert_ne!(hash("", "a.com", "/x"), hash("https", "a.com", "/x"));
     }
 }

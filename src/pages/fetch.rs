@@ -82,7 +82,7 @@ impl PageFetcher for HttpFetcher {
                     continue;
                 }
             };
-            let peer = upstream::peer(addr, origin);
+            let peer = upstream::peer(addr, origin, url.host());
             match self.connector.get_http_session(&peer).await {
                 Ok((session, _reused)) => {
                     connected = Some((session, peer));

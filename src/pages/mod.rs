@@ -301,6 +301,12 @@ pub async fn respond_default(session: &mut Session, status: u16) -> Result<()> {
     write_whole(session, response::fresh(status, &body)?, body.bytes).await
 }
 
+/// Answers with a redirect to `location` made by the edge (with a tiny body).
+pub async fn respond_redirect(session: &mut Session, code: u16, location: &str) -> Result<()> {
+    let (header, body) = response::redirect(code, location)?;
+    write_whole(session, header, body.bytes).await
+}
+
 /// Whether a failed proxy attempt can still be answered, and with which status (504 for
 /// timeouts, 502 for other origin failures...). Err: the client is gone or a response is
 /// already under way, so nothing can be sent; return it from `fail_to_proxy`.

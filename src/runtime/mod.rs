@@ -12,6 +12,7 @@ use crate::metrics::METRICS;
 use crate::pages::{CustomPages, PageObserver, PageStore, WantedPage};
 use crate::source::{ConfigSource, Snapshot};
 use crate::spec::{ConfigError, ConfigErrors, EdgeSettings, PageSettings, PageUrl};
+use crate::tls::{CertResolver, FileStamp};
 use crate::upstream::HealthTable;
 use arc_swap::ArcSwap;
 use log::{error, info, warn};
@@ -22,6 +23,10 @@ use std::time::{Duration, SystemTime};
 
 /// Added to the longest origin read timeout before unused pages are dropped after a reload.
 const RETIRE_SLACK: Duration = Duration::from_secs(10);
+
+/// How often certificate, key and CA files are looked at: a file replaced (renamed over, as
+/// certbot and cert-manager do) reloads the configuration within this.
+const FILE_CHECK_INTERVAL: Duration = Duration::from_millis(250);
 
 /// A running edge: what the proxy, the admin API and the control service share.
 pub struct Runtime {
@@ -34,6 +39,8 @@ pub struct Runtime {
     routes: Arc<ArcSwap<RouteTable>>,
     /// What is known of every origin server in use; outlives route tables.
     health: HealthTable,
+    /// The TLS listeners' certificates, replaced with each route table.
+    certs: Arc<CertResolver>,
     /// The custom pages module and its page store.
     pub pages: CustomPages,
     /// The content cache.
@@ -91,6 +98,8 @@ impl Runtime {
             Arc::new(FetchMetrics),
         );
         store.register(&routes.pages());
+        let certs = Arc::new(CertResolver::new());
+        certs.set(routes.certs());
         let cache = EdgeCache::new(
             settings.cache_memory,
             settings.cache_max_object,
@@ -102,6 +111,7 @@ impl Runtime {
             filters,
             routes: Arc::new(ArcSwap::from_pointee(routes)),
             health,
+            certs,
             pages: CustomPages::new(store),
             cache,
             status: Mutex::new(ReloadStatus {
@@ -120,25 +130,53 @@ impl Runtime {
     pub async fn run(&self, mut shutdown: ShutdownWatch) {
         let pages = self.routes.load().pages();
         self.pages.store().sync(&pages, &self.settings.pages).await;
+        // Errors of either reload are logged and reported by /api/status; the last good
+        // configuration stays. (Both loops run side by side: a source's `changed` is not
+        // cancelled halfway by a file check.)
+        let from_source = async {
+            while self.source.changed().await {
+                let _ = self.reload().await;
+            }
+            std::future::pending::<()>().await
+        };
+        tokio::select! {
+            _ = from_source => {}
+            _ = self.watch_files() => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+
+    /// Reloads whenever a certificate, key or CA file of the table in use changes.
+    async fn watch_files(&self) {
+        // The files of the table in use as last seen: as read for it, then as seen at the
+        // last check (so a broken file is tried once, not at every check).
+        let mut files_of = self.routes.load_full();
+        let mut files_seen = files_of.files().to_vec();
+        let mut check = tokio::time::interval(FILE_CHECK_INTERVAL);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
-                changed = self.source.changed() => {
-                    if !changed {
-                        break;
-                    }
-                    // Errors are logged and reported by /api/status; the last good
-                    // configuration stays.
-                    let _ = self.reload().await;
-                }
-                _ = shutdown.changed() => return,
+            check.tick().await;
+            let table = self.routes.load_full();
+            if !Arc::ptr_eq(&table, &files_of) {
+                files_seen = table.files().to_vec();
+                files_of = table;
+            }
+            let files_now: Vec<FileStamp> = files_seen.iter().map(FileStamp::now).collect();
+            if files_now != files_seen {
+                files_seen = files_now;
+                let _ = self.reload().await;
             }
         }
-        let _ = shutdown.changed().await;
     }
 
     /// The route table as of now; hold the `Arc` for the whole request.
     pub fn routes(&self) -> Arc<RouteTable> {
         self.routes.load_full()
+    }
+
+    /// The certificates of the TLS listeners.
+    pub fn certs(&self) -> Arc<CertResolver> {
+        self.certs.clone()
     }
 
     /// The config source, to write changes to.
@@ -215,6 +253,7 @@ impl Runtime {
         let wanted = routes.pages();
         store.sync(&wanted, pages).await;
         self.health.retain(routes.servers());
+        self.certs.set(routes.certs());
         let old = self.routes.swap(Arc::new(routes));
         // The longest a request can still be using the old table: its origin's read timeout
         // plus slack for connecting and waiting on the cache lock.

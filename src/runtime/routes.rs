@@ -7,10 +7,12 @@ use crate::filters::{FilterChain, FilterRegistry};
 use crate::pages::{Rule, WantedPage};
 use crate::source::{DomainEntry, Snapshot};
 use crate::spec::values::normalize_host;
-use crate::spec::{check_together, ConfigError, ConfigErrors, DomainName, DomainSpec, Location};
-use crate::upstream::{HealthTable, Origin, Upstream};
+use crate::spec::{check_together, CertSpec, ConfigError, ConfigErrors, DomainName, DomainSpec, Location};
+use crate::tls::{self, CertTable, FileStamp};
+use crate::upstream::{HealthTable, Origin, Roots, Upstream};
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 /// A domain as requests use it.
 #[derive(Debug)]
@@ -25,6 +27,12 @@ pub struct Domain {
     pub cache: TtlPolicy,
     /// The custom page rules, in spec order.
     pub rules: Vec<Rule>,
+    /// Whether the domain has a certificate of its own.
+    pub tls: bool,
+    /// Whether cleartext requests are redirected to `https://`.
+    pub https_redirect: bool,
+    /// Whether `http://` and `https://` requests share cache entries.
+    pub share_schemes: bool,
     /// The domain's filters, in order.
     pub filters: FilterChain,
     /// Where the spec came from, for messages.
@@ -39,6 +47,10 @@ pub struct RouteTable {
     exact: HashMap<String, Arc<Domain>>,
     /// Longest suffix first, so the most specific wildcard wins.
     wildcards: Vec<(String, Arc<Domain>)>,
+    /// The certificate of each domain that has one, and the default one.
+    certs: Arc<CertTable>,
+    /// Every certificate, key and CA file read, as read: a replaced one means a reload.
+    files: Vec<FileStamp>,
 }
 
 impl RouteTable {
@@ -63,10 +75,32 @@ impl RouteTable {
             .map(|(entry, name, _)| (&entry.at, &entry.spec, name))
             .collect();
         errors.extend(check_together(&together));
-        ConfigErrors::check(errors)?;
+        ConfigErrors::check(std::mem::take(&mut errors))?;
+        let now = SystemTime::now();
         let mut table = RouteTable::default();
+        let mut certs = CertTable::default();
+        if let Some(spec) = &snapshot.edge.default_cert {
+            let at = Location::File(snapshot.edge.file.clone());
+            match load_cert(&at, "tls.default_cert", spec, now, &mut table.files) {
+                Ok(cert) => certs.set_default(cert.key),
+                Err(e) => errors.push(e),
+            }
+        }
+        let mut domains = Vec::new();
         for (entry, name, filters) in valid {
-            let domain = Arc::new(compile_domain(entry, name, filters, health));
+            match compile_domain(entry, name, filters, health, now, &mut table.files) {
+                Ok((domain, cert)) => {
+                    if let Some(cert) = cert {
+                        certs.insert(&domain.name, cert);
+                    }
+                    domains.push(Arc::new(domain));
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        ConfigErrors::check(errors)?;
+        table.certs = Arc::new(certs);
+        for domain in domains {
             match &domain.name {
                 DomainName::Exact(host) => {
                     table.exact.insert(host.clone(), domain);
@@ -139,6 +173,16 @@ impl RouteTable {
         pages
     }
 
+    /// The certificates to serve with this table.
+    pub fn certs(&self) -> Arc<CertTable> {
+        self.certs.clone()
+    }
+
+    /// Every certificate, key and CA file read for this table, as it was read.
+    pub fn files(&self) -> &[FileStamp] {
+        &self.files
+    }
+
     /// Every origin server in use.
     pub fn servers(&self) -> impl Iterator<Item = &str> {
         self.iter()
@@ -166,15 +210,50 @@ fn check_domain(
     }
 }
 
+/// A domain of a checked spec, with its certificate (if it has one): what needs files
+/// (certificates, CA roots) is read here, and each file read is added to `files`.
 fn compile_domain(
     entry: &DomainEntry,
     name: DomainName,
     filters: FilterChain,
     health: &HealthTable,
-) -> Domain {
+    now: SystemTime,
+    files: &mut Vec<FileStamp>,
+) -> Result<(Domain, Option<Arc<rustls::sign::CertifiedKey>>), ConfigError> {
     let spec = &entry.spec;
-    let origin = Origin::from_spec(&spec.origin);
-    Domain {
+    let at = &entry.at;
+    let cert = match &spec.tls {
+        None => None,
+        Some(cert_spec) => {
+            let cert = load_cert(at, "tls", cert_spec, now, files)?;
+            if !tls::covers(&cert.names, &name) {
+                return Err(ConfigError::new(
+                    at.clone(),
+                    "tls.cert",
+                    format!(
+                        "{} is for {}, not for {name}",
+                        at.resolve(&cert_spec.cert).display(),
+                        if cert.names.is_empty() {
+                            "no DNS name".to_string()
+                        } else {
+                            cert.names.join(", ")
+                        }
+                    ),
+                ));
+            }
+            Some(cert.key)
+        }
+    };
+    let roots = match &spec.origin.ca_file {
+        None => None,
+        Some(path) => {
+            let path = at.resolve(path);
+            files.push(FileStamp::of(&path));
+            Some(Roots::load(&path).map_err(|m| ConfigError::new(at.clone(), "origin.ca_file", m))?)
+        }
+    };
+    let origin = Origin::from_spec(&spec.origin, roots);
+    let domain = Domain {
         label: name.to_string(),
         upstream: Upstream {
             name: name.to_string(),
@@ -187,10 +266,30 @@ fn compile_domain(
             error_ttl: spec.cache.error_ttl.0,
         },
         rules: spec.custom_pages.iter().map(Rule::from_spec).collect(),
+        tls: cert.is_some(),
+        https_redirect: spec.https_redirect,
+        share_schemes: spec.cache.share_schemes,
         filters,
         at: entry.at.clone(),
         spec: spec.clone(),
-    }
+    };
+    Ok((domain, cert))
+}
+
+/// Reads and checks the certificate pair `spec` of the spec at `at` (under `key`, paths
+/// relative to it), adding both files to `files`.
+fn load_cert(
+    at: &Location,
+    key: &str,
+    spec: &CertSpec,
+    now: SystemTime,
+    files: &mut Vec<FileStamp>,
+) -> Result<tls::LoadedCert, ConfigError> {
+    let (cert_path, key_path) = (at.resolve(&spec.cert), at.resolve(&spec.key));
+    files.push(FileStamp::of(&cert_path));
+    files.push(FileStamp::of(&key_path));
+    tls::load(&cert_path, &key_path, now)
+        .map_err(|(part, message)| ConfigError::new(at.clone(), format!("{key}.{}", part.key()), message))
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ use super::values::{CodePattern, DomainName, Dur, PageUrl};
 use super::{ConfigError, Location};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// A domain spec as written. Unknown keys are errors.
@@ -21,6 +22,12 @@ pub struct DomainSpec {
     /// The custom page rules.
     #[serde(default)]
     pub custom_pages: Vec<RuleSpec>,
+    /// The domain's certificate for HTTPS clients (chosen by SNI).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<CertSpec>,
+    /// Answer cleartext requests with a redirect to `https://`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub https_redirect: bool,
     /// Filters to run for this domain, in order: a name, or a name with its settings.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub filters: Vec<serde_yaml::Value>,
@@ -41,6 +48,39 @@ pub struct OriginSpec {
     /// Bound of one read from the origin; a longer stall is answered 504.
     #[serde(default = "default_read_timeout")]
     pub read_timeout: Dur,
+    /// Connect to the origin over TLS.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub tls: bool,
+    /// Name sent as SNI and verified in the origin's certificate; by default `host`, else the
+    /// requested host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    /// Verify the origin's certificate and name.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub verify: bool,
+    /// PEM file of the roots to trust instead of the system's, relative to the spec's file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+}
+
+/// A certificate chain and its private key, as PEM files (relative to the file naming them).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertSpec {
+    /// The chain, leaf first.
+    pub cert: PathBuf,
+    /// The private key (PKCS#8, RSA or EC).
+    pub key: PathBuf,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+fn is_true(b: &bool) -> bool {
+    *b
+}
+fn yes() -> bool {
+    true
 }
 
 impl Default for OriginSpec {
@@ -51,6 +91,10 @@ impl Default for OriginSpec {
             host: None,
             connect_timeout: default_connect_timeout(),
             read_timeout: default_read_timeout(),
+            tls: false,
+            sni: None,
+            verify: true,
+            ca_file: None,
         }
     }
 }
@@ -72,6 +116,10 @@ pub struct DomainCacheSpec {
     /// Minimum freshness of an origin 4xx/5xx (negative caching); zero turns it off.
     #[serde(default)]
     pub error_ttl: Dur,
+    /// One cache entry for `http://` and `https://` requests of a URL (by default each scheme
+    /// has its own, so an origin redirecting one to the other cannot make a cached loop).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub share_schemes: bool,
 }
 
 /// Where an error status came from.
@@ -179,6 +227,28 @@ impl DomainSpec {
                 );
             }
         }
+        if let Some(sni) = &self.origin.sni {
+            if !is_sni(sni) {
+                err(
+                    "origin.sni".into(),
+                    format!("{sni:?} is not a server name; expected a DNS name like origin.example.net"),
+                );
+            }
+        }
+        if !self.origin.tls {
+            for (key, set) in [
+                ("origin.sni", self.origin.sni.is_some()),
+                ("origin.verify", !self.origin.verify),
+                ("origin.ca_file", self.origin.ca_file.is_some()),
+            ] {
+                if set {
+                    err(
+                        key.into(),
+                        "applies to TLS origins only; add origin.tls: true".into(),
+                    );
+                }
+            }
+        }
         for (key, d) in [
             ("origin.connect_timeout", self.origin.connect_timeout),
             ("origin.read_timeout", self.origin.read_timeout),
@@ -249,6 +319,17 @@ pub fn check_together(specs: &[(&Location, &DomainSpec, &DomainName)]) -> Vec<Co
         }
     }
     errors
+}
+
+/// A name to send as SNI: DNS labels of letters, digits and `-`, dot-separated.
+fn is_sni(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }
 
 /// An origin server is `host:port` (IPv6 in brackets).

@@ -2,6 +2,7 @@
 //! the domains folder, the admin API and Pingora's own server settings; as written
 //! ([`EdgeFile`]) and validated ([`EdgeSettings`]).
 
+use super::domain::CertSpec;
 use super::values::{Dur, Size};
 use super::{parse_yaml, ConfigError, ConfigErrors};
 use serde::Deserialize;
@@ -19,6 +20,9 @@ pub struct EdgeFile {
     /// Worker threads of the proxy.
     #[serde(default = "default_threads")]
     pub threads: usize,
+    /// HTTPS listeners and the certificate for clients naming no domain of this edge.
+    #[serde(default)]
+    pub tls: TlsSection,
     /// The content cache.
     #[serde(default)]
     pub cache: CacheSection,
@@ -50,6 +54,19 @@ fn default_access_log() -> String {
 }
 fn default_domains() -> PathBuf {
     PathBuf::from("domains")
+}
+
+/// The `tls:` section of the edge file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// Addresses to listen on for TLS, each serving HTTP/2 and HTTP/1.1 (by ALPN).
+    #[serde(default)]
+    pub listen: Vec<String>,
+    /// The certificate for clients without SNI or naming no domain with a certificate; without
+    /// it such handshakes fail.
+    #[serde(default)]
+    pub default_cert: Option<CertSpec>,
 }
 
 /// The `cache:` section of the edge file.
@@ -129,6 +146,9 @@ pub struct AdminSection {
     /// File holding the bearer token (else `CUSTOM_PAGES_ADMIN_TOKEN`).
     #[serde(default)]
     pub token_file: Option<PathBuf>,
+    /// Serve the API over TLS with this certificate (required off loopback).
+    #[serde(default)]
+    pub tls: Option<CertSpec>,
 }
 
 impl Default for AdminSection {
@@ -136,6 +156,7 @@ impl Default for AdminSection {
         AdminSection {
             listen: default_admin_listen(),
             token_file: None,
+            tls: None,
         }
     }
 }
@@ -151,6 +172,10 @@ pub struct EdgeSettings {
     pub file: PathBuf,
     /// Listening addresses.
     pub listen: Vec<SocketAddr>,
+    /// TLS listening addresses.
+    pub tls_listen: Vec<SocketAddr>,
+    /// The certificate for handshakes no domain's certificate answers (paths resolved).
+    pub default_cert: Option<CertSpec>,
     /// Worker threads of the proxy.
     pub threads: usize,
     /// Bound of the content cache in bytes.
@@ -167,6 +192,8 @@ pub struct EdgeSettings {
     pub admin_listen: SocketAddr,
     /// File holding the admin token, if any.
     pub admin_token_file: Option<PathBuf>,
+    /// The admin API's certificate (paths resolved), if it serves TLS.
+    pub admin_tls: Option<CertSpec>,
     /// Where the access log goes.
     pub access_log: AccessLogTarget,
     /// Pingora's server settings.
@@ -235,15 +262,26 @@ impl EdgeSettings {
                 "no address to listen on; expected e.g. [\"0.0.0.0:6188\"]".into(),
             );
         }
-        let mut listen = Vec::new();
-        for (i, addr) in raw.listen.iter().enumerate() {
-            match addr.parse::<SocketAddr>() {
-                Ok(a) => listen.push(a),
-                Err(_) => err(
-                    &format!("listen[{i}]"),
-                    format!("{addr:?} is not an address; expected ip:port like 0.0.0.0:6188"),
-                ),
+        let mut addresses = |key: &str, list: &[String], example: &str| {
+            let mut parsed = Vec::new();
+            for (i, addr) in list.iter().enumerate() {
+                match addr.parse::<SocketAddr>() {
+                    Ok(a) => parsed.push(a),
+                    Err(_) => err(
+                        &format!("{key}[{i}]"),
+                        format!("{addr:?} is not an address; expected ip:port like {example}"),
+                    ),
+                }
             }
+            parsed
+        };
+        let listen = addresses("listen", &raw.listen, "0.0.0.0:6188");
+        let tls_listen = addresses("tls.listen", &raw.tls.listen, "0.0.0.0:6443");
+        if let Some(both) = tls_listen.iter().find(|a| listen.contains(a)) {
+            err(
+                "tls.listen",
+                format!("{both} is also in listen; one address serves either cleartext or TLS"),
+            );
         }
         if raw.threads == 0 || raw.threads > 1024 {
             err(
@@ -288,7 +326,19 @@ impl EdgeSettings {
                 None
             }
         };
+        if let Some(addr) = admin_listen.filter(|a| !a.ip().is_loopback()) {
+            if raw.admin.tls.is_none() {
+                err(
+                    "admin.listen",
+                    format!("{addr} is not a loopback address: the admin API serves other machines only over TLS; add admin.tls"),
+                );
+            }
+        }
         let base = file.parent().unwrap_or(Path::new("."));
+        let resolve = |spec: CertSpec| CertSpec {
+            cert: base.join(spec.cert),
+            key: base.join(spec.key),
+        };
         let server = match server_conf(&raw.server, raw.threads) {
             Ok(s) => Some(s),
             Err((key, msg)) => {
@@ -300,6 +350,8 @@ impl EdgeSettings {
             (true, Some(admin_listen), Some(server)) => Ok(EdgeSettings {
                 file: file.to_path_buf(),
                 listen,
+                tls_listen,
+                default_cert: raw.tls.default_cert.map(resolve),
                 threads: raw.threads,
                 cache_memory,
                 cache_max_object,
@@ -312,6 +364,7 @@ impl EdgeSettings {
                 domains_dir: base.join(&raw.domains),
                 admin_listen,
                 admin_token_file: raw.admin.token_file.map(|p| base.join(p)),
+                admin_tls: raw.admin.tls.map(resolve),
                 access_log: AccessLogTarget::parse(&raw.access_log, base),
                 server_yaml: serde_yaml::to_string(&raw.server).unwrap_or_default(),
                 server,
@@ -321,7 +374,7 @@ impl EdgeSettings {
     }
 
     /// The keys of `newer` that differ from these settings and only take effect on restart
-    /// (everything but `pages`, which applies live).
+    /// (everything but `pages` and `tls.default_cert`, which apply live).
     pub fn restart_needed_for(&self, newer: &EdgeSettings) -> Vec<&'static str> {
         let mut keys = Vec::new();
         let mut check = |key, differs: bool| {
@@ -330,6 +383,7 @@ impl EdgeSettings {
             }
         };
         check("listen", self.listen != newer.listen);
+        check("tls.listen", self.tls_listen != newer.tls_listen);
         check("threads", self.threads != newer.threads);
         check("cache.memory", self.cache_memory != newer.cache_memory);
         check(
@@ -346,6 +400,7 @@ impl EdgeSettings {
             "admin.token_file",
             self.admin_token_file != newer.admin_token_file,
         );
+        check("admin.tls", self.admin_tls != newer.admin_tls);
         check("access_log", self.access_log != newer.access_log);
         check("server", self.server_yaml != newer.server_yaml);
         keys

@@ -10,7 +10,7 @@ pub mod domain;
 pub mod edge;
 pub mod values;
 
-pub use domain::{check_together, DomainSpec, OriginSpec, RuleSpec, Source};
+pub use domain::{check_together, CertSpec, DomainSpec, OriginSpec, RuleSpec, Source};
 pub use edge::{AccessLogTarget, EdgeSettings, PageSettings};
 pub use values::{CodePattern, DomainName, PageUrl};
 
@@ -34,6 +34,17 @@ impl fmt::Display for Location {
         match self {
             Location::File(path) => write!(f, "{}", path.display()),
             Location::Key(key) => f.write_str(key),
+        }
+    }
+}
+
+impl Location {
+    /// A path named in the spec found here: relative to the spec's file, or as written for a
+    /// store key.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        match self {
+            Location::File(file) => file.parent().unwrap_or(Path::new(".")).join(path),
+            Location::Key(_) => path.to_path_buf(),
         }
     }
 }

@@ -19,6 +19,11 @@ pub struct Attempt {
 }
 
 impl Attempt {
+    /// The server this attempt uses (or used last), for log lines.
+    pub fn server<'a>(&self, upstream: &'a Upstream) -> &'a str {
+        upstream.server_name(self.server)
+    }
+
     /// Chooses the server to try first. Err: every server is down and being retried by
     /// other requests; the status to answer with.
     pub fn begin(&mut self, upstream: &Upstream) -> Result<(), u16> {
@@ -31,9 +36,10 @@ impl Attempt {
         self.all_down = Some(status);
     }
 
-    /// The peer for the chosen server, resolving its name. A server whose name does not
-    /// resolve is down like one that refuses connections, and the next one is tried.
-    pub async fn peer(&mut self, upstream: &Upstream) -> Result<HttpPeer> {
+    /// The peer for the chosen server, resolving its name, for a request to `host`. A server
+    /// whose name does not resolve is down like one that refuses connections, and the next
+    /// one is tried.
+    pub async fn peer(&mut self, upstream: &Upstream, host: &str) -> Result<HttpPeer> {
         if let Some(status) = self.all_down {
             let etype = if status == 504 {
                 ErrorType::ConnectTimedout
@@ -54,7 +60,7 @@ impl Attempt {
                 .get(self.server)
                 .ok_or_else(|| Error::explain(ErrorType::ConnectNoRoute, "no origin server left"))?;
             match resolve(server).await {
-                Ok(addr) => return Ok(peer(addr, &upstream.origin)),
+                Ok(addr) => return Ok(peer(addr, &upstream.origin, host)),
                 Err(mut e) => {
                     self.note_failure(upstream, 502, &e);
                     if self.choose(upstream, self.server + 1).is_err() {

@@ -10,10 +10,17 @@ pub use attempt::Attempt;
 pub use health::{HealthTable, OriginHealth};
 pub use resolve::resolve;
 
+use crate::spec::values::normalize_host;
 use crate::spec::OriginSpec;
+use crate::tls;
+use pingora_core::protocols::tls::CaType;
 use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::utils::tls::{parse_x509, WrappedX509};
 use pingora_error::{ErrorSource, ErrorType};
+use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How long an idle pooled origin connection is kept.
@@ -30,6 +37,66 @@ pub struct Origin {
     pub connect_timeout: Duration,
     /// Bound of one read from the origin.
     pub read_timeout: Duration,
+    /// How to speak TLS to the servers; `None` for cleartext.
+    pub tls: Option<OriginTls>,
+}
+
+/// TLS to an origin's servers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OriginTls {
+    /// The name sent as SNI and verified; `None` uses the Host sent (`host`, else the requested
+    /// host).
+    pub sni: Option<String>,
+    /// Verify the certificate chain and the name.
+    pub verify: bool,
+    /// Roots to trust instead of the system's.
+    pub roots: Option<Roots>,
+}
+
+/// Trusted roots read from a CA file.
+#[derive(Clone)]
+pub struct Roots {
+    certs: Arc<CaType>,
+    /// Tells pooled connections made with these roots from others (Pingora's peer hash leaves
+    /// the roots out).
+    fingerprint: u64,
+}
+
+impl Roots {
+    /// Reads every certificate of a PEM file.
+    pub fn load(path: &Path) -> Result<Roots, String> {
+        let ders = tls::read_certs(path)?;
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        let certs: Vec<WrappedX509> = ders
+            .iter()
+            .map(|der| {
+                der.as_ref().hash(&mut hasher);
+                // Checked to parse by `read_certs`, so `parse_x509` (which panics) cannot.
+                WrappedX509::new(der.to_vec(), parse_x509)
+            })
+            .collect();
+        Ok(Roots {
+            certs: Arc::from(certs),
+            fingerprint: hasher.finish(),
+        })
+    }
+}
+
+impl PartialEq for Roots {
+    fn eq(&self, other: &Self) -> bool {
+        self.fingerprint == other.fingerprint
+    }
+}
+
+impl std::fmt::Debug for Roots {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(
+            f,
+            "Roots({} certificates, {:x})",
+            self.certs.len(),
+            self.fingerprint
+        )
+    }
 }
 
 impl Origin {
@@ -39,16 +106,21 @@ impl Origin {
             servers: servers.into_iter().map(Into::into).collect(),
             ..OriginSpec::default()
         };
-        Origin::from_spec(&defaults)
+        Origin::from_spec(&defaults, None)
     }
 
-    /// The origin a checked spec describes.
-    pub fn from_spec(spec: &OriginSpec) -> Origin {
+    /// The origin a checked spec describes, trusting `roots` (read from its `ca_file`) if any.
+    pub fn from_spec(spec: &OriginSpec, roots: Option<Roots>) -> Origin {
         Origin {
             servers: spec.servers.clone(),
             host: spec.host.clone(),
             connect_timeout: spec.connect_timeout.0,
             read_timeout: spec.read_timeout.0,
+            tls: spec.tls.then(|| OriginTls {
+                sni: spec.sni.clone(),
+                verify: spec.verify,
+                roots,
+            }),
         }
     }
 }
@@ -71,9 +143,26 @@ impl Upstream {
     }
 }
 
-/// A plain-HTTP peer for one origin server with the origin's timeouts.
-pub fn peer(addr: SocketAddr, origin: &Origin) -> HttpPeer {
-    let mut peer = HttpPeer::new(addr, false, String::new());
+/// A peer for one origin server with the origin's timeouts and TLS settings; `host` is the
+/// host the request is for (the SNI when neither `sni` nor `host` is configured).
+pub fn peer(addr: SocketAddr, origin: &Origin, host: &str) -> HttpPeer {
+    let mut peer = match &origin.tls {
+        None => HttpPeer::new(addr, false, String::new()),
+        Some(tls) => {
+            let name = tls
+                .sni
+                .clone()
+                .unwrap_or_else(|| normalize_host(origin.host.as_deref().unwrap_or(host)));
+            let mut peer = HttpPeer::new(addr, true, name);
+            peer.options.verify_cert = tls.verify;
+            peer.options.verify_hostname = tls.verify;
+            if let Some(roots) = &tls.roots {
+                peer.options.ca = Some(roots.certs.clone());
+                peer.group_key = roots.fingerprint;
+            }
+            peer
+        }
+    };
     peer.options.connection_timeout = Some(origin.connect_timeout);
     peer.options.read_timeout = Some(origin.read_timeout);
     peer.options.write_timeout = Some(origin.read_timeout);

@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod origin;
 pub mod raw;
+pub mod tls;
 pub mod wait;
 
 pub use admin::{wait_fetched, Admin, TOKEN, TOKEN_ENV};
@@ -39,6 +40,8 @@ pub struct Edge {
     child: Child,
     pub port: u16,
     pub admin_port: u16,
+    /// The TLS listener's port (listening when [`EdgeOptions::tls`] is set).
+    pub tls_port: u16,
     dir: tempfile::TempDir,
 }
 
@@ -52,6 +55,9 @@ pub struct EdgeOptions {
     pub env: Vec<(String, String)>,
     /// The program to run instead of `custom-pages` (an example built on the library).
     pub program: Option<PathBuf>,
+    /// A TLS listener, with these extra lines of the `tls:` section (by default the harness's
+    /// `default_cert`, see [`harness_ca`]).
+    pub tls: Option<String>,
 }
 
 impl Default for EdgeOptions {
@@ -60,6 +66,7 @@ impl Default for EdgeOptions {
             edge_extra: "pages:\n  max_size: 64KiB\n  refresh: 5m\n  fetch_timeout: 2s\n".into(),
             env: vec![(TOKEN_ENV.into(), TOKEN.into())],
             program: None,
+            tls: Some(HARNESS_TLS.into()),
         }
     }
 }
@@ -82,14 +89,21 @@ impl Edge {
     pub fn start_in(dir: tempfile::TempDir, options: EdgeOptions) -> Edge {
         let mut last_log = String::new();
         for _ in 0..5 {
-            let (port, admin_port) = (free_port(), free_port());
+            let (port, admin_port, tls_port) = (free_port(), free_port(), free_port());
+            let tls = match &options.tls {
+                Some(extra) => format!("tls:\n  listen: [\"127.0.0.1:{tls_port}\"]\n{extra}"),
+                None => String::new(),
+            };
             let edge_yaml = format!(
-                "listen: [\"127.0.0.1:{port}\"]\nthreads: 2\ndomains: domains\nadmin:\n  listen: 127.0.0.1:{admin_port}\nserver:\n  pid_file: {pid}\n  upgrade_sock: {sock}\n  grace_period_seconds: 0\n  graceful_shutdown_timeout_seconds: 1\n{extra}",
+                "listen: [\"127.0.0.1:{port}\"]\nthreads: 2\ndomains: domains\nadmin:\n  listen: 127.0.0.1:{admin_port}\nserver:\n  pid_file: {pid}\n  upgrade_sock: {sock}\n  grace_period_seconds: 0\n  graceful_shutdown_timeout_seconds: 1\n{tls}{extra}",
                 pid = dir.path().join("edge.pid").display(),
                 sock = dir.path().join("upgrade.sock").display(),
                 extra = options.edge_extra,
             );
             std::fs::write(dir.path().join("edge.yaml"), edge_yaml).expect("edge file");
+            let (_, harness_leaf) = harness_ca();
+            std::fs::write(dir.path().join("harness.pem"), &harness_leaf.cert_pem).expect("certificate");
+            std::fs::write(dir.path().join("harness.key"), &harness_leaf.key_pem).expect("key");
             let log = std::fs::File::create(dir.path().join("edge.log")).expect("log file");
             let program = options
                 .program
@@ -108,11 +122,14 @@ impl Edge {
                 .spawn()
                 .expect("spawn custom-pages");
             let mut child = child;
-            if wait_listening(&mut child, port, Duration::from_secs(10)) {
+            let listening = wait_listening(&mut child, port, Duration::from_secs(10))
+                && (options.tls.is_none() || wait_listening(&mut child, tls_port, Duration::from_secs(5)));
+            if listening {
                 return Edge {
                     child,
                     port,
                     admin_port,
+                    tls_port,
                     dir,
                 };
             }
@@ -125,6 +142,15 @@ impl Edge {
 
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn tls_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.tls_port))
+    }
+
+    /// `https://{host}:{tls_port}{path}`; clients from [`tls::client`] resolve hosts to the edge.
+    pub fn https_url(&self, host: &str, path: &str) -> String {
+        format!("https://{host}:{}{path}", self.tls_port)
     }
 
     /// `http://{host}:{port}{path}`; clients from [`client`] resolve every host to the edge.
@@ -202,34 +228,131 @@ pub fn example(name: &str) -> PathBuf {
 /// Which protocol a client speaks to the edge.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Proto {
+    /// HTTP/1.1 in cleartext.
     H1,
+    /// HTTP/2 in cleartext, with prior knowledge.
     H2c,
+    /// HTTP/1.1 over TLS (ALPN http/1.1).
+    H1Tls,
+    /// HTTP/2 over TLS (ALPN h2).
+    H2Tls,
 }
 
+impl Proto {
+    /// The HTTP version a response over this protocol has.
+    pub fn version(self) -> reqwest::Version {
+        match self {
+            Proto::H1 | Proto::H1Tls => reqwest::Version::HTTP_11,
+            Proto::H2c | Proto::H2Tls => reqwest::Version::HTTP_2,
+        }
+    }
+
+    /// Whether it is HTTP/1.1 (one request at a time per connection).
+    pub fn is_h1(self) -> bool {
+        matches!(self, Proto::H1 | Proto::H1Tls)
+    }
+}
+
+/// The cleartext protocols.
 pub const PROTOS: [Proto; 2] = [Proto::H1, Proto::H2c];
 
-/// A client that sends every request for `hosts` to the edge: HTTP/1.1 (with Host) or h2c
-/// with prior knowledge (with :authority). No automatic decompression or redirects.
-pub fn client(edge: &Edge, proto: Proto, hosts: &[&str]) -> reqwest::Client {
+/// Every protocol, cleartext and TLS.
+pub const ALL_PROTOS: [Proto; 4] = [Proto::H1, Proto::H2c, Proto::H1Tls, Proto::H2Tls];
+
+/// The edge file's `tls:` lines of every harness edge (see [`EdgeOptions::tls`]): a default
+/// certificate for every test name, signed by [`harness_ca`].
+const HARNESS_TLS: &str = "  default_cert: {cert: harness.pem, key: harness.key}\n";
+
+/// The CA of the harness's default certificate, and that certificate (for `*.example.com`,
+/// `*.example.org`, `*.example.net` and `*.test`), made once per test binary.
+pub fn harness_ca() -> &'static (tls::Ca, tls::Leaf) {
+    static CA: std::sync::LazyLock<(tls::Ca, tls::Leaf)> = std::sync::LazyLock::new(|| {
+        let ca = tls::Ca::new("custom-pages harness CA");
+        let leaf = ca.leaf(&["*.example.com", "*.example.org", "*.example.net", "*.test"]);
+        (ca, leaf)
+    });
+    &CA
+}
+
+/// A client of the edge that sends every request for `hosts` to it, over `proto`: HTTP/1.1
+/// (with Host), h2c with prior knowledge (with :authority), or either over TLS trusting only
+/// the harness's CA. No automatic decompression or redirects.
+pub fn client(edge: &Edge, proto: Proto, hosts: &[&str]) -> Client {
     client_with(edge, proto, hosts, true)
 }
 
 /// Like [`client`]; when `pooled` is false, each HTTP/1.1 request opens a new connection.
-pub fn client_with(edge: &Edge, proto: Proto, hosts: &[&str], pooled: bool) -> reqwest::Client {
+pub fn client_with(edge: &Edge, proto: Proto, hosts: &[&str], pooled: bool) -> Client {
     let mut builder = reqwest::Client::builder()
         .no_proxy()
         .no_gzip()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(20));
+    let over_tls = matches!(proto, Proto::H1Tls | Proto::H2Tls);
+    let to = if over_tls { edge.tls_addr() } else { edge.addr() };
     for host in hosts {
-        builder = builder.resolve(host, edge.addr());
+        builder = builder.resolve(host, to);
+    }
+    if over_tls {
+        let ca = reqwest::Certificate::from_pem(harness_ca().0.pem().as_bytes()).expect("harness CA");
+        builder = builder
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(ca);
     }
     builder = match proto {
-        Proto::H1 if !pooled => builder.http1_only().pool_max_idle_per_host(0),
-        Proto::H1 => builder.http1_only(),
+        Proto::H1 | Proto::H1Tls if !pooled => builder.http1_only().pool_max_idle_per_host(0),
+        Proto::H1 | Proto::H1Tls => builder.http1_only(),
         Proto::H2c => builder.http2_prior_knowledge(),
+        // ALPN picks HTTP/2.
+        Proto::H2Tls => builder,
     };
-    builder.build().expect("client")
+    Client {
+        http: builder.build().expect("client"),
+        tls_ports: over_tls.then_some((edge.port, edge.tls_port)),
+    }
+}
+
+/// A client of the edge over one protocol. Tests write cleartext URLs ([`Edge::url`]); over
+/// TLS they go to `https://` on the TLS port.
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    /// For TLS: the cleartext port in URLs, and the TLS port to use instead.
+    tls_ports: Option<(u16, u16)>,
+}
+
+impl Client {
+    fn target(&self, url: &str) -> String {
+        match self.tls_ports {
+            None => url.to_string(),
+            Some((port, tls_port)) => url.replacen("http://", "https://", 1).replacen(
+                &format!(":{port}/"),
+                &format!(":{tls_port}/"),
+                1,
+            ),
+        }
+    }
+
+    pub fn request(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, self.target(url))
+    }
+
+    pub fn get(&self, url: impl AsRef<str>) -> reqwest::RequestBuilder {
+        self.request(reqwest::Method::GET, url.as_ref())
+    }
+
+    pub fn head(&self, url: impl AsRef<str>) -> reqwest::RequestBuilder {
+        self.request(reqwest::Method::HEAD, url.as_ref())
+    }
+
+    pub fn post(&self, url: impl AsRef<str>) -> reqwest::RequestBuilder {
+        self.request(reqwest::Method::POST, url.as_ref())
+    }
+
+    pub fn put(&self, url: impl AsRef<str>) -> reqwest::RequestBuilder {
+        self.request(reqwest::Method::PUT, url.as_ref())
+    }
 }
 
 /// A response read whole.
@@ -247,7 +370,7 @@ impl Got {
     }
 }
 
-pub async fn get(client: &reqwest::Client, url: &str) -> Got {
+pub async fn get(client: &Client, url: &str) -> Got {
     send(client.get(url)).await
 }
 

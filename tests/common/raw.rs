@@ -5,8 +5,12 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+/// A byte stream to the edge: TCP, or TLS over it.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// One HTTP/1.1 response as read off the wire.
 #[derive(Debug, Default)]
@@ -35,7 +39,7 @@ impl RawResponse {
 
 /// One connection to the edge.
 pub struct RawConn {
-    pub stream: TcpStream,
+    pub stream: Box<dyn Io>,
     buf: Vec<u8>,
     closed: bool,
     /// Request lines sent with [`RawConn::request`], for failure messages.
@@ -44,8 +48,15 @@ pub struct RawConn {
 
 impl RawConn {
     pub async fn connect(addr: SocketAddr) -> RawConn {
+        RawConn::over(Box::new(
+            TcpStream::connect(addr).await.expect("connect to the edge"),
+        ))
+    }
+
+    /// A connection over an established stream (a TLS one, say).
+    pub fn over(stream: Box<dyn Io>) -> RawConn {
         RawConn {
-            stream: TcpStream::connect(addr).await.expect("connect to the edge"),
+            stream,
             buf: Vec::new(),
             closed: false,
             sent: Vec::new(),

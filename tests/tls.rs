@@ -1,0 +1,449 @@
+//! HTTPS end to end: the real edge with a TLS listener, certificates made at test time by a
+//! CA of the test's own, and clients that trust only that CA.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::origin::{Origin, Reply};
+use common::tls::{self, Ca, Leaf};
+use common::{domain_yaml, get, log_tail, time_until, Admin, Edge, EdgeOptions};
+
+const A: &str = "a.test";
+const B: &str = "b.test";
+const WILD: &str = "*.w.test";
+const PAGE_404: &str = "<h1>custom 404 over TLS</h1>";
+const PAGE_5XX: &str = "<h1>custom 5xx over TLS</h1>";
+
+/// An origin serving `/` ("hello from the origin"), a 404 and the pages.
+async fn origin() -> Origin {
+    let origin = Origin::start().await;
+    origin.route("/", Reply::ok("hello from the origin"));
+    origin.route("/missing", Reply::new(404).body("origin's own 404"));
+    origin.route(
+        "/error404.html",
+        Reply::new(200).header("content-type", "text/html").body(PAGE_404),
+    );
+    origin.route(
+        "/error5xx.html",
+        Reply::new(200).header("content-type", "text/html").body(PAGE_5XX),
+    );
+    origin
+}
+
+/// A domain file for `domain` with its certificate `{stem}.pem`/`{stem}.key` (relative to the
+/// domain file) and extra YAML.
+fn tls_domain(domain: &str, origin: &Origin, stem: &str, extra: &str) -> String {
+    domain_yaml(
+        domain,
+        origin.addr(),
+        &format!("tls:\n  cert: {stem}.pem\n  key: {stem}.key\n{extra}"),
+    )
+}
+
+/// The three certificates of the standard setup: a.test, b.test and *.w.test.
+struct Certs {
+    ca: Ca,
+    a: Leaf,
+    b: Leaf,
+    wild: Leaf,
+}
+
+impl Certs {
+    fn new() -> Certs {
+        let ca = Ca::new("custom-pages test CA");
+        let (a, b, wild) = (ca.leaf(&[A]), ca.leaf(&[B]), ca.leaf(&[WILD]));
+        Certs { ca, a, b, wild }
+    }
+}
+
+/// An edge serving a.test, b.test and *.w.test over TLS, each with its certificate; a.test has
+/// custom pages for 404 and 5xx. `tls_extra` goes into the edge file's `tls:` section, before
+/// the edge starts `prepare` may write more files into the domains folder.
+async fn start(
+    certs: &Certs,
+    origin: &Origin,
+    tls_extra: &str,
+    prepare: impl FnOnce(&std::path::Path),
+) -> Edge {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let domains = dir.path().join("domains");
+    std::fs::create_dir(&domains).expect("domains dir");
+    certs.a.write(&domains, "a");
+    certs.b.write(&domains, "b");
+    certs.wild.write(&domains, "wild");
+    let rules = "custom_pages:\n  - code: 404\n    url: http://a.test/error404.html\n  - code: \"5xx\"\n    url: http://a.test/error5xx.html\n";
+    let files = [
+        ("a.yaml", tls_domain(A, origin, "a", rules)),
+        ("b.yaml", tls_domain(B, origin, "b", "")),
+        ("wild.yaml", tls_domain(WILD, origin, "wild", "")),
+    ];
+    for (file, yaml) in files {
+        std::fs::write(domains.join(file), yaml).expect("domain file");
+    }
+    prepare(&domains);
+    let options = EdgeOptions {
+        tls: Some(tls_extra.to_string()),
+        ..EdgeOptions::default()
+    };
+    common::start_edge_in(dir, options).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_name_gets_its_certificate_and_unknown_names_fail_without_a_default() {
+    let certs = Certs::new();
+    let origin = origin().await;
+    let edge = start(&certs, &origin, "", |_| {}).await;
+    for (sni, leaf) in [(A, &certs.a), (B, &certs.b), ("x.w.test", &certs.wild)] {
+        let (_, got) = tls::connect(edge.tls_addr(), Some(sni), &certs.ca, &["h2"])
+            .await
+            .unwrap_or_else(|e| panic!("{sni}: {e}\n{}", log_tail(&edge)));
+        assert!(got == leaf.der, "{sni} got another certificate");
+    }
+    for sni in [Some("unknown.test"), Some("w.test"), None] {
+        let result = tls::connect(edge.tls_addr(), sni, &certs.ca, &["h2"]).await;
+        assert!(
+            result.is_err(),
+            "{sni:?}: a handshake without a certificate to serve must fail"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_default_certificate_serves_clients_without_sni_and_unknown_names() {
+    let certs = Certs::new();
+    let default = certs.ca.leaf(&["default.test"]);
+    let origin = origin().await;
+    let edge = start(
+        &certs,
+        &origin,
+        "  default_cert: {cert: domains/default.pem, key: domains/default.key}\n",
+        |domains| {
+            default.write(domains, "default");
+        },
+    )
+    .await;
+    for sni in [None, Some("default.test")] {
+        let (_, got) = tls::connect(edge.tls_addr(), sni, &certs.ca, &["http/1.1"])
+            .await
+            .unwrap_or_else(|e| panic!("{sni:?}: {e}\n{}", log_tail(&edge)));
+        assert!(got == default.der, "{sni:?} did not get the default certificate");
+    }
+    // Without SNI, any domain may be asked for.
+    let (stream, _) = tls::connect(edge.tls_addr(), None, &certs.ca, &["http/1.1"])
+        .await
+        .expect("TLS");
+    let mut conn = common::RawConn::over(Box::new(stream));
+    let got = conn.request("GET", A, "/", &[]).await;
+    assert_eq!((got.status, got.text().as_str()), (200, "hello from the origin"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn h2_and_h1_over_tls_with_custom_pages() {
+    let certs = Certs::new();
+    let origin = origin().await;
+    let edge = start(&certs, &origin, "", |_| {}).await;
+    common::wait_fetched(&edge, "http://a.test/error404.html").await;
+    for h1_only in [false, true] {
+        let https = tls::client(&edge, &certs.ca, &[A, B, "x.w.test"], h1_only);
+        let version = if h1_only {
+            reqwest::Version::HTTP_11
+        } else {
+            reqwest::Version::HTTP_2
+        };
+        let got = get(&https, &edge.https_url(A, "/")).await;
+        assert_eq!((got.status, got.body.as_str()), (200, "hello from the origin"));
+        assert_eq!(got.version, version, "ALPN");
+        let got = get(&https, &edge.https_url(A, "/missing")).await;
+        assert_eq!(
+            (got.status, got.body.as_str()),
+            (404, PAGE_404),
+            "{}",
+            log_tail(&edge)
+        );
+        assert_eq!(got.version, version);
+        let got = get(&https, &edge.https_url("x.w.test", "/")).await;
+        assert_eq!(got.status, 200);
+    }
+    // The origin goes away: the edge's own 502 gets the page over TLS too.
+    drop(origin);
+    for h1_only in [false, true] {
+        let https = tls::client(&edge, &certs.ca, &[A], h1_only);
+        let got = get(&https, &edge.https_url(A, "/")).await;
+        assert_eq!(
+            (got.status, got.body.as_str()),
+            (502, PAGE_5XX),
+            "{}",
+            log_tail(&edge)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_for_another_domain_than_its_sni_gets_421() {
+    let certs = Certs::new();
+    let origin = origin().await;
+    let edge = start(&certs, &origin, "", |_| {}).await;
+    let (mut conn, _) = tls::raw_h1(&edge, A, &certs.ca).await;
+    let got = conn.request("GET", B, "/", &[]).await;
+    assert_eq!(got.status, 421, "{got:?}");
+    assert!(got.text().contains("421 Misdirected Request"), "{}", got.text());
+    assert!(!got.text().contains("hello"), "never another domain's content");
+    // The same connection still serves its own domain.
+    let got = conn.request("GET", A, "/", &[]).await;
+    assert_eq!(got.status, 200);
+    assert_eq!(tls::h2_get(&edge, A, B, "/", &certs.ca).await, 421);
+    assert_eq!(
+        tls::h2_get(&edge, "x.w.test", "y.w.test", "/", &certs.ca).await,
+        200,
+        "one domain"
+    );
+    assert_eq!(tls::h2_get(&edge, A, A, "/", &certs.ca).await, 200);
+    assert_eq!(
+        origin.hits("/"),
+        3,
+        "a misdirected request never reaches the origin"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn https_redirect_answers_cleartext_before_cache_and_origin() {
+    let certs = Certs::new();
+    let origin = origin().await;
+    let edge = start(&certs, &origin, "", |domains| {
+        let yaml = tls_domain(B, &origin, "b", "https_redirect: true\n");
+        std::fs::write(domains.join("b.yaml"), yaml).expect("domain file");
+    })
+    .await;
+    let plain = common::client(&edge, common::Proto::H1, &[B]);
+    let got = get(&plain, &edge.url(B, "/path?q=1")).await;
+    assert_eq!(got.status, 308, "{got:?}");
+    assert_eq!(got.header("location"), Some("https://b.test/path?q=1"));
+    assert_eq!(origin.hits("/path?q=1"), 0);
+    let https = tls::client(&edge, &certs.ca, &[B], false);
+    assert_eq!(get(&https, &edge.https_url(B, "/")).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_certificate_renamed_over_serves_new_handshakes_and_open_connections_keep_working() {
+    let certs = Certs::new();
+    let origin = origin().await;
+    let edge = start(&certs, &origin, "", |_| {}).await;
+    let (mut old, got) = tls::raw_h1(&edge, A, &certs.ca).await;
+    assert!(got == certs.a.der);
+    let renewed = certs.ca.leaf(&[A]);
+    let replaced = Instant::now();
+    renewed.write(&edge.domains_dir(), "a");
+    let seen = time_until(Duration::from_secs(3), || async {
+        let (_, got) = tls::raw_h1(&edge, A, &certs.ca).await;
+        got == renewed.der
+    })
+    .await;
+    let took =
+        seen.unwrap_or_else(|| panic!("the renewed certificate was never served\n{}", log_tail(&edge)));
+    println!("renewed certificate served {took:?} after the rename");
+    assert!(replaced.elapsed() < Duration::from_secs(3));
+    let got = old.request("GET", A, "/", &[]).await;
+    assert_eq!(
+        got.status, 200,
+        "the connection made with the old certificate keeps working"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broken_certificate_is_refused_and_the_good_one_keeps_serving() {
+    let certs = Certs::new();
+    let origin = origin().await;
+    let edge = start(&certs, &origin, "", |_| {}).await;
+    let admin = Admin::new(&edge);
+    let version = admin.version().await;
+    // Garbage renamed over the certificate.
+    let path = edge.domains_dir().join("a.pem");
+    std::fs::write(
+        path.with_extension("new"),
+        "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
+    )
+    .expect("write");
+    std::fs::rename(path.with_extension("new"), &path).expect("rename");
+    let reported = time_until(Duration::from_secs(3), || async {
+        admin.status().await["last_reload_ok"] == false
+    })
+    .await;
+    assert!(reported.is_some(), "{}", log_tail(&edge));
+    let status = admin.status().await;
+    let error = &status["errors"][0];
+    assert_eq!(error["key"], "tls.cert", "{status}");
+    assert!(
+        error["file"].as_str().is_some_and(|f| f.ends_with("a.yaml")),
+        "{status}"
+    );
+    assert_eq!(admin.version().await, version);
+    let (_, got) = tls::raw_h1(&edge, A, &certs.ca).await;
+    assert!(got == certs.a.der, "the last good certificate keeps serving");
+    // A key of another certificate, and an expired certificate, through the domain file.
+    let other = certs.ca.leaf(&[A]);
+    std::fs::write(edge.domains_dir().join("other.key"), &other.key_pem).expect("write");
+    let expired = certs.ca.expired_leaf(&[A]);
+    expired.write(&edge.domains_dir(), "expired");
+    for (yaml_tls, key, words) in [
+        ("tls:\n  cert: b.pem\n  key: b.key\n", "tls.cert", "is for b.test"),
+        (
+            "tls:\n  cert: expired.pem\n  key: expired.key\n",
+            "tls.cert",
+            "expired on 2021",
+        ),
+        (
+            "tls:\n  cert: b.pem\n  key: other.key\n",
+            "tls.key",
+            "does not belong",
+        ),
+    ] {
+        let yaml = domain_yaml(A, origin.addr(), yaml_tls);
+        std::fs::write(edge.domains_dir().join("a.yaml"), yaml).expect("write");
+        let shown = time_until(Duration::from_secs(3), || async {
+            let status = admin.status().await;
+            status["errors"][0]["key"] == key
+                && status["errors"][0]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains(words))
+        })
+        .await;
+        assert!(shown.is_some(), "{key} {words}: {}", admin.status().await);
+    }
+}
+
+/// `-t` names the file and key of a bad certificate.
+#[test]
+fn dash_t_names_file_and_key_of_a_bad_certificate() {
+    let ca = Ca::new("test CA");
+    let dir = tempfile::tempdir().expect("dir");
+    let domains = dir.path().join("domains");
+    std::fs::create_dir(&domains).expect("dir");
+    ca.leaf(&["other.test"]).write(&domains, "a");
+    std::fs::write(
+        domains.join("a.yaml"),
+        "domain: a.test\norigin: {servers: [\"127.0.0.1:1\"]}\ntls: {cert: a.pem, key: a.key}\n",
+    )
+    .expect("write");
+    std::fs::write(
+        domains.join("c.yaml"),
+        "domain: c.test\norigin: {servers: [\"127.0.0.1:1\"]}\ntls: {cert: none.pem, key: none.key}\n",
+    )
+    .expect("write");
+    std::fs::write(dir.path().join("edge.yaml"), "listen: [\"127.0.0.1:1\"]\n").expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_custom-pages"))
+        .arg("-t")
+        .arg("-c")
+        .arg(dir.path().join("edge.yaml"))
+        .output()
+        .expect("run -t");
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("a.yaml: tls.cert:") && text.contains("is for other.test, not for a.test"),
+        "{text}"
+    );
+    assert!(
+        text.contains("c.yaml: tls.cert:") && text.contains("cannot read"),
+        "{text}"
+    );
+}
+
+/// An origin reached over TLS: another edge with a certificate from a private CA.
+#[tokio::test(flavor = "multi_thread")]
+async fn https_origins_are_verified_with_their_ca_file() {
+    let ca = Ca::new("origin CA");
+    let plain = origin().await;
+    // The TLS origin: an edge serving origin.test with a certificate of the private CA.
+    let back_dir = tempfile::tempdir().expect("dir");
+    let back_domains = back_dir.path().join("domains");
+    std::fs::create_dir(&back_domains).expect("dir");
+    ca.leaf(&["origin.test"]).write(&back_domains, "origin");
+    std::fs::write(
+        back_domains.join("origin.yaml"),
+        domain_yaml(
+            "origin.test",
+            plain.addr(),
+            "tls: {cert: origin.pem, key: origin.key}\n",
+        ),
+    )
+    .expect("write");
+    let back = common::start_edge_in(
+        back_dir,
+        EdgeOptions {
+            tls: Some("  default_cert: {cert: domains/origin.pem, key: domains/origin.key}\n".into()),
+            ..EdgeOptions::default()
+        },
+    )
+    .await;
+    // The front edge: good.test verifies origin.test; bad.test expects another name.
+    let front_files = |ca_path: &str| {
+        let tls_origin = |sni: &str| {
+            format!(
+                "domain: {sni}.front\norigin:\n  servers: [\"{}\"]\n  host: origin.test\n  tls: true\n  sni: {sni}\n  ca_file: {ca_path}\n  connect_timeout: 1s\n  read_timeout: 2s\ncustom_pages:\n  - code: \"5xx\"\n    url: http://pages.front/error5xx.html\n",
+                back.tls_addr()
+            )
+        };
+        vec![
+            ("good.yaml", tls_origin("origin.test")),
+            ("bad.yaml", tls_origin("wrong.test")),
+            ("pages.yaml", domain_yaml("pages.front", plain.addr(), "")),
+        ]
+    };
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::create_dir(dir.path().join("domains")).expect("dir");
+    let ca_path = ca.write(&dir.path().join("domains"), "origin-ca.pem");
+    for (file, yaml) in front_files("origin-ca.pem") {
+        std::fs::write(dir.path().join("domains").join(file), yaml).expect("write");
+    }
+    assert!(ca_path.exists());
+    let front = common::start_edge_in(dir, EdgeOptions::default()).await;
+    common::wait_fetched(&front, "http://pages.front/error5xx.html").await;
+    let c = common::client(
+        &front,
+        common::Proto::H1,
+        &["origin.test.front", "wrong.test.front"],
+    );
+    let got = get(&c, &front.url("origin.test.front", "/")).await;
+    assert_eq!(
+        (got.status, got.body.as_str()),
+        (200, "hello from the origin"),
+        "{}",
+        log_tail(&front)
+    );
+    let got = get(&c, &front.url("wrong.test.front", "/")).await;
+    assert_eq!(
+        (got.status, got.body.as_str()),
+        (502, PAGE_5XX),
+        "{}",
+        log_tail(&front)
+    );
+    let line = common::wait_log_line(&front, &["origin of wrong.test.front failed"]).await;
+    println!("{line}");
+    assert!(
+        line.contains(&format!("(server {})", back.tls_addr())),
+        "the server: {line}"
+    );
+    assert!(line.to_lowercase().contains("certificate"), "the reason: {line}");
+    drop(back);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cache_keeps_schemes_apart_unless_shared() {
+    let certs = Certs::new();
+    let origin = origin().await;
+    origin.route("/c", Reply::ok("cached").header("cache-control", "max-age=60"));
+    let edge = start(&certs, &origin, "", |domains| {
+        let yaml = tls_domain(B, &origin, "b", "cache:\n  share_schemes: true\n");
+        std::fs::write(domains.join("b.yaml"), yaml).expect("domain file");
+    })
+    .await;
+    let plain = common::client(&edge, common::Proto::H1, &[A, B]);
+    let https = tls::client(&edge, &certs.ca, &[A, B], false);
+    for host in [A, B] {
+        get(&plain, &edge.url(host, "/c")).await;
+        let got = get(&https, &edge.https_url(host, "/c")).await;
+        let expected = if host == B { "HIT" } else { "MISS" };
+        assert_eq!(got.header("x-cache"), Some(expected), "{host}");
+    }
+}
