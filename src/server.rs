@@ -60,6 +60,13 @@ pub fn main_with(filters: FilterRegistry) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Pingora reads these roots when it builds its connectors, and panics on a bad file.
+    if let Some(ca_file) = &snapshot.edge.server.ca_file {
+        if let Err(e) = tls::read_certs(std::path::Path::new(ca_file)) {
+            eprintln!("{}: server.ca_file: {e}", cli.conf.display());
+            return ExitCode::FAILURE;
+        }
+    }
     let admin_cert = match &snapshot.edge.admin_tls {
         None => None,
         Some(spec) => match tls::load(&spec.cert, &spec.key, std::time::SystemTime::now()) {

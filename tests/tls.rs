@@ -347,6 +347,27 @@ fn dash_t_names_file_and_key_of_a_bad_certificate() {
         text.contains("c.yaml: tls.cert:") && text.contains("cannot read"),
         "{text}"
     );
+    // Pingora's own roots file (it would panic on a bad one when building its connectors).
+    std::fs::write(dir.path().join("roots.pem"), "not a certificate").expect("write");
+    std::fs::remove_file(domains.join("a.yaml")).expect("remove");
+    std::fs::remove_file(domains.join("c.yaml")).expect("remove");
+    let edge_file = format!(
+        "server: {{ca_file: {}}}\n",
+        dir.path().join("roots.pem").display()
+    );
+    std::fs::write(dir.path().join("edge.yaml"), edge_file).expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_custom-pages"))
+        .arg("-t")
+        .arg("-c")
+        .arg(dir.path().join("edge.yaml"))
+        .output()
+        .expect("run -t");
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("edge.yaml: server.ca_file:") && text.contains("holds no certificate"),
+        "{text}"
+    );
 }
 
 /// An origin reached over TLS: another edge with a certificate from a private CA.
@@ -446,4 +467,78 @@ async fn the_cache_keeps_schemes_apart_unless_shared() {
         let expected = if host == B { "HIT" } else { "MISS" };
         assert_eq!(got.header("x-cache"), Some(expected), "{host}");
     }
+}
+
+/// The admin API over TLS: off loopback only with `admin.tls`, and still with its token.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admin_api_serves_tls_and_only_then_listens_off_loopback() {
+    let ca = Ca::new("admin CA");
+    let origin = origin().await;
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::create_dir(dir.path().join("domains")).expect("dir");
+    ca.leaf(&["admin.test"]).write(dir.path(), "admin");
+    std::fs::write(
+        dir.path().join("domains/a.yaml"),
+        domain_yaml(A, origin.addr(), ""),
+    )
+    .expect("write");
+
+    // Off loopback without TLS: refused by -t, naming the key.
+    std::fs::write(
+        dir.path().join("open.yaml"),
+        "admin: {listen: \"0.0.0.0:6189\"}\n",
+    )
+    .expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_custom-pages"))
+        .args(["-t", "-c"])
+        .arg(dir.path().join("open.yaml"))
+        .output()
+        .expect("-t");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("open.yaml: admin.listen:") && stderr.contains("add admin.tls"),
+        "{stderr}"
+    );
+
+    // With admin.tls it listens on every address, over TLS only, and still wants the token.
+    let options = EdgeOptions {
+        admin_ip: "0.0.0.0".into(),
+        admin_extra: "  tls: {cert: admin.pem, key: admin.key}\n".into(),
+        ..EdgeOptions::default()
+    };
+    let edge = common::start_edge_in(dir, options).await;
+    let admin_addr = std::net::SocketAddr::from(([127, 0, 0, 1], edge.admin_port));
+    let https = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).expect("CA"))
+        .resolve("admin.test", admin_addr)
+        .no_proxy()
+        .build()
+        .expect("client");
+    let url = format!("https://admin.test:{}/api/status", edge.admin_port);
+    let answered = time_until(Duration::from_secs(5), || async {
+        https.get(&url).send().await.is_ok()
+    })
+    .await;
+    assert!(answered.is_some(), "{}", log_tail(&edge));
+    let without = https.get(&url).send().await.expect("status");
+    assert_eq!(without.status(), 401);
+    let with = https
+        .get(&url)
+        .bearer_auth(common::TOKEN)
+        .send()
+        .await
+        .expect("status");
+    assert_eq!(with.status(), 200);
+    let cleartext = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{}/api/status", edge.admin_port))
+        .bearer_auth(common::TOKEN)
+        .send()
+        .await;
+    assert!(
+        cleartext.is_err() || cleartext.is_ok_and(|r| r.status() != 200),
+        "the admin API must not answer cleartext"
+    );
 }

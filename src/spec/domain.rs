@@ -424,6 +424,24 @@ mod tests {
     }
 
     #[test]
+    fn origin_tls_keys_need_tls_and_a_sane_name() {
+        let yaml =
+            "domain: a.com\norigin: {servers: [\"h:443\"], sni: o.net, verify: false, ca_file: ca.pem}\n";
+        assert_eq!(
+            errors(&[("a.yaml", yaml)]),
+            [
+                "a.yaml: origin.sni",
+                "a.yaml: origin.verify",
+                "a.yaml: origin.ca_file"
+            ]
+        );
+        let yaml = "domain: a.com\norigin: {servers: [\"h:443\"], tls: true, sni: \"bad name\"}\n";
+        assert_eq!(errors(&[("a.yaml", yaml)]), ["a.yaml: origin.sni"]);
+        let yaml = "domain: a.com\norigin: {servers: [\"h:443\"], tls: true, sni: o.net, ca_file: ca.pem}\ntls: {cert: a.pem, key: a.key}\nhttps_redirect: true\n";
+        assert_eq!(errors(&[("a.yaml", yaml)]), Vec::<String>::new());
+    }
+
+    #[test]
     fn servers_must_be_host_port() {
         let yaml =
             "domain: a.com\norigin: {servers: [\"127.0.0.1\", \"h:0\", \"h:80\", \"[::1]:80\", \"a b:1\"]}\n";

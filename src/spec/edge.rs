@@ -458,6 +458,18 @@ mod tests {
     }
 
     #[test]
+    fn tls_keys_are_checked_and_paths_resolved() {
+        let e = settings("listen: [\"0.0.0.0:1\"]\ntls: {listen: [\"0.0.0.0:1\", \"x\"]}\nadmin: {listen: \"10.0.0.1:2\"}\n")
+            .unwrap_err();
+        let keys: Vec<&str> = e.0.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["tls.listen[1]", "tls.listen", "admin.listen"]);
+        let s = settings("tls:\n  listen: [\"127.0.0.1:6443\"]\n  default_cert: {cert: c/d.pem, key: c/d.key}\nadmin: {listen: \"10.0.0.1:2\", tls: {cert: a.pem, key: a.key}}\n")
+            .unwrap();
+        assert_eq!(s.default_cert.unwrap().cert, Path::new("conf/c/d.pem"));
+        assert_eq!(s.admin_tls.unwrap().key, Path::new("conf/a.key"));
+    }
+
+    #[test]
     fn only_pages_apply_without_a_restart() {
         let old = settings("pages: {refresh: 1m}\n").unwrap();
         let newer = settings("pages: {refresh: 2m}\nthreads: 4\n").unwrap();

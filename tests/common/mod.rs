@@ -55,6 +55,9 @@ pub struct EdgeOptions {
     pub env: Vec<(String, String)>,
     /// The program to run instead of `custom-pages` (an example built on the library).
     pub program: Option<PathBuf>,
+    /// The admin API's address (default `127.0.0.1`) and extra lines of its section.
+    pub admin_ip: String,
+    pub admin_extra: String,
     /// A TLS listener, with these extra lines of the `tls:` section (by default the harness's
     /// `default_cert`, see [`harness_ca`]).
     pub tls: Option<String>,
@@ -66,6 +69,8 @@ impl Default for EdgeOptions {
             edge_extra: "pages:\n  max_size: 64KiB\n  refresh: 5m\n  fetch_timeout: 2s\n".into(),
             env: vec![(TOKEN_ENV.into(), TOKEN.into())],
             program: None,
+            admin_ip: "127.0.0.1".into(),
+            admin_extra: String::new(),
             tls: Some(HARNESS_TLS.into()),
         }
     }
@@ -95,9 +100,11 @@ impl Edge {
                 None => String::new(),
             };
             let edge_yaml = format!(
-                "listen: [\"127.0.0.1:{port}\"]\nthreads: 2\ndomains: domains\nadmin:\n  listen: 127.0.0.1:{admin_port}\nserver:\n  pid_file: {pid}\n  upgrade_sock: {sock}\n  grace_period_seconds: 0\n  graceful_shutdown_timeout_seconds: 1\n{tls}{extra}",
+                "listen: [\"127.0.0.1:{port}\"]\nthreads: 2\ndomains: domains\nadmin:\n  listen: {admin_ip}:{admin_port}\n{admin_extra}server:\n  pid_file: {pid}\n  upgrade_sock: {sock}\n  grace_period_seconds: 0\n  graceful_shutdown_timeout_seconds: 1\n{tls}{extra}",
                 pid = dir.path().join("edge.pid").display(),
                 sock = dir.path().join("upgrade.sock").display(),
+                admin_ip = options.admin_ip,
+                admin_extra = options.admin_extra,
                 extra = options.edge_extra,
             );
             std::fs::write(dir.path().join("edge.yaml"), edge_yaml).expect("edge file");
