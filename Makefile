@@ -12,6 +12,9 @@ deps:
 	@command -v cmake >/dev/null 2>&1 || { \
 	  echo "installing cmake (needed to build Pingora)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake >/dev/null; }
+	@test -s /etc/ssl/certs/ca-certificates.crt || { \
+	  echo "installing ca-certificates (the roots HTTPS origins are verified with)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ca-certificates >/dev/null; }
 	@command -v $(CARGO) >/dev/null 2>&1 || { echo "cargo is missing: install Rust (rustup)"; exit 1; }
 
 build: deps
