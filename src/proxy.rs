@@ -265,7 +265,8 @@ impl ProxyHttp for EdgeProxy {
             (false, true) => "https",
             (false, false) => "http",
         };
-        Ok(cache::key::key(scheme, &ctx.host, target))
+        let domain = ctx.domain.as_ref().map_or("", |d| d.label.as_str());
+        Ok(cache::key::key(domain, scheme, &ctx.host, target))
     }
 
     fn cache_miss(&self, session: &mut Session, _ctx: &mut RequestCtx) {
@@ -357,12 +358,16 @@ impl ProxyHttp for EdgeProxy {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
-        _upstream_response: &mut ResponseHeader,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let domain = routed(ctx)?;
         ctx.attempt.answered(&domain.upstream);
+        let stale = cache::invalidated_targets(session.req_header(), upstream_response, &ctx.host);
+        if !stale.is_empty() {
+            self.runtime.cache.invalidate(&domain.label, &stale);
+        }
         Ok(())
     }
 

@@ -613,11 +613,7 @@ async fn dash_d_runs_in_the_background_and_still_logs_requests() {
         domain_yaml("a.example.com", origin.addr(), ""),
     )
     .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let pid_file = dir.path().join("edge.pid");
     std::fs::write(
         dir.path().join("edge.yaml"),

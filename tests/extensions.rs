@@ -139,11 +139,7 @@ async fn add_filter_example_registers_a_user_filter() {
 /// Starts the embed example against `origin` and waits until it listens.
 fn start_embed(origin: std::net::SocketAddr) -> (std::process::Child, u16) {
     for _ in 0..5 {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = common::free_port();
         let mut child = Command::new(example("embed"))
             .args([
                 "--listen",

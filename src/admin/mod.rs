@@ -6,7 +6,7 @@
 //! set is what a restart serves.
 
 use crate::metrics::METRICS;
-use crate::runtime::Runtime;
+use crate::runtime::{Domain, Runtime};
 use crate::spec::values::percent_decode;
 use crate::spec::{CodePattern, ConfigError, ConfigErrors, DomainName, Location, PageUrl, RuleSpec, Source};
 use async_trait::async_trait;
@@ -20,6 +20,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 /// Request bodies larger than this are refused; a rule is a few hundred bytes.
+mod cache;
+
 const MAX_BODY: usize = 64 * 1024;
 /// Environment variable holding the token when `admin.token_file` is not set.
 pub const TOKEN_ENV: &str = "CUSTOM_PAGES_ADMIN_TOKEN";
@@ -146,12 +148,26 @@ impl AdminApi {
             (&Method::POST, ["api", "domains", domain, "custom-pages", code, "refresh"]) => {
                 self.refresh(domain, code).await
             }
-            (_, ["api", "status"] | ["api", "domains"] | ["api", "domains", _, "custom-pages", ..]) => {
-                Err(ApiError::new(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    format!("{method} is not allowed on {path}"),
-                ))
+            (&Method::POST, ["api", "domains", domain, "purge"]) => {
+                let domain = self.domain(domain)?;
+                let body = read_body(session).await?;
+                cache::purge(&self.runtime, &domain, &body).await
             }
+            (&Method::POST, ["api", "domains", domain, "prefetch"]) => {
+                let domain = self.domain(domain)?;
+                let body = read_body(session).await?;
+                cache::prefetch(&self.runtime, &domain, &body).await
+            }
+            (
+                _,
+                ["api", "status"]
+                | ["api", "domains"]
+                | ["api", "domains", _, "custom-pages", ..]
+                | ["api", "domains", _, "purge" | "prefetch"],
+            ) => Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{method} is not allowed on {path}"),
+            )),
             _ => Err(ApiError::new(
                 StatusCode::NOT_FOUND,
                 format!("no such endpoint: {path}"),
@@ -217,7 +233,7 @@ impl AdminApi {
 
     async fn put_rule(&self, domain: &str, code: &str, body: &[u8]) -> ApiResult {
         let code: CodePattern = code.parse().map_err(|e: String| ApiError::field("code", e))?;
-        let body = parse_rule_body(body)?;
+        let body: RuleBody = parse_json_body(body)?;
         let url: PageUrl = body.url.parse().map_err(|e: String| ApiError::field("url", e))?;
         let rule = RuleSpec {
             code,
@@ -320,11 +336,16 @@ impl AdminApi {
         Ok(outcome)
     }
 
-    async fn refresh(&self, name: &str, code: &str) -> ApiResult {
-        let code: CodePattern = code.parse().map_err(|e: String| ApiError::field("code", e))?;
+    /// The domain served under exactly `name`, or 404.
+    fn domain(&self, name: &str) -> Result<Arc<Domain>, ApiError> {
         let routes = self.runtime.routes();
         let domain = parse_name(name).and_then(|n| routes.by_name(&n).cloned());
-        let domain = domain.ok_or_else(|| unknown_domain(name))?;
+        domain.ok_or_else(|| unknown_domain(name))
+    }
+
+    async fn refresh(&self, name: &str, code: &str) -> ApiResult {
+        let code: CodePattern = code.parse().map_err(|e: String| ApiError::field("code", e))?;
+        let domain = self.domain(name)?;
         let rule = domain.rules.iter().find(|r| r.code == code).ok_or_else(|| {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -441,9 +462,10 @@ async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, ApiError> {
     }
 }
 
-fn parse_rule_body(body: &[u8]) -> Result<RuleBody, ApiError> {
+/// A JSON body, with an error naming the field at fault.
+fn parse_json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let mut de = serde_json::Deserializer::from_slice(body);
-    let parsed: RuleBody = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+    let parsed: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let message = e.inner().to_string();
         // serde_path_to_error says "." for the top level and "?" where parsing broke; a path
@@ -498,7 +520,12 @@ mod tests {
 
     #[test]
     fn body_errors_name_the_field() {
-        let field = |body: &str| parse_rule_body(body.as_bytes()).unwrap_err().field.unwrap();
+        let field = |body: &str| {
+            parse_json_body::<RuleBody>(body.as_bytes())
+                .unwrap_err()
+                .field
+                .unwrap()
+        };
         assert_eq!(field(r#"{"url": "http://a.com/x", "colour": 1}"#), "colour");
         assert_eq!(field(r#"{"status": 404}"#), "url");
         assert_eq!(field(r#"{"url": 5}"#), "url");
@@ -506,7 +533,7 @@ mod tests {
         assert_eq!(field("{not json"), "body");
         assert_eq!(field("[1, 2]"), "body");
         assert_eq!(field(r#"{"url": "http://a.com/x"} trailing"#), "body");
-        assert!(parse_rule_body(br#"{"url": "http://a.com/x", "status": 503}"#).is_ok());
+        assert!(parse_json_body::<RuleBody>(br#"{"url": "http://a.com/x", "status": 503}"#).is_ok());
     }
 
     #[test]

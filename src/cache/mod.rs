@@ -13,11 +13,12 @@ pub mod policy;
 pub mod storage;
 
 pub use policy::TtlPolicy;
-pub use storage::MemoryStorage;
+pub use storage::{MemoryStorage, Scope};
 
 use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
 use pingora_cache::predictor::{CacheablePredictor, Predictor};
 use pingora_cache::NoCacheReason;
+use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
 use std::time::Duration;
 
@@ -89,5 +90,40 @@ impl EdgeCache {
             return;
         }
         session.cache.cache_miss();
+    }
+}
+
+/// The request targets a response to `req` makes stale (RFC 9111 §4.4): a non-error answer to
+/// an unsafe or unknown method invalidates the target URI, and the same-host URIs of its
+/// `Location` and `Content-Location`. `host` is the request's normalized host.
+pub fn invalidated_targets(req: &RequestHeader, resp: &ResponseHeader, host: &str) -> Vec<String> {
+    use http::Method;
+    let safe = [Method::GET, Method::HEAD, Method::OPTIONS, Method::TRACE];
+    if safe.contains(&req.method) || !(200..400).contains(&resp.status.as_u16()) {
+        return Vec::new();
+    }
+    let mut targets = vec![req.uri.path_and_query().map_or("/", |p| p.as_str()).to_string()];
+    for name in [http::header::LOCATION, http::header::CONTENT_LOCATION] {
+        let Some(value) = resp.headers.get(name).and_then(|v| v.to_str().ok()) else {
+            continue;
+        };
+        let target = match value.parse::<http::Uri>() {
+            Ok(uri) if uri.host().is_none() && value.starts_with('/') && !value.starts_with("//") => {
+                uri.path_and_query().map(|p| p.as_str().to_string())
+            }
+            Ok(uri) if uri.host().is_some_and(|h| h.eq_ignore_ascii_case(host)) => {
+                uri.path_and_query().map(|p| p.as_str().to_string())
+            }
+            _ => None,
+        };
+        targets.extend(target.filter(|t| !targets.contains(t)));
+    }
+    targets
+}
+
+impl EdgeCache {
+    /// Removes what `targets` of `domain` hold in the cache (every variant and scheme).
+    pub fn invalidate(&self, domain: &str, targets: &[String]) -> usize {
+        self.storage.purge_scope(domain, Scope::Targets(targets), false)
     }
 }

@@ -35,12 +35,12 @@ pub fn decide(resp: &ResponseHeader, authorization_present: bool, policy: TtlPol
     if authorization_present && cc.as_ref().is_none_or(|cc| !cc.allow_caching_authorized_req()) {
         return RespCacheable::Uncacheable(NoCacheReason::OriginNotCache);
     }
-    if resp
-        .headers
-        .get_all(http::header::VARY)
-        .iter()
-        .any(|v| v.as_bytes().trim_ascii() == b"*")
-    {
+    // `*` anywhere in the list (`Vary: Foo, *`) means no request can be known to match.
+    if resp.headers.get_all(http::header::VARY).iter().any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .any(|name| name.trim_ascii() == b"*")
+    }) {
         return RespCacheable::Uncacheable(NoCacheReason::OriginNotCache);
     }
     let now = SystemTime::now();
@@ -131,6 +131,10 @@ mod tests {
             )),
             None
         );
+        for vary in ["*, *", ", *", "*, Foo", "Foo, *", "Foo,*"] {
+            let r = resp(200, &[("vary", vary), ("cache-control", "max-age=60")]);
+            assert_eq!(ttl(decide(&r, false, TEN)), None, "Vary: {vary}");
+        }
     }
 
     #[test]

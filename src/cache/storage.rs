@@ -5,9 +5,15 @@
 //!
 //! Entries become visible only when a miss handler finishes: a response whose body was cut
 //! short never reaches the cache, and there are no partial (streaming) reads.
+//!
+//! Every entry is also listed in an index by domain and request target (the key's `user_tag`
+//! and target, see [`super::key`]), so a purge of some URLs, a prefix or a whole domain finds
+//! its entries — every Vary variant and both schemes — without scanning the cache; hits never
+//! touch the index.
 
 use pingora_http::ResponseHeader;
 use std::any::Any;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -129,6 +135,30 @@ pub struct MemoryStorage {
     /// Capacity in blocks. Every entry's block count is rounded up, so staying within this
     /// many blocks also keeps the stored bytes within `capacity_bytes`.
     capacity_blocks: usize,
+    /// The stored keys by domain and target. Changed only under the `used_bytes` lock, with
+    /// the slots.
+    index: Mutex<Index>,
+}
+
+/// Domain → target → stored keys (one per scheme and Vary variant).
+type Index = HashMap<Arc<str>, BTreeMap<Arc<str>, HashSet<HashBinary>>>;
+
+/// What a purge covers, within one domain.
+#[derive(Debug, Clone, Copy)]
+pub enum Scope<'a> {
+    /// These request targets (path and query), exactly.
+    Targets(&'a [String]),
+    /// Every target starting with this.
+    Prefix(&'a str),
+    /// Everything.
+    All,
+}
+
+/// Where an entry is listed in the index.
+#[derive(Debug, Clone)]
+struct Place {
+    domain: Arc<str>,
+    target: Arc<str>,
 }
 
 /// What TinyUFO holds under a key.
@@ -158,6 +188,8 @@ struct Entry {
     /// The full 128-bit cache key. TinyUFO keeps only a 64-bit hash of it, so a lookup checks
     /// this to never serve another key's body on a hash collision.
     key: HashBinary,
+    /// Its place in the index (none for keys not made by [`super::key::key`]).
+    place: Option<Place>,
     meta: StoredMeta,
     body: Bytes,
     /// Body bytes + meta bytes + [`ENTRY_OVERHEAD_BYTES`].
@@ -165,10 +197,11 @@ struct Entry {
 }
 
 impl Entry {
-    fn new(key: HashBinary, meta: StoredMeta, body: Bytes) -> Self {
+    fn new(key: HashBinary, place: Option<Place>, meta: StoredMeta, body: Bytes) -> Self {
         let weight = entry_weight(&meta, body.len());
         Entry {
             key,
+            place,
             meta,
             body,
             weight,
@@ -182,6 +215,22 @@ impl Entry {
 
 fn entry_weight(meta: &StoredMeta, body_len: usize) -> usize {
     meta.size + body_len + ENTRY_OVERHEAD_BYTES
+}
+
+/// Takes `key` off the index at `place`, dropping emptied levels.
+fn unlist(index: &mut Index, place: &Place, key: &HashBinary) {
+    let Some(targets) = index.get_mut(&place.domain) else {
+        return;
+    };
+    if let Some(keys) = targets.get_mut(&place.target) {
+        keys.remove(key);
+        if keys.is_empty() {
+            targets.remove(&place.target);
+        }
+    }
+    if targets.is_empty() {
+        index.remove(&place.domain);
+    }
 }
 
 /// The stored key a purge or expire targets, or `None` if it cannot be one of ours.
@@ -209,7 +258,53 @@ impl MemoryStorage {
             capacity_bytes,
             block_bytes,
             capacity_blocks,
+            index: Mutex::new(Index::new()),
         }
+    }
+
+    /// Purges what `scope` covers in `domain`: removed, or with `soft`, marked stale in place
+    /// (served only while revalidation or `stale-if-error` allows). Returns how many entries
+    /// were affected.
+    pub fn purge_scope(&self, domain: &str, scope: Scope<'_>, soft: bool) -> usize {
+        let mut used_bytes = self.used_bytes.lock();
+        let keys: Vec<HashBinary> = {
+            let index = self.index.lock();
+            let Some(targets) = index.get(domain) else {
+                return 0;
+            };
+            match scope {
+                Scope::Targets(list) => list
+                    .iter()
+                    .filter_map(|t| targets.get(t.as_str()))
+                    .flatten()
+                    .copied()
+                    .collect(),
+                Scope::Prefix(prefix) => targets
+                    .range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
+                    .take_while(|(target, _)| target.starts_with(prefix))
+                    .flat_map(|(_, keys)| keys.iter().copied())
+                    .collect(),
+                Scope::All => targets.values().flatten().copied().collect(),
+            }
+        };
+        let now = SystemTime::now();
+        let mut affected = 0;
+        for key in keys {
+            let Some(entry) = self.find(&key) else {
+                continue;
+            };
+            affected += 1;
+            if soft {
+                let mut meta = entry.meta();
+                meta.expire_at(now);
+                if let Ok(stale) = StoredMeta::new(&meta) {
+                    self.replace_meta_locked(&mut used_bytes, &entry, stale);
+                    continue;
+                }
+            }
+            self.put_locked(&mut used_bytes, key, Slot::Purged, 1);
+        }
+        affected
     }
 
     /// Approximate bytes currently held (sum of weights of live entries).
@@ -252,24 +347,47 @@ impl MemoryStorage {
         true
     }
 
-    /// Puts `slot` under `key` and keeps `used_bytes` exact. The caller holds the
-    /// `used_bytes` lock, which is passed in.
+    /// Puts `slot` under `key` and keeps `used_bytes` and the index exact. The caller holds
+    /// the `used_bytes` lock, which is passed in.
     fn put_locked(&self, used_bytes: &mut usize, key: HashBinary, slot: Slot, blocks: u16) {
         // `put` drops the value it replaces without returning it, so read it first.
         let replaced = self.slots.get(&key);
         *used_bytes += slot.weight();
+        let added = match &slot {
+            Slot::Stored(entry) => Some(entry.clone()),
+            Slot::Purged => None,
+        };
         // The evicted list includes the new slot itself if TinyUFO declined to admit it.
         let evicted = self.slots.put(key, slot, blocks);
+        let mut index = self.index.lock();
+        let mut admitted = added;
         let removed = replaced.into_iter().chain(evicted.into_iter().map(|kv| kv.data));
         for slot in removed {
             *used_bytes = used_bytes.saturating_sub(slot.weight());
+            if let Slot::Stored(entry) = slot {
+                if admitted.as_ref().is_some_and(|new| Arc::ptr_eq(new, &entry)) {
+                    admitted = None;
+                } else if let Some(place) = &entry.place {
+                    unlist(&mut index, place, &entry.key);
+                }
+            }
+        }
+        if let Some(entry) = admitted {
+            if let Some(place) = &entry.place {
+                index
+                    .entry(place.domain.clone())
+                    .or_default()
+                    .entry(place.target.clone())
+                    .or_default()
+                    .insert(entry.key);
+            }
         }
     }
 
     /// Replaces the meta of the entry stored under `key`, keeping its body. Returns whether the
     /// entry is still stored; one that the new meta makes too large is purged.
     fn replace_meta_locked(&self, used_bytes: &mut usize, old: &Entry, meta: StoredMeta) -> bool {
-        let entry = Entry::new(old.key, meta, old.body.clone());
+        let entry = Entry::new(old.key, old.place.clone(), meta, old.body.clone());
         match self.blocks_for(entry.weight) {
             Some(blocks) => {
                 self.put_locked(used_bytes, old.key, Slot::Stored(Arc::new(entry)), blocks);
@@ -304,9 +422,14 @@ impl Storage for MemoryStorage {
         meta: &CacheMeta,
         _trace: &SpanHandle,
     ) -> Result<MissHandler> {
+        let place = super::key::target_of(key).map(|target| Place {
+            domain: Arc::from(key.user_tag.as_str()),
+            target: Arc::from(target),
+        });
         Ok(Box::new(MemoryMissHandler {
             storage: self,
             key: key.combined_bin(),
+            place,
             meta: StoredMeta::new(meta)?,
             chunks: Vec::new(),
             body_len: 0,
@@ -450,6 +573,7 @@ impl HandleHit for MemoryHitHandler {
 struct MemoryMissHandler {
     storage: &'static MemoryStorage,
     key: HashBinary,
+    place: Option<Place>,
     meta: StoredMeta,
     chunks: Vec<Bytes>,
     body_len: usize,
@@ -486,7 +610,7 @@ impl HandleMiss for MemoryMissHandler {
         for chunk in &self.chunks {
             body.extend_from_slice(chunk);
         }
-        let entry = Entry::new(self.key, self.meta, Bytes::from(body));
+        let entry = Entry::new(self.key, self.place, self.meta, Bytes::from(body));
         let weight = entry.weight;
         let stored_weight = if self.storage.store(entry) { weight } else { 0 };
         Ok(MissFinishType::Created(stored_weight))

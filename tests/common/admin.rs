@@ -117,6 +117,20 @@ impl Admin {
         self.authorized(reqwest::Method::POST, &path, None).await
     }
 
+    /// `POST /api/domains/{domain}/purge` with `body`.
+    pub async fn purge(&self, domain: &str, body: &Value) -> Answer {
+        let path = format!("/api/domains/{domain}/purge");
+        self.authorized(reqwest::Method::POST, &path, Some(&body.to_string()))
+            .await
+    }
+
+    /// `POST /api/domains/{domain}/prefetch` with `body`.
+    pub async fn prefetch(&self, domain: &str, body: &Value) -> Answer {
+        let path = format!("/api/domains/{domain}/prefetch");
+        self.authorized(reqwest::Method::POST, &path, Some(&body.to_string()))
+            .await
+    }
+
     pub async fn status(&self) -> Value {
         let answer = self.get("/api/status").await;
         assert_eq!(answer.status, 200, "GET /api/status: {answer:#?}");

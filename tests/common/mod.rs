@@ -27,12 +27,23 @@ pub fn domain_yaml(domain: &str, origin: SocketAddr, extra: &str) -> String {
     )
 }
 
-/// A free TCP port on 127.0.0.1 (released for the edge to bind; a clash makes `start` retry).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+/// A free TCP port on 127.0.0.1, for an edge to bind. Ports come from a counter of this
+/// process below the kernel's ephemeral range (where origins and clients get theirs), so two
+/// edges started at once never get the same number — with ports from `bind(0)` they could, and
+/// one edge's listener check would then succeed against the other's admin port.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id() % 400 * 30;
+    loop {
+        let port = FIRST + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN;
+        let port = port as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A running edge process. Dropping it kills the process.
