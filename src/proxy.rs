@@ -10,7 +10,7 @@ use crate::pages::{self, guard, PageState};
 use crate::runtime::{Domain, Runtime};
 use crate::spec::values::normalize_host;
 use crate::tls;
-use crate::upstream::Attempt;
+use crate::upstream::{self, Attempt};
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::header;
@@ -46,6 +46,8 @@ pub struct RequestCtx {
     pub host: String,
     /// Whether the request came over TLS.
     pub https: bool,
+    /// The fields of a 304 the origin answered a revalidation with.
+    not_modified: Option<http::HeaderMap>,
     /// The request's way through the domain's origin servers.
     attempt: Attempt,
     /// The custom pages module's state for this request.
@@ -179,6 +181,7 @@ impl ProxyHttp for EdgeProxy {
             domain: None,
             host: String::new(),
             https: false,
+            not_modified: None,
             attempt: Attempt::default(),
             pages: PageState::default(),
         }
@@ -294,7 +297,13 @@ impl ProxyHttp for EdgeProxy {
             ));
         };
         let authorized = session.req_header().headers.contains_key(header::AUTHORIZATION);
-        Ok(policy::decide(resp, authorized, domain.cache))
+        match ctx.not_modified.take() {
+            Some(fields) => {
+                let updated = policy::updated_by_304(resp, &fields);
+                Ok(policy::decide(&updated, authorized, &domain.cache))
+            }
+            None => Ok(policy::decide(resp, authorized, &domain.cache)),
+        }
     }
 
     async fn proxy_upstream_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
@@ -364,6 +373,13 @@ impl ProxyHttp for EdgeProxy {
     ) -> Result<()> {
         let domain = routed(ctx)?;
         ctx.attempt.answered(&domain.upstream);
+        for name in upstream::connection_listed(&upstream_response.headers) {
+            upstream_response.remove_header(&name);
+        }
+        if upstream_response.status == http::StatusCode::NOT_MODIFIED {
+            // Pingora merges only a few fields of a 304 into the stored response.
+            ctx.not_modified = Some(upstream_response.headers.clone());
+        }
         let stale = cache::invalidated_targets(session.req_header(), upstream_response, &ctx.host);
         if !stale.is_empty() {
             self.runtime.cache.invalidate(&domain.label, &stale);
@@ -377,6 +393,9 @@ impl ProxyHttp for EdgeProxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        for name in upstream::connection_listed(&upstream_request.headers) {
+            upstream_request.remove_header(&name);
+        }
         if let Some(host) = ctx
             .domain
             .as_ref()
@@ -397,6 +416,10 @@ impl ProxyHttp for EdgeProxy {
         let Some(domain) = ctx.domain.clone() else {
             return Ok(());
         };
+        // Targeted cache control is for this edge, not for the caches behind it (RFC 9213).
+        for field in domain.cache.targeted_fields() {
+            resp.remove_header(field);
+        }
         if !domain.filters.is_empty() {
             domain
                 .filters
@@ -440,6 +463,17 @@ impl ProxyHttp for EdgeProxy {
                 }
             }
         }
+    }
+
+    fn should_serve_stale(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+        error: Option<&Error>,
+    ) -> bool {
+        // Called only within what the stored response allows (`stale-while-revalidate`,
+        // `stale-if-error`): during a revalidation (no error), and when the origin failed.
+        error.is_none_or(|e| *e.esource() == ErrorSource::Upstream)
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, error: &Error) -> bool {

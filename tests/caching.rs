@@ -361,3 +361,367 @@ async fn a_star_anywhere_in_vary_is_never_reused() {
         }
     }
 }
+
+fn http_date(offset_secs: i64) -> String {
+    let now = std::time::SystemTime::now();
+    let at = if offset_secs >= 0 {
+        now + std::time::Duration::from_secs(offset_secs as u64)
+    } else {
+        now - std::time::Duration::from_secs((-offset_secs) as u64)
+    };
+    httpdate::fmt_http_date(at)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_origins_age_counts_on_freshness_and_in_age() {
+    let origin = Origin::start().await;
+    // As old as its lifetime: stale on arrival, never a fresh hit.
+    origin.route(
+        "/old",
+        cacheable("old")
+            .header("cache-control", "max-age=3600")
+            .header("age", "3600"),
+    );
+    // Half its lifetime used: a hit whose Age starts at the origin's.
+    let date = http_date(-5);
+    origin.route(
+        "/aged",
+        cacheable("aged")
+            .header("cache-control", "max-age=600")
+            .header("age", "100")
+            .header("date", &date),
+    );
+    // An Age that is not a number is ignored.
+    origin.route("/junk", cacheable("junk").header("age", "soon"));
+    let edge = start(&origin).await;
+    for proto in ALL_PROTOS {
+        let c = client(&edge, proto, &[A]);
+        let path = format!("/old?{proto:?}");
+        origin.route(
+            &path,
+            cacheable("old")
+                .header("cache-control", "max-age=3600")
+                .header("age", "3600"),
+        );
+        get(&c, &edge.url(A, &path)).await;
+        let again = get(&c, &edge.url(A, &path)).await;
+        assert_ne!(again.header("x-cache"), Some("HIT"), "{proto:?}: served as fresh");
+        let path = format!("/aged?{proto:?}");
+        origin.route(
+            &path,
+            cacheable("aged")
+                .header("cache-control", "max-age=600")
+                .header("age", "100")
+                .header("date", &date),
+        );
+        get(&c, &edge.url(A, &path)).await;
+        let hit = get(&c, &edge.url(A, &path)).await;
+        assert_eq!(hit.header("x-cache"), Some("HIT"), "{proto:?}");
+        let age: u64 = hit.header("age").and_then(|a| a.parse().ok()).unwrap_or(0);
+        assert!(
+            (100..110).contains(&age),
+            "{proto:?}: Age {age} must include the origin's 100 s"
+        );
+        let path = format!("/junk?{proto:?}");
+        origin.route(&path, cacheable("junk").header("age", "soon"));
+        get(&c, &edge.url(A, &path)).await;
+        assert_eq!(
+            get(&c, &edge.url(A, &path)).await.header("x-cache"),
+            Some("HIT"),
+            "{proto:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expires_counts_from_the_origins_date_not_our_clock() {
+    let origin = Origin::start().await;
+    // The origin's clock is an hour ahead; its response lives two seconds.
+    let (date, expires) = (http_date(3600), http_date(3602));
+    origin.route(
+        "/skewed",
+        Reply::ok("skewed")
+            .header("date", &date)
+            .header("expires", &expires),
+    );
+    let edge = start(&origin).await;
+    assert_eq!(x_cache(&edge, Proto::H1, A, "/skewed").await, "MISS");
+    assert_eq!(x_cache(&edge, Proto::H1, A, "/skewed").await, "HIT");
+    tokio::time::sleep(std::time::Duration::from_millis(3000)).await;
+    assert_ne!(
+        x_cache(&edge, Proto::H1, A, "/skewed").await,
+        "HIT",
+        "fresh for an hour by our clock"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cdn_cache_control_and_the_domains_own_field_win_and_are_not_forwarded() {
+    let origin = Origin::start().await;
+    let cases: [Case; 8] = [
+        (
+            "/cdn-private",
+            &[("cache-control", "max-age=60"), ("cdn-cache-control", "private")],
+            false,
+        ),
+        (
+            "/cdn-no-store",
+            &[("cache-control", "max-age=60"), ("cdn-cache-control", "no-store")],
+            false,
+        ),
+        (
+            "/cdn-no-cache",
+            &[("cache-control", "max-age=60"), ("cdn-cache-control", "no-cache")],
+            false,
+        ),
+        (
+            "/cdn-max-age",
+            &[("cache-control", "no-store"), ("cdn-cache-control", "max-age=60")],
+            true,
+        ),
+        (
+            "/cdn-s-maxage",
+            &[("cache-control", "private"), ("cdn-cache-control", "s-maxage=60")],
+            true,
+        ),
+        (
+            "/cdn-invalid",
+            &[
+                ("cache-control", "max-age=60"),
+                ("cdn-cache-control", "max-age=\"60, no-store"),
+            ],
+            true,
+        ),
+        (
+            "/own-first",
+            &[
+                ("cdn-cache-control", "no-store"),
+                ("edge-cache-control", "max-age=60"),
+            ],
+            true,
+        ),
+        (
+            "/own-private",
+            &[
+                ("cdn-cache-control", "max-age=60"),
+                ("edge-cache-control", "private"),
+            ],
+            false,
+        ),
+    ];
+    for (path, headers, _) in &cases {
+        let mut reply = Reply::ok(*path);
+        for (name, value) in headers.iter() {
+            reply = reply.header(name, value);
+        }
+        origin.route(path, reply);
+    }
+    let edge = start_edge(
+        EdgeOptions::default(),
+        vec![(
+            "a.yaml",
+            domain_yaml(A, origin.addr(), "cache:\n  targeted_field: Edge-Cache-Control\n"),
+        )],
+    )
+    .await;
+    for proto in [Proto::H1, Proto::H2c, Proto::H2Tls] {
+        let c = client(&edge, proto, &[A]);
+        for (path, _, cached) in &cases {
+            let url = edge.url(A, &format!("{path}?{proto:?}"));
+            origin.route(&format!("{path}?{proto:?}"), origin_reply(&cases, path));
+            let first = get(&c, &url).await;
+            assert_eq!(
+                first.header("cdn-cache-control"),
+                None,
+                "{proto:?} {path}: forwarded"
+            );
+            assert_eq!(
+                first.header("edge-cache-control"),
+                None,
+                "{proto:?} {path}: forwarded"
+            );
+            let second = get(&c, &url).await;
+            assert_eq!(
+                second.header("x-cache") == Some("HIT"),
+                *cached,
+                "{proto:?} {path}"
+            );
+            assert_eq!(
+                second.header("cdn-cache-control"),
+                None,
+                "{proto:?} {path}: forwarded on a hit"
+            );
+        }
+    }
+}
+
+/// A targeted cache control case: path, the origin's fields, whether the edge caches it.
+type Case = (&'static str, &'static [(&'static str, &'static str)], bool);
+
+/// The reply of a CDN-Cache-Control case, again (for a path of its own).
+fn origin_reply(cases: &[Case], path: &str) -> Reply {
+    let (_, headers, _) = cases.iter().find(|(p, ..)| *p == path).expect("case");
+    headers
+        .iter()
+        .fold(Reply::ok(path), |reply, (name, value)| reply.header(name, value))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fields_named_in_connection_go_no_further_in_either_direction() {
+    let origin = Origin::start().await;
+    origin.route(
+        "/hop",
+        cacheable("hop")
+            .header("connection", "x-hop, keep-alive")
+            .header("x-hop", "1")
+            .header("x-kept", "2"),
+    );
+    let edge = start(&origin).await;
+    let c = client(&edge, Proto::H1, &[A]);
+    for _ in 0..2 {
+        let got = send(
+            c.get(edge.url(A, "/hop"))
+                .header("connection", "x-secret")
+                .header("x-secret", "s"),
+        )
+        .await;
+        assert_eq!(got.header("x-hop"), None, "{got:?}");
+        assert_eq!(got.header("x-kept"), Some("2"));
+    }
+    let seen = origin.requests("/hop");
+    assert_eq!(seen.len(), 1, "the second was a hit");
+    assert_eq!(
+        seen[0].header("x-secret"),
+        None,
+        "the client's hop-by-hop field reached the origin"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_304_updates_the_stored_headers() {
+    let origin = Origin::start().await;
+    origin.route(
+        "/rv",
+        cacheable("body v1")
+            .header("cache-control", "max-age=1")
+            .header("etag", "\"v1\"")
+            .header("x-foo", "old")
+            .header("content-foo", "old")
+            .header("test-header", "old"),
+    );
+    let edge = start(&origin).await;
+    // One entry per scheme.
+    for proto in [Proto::H1, Proto::H1Tls] {
+        assert_eq!(x_cache(&edge, proto, A, "/rv").await, "MISS");
+    }
+    origin.route(
+        "/rv",
+        Reply::new(304)
+            .header("cache-control", "max-age=60")
+            .header("etag", "\"v1\"")
+            .header("x-foo", "new")
+            .header("content-foo", "new")
+            .header("test-header", "new"),
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    for proto in ALL_PROTOS {
+        let got = get(&client(&edge, proto, &[A]), &edge.url(A, "/rv")).await;
+        assert_eq!((got.status, got.body.as_str()), (200, "body v1"), "{proto:?}");
+        for name in ["x-foo", "content-foo", "test-header"] {
+            assert_eq!(got.header(name), Some("new"), "{proto:?}: {name} after the 304");
+        }
+    }
+    let revalidations = origin.requests("/rv");
+    assert!(revalidations.len() >= 3, "two fetches, then revalidations");
+    assert_eq!(
+        revalidations[2].header("if-none-match"),
+        Some("\"v1\""),
+        "a conditional request"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stale_while_revalidate_answers_at_once_and_revalidates_once() {
+    let origin = Origin::start().await;
+    origin.route(
+        "/swr",
+        cacheable("v1").header("cache-control", "max-age=1, stale-while-revalidate=30"),
+    );
+    let edge = start(&origin).await;
+    for proto in [Proto::H1, Proto::H1Tls] {
+        assert_eq!(x_cache(&edge, proto, A, "/swr").await, "MISS");
+    }
+    origin.route(
+        "/swr",
+        cacheable("v2")
+            .header("cache-control", "max-age=60")
+            .delay(std::time::Duration::from_millis(1500)),
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let started = std::time::Instant::now();
+    let mut answers = Vec::new();
+    for proto in ALL_PROTOS {
+        let got = get(&client(&edge, proto, &[A]), &edge.url(A, "/swr")).await;
+        let cache = got.header("x-cache").map(str::to_string);
+        answers.push((proto, got.body, cache));
+    }
+    let took = started.elapsed();
+    for (proto, body, cache) in &answers {
+        assert_eq!(
+            (body.as_str(), cache.as_deref()),
+            ("v1", Some("STALE")),
+            "{proto:?}"
+        );
+    }
+    assert!(
+        took < std::time::Duration::from_millis(1000),
+        "four stale answers took {took:?}"
+    );
+    let updated = common::time_until(std::time::Duration::from_secs(5), || async {
+        let mut hits = 0;
+        for proto in [Proto::H1, Proto::H1Tls] {
+            hits += usize::from(x_cache(&edge, proto, A, "/swr").await == "HIT");
+        }
+        hits == 2
+    })
+    .await;
+    assert!(updated.is_some(), "the background revalidations never stored v2");
+    assert_eq!(
+        origin.hits("/swr"),
+        4,
+        "two fetches, then one background revalidation per scheme"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn must_revalidate_copies_are_never_served_stale() {
+    let origin = Origin::start().await;
+    for (path, cc) in [
+        (
+            "/must",
+            "max-age=1, must-revalidate, stale-while-revalidate=30, stale-if-error=30",
+        ),
+        ("/proxy", "max-age=1, proxy-revalidate, stale-if-error=30"),
+        ("/nocache", "no-cache, stale-if-error=30"),
+    ] {
+        origin.route(path, cacheable(path).header("cache-control", cc));
+    }
+    let edge = start(&origin).await;
+    for path in ["/must", "/proxy", "/nocache"] {
+        x_cache(&edge, Proto::H1, A, path).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    origin.stop();
+    for proto in ALL_PROTOS {
+        let c = common::client_with(&edge, proto, &[A], false);
+        for path in ["/must", "/proxy", "/nocache"] {
+            let got = get(&c, &edge.url(A, path)).await;
+            assert_eq!(
+                got.status,
+                502,
+                "{proto:?} {path}: a stale copy was served: {:?}",
+                got.header("x-cache")
+            );
+        }
+    }
+}

@@ -1,12 +1,22 @@
 //! What the content cache keeps, and for how long: the origin's Cache-Control/Expires as
 //! Pingora interprets them, plus the domain's `default_ttl` (responses that say nothing) and
 //! `error_ttl` (negative caching: an origin 4xx/5xx is kept at least that long).
+//!
+//! Two things Pingora's filters leave out are done here:
+//! - **targeted cache control** (RFC 9213): a valid `CDN-Cache-Control` (or the domain's own
+//!   targeted field, checked first) replaces `Cache-Control` for this edge;
+//! - **age** (RFC 9111 §4.2.3): what the origin says of the response's age (`Age`, and `Date`
+//!   against our clock) is counted, so freshness runs from when the response was generated,
+//!   and `Age` on hits includes it.
 
 use pingora_cache::cache_control::{CacheControl, Cacheable as CcCacheable, InterpretCacheControl};
 use pingora_cache::filters::{calculate_fresh_until, calculate_serve_stale_durations};
 use pingora_cache::{CacheMeta, CacheMetaDefaults, NoCacheReason, RespCacheable};
 use pingora_http::ResponseHeader;
 use std::time::{Duration, SystemTime};
+
+/// The field every CDN honours (RFC 9213).
+pub const CDN_CACHE_CONTROL: &str = "cdn-cache-control";
 
 /// Freshness the origin did not give is decided below, per domain, so Pingora's defaults
 /// give none.
@@ -17,18 +27,119 @@ const ORIGIN_ONLY: CacheMetaDefaults = CacheMetaDefaults::new(|_| None, 0, 0);
 const DEFAULT_TTL_STATUSES: [u16; 5] = [200, 203, 204, 301, 308];
 
 /// Per-domain freshness settings.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Default)]
 pub struct TtlPolicy {
     /// Freshness of responses that give none (0: not cached).
     pub default_ttl: Duration,
     /// Minimum freshness of origin 4xx/5xx (0: no negative caching).
     pub error_ttl: Duration,
+    /// A targeted cache-control field of the domain's own, checked before `CDN-Cache-Control`.
+    pub targeted_field: Option<http::HeaderName>,
+}
+
+impl TtlPolicy {
+    /// The targeted fields this edge obeys, most specific first; clients never see them.
+    pub fn targeted_fields(&self) -> impl Iterator<Item = &str> {
+        self.targeted_field
+            .iter()
+            .map(http::HeaderName::as_str)
+            .chain(std::iter::once(CDN_CACHE_CONTROL))
+    }
+}
+
+/// The cache control this edge obeys: the first targeted field present with valid syntax, else
+/// `Cache-Control` (RFC 9213 §2.2: an invalid targeted field is ignored).
+fn cache_control(resp: &ResponseHeader, policy: &TtlPolicy) -> Option<CacheControl> {
+    for name in policy.targeted_fields() {
+        let values: Vec<&[u8]> = resp.headers.get_all(name).iter().map(|v| v.as_bytes()).collect();
+        if !values.is_empty() && values.iter().all(|v| is_dictionary(v)) {
+            return CacheControl::from_resp_headers_named(name, resp);
+        }
+    }
+    CacheControl::from_resp_headers(resp)
+}
+
+/// Whether a field value is a Structured Fields dictionary (RFC 8941 §3.2) as targeted cache
+/// control uses it: `key` or `key=value` members, keys lower case, values integers, tokens or
+/// quoted strings.
+fn is_dictionary(value: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(value) else {
+        return false;
+    };
+    let is_key = |k: &str| {
+        let mut bytes = k.bytes();
+        bytes.next().is_some_and(|b| b.is_ascii_lowercase() || b == b'*')
+            && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-.*".contains(&b))
+    };
+    let is_value = |v: &str| {
+        let integer = v.strip_prefix('-').unwrap_or(v);
+        (!integer.is_empty() && integer.len() <= 15 && integer.bytes().all(|b| b.is_ascii_digit()))
+            || (v.len() >= 2 && v.starts_with('"') && v.ends_with('"') && !v[1..v.len() - 1].contains('"'))
+            || v.bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_alphabetic() || b == b'*')
+                && v.bytes()
+                    .all(|b| b.is_ascii_graphic() && !b"\",;=()<>@[]{}".contains(&b))
+    };
+    text.split(',').all(|member| {
+        let member = member.trim_matches([' ', '\t']);
+        match member.split_once('=') {
+            Some((key, value)) => is_key(key) && is_value(value),
+            None => is_key(member),
+        }
+    })
+}
+
+/// How old the response already was when it arrived (RFC 9111 §4.2.3, without the request's
+/// delay): its `Age`, or how far its `Date` is behind `now`, whichever is more. An `Age` that
+/// is not a single non-negative integer is ignored.
+fn initial_age(resp: &ResponseHeader, now: SystemTime) -> Duration {
+    let single = |name: http::header::HeaderName| {
+        let mut values = resp.headers.get_all(name).iter();
+        match (values.next(), values.next()) {
+            (Some(v), None) => v.to_str().ok(),
+            _ => None,
+        }
+    };
+    let age_value = single(http::header::AGE)
+        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+        // Larger values than fit are "a very long time", as RFC 9111 §1.2.2 says.
+        .map(|v| v.parse::<u64>().unwrap_or(u64::from(u32::MAX)))
+        .map_or(Duration::ZERO, Duration::from_secs);
+    let apparent_age = date(resp)
+        .and_then(|date| now.duration_since(date).ok())
+        .unwrap_or_default();
+    age_value.max(apparent_age)
+}
+
+/// The response's `Date`, if it has one valid one.
+fn date(resp: &ResponseHeader) -> Option<SystemTime> {
+    let value = resp.headers.get(http::header::DATE)?.to_str().ok()?;
+    httpdate::parse_http_date(value).ok()
+}
+
+/// The stored response `stored` updated with the fields of a 304 (RFC 9111 §3.2, §4.3.4):
+/// every field replaced or added, except the framing ones, which describe the stored body.
+pub fn updated_by_304(stored: &ResponseHeader, not_modified: &http::HeaderMap) -> ResponseHeader {
+    use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_RANGE, TRANSFER_ENCODING};
+    let mut updated = stored.clone();
+    for name in not_modified.keys() {
+        if [CONTENT_LENGTH, CONTENT_ENCODING, CONTENT_RANGE, TRANSFER_ENCODING].contains(name) {
+            continue;
+        }
+        updated.remove_header(name);
+        for value in not_modified.get_all(name) {
+            // Names and values come from a parsed response, so they are valid.
+            let _ = updated.append_header(name.clone(), value.clone());
+        }
+    }
+    updated
 }
 
 /// Decides whether and how long to cache `resp`.
-pub fn decide(resp: &ResponseHeader, authorization_present: bool, policy: TtlPolicy) -> RespCacheable {
+pub fn decide(resp: &ResponseHeader, authorization_present: bool, policy: &TtlPolicy) -> RespCacheable {
     let status = resp.status.as_u16();
-    let cc = CacheControl::from_resp_headers(resp);
+    let cc = cache_control(resp, policy);
     if cc.as_ref().is_some_and(|cc| cc.is_cacheable() == CcCacheable::No) {
         return RespCacheable::Uncacheable(NoCacheReason::OriginNotCache);
     }
@@ -44,7 +155,21 @@ pub fn decide(resp: &ResponseHeader, authorization_present: bool, policy: TtlPol
         return RespCacheable::Uncacheable(NoCacheReason::OriginNotCache);
     }
     let now = SystemTime::now();
-    let from_origin = calculate_fresh_until(now, cc.as_ref(), resp, authorization_present, &ORIGIN_ONLY);
+    // Freshness runs from when the origin generated the response.
+    let age = initial_age(resp, now);
+    let created = now.checked_sub(age).unwrap_or(now);
+    let lifetime_from_expires = || {
+        // `Expires` against the origin's own `Date` (RFC 9111 §4.2.1), so clock skew between
+        // the origin and this edge does not change the lifetime.
+        let expires = pingora_cache::filters::calculate_expires_header_time(resp)?;
+        let generated = date(resp)?;
+        Some(created + expires.duration_since(generated).unwrap_or_default())
+    };
+    let from_origin = match cc.as_ref().and_then(|cc| cc.fresh_duration()) {
+        Some(lifetime) => Some(created + lifetime),
+        None => lifetime_from_expires()
+            .or_else(|| calculate_fresh_until(now, cc.as_ref(), resp, authorization_present, &ORIGIN_ONLY)),
+    };
     let at_least = |ttl: Duration| (!ttl.is_zero()).then(|| now + ttl);
     let fresh_until = if status >= 400 {
         match (from_origin, at_least(policy.error_ttl)) {
@@ -59,14 +184,19 @@ pub fn decide(resp: &ResponseHeader, authorization_present: bool, policy: TtlPol
     let Some(fresh_until) = fresh_until else {
         return RespCacheable::Uncacheable(NoCacheReason::OriginNotCache);
     };
-    let (stale_while_revalidate, stale_if_error) = calculate_serve_stale_durations(cc.as_ref(), &ORIGIN_ONLY);
+    let (stale_while_revalidate, stale_if_error) = match &cc {
+        // A copy that must be revalidated every time is never served stale (RFC 9111 §4.2.4),
+        // which Pingora checks for must-revalidate and proxy-revalidate but not no-cache.
+        Some(cc) if cc.no_cache() => (0, 0),
+        cc => calculate_serve_stale_durations(cc.as_ref(), &ORIGIN_ONLY),
+    };
     let mut header = resp.clone();
     if let Some(cc) = &cc {
         cc.strip_private_headers(&mut header);
     }
     RespCacheable::Cacheable(CacheMeta::new(
         fresh_until,
-        now,
+        created,
         stale_while_revalidate,
         stale_if_error,
         header,
@@ -88,10 +218,12 @@ mod tests {
     const NONE: TtlPolicy = TtlPolicy {
         default_ttl: Duration::ZERO,
         error_ttl: Duration::ZERO,
+        targeted_field: None,
     };
     const TEN: TtlPolicy = TtlPolicy {
         default_ttl: Duration::from_secs(10),
         error_ttl: Duration::from_secs(10),
+        targeted_field: None,
     };
 
     fn ttl(r: RespCacheable) -> Option<u64> {
@@ -107,19 +239,19 @@ mod tests {
             ttl(decide(
                 &resp(200, &[("cache-control", "max-age=60")]),
                 false,
-                NONE
+                &NONE
             )),
             Some(60)
         );
         assert_eq!(
-            ttl(decide(&resp(200, &[("cache-control", "no-store")]), false, TEN)),
+            ttl(decide(&resp(200, &[("cache-control", "no-store")]), false, &TEN)),
             None
         );
         assert_eq!(
             ttl(decide(
                 &resp(200, &[("cache-control", "private, max-age=60")]),
                 false,
-                TEN
+                &TEN
             )),
             None
         );
@@ -127,37 +259,41 @@ mod tests {
             ttl(decide(
                 &resp(200, &[("vary", "*"), ("cache-control", "max-age=60")]),
                 false,
-                TEN
+                &TEN
             )),
             None
         );
         for vary in ["*, *", ", *", "*, Foo", "Foo, *", "Foo,*"] {
             let r = resp(200, &[("vary", vary), ("cache-control", "max-age=60")]);
-            assert_eq!(ttl(decide(&r, false, TEN)), None, "Vary: {vary}");
+            assert_eq!(ttl(decide(&r, false, &TEN)), None, "Vary: {vary}");
         }
     }
 
     #[test]
     fn default_ttl_applies_only_without_origin_freshness() {
-        assert_eq!(ttl(decide(&resp(200, &[]), false, NONE)), None);
-        assert_eq!(ttl(decide(&resp(200, &[]), false, TEN)), Some(10));
-        assert_eq!(ttl(decide(&resp(302, &[]), false, TEN)), None);
+        assert_eq!(ttl(decide(&resp(200, &[]), false, &NONE)), None);
+        assert_eq!(ttl(decide(&resp(200, &[]), false, &TEN)), Some(10));
+        assert_eq!(ttl(decide(&resp(302, &[]), false, &TEN)), None);
     }
 
     #[test]
     fn error_ttl_is_a_floor_for_errors() {
-        assert_eq!(ttl(decide(&resp(404, &[]), false, NONE)), None);
-        assert_eq!(ttl(decide(&resp(404, &[]), false, TEN)), Some(10));
+        assert_eq!(ttl(decide(&resp(404, &[]), false, &NONE)), None);
+        assert_eq!(ttl(decide(&resp(404, &[]), false, &TEN)), Some(10));
         assert_eq!(
-            ttl(decide(&resp(500, &[("cache-control", "max-age=2")]), false, TEN)),
+            ttl(decide(&resp(500, &[("cache-control", "max-age=2")]), false, &TEN)),
             Some(10)
         );
         assert_eq!(
-            ttl(decide(&resp(404, &[("cache-control", "max-age=60")]), false, TEN)),
+            ttl(decide(
+                &resp(404, &[("cache-control", "max-age=60")]),
+                false,
+                &TEN
+            )),
             Some(60)
         );
         assert_eq!(
-            ttl(decide(&resp(503, &[("cache-control", "no-store")]), false, TEN)),
+            ttl(decide(&resp(503, &[("cache-control", "no-store")]), false, &TEN)),
             None
         );
     }
@@ -165,14 +301,18 @@ mod tests {
     #[test]
     fn authorized_requests_need_explicit_permission() {
         assert_eq!(
-            ttl(decide(&resp(200, &[("cache-control", "max-age=60")]), true, NONE)),
+            ttl(decide(
+                &resp(200, &[("cache-control", "max-age=60")]),
+                true,
+                &NONE
+            )),
             None
         );
         assert_eq!(
             ttl(decide(
                 &resp(200, &[("cache-control", "public, max-age=60")]),
                 true,
-                NONE
+                &NONE
             )),
             Some(60)
         );

@@ -264,6 +264,12 @@ fn compile_domain(
         cache: TtlPolicy {
             default_ttl: spec.cache.default_ttl.0,
             error_ttl: spec.cache.error_ttl.0,
+            // Checked to be a field name by the spec.
+            targeted_field: spec
+                .cache
+                .targeted_field
+                .as_ref()
+                .and_then(|f| http::HeaderName::from_bytes(f.to_ascii_lowercase().as_bytes()).ok()),
         },
         rules: spec.custom_pages.iter().map(Rule::from_spec).collect(),
         tls: cert.is_some(),

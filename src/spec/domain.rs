@@ -120,6 +120,10 @@ pub struct DomainCacheSpec {
     /// has its own, so an origin redirecting one to the other cannot make a cached loop).
     #[serde(default, skip_serializing_if = "is_false")]
     pub share_schemes: bool,
+    /// A targeted cache-control field of this domain's own (RFC 9213), obeyed before
+    /// `CDN-Cache-Control` and `Cache-Control`, and never forwarded to clients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub targeted_field: Option<String>,
 }
 
 /// Where an error status came from.
@@ -255,6 +259,24 @@ impl DomainSpec {
         ] {
             if d.0.is_zero() {
                 err(key.into(), "must be longer than 0s".into());
+            }
+        }
+        if let Some(field) = &self.cache.targeted_field {
+            let reserved = [
+                "cache-control",
+                "cdn-cache-control",
+                "expires",
+                "age",
+                "date",
+                "vary",
+            ];
+            if http::HeaderName::from_bytes(field.as_bytes()).is_err()
+                || reserved.contains(&field.to_ascii_lowercase().as_str())
+            {
+                err(
+                    "cache.targeted_field".into(),
+                    format!("{field:?} is not a field name of its own; expected one like Edge-Cache-Control"),
+                );
             }
         }
         let mut seen: Vec<String> = Vec::new();
