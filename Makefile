@@ -3,7 +3,7 @@ CARGO ?= cargo
 EDGE_CONF ?= conf/edge.yaml
 DEMO_ORIGIN ?= 127.0.0.1:8080
 
-.PHONY: all deps build run run-tls test lint bench profile soak clean
+.PHONY: all deps browser-deps build run run-tls test lint bench profile soak clean
 
 all: build
 
@@ -26,7 +26,8 @@ run: build
 	origin=$$!; trap 'kill $$origin 2>/dev/null' EXIT INT TERM; \
 	./target/release/custom-pages -t -c $(EDGE_CONF) && \
 	echo "edge on :6188 - try: curl -i -H 'Host: exp.example.com' localhost:6188/missing" && \
-	./target/release/custom-pages -c $(EDGE_CONF)
+	echo "console on http://127.0.0.1:6189/ - token: $${CUSTOM_PAGES_ADMIN_TOKEN:-demo-token}" && \
+	CUSTOM_PAGES_ADMIN_TOKEN=$${CUSTOM_PAGES_ADMIN_TOKEN:-demo-token} ./target/release/custom-pages -c $(EDGE_CONF)
 
 # The same demo also over HTTPS on 127.0.0.1:6443, with a self-signed certificate for
 # exp.example.com made once in target/demo-tls/ (see README, "HTTPS").
@@ -43,8 +44,19 @@ run-tls:
 	@echo "HTTPS on :6443 - try: curl -i --cacert $(TLS_DIR)/exp.pem --resolve exp.example.com:6443:127.0.0.1 https://exp.example.com:6443/missing"
 	@$(MAKE) --no-print-directory run EDGE_CONF=$(TLS_DIR)/edge.yaml
 
+# The console's browser tests need Debian's Chromium and the Playwright package (npm).
+browser-deps:
+	@test -x /usr/bin/chromium || { \
+	  echo "installing chromium (the console's browser tests)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	@command -v npm >/dev/null 2>&1 || { \
+	  echo "installing nodejs and npm (the console's browser tests)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; }
+	@test -d tests/console/node_modules/playwright-core || \
+	  (cd tests/console && npm ci --no-audit --no-fund --loglevel=error)
+
 # The example programs are built first: tests run them as a user would.
-test: deps lint
+test: deps browser-deps lint
 	$(CARGO) build --examples --benches
 	$(CARGO) test --lib --tests
 

@@ -1299,3 +1299,82 @@ async fn a_down_origin_stays_down_across_reloads_that_keep_it() {
     );
     assert_eq!(server_state(&admin, DOWN, &server).await, "up");
 }
+
+/// Domains are added and deleted through the API with the same checks and files as rules.
+#[tokio::test(flavor = "multi_thread")]
+async fn api_adds_and_deletes_domains() {
+    let origin = origin().await;
+    let edge = start_exp(&origin, &[("404", "/error404.html")]).await;
+    let admin = Admin::new(&edge);
+    let put = |name: &'static str, body: Value| {
+        let admin = &admin;
+        async move {
+            admin
+                .call(
+                    reqwest::Method::PUT,
+                    &format!("/api/domains/{name}"),
+                    Some(&bearer(TOKEN)),
+                    Some(&body.to_string()),
+                )
+                .await
+        }
+    };
+    let answer = put(NEW, json!({"origin": {"servers": [origin.addr().to_string()]}})).await;
+    assert_eq!(answer.status, 201, "{answer:?}");
+    assert!(edge.domains_dir().join("new.example.com.yaml").exists());
+    let web = client(&edge, Proto::H1, &[NEW]);
+    assert_eq!(get(&web, &edge.url(NEW, "/ok")).await.body, "fine");
+    // Bad input names its field and changes nothing.
+    let answer = put(NEW, json!({"origin": {"servers": ["no-port"]}})).await;
+    assert_eq!(
+        (answer.status, answer.json["field"].clone()),
+        (400, json!("servers[0]")),
+        "{answer:?}"
+    );
+    let answer = put("bad name!", json!({"origin": {"servers": ["h:1"]}})).await;
+    assert_eq!(
+        (answer.status, answer.json["field"].clone()),
+        (400, json!("domain")),
+        "{answer:?}"
+    );
+    let answer = put(NEW, json!({"origin": {"servers": ["h:1"]}, "extra": 1})).await;
+    assert_eq!(answer.status, 400, "{answer:?}");
+    assert_eq!(get(&web, &edge.url(NEW, "/ok")).await.body, "fine");
+    // A domain whose page another domain uses cannot go.
+    let delete = |name: &'static str| {
+        let admin = &admin;
+        async move {
+            admin
+                .call(
+                    reqwest::Method::DELETE,
+                    &format!("/api/domains/{name}"),
+                    Some(&bearer(TOKEN)),
+                    None,
+                )
+                .await
+        }
+    };
+    let rule = admin
+        .put_rule(NEW, "404", &json!({"url": page_url("/error404.html")}))
+        .await;
+    assert_eq!(rule.status, 201, "{rule:?}");
+    let answer = delete(EXP).await;
+    assert_eq!(
+        answer.status, 409,
+        "new.example.com's page lives on exp.example.com: {answer:?}"
+    );
+    assert_eq!(
+        get(&client(&edge, Proto::H1, &[EXP]), &edge.url(EXP, "/ok"))
+            .await
+            .body,
+        "fine"
+    );
+    let answer = delete(NEW).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert!(!edge.domains_dir().join("new.example.com.yaml").exists());
+    assert!(
+        is_default_404(&get(&web, &edge.url(NEW, "/ok")).await),
+        "unknown again"
+    );
+    assert_eq!(delete(NEW).await.status, 404);
+}

@@ -21,6 +21,7 @@ use std::sync::Arc;
 
 /// Request bodies larger than this are refused; a rule is a few hundred bytes.
 mod cache;
+mod console;
 
 const MAX_BODY: usize = 64 * 1024;
 /// Environment variable holding the token when `admin.token_file` is not set.
@@ -32,6 +33,8 @@ pub struct AdminApi {
     token: String,
     /// Serializes read-modify-write of domain specs.
     writes: tokio::sync::Mutex<()>,
+    /// Pages served lately, for the console.
+    activity: console::Activity,
 }
 
 /// The token from `admin.token_file`, else from the environment. `Ok(None)`: none configured.
@@ -81,6 +84,8 @@ struct DomainView<'a> {
     at: &'a Location,
     origin: OriginView<'a>,
     custom_pages: &'a [RuleSpec],
+    /// Whether the domain has a certificate of its own.
+    https: bool,
 }
 
 #[derive(serde::Serialize)]
@@ -93,6 +98,13 @@ struct OriginView<'a> {
 struct ServerView<'a> {
     server: &'a str,
     state: &'static str,
+}
+
+/// The JSON body of `PUT /api/domains/{domain}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DomainBody {
+    origin: crate::spec::OriginSpec,
 }
 
 /// The JSON body of `PUT .../custom-pages/{code}`.
@@ -115,6 +127,7 @@ impl AdminApi {
             runtime,
             token,
             writes: tokio::sync::Mutex::new(()),
+            activity: console::Activity::new(),
         }
     }
 
@@ -138,6 +151,11 @@ impl AdminApi {
             (&Method::GET, ["api", "status"]) => Ok((StatusCode::OK, json!(self.runtime.status()))),
             (&Method::GET, ["api", "domains"]) => Ok((StatusCode::OK, self.list_domains())),
             (&Method::GET, ["api", "domains", domain, "custom-pages"]) => self.domain_rules(domain),
+            (&Method::PUT, ["api", "domains", domain]) => {
+                let body = read_body(session).await?;
+                self.put_domain(domain, &body).await
+            }
+            (&Method::DELETE, ["api", "domains", domain]) => self.delete_domain(domain).await,
             (&Method::PUT, ["api", "domains", domain, "custom-pages", code]) => {
                 let body = read_body(session).await?;
                 self.put_rule(domain, code, &body).await
@@ -147,6 +165,9 @@ impl AdminApi {
             }
             (&Method::POST, ["api", "domains", domain, "custom-pages", code, "refresh"]) => {
                 self.refresh(domain, code).await
+            }
+            (&Method::GET, ["api", "domains", domain, "custom-pages", code, "page"]) => {
+                self.stored_page(domain, code)
             }
             (&Method::POST, ["api", "domains", domain, "purge"]) => {
                 let domain = self.domain(domain)?;
@@ -162,6 +183,7 @@ impl AdminApi {
                 _,
                 ["api", "status"]
                 | ["api", "domains"]
+                | ["api", "domains", _]
                 | ["api", "domains", _, "custom-pages", ..]
                 | ["api", "domains", _, "purge" | "prefetch"],
             ) => Err(ApiError::new(
@@ -199,6 +221,7 @@ impl AdminApi {
                     at: &d.at,
                     origin: OriginView { servers },
                     custom_pages: &d.spec.custom_pages,
+                    https: d.tls,
                 })
             })
             .collect();
@@ -222,6 +245,9 @@ impl AdminApi {
                     json!(store.info(rule.url.as_str()))
                 };
                 value["page"] = page;
+                let (last_hour, per_minute) = self.activity.served(&domain.label, &rule.code.to_string());
+                value["served_last_hour"] = json!(last_hour);
+                value["served_per_minute"] = json!(per_minute);
                 value
             })
             .collect();
@@ -316,17 +342,7 @@ impl AdminApi {
         };
         let outcome = change(&mut snapshot.domains[index].spec.custom_pages)?;
         let entry = snapshot.domains[index].clone();
-        if let Err(errors) = self.runtime.check_snapshot(&snapshot) {
-            let (ours, others): (Vec<ConfigError>, Vec<ConfigError>) =
-                errors.0.into_iter().partition(|e| e.at == entry.at);
-            if let Some(first) = ours.first() {
-                let field = first.key.rsplit('.').next().unwrap_or("body");
-                let mut e = ApiError::field(field, first.message.clone());
-                e.details = ours;
-                return Err(e);
-            }
-            return Err(conflict(ConfigErrors(others)));
-        }
+        self.check_change(&snapshot, &entry.at)?;
         let at = source
             .put_domain(&entry.spec)
             .await
@@ -336,6 +352,106 @@ impl AdminApi {
         Ok(outcome)
     }
 
+    /// `PUT /api/domains/{domain}`: creates the domain (201) or replaces its origin (200),
+    /// checked and written like a rule change.
+    async fn put_domain(&self, name: &str, body: &[u8]) -> ApiResult {
+        let body: DomainBody = parse_json_body(body)?;
+        let _one_writer = self.writes.lock().await;
+        let wanted: DomainName = name.parse().map_err(|e: String| ApiError::field("domain", e))?;
+        let mut snapshot = self.runtime.source().load().await.map_err(conflict)?;
+        let existing = snapshot
+            .domains
+            .iter()
+            .position(|entry| entry.spec.domain.parse::<DomainName>().is_ok_and(|n| n == wanted));
+        let entry = match existing {
+            Some(index) => {
+                snapshot.domains[index].spec.origin = body.origin;
+                snapshot.domains[index].clone()
+            }
+            None => {
+                let entry = crate::source::DomainEntry {
+                    at: Location::Key(format!("new domain {wanted}")),
+                    spec: crate::spec::DomainSpec {
+                        domain: wanted.to_string(),
+                        origin: body.origin,
+                        cache: Default::default(),
+                        custom_pages: Vec::new(),
+                        tls: None,
+                        https_redirect: false,
+                        filters: Vec::new(),
+                    },
+                };
+                snapshot.domains.push(entry.clone());
+                entry
+            }
+        };
+        self.check_change(&snapshot, &entry.at)?;
+        let at = self
+            .runtime
+            .source()
+            .put_domain(&entry.spec)
+            .await
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.0))?;
+        info!("admin API wrote the domain {wanted} to {at}");
+        self.runtime.reload().await.map_err(conflict)?;
+        let status = if existing.is_some() {
+            StatusCode::OK
+        } else {
+            StatusCode::CREATED
+        };
+        Ok((status, json!({"domain": wanted.to_string(), "at": at})))
+    }
+
+    /// `DELETE /api/domains/{domain}`: refused while another domain's page lives on it.
+    async fn delete_domain(&self, name: &str) -> ApiResult {
+        let _one_writer = self.writes.lock().await;
+        let wanted = parse_name(name).ok_or_else(|| unknown_domain(name))?;
+        let mut snapshot = self.runtime.source().load().await.map_err(conflict)?;
+        let before = snapshot.domains.len();
+        snapshot.domains.retain(|entry| {
+            entry
+                .spec
+                .domain
+                .parse::<DomainName>()
+                .map_or(true, |n| n != wanted)
+        });
+        if snapshot.domains.len() == before {
+            return Err(unknown_domain(name));
+        }
+        if let Err(errors) = self.runtime.check_snapshot(&snapshot) {
+            return Err(conflict(errors));
+        }
+        let removed = self
+            .runtime
+            .source()
+            .delete_domain(&wanted)
+            .await
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.0))?;
+        if !removed {
+            return Err(unknown_domain(name));
+        }
+        info!("admin API deleted the domain {wanted}");
+        self.runtime.reload().await.map_err(conflict)?;
+        Ok((StatusCode::OK, json!({"deleted": wanted.to_string()})))
+    }
+
+    /// Checks a changed snapshot: errors of the changed spec (at `at`) are the request's fault
+    /// (400, naming the field); others mean the configuration is broken (409).
+    fn check_change(&self, snapshot: &crate::source::Snapshot, at: &Location) -> Result<(), ApiError> {
+        let Err(errors) = self.runtime.check_snapshot(snapshot) else {
+            return Ok(());
+        };
+        let (ours, others): (Vec<ConfigError>, Vec<ConfigError>) =
+            errors.0.into_iter().partition(|e| e.at == *at);
+        if let Some(first) = ours.first() {
+            let field = first.key.rsplit('.').next().unwrap_or("body");
+            let mut e = ApiError::field(field, first.message.clone());
+            e.details = ours;
+            return Err(e);
+        }
+        Err(conflict(ConfigErrors(others)))
+    }
+
     /// The domain served under exactly `name`, or 404.
     fn domain(&self, name: &str) -> Result<Arc<Domain>, ApiError> {
         let routes = self.runtime.routes();
@@ -343,7 +459,8 @@ impl AdminApi {
         domain.ok_or_else(|| unknown_domain(name))
     }
 
-    async fn refresh(&self, name: &str, code: &str) -> ApiResult {
+    /// The page URL of a domain's in-place rule for `code`.
+    fn rule_page(&self, name: &str, code: &str) -> Result<PageUrl, ApiError> {
         let code: CodePattern = code.parse().map_err(|e: String| ApiError::field("code", e))?;
         let domain = self.domain(name)?;
         let rule = domain.rules.iter().find(|r| r.code == code).ok_or_else(|| {
@@ -352,12 +469,36 @@ impl AdminApi {
                 format!("{} has no rule for code {code}", domain.label),
             )
         })?;
-        let Some(page) = rule.page() else {
-            return Err(ApiError::field(
+        rule.page().cloned().ok_or_else(|| {
+            ApiError::field(
                 "code",
                 format!("the rule for {code} redirects; it has no page to fetch"),
-            ));
-        };
+            )
+        })
+    }
+
+    /// `GET .../custom-pages/{code}/page`: the stored copy of the page, as text (the console
+    /// previews it in a sandboxed frame, never fetching it from the origin).
+    fn stored_page(&self, name: &str, code: &str) -> ApiResult {
+        let page = self.rule_page(name, code)?;
+        let stored = self.runtime.pages.store().get(page.as_str()).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("{} has not been fetched yet", page.as_str()),
+            )
+        })?;
+        Ok((
+            StatusCode::OK,
+            json!({
+                "url": page.as_str(),
+                "content_type": stored.content_type.to_str().unwrap_or(""),
+                "text": String::from_utf8_lossy(&stored.body),
+            }),
+        ))
+    }
+
+    async fn refresh(&self, name: &str, code: &str) -> ApiResult {
+        let page = self.rule_page(name, code)?;
         let store = self.runtime.pages.store();
         match store.refresh(page.as_str()).await {
             Ok(_) => Ok((StatusCode::OK, json!(store.info(page.as_str())))),
@@ -373,6 +514,11 @@ impl AdminApi {
 impl ServeHttp for AdminApi {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let req = session.req_header();
+        if req.method == Method::GET {
+            if let Some(asset) = console::asset(req.uri.path()) {
+                return asset;
+            }
+        }
         if req.uri.path() == "/metrics" && req.method == Method::GET {
             // Scrapers on the same machine need no token; anywhere else they do.
             if self.runtime.settings.admin_listen.ip().is_loopback() || self.authorized(session) {

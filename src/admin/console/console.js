@@ -1,0 +1,294 @@
+// The custom-pages console: the admin API's JSON, shown and changed through forms.
+// Every value from the API is untrusted and goes into the page as text (textContent), never
+// as HTML. The token lives in sessionStorage and travels only in the Authorization header.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const TOKEN_KEY = "custom-pages-token";
+let current = null; // the domain being managed
+let editing = null; // the rule being modified (its code), or null for a new one
+
+function el(tag, text, attrs) {
+  const node = document.createElement(tag);
+  if (text !== undefined && text !== null) node.textContent = String(text);
+  for (const [name, value] of Object.entries(attrs || {})) node.setAttribute(name, value);
+  return node;
+}
+
+function button(label, onClick, described) {
+  const b = el("button", label, { type: "button" });
+  if (described) b.setAttribute("aria-description", described);
+  b.addEventListener("click", onClick);
+  return b;
+}
+
+async function api(method, path, body, token) {
+  const headers = { Authorization: "Bearer " + (token || sessionStorage.getItem(TOKEN_KEY) || "") };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const resp = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  let json = null;
+  try { json = await resp.json(); } catch (_) { json = null; }
+  if (resp.status === 401 && !token) signOut("Your session ended: sign in again.");
+  return { status: resp.status, ok: resp.ok, json: json || {} };
+}
+
+function show(view) {
+  for (const id of ["sign-in-view", "domains-view", "manage-view"]) $(id).hidden = id !== view;
+  $("nav").hidden = view === "sign-in-view";
+}
+
+function signOut(message) {
+  sessionStorage.removeItem(TOKEN_KEY);
+  current = null;
+  $("token").value = "";
+  $("sign-in-error").textContent = message || "";
+  show("sign-in-view");
+  $("token").focus();
+}
+
+async function signIn(event) {
+  event.preventDefault();
+  const token = $("token").value.trim();
+  const answer = await api("GET", "/api/status", undefined, token);
+  if (answer.status === 401) {
+    $("sign-in-error").textContent = "Wrong token: the edge refused it.";
+    return;
+  }
+  if (!answer.ok) {
+    $("sign-in-error").textContent = "The edge answered " + answer.status + ".";
+    return;
+  }
+  sessionStorage.setItem(TOKEN_KEY, token);
+  $("sign-in-error").textContent = "";
+  await showDomains();
+}
+
+// ------------------------------------------------------------------ Domain Names
+
+async function showDomains() {
+  show("domains-view");
+  const answer = await api("GET", "/api/domains");
+  const rows = $("domain-rows");
+  rows.replaceChildren();
+  for (const d of answer.json.domains || []) {
+    const tr = el("tr", null, { "data-domain": d.domain });
+    tr.append(el("th", d.domain, { scope: "row" }));
+    const servers = (d.origin && d.origin.servers) || [];
+    tr.append(el("td", servers.map((s) => s.server + " (" + s.state + ")").join(", ")));
+    tr.append(el("td", (d.custom_pages || []).length));
+    tr.append(el("td", d.https ? "yes" : "no"));
+    const actions = el("td");
+    actions.append(button("Manage", () => showManage(d.domain), d.domain));
+    actions.append(button("Delete", () => deleteDomain(d.domain), d.domain));
+    tr.append(actions);
+    rows.append(tr);
+  }
+  applyFilter();
+}
+
+function applyFilter() {
+  const wanted = $("filter").value.trim().toLowerCase();
+  for (const tr of $("domain-rows").children) {
+    tr.hidden = wanted !== "" && !tr.getAttribute("data-domain").toLowerCase().includes(wanted);
+  }
+}
+
+async function addDomain(event) {
+  event.preventDefault();
+  const name = $("new-domain").value.trim();
+  const servers = $("new-servers").value.split(/[\s,]+/).filter((s) => s !== "");
+  const answer = await api("PUT", "/api/domains/" + encodeURIComponent(name), { origin: { servers } });
+  if (!answer.ok) {
+    $("add-domain-error").textContent = describe(answer);
+    return;
+  }
+  $("add-domain-error").textContent = "";
+  $("new-domain").value = "";
+  $("new-servers").value = "";
+  await showDomains();
+}
+
+async function deleteDomain(name) {
+  if (!window.confirm("Delete the domain " + name + " and its custom page rules?")) return;
+  const answer = await api("DELETE", "/api/domains/" + encodeURIComponent(name));
+  if (!answer.ok) window.alert(describe(answer));
+  await showDomains();
+}
+
+function describe(answer) {
+  const e = answer.json.error || "The edge answered " + answer.status + ".";
+  return answer.json.field ? answer.json.field + ": " + e : e;
+}
+
+// ------------------------------------------------------------------ Manage → Custom Pages
+
+function rulePath(code) {
+  return "/api/domains/" + encodeURIComponent(current) + "/custom-pages/" + encodeURIComponent(code);
+}
+
+async function showManage(name) {
+  current = name;
+  $("manage-title").textContent = "Manage " + name;
+  show("manage-view");
+  await loadRules();
+}
+
+function activityChart(perMinute) {
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("class", "activity");
+  svg.setAttribute("width", "120");
+  svg.setAttribute("height", "24");
+  svg.setAttribute("role", "img");
+  const total = perMinute.reduce((a, b) => a + b, 0);
+  svg.setAttribute("aria-label", total + " served in the last hour, per minute");
+  const top = Math.max(1, ...perMinute);
+  perMinute.forEach((n, i) => {
+    const r = document.createElementNS(ns, "rect");
+    const h = Math.round((n / top) * 22);
+    r.setAttribute("x", String(i * 2));
+    r.setAttribute("y", String(24 - h));
+    r.setAttribute("width", "2");
+    r.setAttribute("height", String(h));
+    svg.append(r);
+  });
+  return svg;
+}
+
+async function loadRules() {
+  const answer = await api("GET", "/api/domains/" + encodeURIComponent(current) + "/custom-pages");
+  const rows = $("rule-rows");
+  rows.replaceChildren();
+  for (const rule of answer.json.custom_pages || []) {
+    const code = String(rule.code);
+    const tr = el("tr", null, { "data-code": code });
+    tr.append(el("th", code, { scope: "row" }));
+    tr.append(el("td", rule.url));
+    tr.append(el("td", rule.redirect ? "Redirect " + rule.redirect : "In place"));
+    tr.append(el("td", rule.status || "—"));
+    tr.append(el("td", rule.source || "any"));
+    const page = el("td");
+    if (rule.page) {
+      page.append(el("div", rule.page.state));
+      page.append(el("div", "fetched at " + (rule.page.fetched_at || "never"), { class: "muted fetched-at" }));
+      if (rule.page.size !== null && rule.page.size !== undefined)
+        page.append(el("div", rule.page.size + " bytes, " + (rule.page.content_type || ""), { class: "muted" }));
+      if (rule.page.last_error) page.append(el("div", rule.page.last_error, { class: "error" }));
+    } else {
+      page.append(el("div", "— (redirect)"));
+    }
+    tr.append(page);
+    const activity = el("td");
+    activity.append(el("span", rule.served_last_hour || 0));
+    activity.append(activityChart(rule.served_per_minute || []));
+    tr.append(activity);
+    const actions = el("td");
+    actions.append(button("Modify", () => openDialog(rule), code));
+    actions.append(button("Delete", () => deleteRule(code), code));
+    if (rule.page) {
+      actions.append(button("Refresh", () => refreshRule(code), code));
+      actions.append(button("Preview", () => preview(code), code));
+    }
+    tr.append(actions);
+    rows.append(tr);
+  }
+}
+
+async function deleteRule(code) {
+  if (!window.confirm("Delete the custom page rule for " + code + " of " + current + "?")) return;
+  const answer = await api("DELETE", rulePath(code));
+  $("pages-message").textContent = answer.ok ? "Rule " + code + " deleted." : describe(answer);
+  await loadRules();
+}
+
+async function refreshRule(code) {
+  const answer = await api("POST", rulePath(code) + "/refresh");
+  $("pages-message").textContent = answer.ok ? "Page for " + code + " fetched again." : describe(answer);
+  await loadRules();
+}
+
+async function preview(code) {
+  const answer = await api("GET", rulePath(code) + "/page");
+  if (!answer.ok) {
+    $("pages-message").textContent = describe(answer);
+    return;
+  }
+  $("preview-url").textContent = answer.json.url + " (" + answer.json.content_type + ")";
+  // A sandboxed frame without scripts; its text is the stored copy, not a live fetch.
+  $("preview-frame").srcdoc = answer.json.text;
+  $("preview-dialog").showModal();
+  $("preview-close").focus();
+}
+
+// ------------------------------------------------------------------ Customize Page dialog
+
+const COMMON_CODES = ["400", "403", "404", "405", "414", "416", "500", "501", "502", "503", "504"];
+
+function clearErrors() {
+  for (const id of ["rule-code-error", "rule-url-error", "rule-redirect-error", "rule-status-error", "rule-source-error", "rule-error"])
+    $(id).textContent = "";
+}
+
+function setPattern(visible) {
+  $("rule-pattern").hidden = !visible;
+  $("rule-pattern-label").hidden = !visible;
+}
+
+function openDialog(rule) {
+  clearErrors();
+  editing = rule ? String(rule.code) : null;
+  const code = rule ? String(rule.code) : "404";
+  if (COMMON_CODES.includes(code)) {
+    $("rule-code").value = code;
+    $("rule-pattern").value = "";
+    setPattern(false);
+  } else {
+    $("rule-code").value = "pattern";
+    $("rule-pattern").value = code;
+    setPattern(true);
+  }
+  $("rule-url").value = rule ? rule.url : "";
+  $("rule-mode").value = rule && rule.redirect ? String(rule.redirect) : "";
+  $("rule-status").value = rule && rule.status ? String(rule.status) : "";
+  $("rule-source").value = rule && rule.source ? rule.source : "any";
+  $("rule-dialog").showModal();
+  $("rule-code").focus();
+}
+
+async function submitRule(event) {
+  event.preventDefault();
+  clearErrors();
+  const code = $("rule-code").value === "pattern" ? $("rule-pattern").value.trim() : $("rule-code").value;
+  const body = { url: $("rule-url").value.trim(), source: $("rule-source").value };
+  if ($("rule-mode").value !== "") body.redirect = Number($("rule-mode").value);
+  if ($("rule-status").value !== "") body.status = Number($("rule-status").value);
+  if (code === "") {
+    $("rule-code-error").textContent = "Enter a status code or a pattern such as 5xx.";
+    return;
+  }
+  const answer = await api("PUT", rulePath(code), body);
+  if (!answer.ok) {
+    const target = { code: "rule-code-error", url: "rule-url-error", redirect: "rule-redirect-error", status: "rule-status-error", source: "rule-source-error" }[answer.json.field] || "rule-error";
+    $(target).textContent = answer.json.error || "The edge answered " + answer.status + ".";
+    return;
+  }
+  if (editing !== null && editing !== code) await api("DELETE", rulePath(editing));
+  $("rule-dialog").close();
+  $("pages-message").textContent = "Rule " + code + " saved.";
+  await loadRules();
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("sign-in-form").addEventListener("submit", signIn);
+  $("sign-out").addEventListener("click", () => signOut(""));
+  $("nav-domains").addEventListener("click", showDomains);
+  $("filter").addEventListener("input", applyFilter);
+  $("add-domain-form").addEventListener("submit", addDomain);
+  $("customize").addEventListener("click", () => openDialog(null));
+  $("rule-form").addEventListener("submit", submitRule);
+  $("rule-cancel").addEventListener("click", () => $("rule-dialog").close());
+  $("rule-code").addEventListener("change", () => setPattern($("rule-code").value === "pattern"));
+  $("preview-close").addEventListener("click", () => $("preview-dialog").close());
+  if (sessionStorage.getItem(TOKEN_KEY)) showDomains();
+  else show("sign-in-view");
+});

@@ -1,0 +1,81 @@
+//! The web console in a real browser: headless Chromium driven by Playwright
+//! (`tests/console/console.test.mjs`) against the real edge and origin. `make test` installs
+//! Chromium and the Playwright package first.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::origin::{Origin, Reply};
+use common::{domain_yaml, start_edge, EdgeOptions, TOKEN};
+
+const DOMAIN: &str = "exp.example.com";
+const TEXT_A: &str = "Console page A: not here";
+const TEXT_B: &str = "Console page B: moved on";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_console_manages_custom_pages_in_a_browser() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/console");
+    assert!(
+        dir.join("node_modules/playwright-core").exists(),
+        "Playwright is missing: run `make test` (it runs npm ci in tests/console)"
+    );
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        Path::new(&chromium).exists(),
+        "{chromium} is missing: run `make test` (it installs Debian's chromium)"
+    );
+    let origin = Origin::start().await;
+    let page = |text: &str| {
+        Reply::new(200)
+            .header("content-type", "text/html")
+            .body(format!("<h1>{text}</h1>"))
+    };
+    origin.route("/a.html", page(TEXT_A));
+    origin.route("/b.html", page(TEXT_B));
+    origin.route("/boom", Reply::new(500).body("origin 500"));
+    let edge = start_edge(
+        EdgeOptions::default(),
+        vec![("exp.yaml", domain_yaml(DOMAIN, origin.addr(), ""))],
+    )
+    .await;
+    let screenshots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
+    let out = tokio::task::spawn_blocking({
+        let (dir, edge_addr, admin) = (
+            dir.clone(),
+            edge.addr(),
+            format!("http://127.0.0.1:{}", edge.admin_port),
+        );
+        let screenshots = screenshots.clone();
+        move || {
+            Command::new("node")
+                .arg(dir.join("console.test.mjs"))
+                .current_dir(&dir)
+                .env("ADMIN_URL", admin)
+                .env("EDGE", edge_addr.to_string())
+                .env("DOMAIN", DOMAIN)
+                .env("TOKEN", TOKEN)
+                .env("PAGE_A", format!("http://{DOMAIN}/a.html"))
+                .env("PAGE_B", format!("http://{DOMAIN}/b.html"))
+                .env("TEXT_A", TEXT_A)
+                .env("TEXT_B", TEXT_B)
+                .env("SCREENSHOTS", screenshots)
+                .env("CHROMIUM", chromium)
+                .output()
+        }
+    })
+    .await
+    .expect("join")
+    .expect("run node (Node.js is needed for the browser tests)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "browser tests failed (screenshots in {}):\n{stdout}\n{}\n{}",
+        screenshots.display(),
+        String::from_utf8_lossy(&out.stderr),
+        common::log_tail(&edge)
+    );
+    assert!(stdout.matches("ok: ").count() >= 6, "{stdout}");
+}

@@ -1,0 +1,238 @@
+// Browser tests of the console, in headless Chromium driven by Playwright. Started by
+// tests/console.rs with a running edge and origin; every check is what an operator would see
+// (by role and accessible name) or what a client of the edge would get.
+//
+// Environment: ADMIN_URL (the console), EDGE (host:port of the edge), DOMAIN, TOKEN,
+// PAGE_A / PAGE_B (page URLs the origin serves) and TEXT_A / TEXT_B (their text),
+// SCREENSHOTS (a folder for screenshots of failures), CHROMIUM (the browser).
+import { chromium } from "playwright-core";
+import http from "node:http";
+import fs from "node:fs";
+import path from "node:path";
+
+const env = (name) => {
+  const value = process.env[name];
+  if (!value) throw new Error(`${name} is not set`);
+  return value;
+};
+const ADMIN_URL = env("ADMIN_URL");
+const EDGE = env("EDGE");
+const DOMAIN = env("DOMAIN");
+const TOKEN = env("TOKEN");
+const [PAGE_A, PAGE_B, TEXT_A, TEXT_B] = ["PAGE_A", "PAGE_B", "TEXT_A", "TEXT_B"].map(env);
+const SCREENSHOTS = env("SCREENSHOTS");
+
+function assert(condition, message) {
+  if (!condition) throw new Error(message);
+}
+
+/// A GET through the edge for DOMAIN, as curl would send it.
+function edgeGet(pathname) {
+  const [host, port] = EDGE.split(":");
+  return new Promise((resolve, reject) => {
+    const req = http.request({ host, port: Number(port), path: pathname, headers: { Host: DOMAIN } }, (res) => {
+      let body = "";
+      res.setEncoding("utf8");
+      res.on("data", (chunk) => (body += chunk));
+      res.on("end", () => resolve({ status: res.statusCode, body }));
+    });
+    req.on("error", reject);
+    req.end();
+  });
+}
+
+/// Polls `check` until it returns true, for up to `ms`.
+async function eventually(what, check, ms = 5000) {
+  const deadline = Date.now() + ms;
+  let last;
+  while (Date.now() < deadline) {
+    last = await check();
+    if (last === true) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`${what}: never happened (last: ${JSON.stringify(last)})`);
+}
+
+async function apiRules() {
+  const resp = await fetch(`${ADMIN_URL}/api/domains/${DOMAIN}/custom-pages`, {
+    headers: { Authorization: `Bearer ${TOKEN}` },
+  });
+  return (await resp.json()).custom_pages;
+}
+
+async function signIn(page) {
+  await page.goto(ADMIN_URL);
+  await page.getByLabel("Token").fill(TOKEN);
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.getByRole("heading", { name: "Domain Names" }).waitFor();
+}
+
+async function manage(page) {
+  const row = page.getByRole("row").filter({ has: page.getByRole("rowheader", { name: DOMAIN, exact: true }) });
+  await row.getByRole("button", { name: "Manage" }).click();
+  await page.getByRole("tab", { name: "Custom Pages" }).waitFor();
+}
+
+function ruleRow(page, code) {
+  return page.getByRole("row").filter({ has: page.getByRole("rowheader", { name: code, exact: true }) });
+}
+
+async function customize(page, code, url) {
+  await page.getByRole("button", { name: "Customize" }).click();
+  const dialog = page.getByRole("dialog", { name: "Customize Page" });
+  await dialog.getByLabel("Status code").selectOption(code);
+  await dialog.getByLabel("URL").fill(url);
+  await dialog.getByRole("button", { name: "OK" }).click();
+  return dialog;
+}
+
+const tests = {
+  async "a wrong token is refused, the right one signs in, Sign out forgets it"(page) {
+    await page.goto(ADMIN_URL);
+    await page.getByLabel("Token").fill("not-the-token");
+    await page.getByRole("button", { name: "Sign in" }).click();
+    await page.getByRole("alert").filter({ hasText: "Wrong token" }).waitFor();
+    await signIn(page);
+    assert((await page.evaluate(() => sessionStorage.length)) === 1, "the token is kept in sessionStorage");
+    assert(!page.url().includes(TOKEN), "the token is never in a URL");
+    await page.getByRole("button", { name: "Sign out" }).click();
+    await page.getByLabel("Token").waitFor();
+    assert((await page.evaluate(() => sessionStorage.length)) === 0, "Sign out forgets the token");
+  },
+
+  async "the domain table lists the domain, its servers and rules, and filters"(page) {
+    await signIn(page);
+    const row = page.getByRole("row").filter({ has: page.getByRole("rowheader", { name: DOMAIN, exact: true }) });
+    await row.waitFor();
+    await page.screenshot({ path: path.join(SCREENSHOTS, "view-domains.png"), fullPage: true });
+    const text = await row.innerText();
+    assert(/127\.\d+\.\d+\.\d+:\d+ \(up\)/.test(text), `origin servers with their state: ${text}`);
+    await page.getByLabel("Filter").fill("no-such-domain");
+    assert(!(await row.isVisible()), "the filter hides other domains");
+    await page.getByLabel("Filter").fill(DOMAIN.slice(0, 3));
+    assert(await row.isVisible(), "the filter keeps matching domains");
+  },
+
+  async "Customize, Modify, Refresh, Preview and Delete a 404 rule, seen through the edge"(page) {
+    await signIn(page);
+    await manage(page);
+    const dialog = await customize(page, "404", PAGE_A);
+    await dialog.waitFor({ state: "hidden" });
+    await eventually("the custom 404 page through the edge", async () => {
+      const got = await edgeGet("/no-such-page");
+      return got.status === 404 && got.body.includes(TEXT_A) ? true : got;
+    });
+    // Modify it to another page.
+    await ruleRow(page, "404").getByRole("button", { name: "Modify" }).click();
+    const modify = page.getByRole("dialog", { name: "Customize Page" });
+    assert((await modify.getByLabel("URL").inputValue()) === PAGE_A, "Modify opens the dialog filled in");
+    await modify.getByLabel("URL").fill(PAGE_B);
+    await modify.getByRole("button", { name: "OK" }).click();
+    await modify.waitFor({ state: "hidden" });
+    await eventually("the modified page through the edge", async () => {
+      const got = await edgeGet("/no-such-page");
+      return got.status === 404 && got.body.includes(TEXT_B) ? true : got;
+    });
+    await page.screenshot({ path: path.join(SCREENSHOTS, "view-custom-pages.png"), fullPage: true });
+    // Refresh: the fetched-at time moves.
+    const fetchedAt = () => ruleRow(page, "404").locator(".fetched-at").innerText();
+    const before = await fetchedAt();
+    await new Promise((r) => setTimeout(r, 1100));
+    await ruleRow(page, "404").getByRole("button", { name: "Refresh" }).click();
+    await eventually("a new fetched-at time", async () => ((await fetchedAt()) !== before ? true : await fetchedAt()));
+    // Preview: the stored copy, in a sandboxed frame.
+    await ruleRow(page, "404").getByRole("button", { name: "Preview" }).click();
+    const frame = page.frameLocator("#preview-frame");
+    await frame.locator("body").filter({ hasText: TEXT_B }).waitFor();
+    await page.screenshot({ path: path.join(SCREENSHOTS, "view-preview.png") });
+    assert((await page.locator("#preview-frame").getAttribute("sandbox")) === "", "the preview frame is sandboxed");
+    await page.getByRole("button", { name: "Close" }).click();
+    // Delete, confirmed: the built-in page again.
+    page.once("dialog", (d) => d.accept());
+    await ruleRow(page, "404").getByRole("button", { name: "Delete" }).click();
+    await ruleRow(page, "404").waitFor({ state: "detached" });
+    await eventually("the default page through the edge", async () => {
+      const got = await edgeGet("/no-such-page");
+      return got.status === 404 && !got.body.includes(TEXT_B) && !got.body.includes(TEXT_A) ? true : got;
+    });
+  },
+
+  async "an invalid URL shows its field error and changes nothing"(page) {
+    await signIn(page);
+    await manage(page);
+    const rulesBefore = JSON.stringify(await apiRules());
+    const dialog = await customize(page, "403", "not a url");
+    const error = dialog.locator("#rule-url-error");
+    await error.filter({ hasText: /./ }).waitFor();
+    await page.screenshot({ path: path.join(SCREENSHOTS, "view-dialog-error.png") });
+    assert(await dialog.isVisible(), "the dialog stays open");
+    await dialog.getByRole("button", { name: "Cancel" }).click();
+    assert(JSON.stringify(await apiRules()) === rulesBefore, "nothing changed");
+  },
+
+  async "a rule is created with the keyboard only"(page) {
+    await signIn(page);
+    await manage(page);
+    await page.getByRole("button", { name: "Customize" }).focus();
+    await page.keyboard.press("Enter");
+    const dialog = page.getByRole("dialog", { name: "Customize Page" });
+    await dialog.waitFor();
+    // Focus starts on Status code.
+    await page.keyboard.press("End"); // the last option: a pattern
+    await page.keyboard.press("Tab");
+    await page.keyboard.type("5xx");
+    await page.keyboard.press("Tab");
+    await page.keyboard.type(PAGE_A);
+    await page.keyboard.press("Enter");
+    await dialog.waitFor({ state: "hidden" });
+    await ruleRow(page, "5xx").waitFor();
+    const rules = await apiRules();
+    assert(rules.some((r) => r.code === "5xx" && r.url === PAGE_A), `the rule exists: ${JSON.stringify(rules)}`);
+  },
+
+  async "markup in names and errors is shown as text"(page) {
+    await signIn(page);
+    await page.getByLabel("Domain name").fill("<script>window.pwned=1</script>.example.com");
+    await page.getByLabel("Origin servers").fill("127.0.0.1:1");
+    await page.getByRole("button", { name: "Add domain" }).click();
+    const error = page.locator("#add-domain-error");
+    await error.filter({ hasText: "<script>" }).waitFor();
+    await manage(page);
+    const dialog = await customize(page, "404", `http://${DOMAIN}/<script>window.pwned=1</script>`);
+    await dialog.locator(".error").filter({ hasText: /./ }).first().waitFor();
+    await dialog.getByRole("button", { name: "Cancel" }).click();
+    assert((await page.evaluate(() => window.pwned)) === undefined, "no injected script ran");
+    assert((await page.locator("script").count()) === 1, "no script element was added");
+  },
+};
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  args: ["--no-sandbox"],
+});
+let failed = 0;
+fs.mkdirSync(SCREENSHOTS, { recursive: true });
+for (const [name, test] of Object.entries(tests)) {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  page.setDefaultTimeout(10000);
+  const violations = [];
+  // Errors in the page (a CSP violation, a script error); refused API calls are expected.
+  page.on("console", (msg) => {
+    if (msg.type() === "error" && !msg.text().startsWith("Failed to load resource")) violations.push(msg.text());
+  });
+  page.on("pageerror", (e) => violations.push(String(e)));
+  try {
+    await test(page);
+    assert(violations.length === 0, `console errors: ${violations.join("; ")}`);
+    console.log(`ok: ${name}`);
+  } catch (e) {
+    failed += 1;
+    const file = path.join(SCREENSHOTS, name.replace(/[^a-z0-9]+/gi, "-") + ".png");
+    await page.screenshot({ path: file, fullPage: true }).catch(() => {});
+    console.log(`FAILED: ${name}\n  ${e.stack || e}\n  screenshot: ${file}`);
+  }
+  await context.close();
+}
+await browser.close();
+process.exit(failed ? 1 : 0);
