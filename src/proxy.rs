@@ -231,6 +231,7 @@ impl ProxyHttp for EdgeProxy {
             None => {}
         }
         ctx.host = host;
+        ctx.pages.ignore_opt_out = !domain.opt_out;
         ctx.domain = Some(domain.clone());
         if domain.filters.is_empty() {
             return Ok(false);

@@ -1604,3 +1604,57 @@ async fn substitutions_are_logged_with_domain_rule_and_cause() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_origin_keeps_its_own_error_with_custom_page_off_unless_the_domain_disables_it() {
+    let origin = origin_with_pages().await;
+    let json_404 = "{\"error\": \"no such user\"}";
+    origin.route(
+        "/api/users/7",
+        Reply::new(404)
+            .header("content-type", "application/json")
+            .header("custom-page", "off")
+            .body(json_404),
+    );
+    let rules = format!("cache:\n  error_ttl: 10s\ncustom_pages:\n{RULE_404}");
+    let trusted = domain_yaml(EXP, origin.addr(), &rules);
+    // Its 404 rule uses exp.example.com's page.
+    let distrusting = domain_yaml(
+        "strict.example.com",
+        origin.addr(),
+        &format!("custom_pages_opt_out: false\n{rules}"),
+    );
+    let edge = start_edge(
+        EdgeOptions::default(),
+        vec![("exp.yaml", trusted), ("strict.yaml", distrusting)],
+    )
+    .await;
+    wait_fetched(&edge, PAGE_404_URL).await;
+    for proto in ALL_PROTOS {
+        let c = client(&edge, proto, &[EXP, "strict.example.com"]);
+        for round in ["miss", "hit"] {
+            let got = get(&c, &edge.url(EXP, "/api/users/7")).await;
+            assert_eq!(
+                (got.status, got.body.as_str()),
+                (404, json_404),
+                "{proto:?} {round}"
+            );
+            assert_eq!(
+                got.header("custom-page"),
+                None,
+                "{proto:?} {round}: the opt-out is stripped"
+            );
+            assert_eq!(got.header("content-type"), Some("application/json"), "{proto:?}");
+            let got = get(&c, &edge.url("strict.example.com", "/api/users/7")).await;
+            assert_page(&got, proto, 404, PAGE_404, PAGE_404_TYPE, &edge);
+            assert_eq!(got.header("custom-page"), None, "{proto:?} {round}");
+        }
+        let hit = get(&c, &edge.url(EXP, "/api/users/7")).await;
+        assert_eq!(
+            hit.header("x-cache"),
+            Some("HIT"),
+            "{proto:?}: a cached copy keeps the choice"
+        );
+        assert_eq!(hit.body, json_404);
+    }
+}

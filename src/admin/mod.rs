@@ -376,6 +376,7 @@ impl AdminApi {
                         origin: body.origin,
                         cache: Default::default(),
                         custom_pages: Vec::new(),
+                        custom_pages_opt_out: true,
                         tls: None,
                         https_redirect: false,
                         filters: Vec::new(),

@@ -67,6 +67,9 @@ pub struct PageState {
     replacement: Replacement,
     /// Set when this request must never get a custom page (the edge's own page fetches).
     pub disabled: bool,
+    /// Set when the origin may not keep its own error with `Custom-Page: off` (a domain that
+    /// does not trust its origin's headers).
+    pub ignore_opt_out: bool,
     /// What was substituted, if anything (for logs and metrics).
     pub substitution: Option<Substitution>,
 }
@@ -173,7 +176,10 @@ impl CustomPages {
         state: &mut PageState,
     ) -> Result<()> {
         let status = resp.status.as_u16();
-        if state.disabled || status < 400 || rules.is_empty() {
+        // The origin's opt-out is for this edge only; a cached copy keeps it (it is removed
+        // here, on the way out, not from what is stored).
+        let opted_out = take_opt_out(resp);
+        if state.disabled || status < 400 || rules.is_empty() || (opted_out && !state.ignore_opt_out) {
             return Ok(());
         }
         let path = session.req_header().uri.path().to_string();
@@ -270,6 +276,20 @@ impl CustomPages {
         };
         Ok((header, body.bytes))
     }
+}
+
+/// The response header with which an origin keeps its own error: `Custom-Page: off`.
+pub const OPT_OUT_HEADER: &str = "custom-page";
+
+/// Removes `Custom-Page` from a response: whether it said `off`.
+fn take_opt_out(resp: &mut ResponseHeader) -> bool {
+    let off = resp
+        .headers
+        .get_all(OPT_OUT_HEADER)
+        .iter()
+        .any(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"off"));
+    resp.remove_header(OPT_OUT_HEADER);
+    off
 }
 
 /// Writes a complete response; HEAD gets the header alone.

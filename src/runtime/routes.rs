@@ -31,6 +31,8 @@ pub struct Domain {
     pub tls: bool,
     /// Whether cleartext requests are redirected to `https://`.
     pub https_redirect: bool,
+    /// Whether the origin may keep its own error with `Custom-Page: off`.
+    pub opt_out: bool,
     /// Whether `http://` and `https://` requests share cache entries.
     pub share_schemes: bool,
     /// The domain's filters, in order.
@@ -274,6 +276,7 @@ fn compile_domain(
         rules: spec.custom_pages.iter().map(Rule::from_spec).collect(),
         tls: cert.is_some(),
         https_redirect: spec.https_redirect,
+        opt_out: spec.custom_pages_opt_out,
         share_schemes: spec.cache.share_schemes,
         filters,
         at: entry.at.clone(),

@@ -22,6 +22,9 @@ pub struct DomainSpec {
     /// The custom page rules.
     #[serde(default)]
     pub custom_pages: Vec<RuleSpec>,
+    /// Whether the origin may keep its own error with `Custom-Page: off`.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub custom_pages_opt_out: bool,
     /// The domain's certificate for HTTPS clients (chosen by SNI).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<CertSpec>,
