@@ -3,7 +3,7 @@
 # case alone and, while ours is measured, records the edge with perf. Writes a flame graph, the
 # top symbols and the system calls. Run as root from anywhere:
 #   bash bench/profile.sh 3                 # or: make profile CASE=3
-# Cases: 1 2 3 4 5 6 1r, as in bench/run.sh. Environment:
+# Cases: 1 2 3 4 5 6 1r t1 t2, as in bench/run.sh. Environment:
 #   PROFILE_SECONDS  seconds recorded (default 8)
 #   PROFILE_OUT      the folder written (default target/profile)
 # It installs perf (Debian's linux-perf) when missing, and inferno (the flame graph renderer,
@@ -16,7 +16,7 @@ die() { printf '[profile] FAILED: %s\n' "$*" >&2; exit 1; }
 log() { printf '[profile %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 
 CASE=${1:-1}
-[[ $CASE =~ ^(1|2|3|4|5|6|1r)$ ]] || die "unknown case '$CASE' (cases: 1 2 3 4 5 6 1r)"
+[[ $CASE =~ ^(1|2|3|4|5|6|1r|t1|t2)$ ]] || die "unknown case '$CASE' (cases: 1 2 3 4 5 6 1r t1 t2)"
 SECONDS_RECORDED=${PROFILE_SECONDS:-8}
 [[ $SECONDS_RECORDED =~ ^[0-9]+$ ]] && ((SECONDS_RECORDED > 0 && SECONDS_RECORDED <= 60)) ||
   die "PROFILE_SECONDS must be 1 to 60"

@@ -5,11 +5,12 @@
 # Environment:
 #   BENCH_SECONDS      duration of one measured run (default 5)
 #   BENCH_ROUNDS       rounds; each round runs every case on both servers (default 3)
-#   BENCH_CONNECTIONS  connections of wrk / bench/headload.c (default 32)
+#   BENCH_CONNECTIONS  connections of wrk / bench/headload.c / bench/tlsload.rs (default 32)
 #   BENCH_WARMUP       seconds of warm-up per case and server (default 2, 1 if BENCH_SECONDS < 3)
 #   BENCH_PORT_BASE    first of the 10 ports used on 127.0.0.1 (default 18480)
-#   BENCH_CASES        the cases to run, e.g. "1 3 5" (default: all of 1 2 3 4 5 6 1r); a report of
-#                      some cases is for quick comparisons, the targets are judged on all of them
+#   BENCH_CASES        the cases to run, e.g. "1 3 5" (default: all of 1 2 3 4 5 6 1r t1 t2; t1 and t2
+#                      are over HTTPS); a report of some cases is for quick comparisons, the targets
+#                      are judged on all of them
 #   BENCH_MICRO        1 (default) also runs the criterion micro-benchmark (benches/page_path.rs)
 #   BENCH_OUT          the report written (default BENCHMARKS.md at the repository root)
 #   BENCH_DISTURBED    a run during which other work used more than this % of CPU 0 or 1 is run again
@@ -17,9 +18,11 @@
 #   BENCH_KEEP         1 keeps the temporary directory (configs, logs) for inspection
 #   BENCH_NICE         niceness of the servers, origin and load generators (default -10 as root, so
 #                      that other work on a shared machine disturbs less; 0 to leave it)
-# It installs nginx-light and wrk when missing, builds the edge in release mode, starts one
-# origin (nginx), our edge and nginx as the competing edge, checks every case's answer on both,
-# measures, prints the table and writes the report. Everything it starts is stopped on exit.
+# It installs nginx-light and wrk when missing, builds the edge in release mode, makes a
+# self-signed ECDSA P-256 certificate for bench.example.com, starts one origin (nginx), our edge
+# and nginx as the competing edge (each with a cleartext and a TLS listener), checks every case's
+# answer on both, measures, prints the table and writes the report. Everything it starts is
+# stopped on exit.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -47,6 +50,8 @@ ORIGIN_PORT=$((PORT_BASE + 1))
 EDGE_PORT=$((PORT_BASE + 2))
 NGINX_PORT=$((PORT_BASE + 3))
 ADMIN_PORT=$((PORT_BASE + 4))
+EDGE_TLS_PORT=$((PORT_BASE + 5))  # HTTPS (cases t1, t2)
+NGINX_TLS_PORT=$((PORT_BASE + 6))
 CLOSED_PORT=$((PORT_BASE + 9)) # nothing listens here: the origin of down.example.com
 
 log() { printf '[bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
@@ -92,6 +97,7 @@ install_missing() {
   command -v taskset >/dev/null 2>&1 || pkgs+=(util-linux)
   command -v cmake >/dev/null 2>&1 || pkgs+=(cmake) # Pingora's zlib-ng build
   command -v cc >/dev/null 2>&1 || pkgs+=(gcc)      # bench/headload.c (and cargo's linker)
+  command -v openssl >/dev/null 2>&1 || pkgs+=(openssl) # the certificate of t1 and t2
   ((${#pkgs[@]} == 0)) && return 0
   [[ $(id -u) == 0 ]] || die "missing ${pkgs[*]}; run as root or install them"
   command -v apt-get >/dev/null 2>&1 || die "missing ${pkgs[*]} and no apt-get to install them"
@@ -115,6 +121,15 @@ log "building the edge (release)"
 cargo build --release --bin custom-pages
 EDGE_BIN=$ROOT/target/release/custom-pages
 [[ -x $EDGE_BIN ]] || die "no $EDGE_BIN after the build"
+# wrk cannot open a new connection per request without resuming TLS sessions (it reuses each
+# connection's SSL object, which keeps the last session), and a client on Debian's OpenSSL 3.0
+# costs more CPU per handshake than the servers: case t2 uses this rustls client instead.
+TLSLOAD_BIN=$ROOT/target/release/examples/tlsload
+if [[ -z ${BENCH_CASES:-} || $BENCH_CASES =~ (^|[[:space:]])t2([[:space:]]|$) ]]; then
+  log "building the TLS load generator of case t2 (bench/tlsload.rs)"
+  cargo build --release --example tlsload
+  [[ -x $TLSLOAD_BIN ]] || die "no $TLSLOAD_BIN after the build"
+fi
 if [[ $MICRO == 1 ]]; then
   log "building the micro-benchmark"
   cargo bench --bench page_path --no-run
@@ -141,7 +156,7 @@ fi
 
 # ---------------------------------------------------------------- ports and helpers
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for p in "$ORIGIN_PORT" "$EDGE_PORT" "$NGINX_PORT" "$ADMIN_PORT" "$CLOSED_PORT"; do
+for p in "$ORIGIN_PORT" "$EDGE_PORT" "$NGINX_PORT" "$ADMIN_PORT" "$EDGE_TLS_PORT" "$NGINX_TLS_PORT" "$CLOSED_PORT"; do
   port_open "$p" && die "port $p on 127.0.0.1 is already in use; set BENCH_PORT_BASE"
 done
 wait_port() { # port pid name
@@ -158,10 +173,19 @@ WORK=$(mktemp -d /tmp/custom-pages-bench.XXXXXX)
 chmod 755 "$WORK" # nginx workers run as an unprivileged user and must reach the doc root and cache
 # The edge's log is kept out of edge/: the edge watches its configuration folder, and a log
 # written there wakes the watcher on every line (measured: 14% of the CPU in case 5).
-mkdir -p "$WORK"/{origin/root,edge/domains,nginx/cache,nginx/tmp,out,logs}
+mkdir -p "$WORK"/{origin/root,edge/domains,nginx/cache,nginx/tmp,out,logs,tls}
 # wrk 4.1 cannot measure HEAD (it waits for the body the HEAD response announces, wg/wrk#198):
 # case 6 uses this small load generator, which works like wrk and prints wrk's summary lines.
 cc -O2 -Wall -o "$WORK/headload" "$ROOT/bench/headload.c" || die "cannot compile bench/headload.c"
+
+# ---------------------------------------------------------------- the certificate (t1, t2)
+# One self-signed ECDSA P-256 certificate and key, served by both edges. Kept outside edge/,
+# whose files the edge watches.
+TLS_GEN=(openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2
+  -subj /CN=bench.example.com -addext subjectAltName=DNS:bench.example.com
+  -keyout "$WORK/tls/bench.key" -out "$WORK/tls/bench.pem")
+"${TLS_GEN[@]}" 2>"$WORK/logs/openssl.stderr" || die "cannot make the certificate: $(tail -n 3 "$WORK/logs/openssl.stderr")"
+chmod 644 "$WORK/tls/bench.pem"
 
 # ---------------------------------------------------------------- the origin's content
 PAGE_MARK_404="BENCH-PAGE-404"
@@ -228,6 +252,11 @@ pages:
   refresh: 5m
   fetch_timeout: 5s
 domains: domains
+tls:
+  listen: ["127.0.0.1:$EDGE_TLS_PORT"]
+  # wrk (case t1) sends the URL's host as SNI, 127.0.0.1, which rustls ignores as an IP address:
+  # such handshakes get the default certificate, the same as the domain's.
+  default_cert: {cert: ../tls/bench.pem, key: ../tls/bench.key}
 admin:
   listen: 127.0.0.1:$ADMIN_PORT   # not started: no token is given
 server:
@@ -238,6 +267,7 @@ server:
 EOF
 cat >"$WORK/edge/domains/bench.example.com.yaml" <<EOF
 domain: bench.example.com
+tls: {cert: ../../tls/bench.pem, key: ../../tls/bench.key}
 origin:
   servers: ["127.0.0.1:$ORIGIN_PORT"]
   connect_timeout: 2s
@@ -297,8 +327,18 @@ http {
     # down-origin requests (case 3 p99 0.8 s, case 5 at 6k req/s when tried). Off is nginx's best.
     add_header X-Cache \$upstream_cache_status; # the edge sends X-Cache too
 
+    # HTTPS (cases t1, t2): the edge's certificate; TLS 1.3, as the edge negotiates with the load
+    # generators; no session resumption (t2 measures full handshakes; the client resumes nothing
+    # either). The edge's rustls keeps a stateful session cache of 256 it cannot turn off.
+    ssl_certificate $WORK/tls/bench.pem;
+    ssl_certificate_key $WORK/tls/bench.key;
+    ssl_protocols TLSv1.3;
+    ssl_session_tickets off;
+    ssl_session_cache off;
+
     server {
         listen 127.0.0.1:$NGINX_PORT;
+        listen 127.0.0.1:$NGINX_TLS_PORT ssl http2; # nginx 1.22: no "http2 on;" yet (1.25.1)
         server_name bench.example.com;
         proxy_intercept_errors on;
         error_page 404 /error404.html;
@@ -354,6 +394,7 @@ for ((n = 0; n < 50; n++)); do
 done
 
 declare -A PORT=([ours]=$EDGE_PORT [nginx]=$NGINX_PORT)
+declare -A TLS_PORT=([ours]=$EDGE_TLS_PORT [nginx]=$NGINX_TLS_PORT)
 declare -A MAIN_PID=([ours]=$EDGE_PID [nginx]=$NGINX_PID)
 # The processes of a server, read anew each time: nginx's master and its children (the worker,
 # the cache manager, and the cache loader during its first minute or so).
@@ -364,30 +405,54 @@ server_pids() {
 
 # ---------------------------------------------------------------- the cases
 # 1r is case 1 measured with case 6's client (headload), so that case 6 can be compared with a
-# cache hit measured the same way.
-CASES=(1 2 3 4 5 6 1r)
+# cache hit measured the same way. t1 and t2 are case 1 over HTTPS: t1 on keep-alive connections
+# (wrk), t2 with a new TLS 1.3 connection, a full handshake, per request (bench/tlsload.rs).
+CASES=(1 2 3 4 5 6 1r t1 t2)
 if [[ -n ${BENCH_CASES:-} ]]; then
   read -r -a CASES <<<"$BENCH_CASES"
-  ((${#CASES[@]} > 0)) || die "BENCH_CASES names no case (cases: 1 2 3 4 5 6 1r)"
+  ((${#CASES[@]} > 0)) || die "BENCH_CASES names no case (cases: 1 2 3 4 5 6 1r t1 t2)"
   for c in "${CASES[@]}"; do
-    [[ $c =~ ^(1|2|3|4|5|6|1r)$ ]] || die "BENCH_CASES: unknown case '$c' (cases: 1 2 3 4 5 6 1r)"
+    [[ $c =~ ^(1|2|3|4|5|6|1r|t1|t2)$ ]] || die "BENCH_CASES: unknown case '$c' (cases: 1 2 3 4 5 6 1r t1 t2)"
   done
 fi
 declare -A C_NAME=(
   [1]="cache hit, 1 KiB" [2]="cache hit, 1 MiB" [3]="miss pass-through, uncacheable 1 KiB"
   [4]="origin 404 -> custom page" [5]="origin down: 502 + custom page" [6]="HEAD on a custom 404 (headload)"
-  [1r]="cache hit, 1 KiB, GET (headload, reference for 6)")
+  [1r]="cache hit, 1 KiB, GET (headload, reference for 6)"
+  [t1]="HTTPS cache hit, 1 KiB, keep-alive"
+  [t2]="HTTPS cache hit, 1 KiB, new TLS 1.3 connection per request (tlsload; req/s = handshakes/s)")
 declare -A C_HOST=([1]=bench.example.com [2]=bench.example.com [3]=bench.example.com
-  [4]=bench.example.com [5]=down.example.com [6]=bench.example.com [1r]=bench.example.com)
+  [4]=bench.example.com [5]=down.example.com [6]=bench.example.com [1r]=bench.example.com
+  [t1]=bench.example.com [t2]=bench.example.com)
 declare -A C_PATH=([1]=/1k.bin [2]=/1m.bin [3]=/nocache-1k.bin [4]=/no/such/page.html
-  [5]=/any/path [6]=/no/such/page.html [1r]=/1k.bin)
-declare -A C_TOOL=([1]=wrk [2]=wrk [3]=wrk [4]=wrk [5]=wrk [6]=headload [1r]=headload)
-declare -A C_CHECK=([1]=1 [2]=2 [3]=3 [4]=4 [5]=5 [6]=6 [1r]=1)
+  [5]=/any/path [6]=/no/such/page.html [1r]=/1k.bin [t1]=/1k.bin [t2]=/1k.bin)
+declare -A C_TOOL=([1]=wrk [2]=wrk [3]=wrk [4]=wrk [5]=wrk [6]=headload [1r]=headload [t1]=wrk [t2]=tlsload)
+declare -A C_CHECK=([1]=1 [2]=2 [3]=3 [4]=4 [5]=5 [6]=6 [1r]=1 [t1]=1 [t2]=1)
+
+# The URL a case's load uses. Over HTTPS the host is 127.0.0.1 with the Host header set, as over
+# cleartext: wrk then sends SNI 127.0.0.1 (no domain's name: both edges serve their default
+# certificate); tlsload sends SNI bench.example.com (-S).
+case_url() { # server case
+  case $2 in
+    t*) echo "https://127.0.0.1:${TLS_PORT[$1]}${C_PATH[$2]}" ;;
+    *) echo "http://127.0.0.1:${PORT[$1]}${C_PATH[$2]}" ;;
+  esac
+}
 
 # curl one case on one server; prints "status|x-cache|content-length|body-bytes" and keeps the body
 probe() { # server case
-  local c=$2 url="http://127.0.0.1:${PORT[$1]}${C_PATH[$2]}" args=(-sS --max-time 10 -o "$WORK/out/body" -D "$WORK/out/headers" -H "Host: ${C_HOST[$2]}")
+  local c=$2 url args=(-sS --max-time 10 -o "$WORK/out/body" -D "$WORK/out/headers" -H "Host: ${C_HOST[$2]}")
+  url=$(case_url "$1" "$c")
   [[ $c == 6 ]] && args+=(-I)
+  # Over HTTPS, HTTP/1.1 as the load generators speak it. t1 like wrk: no SNI (an IP address),
+  # certificate not verified. t2 like tlsload: TLS 1.3 only, SNI bench.example.com, one request
+  # per connection; the certificate is verified, so both edges must serve the bench's for it.
+  case $c in
+    t1) args+=(--http1.1 -k) ;;
+    t2)
+      url="https://${C_HOST[$c]}:${TLS_PORT[$1]}${C_PATH[$c]}"
+      args+=(--http1.1 --tlsv1.3 --cacert "$WORK/tls/bench.pem" --resolve "${C_HOST[$c]}:${TLS_PORT[$1]}:127.0.0.1" -H "Connection: close") ;;
+  esac
   local code
   code=$(curl "${args[@]}" -w '%{http_code}' "$url") || { echo "curl-failed|||"; return 0; }
   local xc cl
@@ -488,13 +553,15 @@ mem_summary() {
 }
 
 wrk_cmd() { # server case seconds -> the load command line, as an array in WRK
-  local s=$1 c=$2 url="http://127.0.0.1:${PORT[$1]}${C_PATH[$2]}"
+  local s=$1 c=$2 url
+  url=$(case_url "$s" "$c")
   case ${C_TOOL[$c]} in
     wrk) WRK=("${LOAD_PIN[@]}" wrk -t1 -c"$CONNS" -d"${3}s" --timeout 5s --latency -H "Host: ${C_HOST[$c]}" "$url") ;;
     headload)
       local m=GET
       [[ $c == 6 ]] && m=HEAD
       WRK=("${LOAD_PIN[@]}" "$WORK/headload" -c "$CONNS" -d "$3" -m "$m" -H "${C_HOST[$c]}" "$url") ;;
+    tlsload) WRK=("${LOAD_PIN[@]}" "$TLSLOAD_BIN" -c "$CONNS" -d "$3" -H "${C_HOST[$c]}" -S "${C_HOST[$c]}" "$url") ;;
   esac
 }
 
@@ -552,6 +619,15 @@ run_one() { # server case seconds outfile -> runs the load, samples memory; appe
   wait "$wpid" || die "wrk failed: $(tail -n 3 "$WORK/out/wrk.txt")"
   read -r b1 t1 st1 a1 c1b1 c1t1 < <(cpu_ticks)
   srv1=$(proc_ticks "${tick_pids[@]}"); org1=$(proc_ticks "${origin_pids[@]}"); me1=$(self_ticks)
+  if [[ ${C_TOOL[$c]} == tlsload ]]; then
+    # Every handshake full and TLS 1.3, or the case measures something else. Kept with the
+    # client's CPU per handshake (this script's own sampling included), to tell who set the rate.
+    local tls client_us
+    tls=$(grep '^TLS: ' "$WORK/out/wrk.txt" || true)
+    [[ $tls =~ ^TLS:\ TLSv1\.3\ .*\ resumed\ 0, ]] || die "case $c on $s: not only full TLS 1.3 handshakes: ${tls:-no TLS line}"
+    client_us=$(awk -v t="$((me1 - me0))" -v hz="$CLK_TCK" '/requests in/{n=$1} END{printf "%.0f", (n > 0 ? t * 1e6 / hz / n : 0)}' "$WORK/out/wrk.txt")
+    echo "$s $client_us ${tls#TLS: }" >>"$WORK/out/tls.txt"
+  fi
   # others: busy CPU 0 time not charged to the server under test (an estimate: it includes kernel
   # network work not charged to any process); steal: the hypervisor's share
   # others1: the same on CPU 1, less the origin, this script and the load generator
@@ -660,6 +736,16 @@ add "- Peak memory no higher than nginx (\"mem\" columns: ours VmRSS; nginx the 
 cpu_line=""
 for c in "${CASES[@]}"; do cpu_line+="${cpu_line:+, }$c $(ratio "${CPU[ours,$c]}" "${CPU[nginx,$c]}")×"; done
 add "- CPU time per request, ours/nginx: $cpu_line."
+if [[ -n ${CPU[ours,t1]:-} && -n ${CPU[ours,1]:-} ]]; then
+  add "- HTTPS on a keep-alive cache hit (t1 against case 1, CPU µs/req): ours ${CPU[ours,1]} → ${CPU[ours,t1]}, nginx ${CPU[nginx,1]} → ${CPU[nginx,t1]}."
+fi
+if [[ -n ${RPS[ours,t2]:-} ]]; then
+  # The share of CPU 0 the server used: req/s × CPU µs/req (of the medians, so about).
+  busy() { awk -v r="${RPS[$1,t2]}" -v u="${CPU[$1,t2]}" 'BEGIN{printf "%.0f", r * u / 1e4}'; }
+  tls_of() { awk -v s="$1" '$1 == s {l = $3" "$4" "$5} END{print l}' "$WORK/out/tls.txt" | tr -d ,; }
+  client_of() { f1 "$(awk -v s="$1" '$1 == s {print $2}' "$WORK/out/tls.txt" | median)"; }
+  add "- t2, full handshakes only (tlsload counted no resumed one in any run): ours negotiated $(tls_of ours), nginx $(tls_of nginx). CPU 0 busy with the server during t2 (req/s × CPU µs/req): ours about $(busy ours)%, nginx about $(busy nginx)%; tlsload used about $(client_of ours) µs of CPU 1 per handshake against ours, $(client_of nginx) against nginx. A server well below 100% was not saturated: the client on CPU 1 (or other work, see the disturbance below) set the rate, and CPU µs/req is the comparison."
+fi
 errs_total=0
 for c in "${CASES[@]}"; do for s in ours nginx; do errs_total=$((errs_total + ERRS[$s,$c])); done; done
 if ((errs_total > 0)); then
@@ -710,7 +796,9 @@ for c in "${CASES[@]}"; do
   wrk_lines+="${line% }"$'\n'
 done
 wrk_lines=${wrk_lines//$WORK/\$WORK}
+wrk_lines=${wrk_lines//$ROOT\//}
 strip() { sed "s#$WORK#\$WORK#g" "$1"; }
+strip_words() { local a line=""; for a in "$@"; do [[ $a == *' '* ]] && a="'$a'"; line+="${a//$WORK/\$WORK} "; done; echo "${line% }"; }
 
 {
   cat <<EOF
@@ -724,13 +812,13 @@ Generated by \`bench/run.sh\` (\`make bench\`) on $(date -u '+%Y-%m-%d %H:%M UTC
 - $RUSTC_V; custom-pages $GIT_REV (release build)
 - nginx $NGINX_V (Debian nginx-light), $WRK_V
 - Placement: $PLACEMENT
-- Load: wrk (headload for 6 and 1r), 1 thread, $CONNS connections, keep-alive; warm-up ${WARMUP} s per case and server, then $ROUNDS round(s) of ${DURATION} s per case and server, alternating which server goes first
+- Load: wrk (headload for 6 and 1r, tlsload for t2), 1 thread, $CONNS connections, keep-alive (t2: a new TLS connection per request); warm-up ${WARMUP} s per case and server, then $ROUNDS round(s) of ${DURATION} s per case and server, alternating which server goes first
 
 ## Results (medians over $ROUNDS round(s))
 
 $TABLE
 
-Latencies are wrk's (headload's for 6 and 1r), coordinated omission not corrected. "CPU µs/req" is the CPU time (user + system) the server's processes used during the run divided by the requests completed, the median over rounds: it measures efficiency and is much less disturbed by other work than req/s (kernel network work done in softirq context may be charged to no process, for both servers alike). "mem" is the peak, over the measured runs of the case, of samples taken every 0.2 s: for ours the edge's VmRSS; for nginx the worker's VmRSS plus \`Private_Clean + Private_Dirty\` (\`/proc/<pid>/smaps_rollup\`) of the master and the cache manager/loader, i.e. nginx's pages counted once. Summing VmRSS over nginx's processes would count the binary, libraries and keys_zone three times; PSS would split them with the origin's nginx, which runs the same binary.
+Latencies are wrk's (headload's for 6 and 1r; tlsload's for t2, from connect() to the end of the response, the handshake included), coordinated omission not corrected. "CPU µs/req" is the CPU time (user + system) the server's processes used during the run divided by the requests completed, the median over rounds: it measures efficiency and is much less disturbed by other work than req/s (kernel network work done in softirq context may be charged to no process, for both servers alike). "mem" is the peak, over the measured runs of the case, of samples taken every 0.2 s: for ours the edge's VmRSS; for nginx the worker's VmRSS plus \`Private_Clean + Private_Dirty\` (\`/proc/<pid>/smaps_rollup\`) of the master and the cache manager/loader, i.e. nginx's pages counted once. Summing VmRSS over nginx's processes would count the binary, libraries and keys_zone three times; PSS would split them with the origin's nginx, which runs the same binary.
 
 ## Analysis
 
@@ -776,19 +864,24 @@ ${SRV_PIN[*]} target/release/custom-pages -c \$WORK/edge/edge.yaml              
 ${SRV_PIN[*]} nginx -p \$WORK/nginx -e \$WORK/nginx/error.log -c \$WORK/nginx/nginx.conf       # nginx
 \`\`\`
 
-Load, per case (the same against nginx on port $NGINX_PORT). wrk 4.1 cannot measure HEAD: its parser waits for the body that a HEAD response's \`Content-Length\` announces, so with \`wrk.method = "HEAD"\` it completes no request against either server (wg/wrk#198). Case 6 therefore uses \`bench/headload.c\`, a 200-line single-threaded epoll client built like wrk (one thread, fixed keep-alive connections, next request when the response is complete, latency from write to end of response), and row 1r measures case 1 with that same client, which is the reference for case 6's 90% target and shows how far headload and wrk agree:
+Load, per case (the same against nginx on port $NGINX_PORT, $NGINX_TLS_PORT for t1 and t2). wrk 4.1 cannot measure HEAD: its parser waits for the body that a HEAD response's \`Content-Length\` announces, so with \`wrk.method = "HEAD"\` it completes no request against either server (wg/wrk#198). Case 6 therefore uses \`bench/headload.c\`, a 200-line single-threaded epoll client built like wrk (one thread, fixed keep-alive connections, next request when the response is complete, latency from write to end of response), and row 1r measures case 1 with that same client, which is the reference for case 6's 90% target and shows how far headload and wrk agree.
+
+Cases t1 and t2 are case 1 over HTTPS (TLS 1.3, HTTP/1.1: neither client offers h2) on the TLS listeners (ours on port $EDGE_TLS_PORT), both edges serving one self-signed ECDSA P-256 certificate for bench.example.com made at the start of the run. t1 is wrk on keep-alive connections; wrk sends the URL's host, 127.0.0.1, as SNI, which names no domain (rustls ignores an IP address there), so both edges serve their default certificate: the edge's \`tls.default_cert\`, nginx's only one, the same certificate. For t2, a new connection per request, wrk would not do: it can send \`Connection: close\` and reconnect, but it reuses each connection's SSL object, which keeps the previous session, so every reconnect offers resumption (wrk's \`src/ssl.c\`; measured against an nginx with a session cache: all but the first handshake of each connection resumed). The edge's rustls always issues resumable sessions (a stateful cache of 256 per listener), nginx here does not: the two edges would not do the same work. \`openssl s_time -new\` makes full handshakes but one connection at a time, so its round trips rather than the server would set the rate. And a client on Debian's OpenSSL 3.0 is too slow for the one CPU the load has: when tried, a C client like headload, with a new SSL object per connection, used about 450 µs of CPU per handshake and held both edges at about 2,200 handshakes/s with their CPU a third to a half busy. t2 therefore uses \`bench/tlsload.rs\` (\`cargo build --release --example tlsload\`), a client on rustls with ring built like headload (one thread, $CONNS connections in flight; its CPU per handshake is in the analysis above): each connection a full TLS 1.3 handshake (session resumption disabled) with SNI bench.example.com and ALPN http/1.1, one GET with \`Connection: close\`, the response read to its end, the server's close awaited, then the next connection. It checks neither the certificate (as wrk does not) nor the handshake's signature: that is client work only (the servers still sign every handshake), and skipping it keeps the client cheaper than the servers it measures. After every t2 run the script checks that tlsload saw TLS 1.3 only and no resumed handshake.
 
 \`\`\`sh
 cc -O2 -Wall -o \$WORK/headload bench/headload.c
+cargo build --release --example tlsload   # bench/tlsload.rs
+$(strip_words "${TLS_GEN[@]}")
 $wrk_lines\`\`\`
 
-Before measuring, after the warm-up and after measuring, every case is checked on both servers with curl: status, body (byte-identical to the origin's object, or containing the custom page's marker and of the page's size), \`X-Cache: HIT\` for cases 1-2, not HIT for case 3, and for HEAD the page's \`Content-Length\`. The run aborts on any wrong answer.
+Before measuring, after the warm-up and after measuring, every case is checked on both servers with curl: status, body (byte-identical to the origin's object, or containing the custom page's marker and of the page's size), \`X-Cache: HIT\` for cases 1-2, t1 and t2, not HIT for case 3, and for HEAD the page's \`Content-Length\`; t1 and t2 over HTTPS and HTTP/1.1 as their load is: t1 without SNI, the certificate not verified; t2 with TLS 1.3 only, SNI bench.example.com, the certificate verified against the bench's, and \`Connection: close\`. The run aborts on any wrong answer.
 
 ### How nginx does the same job
 
 - Objects: \`proxy_cache\` keyed like the edge (host + URI: \`\$host\$uri\$is_args\$args\`, so that after \`error_page\`'s internal redirect the page is looked up under its own URI), freshness from the origin's \`Cache-Control\` (\`max-age=600\`, \`no-store\` not cached), keep-alive to the origin (\`keepalive 64\`, as Pingora pools origin connections). \`proxy_cache_lock\` is left off although the edge collapses concurrent misses: nginx's lock waiters poll every 500 ms, and with the lock on nginx served case 3 with a p99 of 0.8 s and case 5 at 6k req/s; the benchmark compares against nginx at its best.
 - Origin 404 (cases 4, 6): \`proxy_intercept_errors on\` + \`error_page 404 /error404.html\`; the 404 itself is cached 10 s (\`proxy_cache_valid 404 10s\`, the edge's \`error_ttl: 10s\`), and nginx keeps the intercepted status in the cache entry, so a hit re-runs \`error_page\`. The page location proxies the page from the origin through the same cache (\`max-age=600\`), so it is served from cache, as the edge serves its page store copy. Status 404 is kept (\`error_page\` without \`=\`).
 - Origin down (case 5): \`down.example.com\` proxies to a closed port; nginx answers 502 and \`error_page 502 /error502.html\` serves the page proxied from bench.example.com's live origin with the page's cache key, so it is a cache hit while down.example.com's origin is down. This is nginx's usual way to keep a 5xx page available; a static file on nginx's disk would be cheaper but is not what the edge does (it fetches pages from a domain's origin).
+- HTTPS (t1, t2): \`listen ... ssl http2\` (nginx 1.22 predates \`http2 on\`) with the edge's certificate and key, \`ssl_protocols TLSv1.3\`, \`ssl_session_tickets off\` and \`ssl_session_cache off\`: no resumption. The edge (rustls with ring) offers TLS 1.2 and 1.3 and negotiates 1.3 with both clients (wrk on OpenSSL 3.0, tlsload offering 1.3 only), issues no stateless tickets, and keeps the stateful session cache (256 sessions per listener) that Pingora gives it and that cannot be turned off; tlsload never resumes, so in t2 that cache costs the edge its bookkeeping only. Both edges send two NewSessionTicket messages after each TLS 1.3 handshake (nginx's are stateful tickets it keeps no session for).
 - Logging: nginx \`access_log off\` as the edge's \`access_log: "off"\`; both keep their default error logging (in case 5 both log one line per refused connection).
 
 <details><summary>Generated configurations</summary>
