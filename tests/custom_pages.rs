@@ -258,7 +258,8 @@ async fn origin_headers_are_kept_and_body_headers_dropped() {
             ("www-authenticate", "Basic realm=\"exp\""),
             ("allow", "GET, HEAD"),
             ("cache-control", "no-store"),
-            ("vary", "Accept-Language"),
+            // The origin's Vary, with what the choice of page depends on merged in.
+            ("vary", "Accept-Language, Accept"),
             ("x-request-id", "r-42"),
         ] {
             assert_eq!(got.header(name), Some(value), "{name} must be kept; {ctx}");
@@ -1657,4 +1658,103 @@ async fn an_origin_keeps_its_own_error_with_custom_page_off_unless_the_domain_di
         );
         assert_eq!(hit.body, json_404);
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pages_fit_the_clients_accept_and_language() {
+    let origin = origin_with_pages().await;
+    let json_page = "{\"error\": \"not found\", \"page\": \"custom\"}";
+    let text_page = "Not found (custom text page)";
+    let french_page = "<h1>Page introuvable</h1>";
+    origin.route("/error404.json", page(json_page, "application/json"));
+    origin.route("/error404.txt", page(text_page, "text/plain"));
+    origin.route("/error404.fr.html", page(french_page, "text/html; charset=utf-8"));
+    origin.route("/gone", Reply::new(404).body("origin 404"));
+    origin.route("/boom", Reply::new(500).body("origin 500"));
+    let rules = "cache:\n  error_ttl: 10s\ncustom_pages:\n  - code: 404\n    url: http://exp.example.com/error404.html\n    variants:\n      application/json: http://exp.example.com/error404.json\n      text/plain: http://exp.example.com/error404.txt\n    languages:\n      fr: http://exp.example.com/error404.fr.html\n  - code: \"5xx\"\n    url: http://exp.example.com/error5xx.html\n";
+    let edge = start_exp(&origin, rules).await;
+    for url in ["/error404.json", "/error404.txt", "/error404.fr.html"] {
+        wait_fetched(&edge, &format!("http://{EXP}{url}")).await;
+    }
+    let browser = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
+    let cases: [(&str, Option<&str>, u16, &str, &str); 8] = [
+        (
+            "/gone",
+            Some("application/json"),
+            404,
+            json_page,
+            "application/json",
+        ),
+        ("/gone", Some(browser), 404, PAGE_404, PAGE_404_TYPE),
+        ("/gone", Some("*/*"), 404, PAGE_404, PAGE_404_TYPE),
+        ("/gone", None, 404, PAGE_404, PAGE_404_TYPE),
+        (
+            "/gone",
+            Some("application/json;q=0.5, text/plain;q=0.9"),
+            404,
+            text_page,
+            "text/plain",
+        ),
+        (
+            "/gone",
+            Some("text/plain, application/json"),
+            404,
+            json_page,
+            "application/json",
+        ),
+        ("/gone", Some("image/png"), 404, PAGE_404, PAGE_404_TYPE),
+        (
+            "/boom",
+            Some("application/problem+json"),
+            500,
+            "",
+            "application/problem+json",
+        ),
+    ];
+    for proto in ALL_PROTOS {
+        let c = client(&edge, proto, &[EXP]);
+        for (path, accept, status, body, content_type) in cases {
+            let mut request = c.get(edge.url(EXP, path));
+            if let Some(accept) = accept {
+                request = request.header("accept", accept);
+            }
+            let got = send(request).await;
+            let ctx = format!("{proto:?} {path} Accept {accept:?}: {got:?}");
+            assert_eq!(got.status, status, "{ctx}");
+            assert_eq!(got.header("content-type"), Some(content_type), "{ctx}");
+            let vary = got.header("vary").unwrap_or_default().to_ascii_lowercase();
+            assert!(vary.contains("accept"), "{ctx}");
+            if body.is_empty() {
+                let problem: serde_json::Value = serde_json::from_str(&got.body).expect("problem JSON");
+                assert_eq!(problem["status"], status, "{ctx}");
+                assert_eq!(problem["title"], "Internal Server Error", "{ctx}");
+                assert_eq!(problem["instance"], path, "{ctx}");
+                assert!(
+                    problem["type"].is_string() && problem["detail"].is_string(),
+                    "{ctx}"
+                );
+            } else {
+                assert_eq!(got.body, body, "{ctx}");
+            }
+        }
+        let got = send(
+            c.get(edge.url(EXP, "/gone"))
+                .header("accept-language", "fr-CH, fr;q=0.9"),
+        )
+        .await;
+        assert_eq!(got.body, french_page, "{proto:?}");
+        assert_eq!(got.header("content-language"), Some("fr"), "{proto:?}");
+        assert!(
+            got.header("vary").unwrap_or_default().contains("Accept-Language"),
+            "{proto:?}"
+        );
+        let got = send(c.get(edge.url(EXP, "/gone")).header("accept-language", "de")).await;
+        assert_eq!(
+            (got.body.as_str(), got.header("content-language")),
+            (PAGE_404, None),
+            "{proto:?}"
+        );
+    }
+    // The error was cached once (error_ttl); each client still got its own variant.
+    assert_eq!(origin.hits("/gone"), 2, "one origin request per scheme");
 }

@@ -118,6 +118,10 @@ struct RuleBody {
     redirect: Option<u16>,
     #[serde(default)]
     source: Option<Source>,
+    #[serde(default, with = "crate::spec::domain::ordered_map")]
+    variants: Vec<(String, PageUrl)>,
+    #[serde(default, with = "crate::spec::domain::ordered_map")]
+    languages: Vec<(String, PageUrl)>,
 }
 
 impl AdminApi {
@@ -245,6 +249,12 @@ impl AdminApi {
                     json!(store.info(rule.url.as_str()))
                 };
                 value["page"] = page;
+                // Every page the rule may serve: its own, its variants' and its languages'.
+                let rule_pages: Vec<Value> = crate::pages::Rule::from_spec(rule)
+                    .pages()
+                    .map(|url| json!(store.info(url.as_str())))
+                    .collect();
+                value["pages"] = json!(rule_pages);
                 let (last_hour, per_minute) = self.activity.served(&domain.label, &rule.code.to_string());
                 value["served_last_hour"] = json!(last_hour);
                 value["served_per_minute"] = json!(per_minute);
@@ -267,6 +277,8 @@ impl AdminApi {
             source: body.source.unwrap_or_default(),
             status: body.status,
             redirect: body.redirect,
+            variants: body.variants,
+            languages: body.languages,
         };
         rule.check().map_err(|(field, e)| ApiError::field(field, e))?;
         let created = self

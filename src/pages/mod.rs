@@ -25,6 +25,7 @@
 
 pub mod fetch;
 pub mod guard;
+pub mod negotiate;
 mod replace;
 pub mod response;
 pub mod rules;
@@ -36,7 +37,7 @@ pub use response::Body;
 pub use rules::Rule;
 pub use store::{NoObserver, Page, PageInfo, PageKeeper, PageObserver, PageStore, WantedPage};
 
-use crate::spec::Source;
+use crate::spec::{PageUrl, Source};
 use crate::upstream::failure_status;
 use bytes::Bytes;
 use log::debug;
@@ -76,10 +77,11 @@ pub struct PageState {
 
 /// How an error is answered.
 enum Answer {
-    /// Serve `body` in place with `status`.
+    /// Serve `body` in place with `status`; `fit` says what the choice of page depended on.
     InPlace {
         status: u16,
         body: Body,
+        fit: response::Fit,
     },
     Redirect {
         code: u16,
@@ -115,15 +117,17 @@ impl CustomPages {
         }
     }
 
-    /// Chooses the answer to `status`, or `None` when no rule applies (the response passes).
+    /// Chooses the answer to `status` of `req`, or `None` when no rule applies (the response
+    /// passes).
     async fn answer(
         &self,
         rules: &[Rule],
         host: &str,
-        path: &str,
+        req: &RequestHeader,
         status: u16,
         cause: Source,
     ) -> Option<(Answer, Substitution)> {
+        let path = req.uri.path();
         let rule = rules::select(rules, status, cause)?;
         let mut substitution = Substitution {
             rule: rule.code.to_string(),
@@ -134,6 +138,7 @@ impl CustomPages {
         let default = Answer::InPlace {
             status,
             body: response::default_page(status),
+            fit: response::Fit::default(),
         };
         if rules::is_own_page(rule, host, path) {
             // The page itself failed: answering with it (or a redirect to it) would loop.
@@ -147,21 +152,31 @@ impl CustomPages {
                     location: rule.url.as_str().to_string(),
                 }
             }
-            None => match self.store.get_or_wait(rule.url.as_str()).await {
-                Some(page) => {
-                    let fresh = page.is_fresh(std::time::SystemTime::now());
-                    substitution.page_state = if fresh { "fresh" } else { "stale" };
-                    let body = Body {
-                        bytes: page.body.clone(),
-                        content_type: page.content_type.clone(),
-                    };
-                    Answer::InPlace {
-                        status: rule.status.unwrap_or(status),
-                        body,
+            None => {
+                let status = rule.status.unwrap_or(status);
+                match choose_page(rule, req) {
+                    (Chosen::Problem, fit) => {
+                        substitution.page_state = "problem";
+                        Answer::InPlace {
+                            status,
+                            body: response::problem(status, path),
+                            fit,
+                        }
                     }
+                    (Chosen::Page(url), fit) => match self.store.get_or_wait(url.as_str()).await {
+                        Some(page) => {
+                            let fresh = page.is_fresh(std::time::SystemTime::now());
+                            substitution.page_state = if fresh { "fresh" } else { "stale" };
+                            let body = Body {
+                                bytes: page.body.clone(),
+                                content_type: page.content_type.clone(),
+                            };
+                            Answer::InPlace { status, body, fit }
+                        }
+                        None => default,
+                    },
                 }
-                None => default,
-            },
+            }
         };
         Some((answer, substitution))
     }
@@ -183,8 +198,8 @@ impl CustomPages {
             return Ok(());
         }
         let path = session.req_header().uri.path().to_string();
-        let Some((answer, substitution)) = self.answer(rules, host, &path, status, Source::Origin).await
-        else {
+        let answer = self.answer(rules, host, session.req_header(), status, Source::Origin);
+        let Some((answer, substitution)) = answer.await else {
             return Ok(());
         };
         debug!(
@@ -194,8 +209,9 @@ impl CustomPages {
         // Must be read before the rewrite: did the origin's header end the response?
         let ended_with_header = !served_from_cache(session) && has_empty_body(resp);
         let body = match answer {
-            Answer::InPlace { status, body } => {
+            Answer::InPlace { status, body, fit } => {
                 response::rewrite_in_place(resp, status, &body)?;
+                response::apply_fit(resp, &fit)?;
                 body
             }
             Answer::Redirect { code, location } => response::rewrite_as_redirect(resp, code, &location)?,
@@ -259,7 +275,8 @@ impl CustomPages {
         let answer = if state.disabled {
             None
         } else {
-            self.answer(rules, host, path, status, Source::Edge).await
+            self.answer(rules, host, session.req_header(), status, Source::Edge)
+                .await
         };
         let Some((answer, substitution)) = answer else {
             let body = response::default_page(status);
@@ -271,10 +288,64 @@ impl CustomPages {
         );
         state.substitution = Some(substitution);
         let (header, body) = match answer {
-            Answer::InPlace { status, body } => (response::fresh(status, &body)?, body),
+            Answer::InPlace { status, body, fit } => {
+                let mut header = response::fresh(status, &body)?;
+                response::apply_fit(&mut header, &fit)?;
+                (header, body)
+            }
             Answer::Redirect { code, location } => response::redirect(code, &location)?,
         };
         Ok((header, body.bytes))
+    }
+}
+
+/// What fits the client among a rule's pages.
+enum Chosen<'a> {
+    /// This page.
+    Page(&'a PageUrl),
+    /// The built-in problem document: the client accepts none of the pages, but JSON.
+    Problem,
+}
+
+/// The page of `rule` that fits `req`: by `Accept` among `url` (HTML) and the variants, then,
+/// for `url`, by `Accept-Language` among the languages. Never "not acceptable": a client that
+/// accepts nothing offered (nor JSON) gets the HTML page.
+fn choose_page<'a>(rule: &'a Rule, req: &RequestHeader) -> (Chosen<'a>, response::Fit) {
+    let field = |name| {
+        req.headers
+            .get(name)
+            .and_then(|v: &http::HeaderValue| v.to_str().ok())
+    };
+    let accept = field(http::header::ACCEPT);
+    let mut fit = response::Fit {
+        vary: vec!["Accept"],
+        language: None,
+    };
+    let offered: Vec<&str> = std::iter::once("text/html")
+        .chain(rule.variants.iter().map(|(media, _)| media.as_str()))
+        .collect();
+    match negotiate::choose_media(accept, &offered) {
+        Some(0) => {}
+        Some(i) => return (Chosen::Page(&rule.variants[i - 1].1), fit),
+        None => {
+            let json = ["application/problem+json", "application/json"];
+            if json.iter().any(|media| negotiate::acceptance(accept, media) > 0) {
+                return (Chosen::Problem, fit);
+            }
+        }
+    }
+    if rule.languages.is_empty() {
+        return (Chosen::Page(&rule.url), fit);
+    }
+    fit.vary.push("Accept-Language");
+    let tags: Vec<&str> = rule.languages.iter().map(|(tag, _)| tag.as_str()).collect();
+    match negotiate::choose_language(field(http::header::ACCEPT_LANGUAGE), &tags) {
+        Some(i) => {
+            let (tag, url) = &rule.languages[i];
+            fit.language = Some(tag.clone());
+            (Chosen::Page(url), fit)
+        }
+        None => (Chosen::Page(&rule.url), fit),
     }
 }
 

@@ -58,6 +58,66 @@ pub fn rewrite_in_place(resp: &mut ResponseHeader, status: u16, body: &Body) -> 
     set_body_headers(resp, body)
 }
 
+/// What content negotiation chose, for the response to say: the request fields it depended
+/// on (`Vary`) and the page's language.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fit {
+    /// Request fields the choice depended on.
+    pub vary: Vec<&'static str>,
+    /// The chosen page's language, if a language was chosen.
+    pub language: Option<String>,
+}
+
+/// Adds what `fit` says to a response: its fields merged into `Vary` (keeping the origin's),
+/// and `Content-Language`.
+pub fn apply_fit(resp: &mut ResponseHeader, fit: &Fit) -> Result<()> {
+    let existing: Vec<String> = resp
+        .headers
+        .get_all(header::VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty())
+        .collect();
+    if !existing.iter().any(|name| name == "*") {
+        let mut names = existing.clone();
+        for field in &fit.vary {
+            if !names.iter().any(|name| name.eq_ignore_ascii_case(field)) {
+                names.push(field.to_string());
+            }
+        }
+        if names != existing {
+            resp.insert_header(header::VARY, names.join(", "))?;
+        }
+    }
+    if let Some(language) = &fit.language {
+        resp.insert_header(header::CONTENT_LANGUAGE, language.as_str())?;
+    }
+    Ok(())
+}
+
+/// The built-in problem document (RFC 9457) for `status` of a request for `path`.
+pub fn problem(status: u16, path: &str) -> Body {
+    let title = http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Error");
+    let document = serde_json::json!({
+        "type": "about:blank",
+        "title": title,
+        "status": status,
+        "detail": format!("The request could not be served: {status} {title}."),
+        "instance": path,
+    });
+    let mut bytes = serde_json::to_vec(&document).unwrap_or_default();
+    bytes.push(b'\n');
+    Body {
+        bytes: Bytes::from(bytes),
+        content_type: HeaderValue::from_static("application/problem+json"),
+    }
+}
+
 /// A fresh response header for `body`, for answers the edge makes itself.
 pub fn fresh(status: u16, body: &Body) -> Result<ResponseHeader> {
     let mut resp = ResponseHeader::build(status, Some(4))?;

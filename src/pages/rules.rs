@@ -15,6 +15,10 @@ pub struct Rule {
     pub status: Option<u16>,
     /// Redirect code: answer with a redirect to `url` instead of serving it in place.
     pub redirect: Option<u16>,
+    /// Pages for other media types than `url`'s HTML, in order (see [`super::negotiate`]).
+    pub variants: Vec<(String, PageUrl)>,
+    /// Pages in other languages than `url`'s, by lower-case tag.
+    pub languages: Vec<(String, PageUrl)>,
 }
 
 impl Rule {
@@ -26,6 +30,8 @@ impl Rule {
             url,
             status: None,
             redirect: None,
+            variants: Vec::new(),
+            languages: Vec::new(),
         }
     }
 
@@ -37,12 +43,27 @@ impl Rule {
             url: spec.url.clone(),
             status: spec.status,
             redirect: spec.redirect,
+            variants: spec.variants.clone(),
+            languages: spec
+                .languages
+                .iter()
+                .map(|(tag, url)| (tag.to_ascii_lowercase(), url.clone()))
+                .collect(),
         }
     }
 
     /// The page the rule serves in place, if it is not a redirect rule.
     pub fn page(&self) -> Option<&PageUrl> {
         self.redirect.is_none().then_some(&self.url)
+    }
+
+    /// Every page the rule may serve in place: `url`, its variants and languages.
+    pub fn pages(&self) -> impl Iterator<Item = &PageUrl> {
+        let in_place = self.redirect.is_none();
+        std::iter::once(&self.url)
+            .chain(self.variants.iter().map(|(_, url)| url))
+            .chain(self.languages.iter().map(|(_, url)| url))
+            .filter(move |_| in_place)
     }
 }
 

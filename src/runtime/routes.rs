@@ -164,7 +164,7 @@ impl RouteTable {
     /// (checked to exist when the table was compiled).
     pub fn pages(&self) -> Vec<WantedPage> {
         let mut pages: Vec<WantedPage> = Vec::new();
-        for url in self.iter().flat_map(|d| d.rules.iter()).filter_map(Rule::page) {
+        for url in self.iter().flat_map(|d| d.rules.iter()).flat_map(Rule::pages) {
             if pages.iter().any(|(wanted, _)| wanted == url) {
                 continue;
             }

@@ -166,6 +166,70 @@ pub struct RuleSpec {
     /// Redirect code: redirect to `url` instead of serving it in place.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redirect: Option<u16>,
+    /// Pages for other media types (`application/json: url`), chosen by the client's `Accept`;
+    /// `url` is the HTML page. In order: the first wins a tie.
+    #[serde(default, skip_serializing_if = "Vec::is_empty", with = "ordered_map")]
+    pub variants: Vec<(String, PageUrl)>,
+    /// Pages in other languages (`fr: url`), chosen by `Accept-Language`; `url` is the default.
+    #[serde(default, skip_serializing_if = "Vec::is_empty", with = "ordered_map")]
+    pub languages: Vec<(String, PageUrl)>,
+}
+
+/// A YAML or JSON map kept in its written order: `Vec<(String, PageUrl)>` as a map.
+pub mod ordered_map {
+    use super::PageUrl;
+    use serde::de::{MapAccess, Visitor};
+    use serde::ser::SerializeMap;
+    use serde::{Deserializer, Serializer};
+
+    /// Writes the entries as a map.
+    pub fn serialize<S: Serializer>(entries: &[(String, PageUrl)], s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(entries.len()))?;
+        for (key, url) in entries {
+            map.serialize_entry(key, url)?;
+        }
+        map.end()
+    }
+
+    /// Reads a map into entries, in order.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, PageUrl)>, D::Error> {
+        struct Entries;
+        impl<'de> Visitor<'de> for Entries {
+            type Value = Vec<(String, PageUrl)>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a map of names to page URLs")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = map.next_entry::<String, PageUrl>()? {
+                    entries.push(entry);
+                }
+                Ok(entries)
+            }
+        }
+        d.deserialize_map(Entries)
+    }
+}
+
+/// A media type as `variants` names it: `type/subtype`, lower case, no parameters or wildcards.
+fn is_media_type(media: &str) -> bool {
+    let token = |t: &str| {
+        !t.is_empty()
+            && t.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"!#$&^_.+-".contains(&b))
+    };
+    media
+        .split_once('/')
+        .is_some_and(|(kind, sub)| token(kind) && token(sub))
+}
+
+/// A language tag as `languages` names it (BCP 47 shape): `fr`, `zh-hant`, `pt-BR`.
+fn is_language_tag(tag: &str) -> bool {
+    let mut parts = tag.split('-');
+    parts
+        .next()
+        .is_some_and(|p| (1..=8).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_alphabetic()))
+        && parts.all(|p| (1..=8).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_alphanumeric()))
 }
 
 fn is_any(s: &Source) -> bool {
@@ -185,6 +249,28 @@ impl RuleSpec {
                     format!("{status} is not a status to answer with; expected 200 to 599"),
                 ));
             }
+        }
+        for (media, _) in &self.variants {
+            if !is_media_type(media) {
+                return Err((
+                    "variants",
+                    format!("{media:?} is not a media type; expected one like application/json (lower case, no wildcard)"),
+                ));
+            }
+        }
+        for (tag, _) in &self.languages {
+            if !is_language_tag(tag) {
+                return Err((
+                    "languages",
+                    format!("{tag:?} is not a language tag; expected one like fr, zh-hant or pt-BR"),
+                ));
+            }
+        }
+        if self.redirect.is_some() && !(self.variants.is_empty() && self.languages.is_empty()) {
+            return Err((
+                "redirect",
+                "a redirect rule has no pages to choose from; remove variants and languages".into(),
+            ));
         }
         if let Some(code) = self.redirect {
             if !REDIRECT_CODES.contains(&code) {
@@ -331,13 +417,20 @@ pub fn check_together(specs: &[(&Location, &DomainSpec, &DomainName)]) -> Vec<Co
     };
     for (at, spec, _) in specs {
         for (i, rule) in spec.custom_pages.iter().enumerate() {
-            if rule.redirect.is_none() && !served(rule.url.host()) {
+            let in_place = rule.redirect.is_none();
+            let pages = std::iter::once(("url".to_string(), &rule.url))
+                .chain(rule.variants.iter().map(|(m, u)| (format!("variants.{m}"), u)))
+                .chain(rule.languages.iter().map(|(l, u)| (format!("languages.{l}"), u)));
+            for (key, url) in pages.filter(|_| in_place) {
+                if served(url.host()) {
+                    continue;
+                }
                 errors.push(ConfigError::new(
                     (*at).clone(),
-                    format!("custom_pages[{i}].url"),
+                    format!("custom_pages[{i}].{key}"),
                     format!(
                         "host {:?} is not a domain this edge serves; a page served in place is fetched through its domain's origin (add redirect: 302 to send clients to another site)",
-                        rule.url.host()
+                        url.host()
                     ),
                 ));
             }

@@ -172,8 +172,9 @@ impl Admin {
         for domain in self.domains().await {
             let name = domain["domain"].as_str().unwrap_or_default().to_string();
             for rule in self.rules(&name).await {
-                if rule["page"]["url"] == url {
-                    return rule["page"]["state"].as_str().map(str::to_string);
+                let pages = rule["pages"].as_array().cloned().unwrap_or_default();
+                if let Some(page) = pages.iter().find(|page| page["url"] == url) {
+                    return page["state"].as_str().map(str::to_string);
                 }
             }
         }
