@@ -363,26 +363,11 @@ async fn origin_host_header_is_sent_when_configured() {
     assert_eq!(hosts, ["origin.example.net", "origin.example.net"]);
 }
 
-fn check_config(dir: &std::path::Path) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_custom-pages"))
-        .arg("-t")
-        .arg("-c")
-        .arg(dir.join("edge.yaml"))
-        .output()
-        .expect("run custom-pages -t");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn dash_t_accepts_the_shipped_configuration() {
-    let out = Command::new(env!("CARGO_BIN_EXE_custom-pages"))
-        .args(["-t", "-c", concat!(env!("CARGO_MANIFEST_DIR"), "/conf/edge.yaml")])
-        .output()
-        .expect("run custom-pages -t");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/edge.yaml");
+    let (ok, stderr) = common::dash_t(&shipped);
+    assert!(ok, "{stderr}");
 }
 
 #[test]
@@ -400,7 +385,7 @@ fn dash_t_names_file_and_key_of_every_error() {
         "domain: a.example.com\norigin: {servers: [\"127.0.0.1:1\"]}\n",
     )
     .unwrap();
-    assert!(check_config(dir.path()).0);
+    assert!(common::dash_t(&dir.path().join("edge.yaml")).0);
 
     std::fs::write(
         domains.join("typo.yaml"),
@@ -417,7 +402,7 @@ fn dash_t_names_file_and_key_of_every_error() {
         "domain: A.example.com\norigin: {servers: [\"127.0.0.1:1\"]}\n",
     )
     .unwrap();
-    let (ok, stderr) = check_config(dir.path());
+    let (ok, stderr) = common::dash_t(&dir.path().join("edge.yaml"));
     assert!(!ok);
     assert!(
         stderr.contains("typo.yaml") && stderr.contains("orign"),
@@ -434,7 +419,7 @@ fn dash_t_names_file_and_key_of_every_error() {
         "listen: [\"127.0.0.1:1\"]\nthreads: zero\n",
     )
     .unwrap();
-    let (ok, stderr) = check_config(dir.path());
+    let (ok, stderr) = common::dash_t(&dir.path().join("edge.yaml"));
     assert!(!ok);
     assert!(stderr.contains("edge.yaml: threads"), "{stderr}");
 }

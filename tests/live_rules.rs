@@ -1178,6 +1178,18 @@ async fn without_a_token_the_api_does_not_start() {
 // 4. Origin health across changes
 // ---------------------------------------------------------------------------------------------
 
+/// Waits until a configuration newer than `version` is applied.
+async fn wait_applied(admin: &Admin, edge: &Edge, version: u64) {
+    let applied = time_until(Duration::from_secs(5), || async {
+        admin.version().await > version
+    });
+    assert!(
+        applied.await.is_some(),
+        "the change was not applied\n{}",
+        log_tail(edge)
+    );
+}
+
 /// What `/api/domains` says of `domain`'s server `server`: `up` or `down`.
 async fn server_state(admin: &Admin, domain: &str, server: &str) -> String {
     let domains = admin.domains().await;
@@ -1266,37 +1278,16 @@ async fn a_down_origin_stays_down_across_reloads_that_keep_it() {
     let version = admin.version().await;
     let file = edge.domains_dir().join("down.yaml");
     std::fs::write(&file, down_yaml(&rules_yaml(&[("404", "/error404.html")]))).expect("edit");
-    let reloaded = time_until(Duration::from_secs(5), || async {
-        admin.version().await > version
-    });
-    assert!(
-        reloaded.await.is_some(),
-        "the edit was not applied\n{}",
-        log_tail(&edge)
-    );
+    wait_applied(&admin, &edge, version).await;
     still_down("a reload of its own domain file").await;
 
     // Removed (another server in its place), then added again: it starts up.
     let version = admin.version().await;
     std::fs::write(&file, down_yaml("").replace(&server, "127.0.0.1:9")).expect("edit");
-    let reloaded = time_until(Duration::from_secs(5), || async {
-        admin.version().await > version
-    });
-    assert!(
-        reloaded.await.is_some(),
-        "the edit was not applied\n{}",
-        log_tail(&edge)
-    );
+    wait_applied(&admin, &edge, version).await;
     let version = admin.version().await;
     std::fs::write(&file, down_yaml("")).expect("edit");
-    let reloaded = time_until(Duration::from_secs(5), || async {
-        admin.version().await > version
-    });
-    assert!(
-        reloaded.await.is_some(),
-        "the edit was not applied\n{}",
-        log_tail(&edge)
-    );
+    wait_applied(&admin, &edge, version).await;
     assert_eq!(server_state(&admin, DOWN, &server).await, "up");
 }
 

@@ -331,14 +331,8 @@ fn dash_t_names_file_and_key_of_a_bad_certificate() {
     )
     .expect("write");
     std::fs::write(dir.path().join("edge.yaml"), "listen: [\"127.0.0.1:1\"]\n").expect("write");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_custom-pages"))
-        .arg("-t")
-        .arg("-c")
-        .arg(dir.path().join("edge.yaml"))
-        .output()
-        .expect("run -t");
-    let text = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{text}");
+    let (ok, text) = common::dash_t(&dir.path().join("edge.yaml"));
+    assert!(!ok, "{text}");
     assert!(
         text.contains("a.yaml: tls.cert:") && text.contains("is for other.test, not for a.test"),
         "{text}"
@@ -356,14 +350,8 @@ fn dash_t_names_file_and_key_of_a_bad_certificate() {
         dir.path().join("roots.pem").display()
     );
     std::fs::write(dir.path().join("edge.yaml"), edge_file).expect("write");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_custom-pages"))
-        .arg("-t")
-        .arg("-c")
-        .arg(dir.path().join("edge.yaml"))
-        .output()
-        .expect("run -t");
-    let text = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{text}");
+    let (ok, text) = common::dash_t(&dir.path().join("edge.yaml"));
+    assert!(!ok, "{text}");
     assert!(
         text.contains("edge.yaml: server.ca_file:") && text.contains("holds no certificate"),
         "{text}"
@@ -489,13 +477,8 @@ async fn the_admin_api_serves_tls_and_only_then_listens_off_loopback() {
         "admin: {listen: \"0.0.0.0:6189\"}\n",
     )
     .expect("write");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_custom-pages"))
-        .args(["-t", "-c"])
-        .arg(dir.path().join("open.yaml"))
-        .output()
-        .expect("-t");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
+    let (ok, stderr) = common::dash_t(&dir.path().join("open.yaml"));
+    assert!(!ok, "{stderr}");
     assert!(
         stderr.contains("open.yaml: admin.listen:") && stderr.contains("add admin.tls"),
         "{stderr}"

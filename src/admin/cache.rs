@@ -183,12 +183,9 @@ async fn fetch(
         .insert_header(http::header::HOST, host)
         .map_err(|e| e.to_string())?;
     let io = |e: Box<pingora_error::Error>| e.to_string();
-    session
-        .write_request_header(Box::new(request))
+    crate::upstream::send_bodiless(&mut session, request)
         .await
         .map_err(io)?;
-    session.finish_request_body().await.map_err(io)?;
-    session.read_response_header().await.map_err(io)?;
     let (status, cache) = match session.response_header() {
         Some(resp) => (
             resp.status.as_u16(),

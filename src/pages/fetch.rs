@@ -96,12 +96,7 @@ impl PageFetcher for HttpFetcher {
         let request = page_request(url, host)
             .map_err(|e| FetchError::new("internal", format!("cannot build the request: {e}")))?;
         let io = |e: Box<pingora_error::Error>| FetchError::new("origin_io", format!("origin error: {e}"));
-        session
-            .write_request_header(Box::new(request))
-            .await
-            .map_err(io)?;
-        session.finish_request_body().await.map_err(io)?;
-        session.read_response_header().await.map_err(io)?;
+        upstream::send_bodiless(&mut session, request).await.map_err(io)?;
         let response = session
             .response_header()
             .ok_or_else(|| FetchError::new("origin_io", "origin sent no response header"))?;

@@ -170,6 +170,17 @@ pub fn peer(addr: SocketAddr, origin: &Origin, host: &str) -> HttpPeer {
     peer
 }
 
+/// Sends a request without a body on an origin connection and reads the response's head
+/// (the edge's own requests: page fetches, prefetches).
+pub async fn send_bodiless(
+    session: &mut pingora_core::protocols::http::client::HttpSession,
+    request: pingora_http::RequestHeader,
+) -> pingora_error::Result<()> {
+    session.write_request_header(Box::new(request)).await?;
+    session.finish_request_body().await?;
+    session.read_response_header().await
+}
+
 /// The status the edge answers with when proxying failed: 504 for timeouts, the carried
 /// status for HTTP errors, 502 for any other origin failure, 400 for a broken request, 500
 /// for our own failures.

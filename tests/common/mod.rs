@@ -228,6 +228,20 @@ impl Drop for Edge {
     }
 }
 
+/// `custom-pages -t -c edge_file`: whether it passed, and what it printed on stderr.
+pub fn dash_t(edge_file: &Path) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_custom-pages"))
+        .arg("-t")
+        .arg("-c")
+        .arg(edge_file)
+        .output()
+        .expect("run custom-pages -t");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// The path of an example program, built by `cargo build --examples` (`make test` does).
 pub fn example(name: &str) -> PathBuf {
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_custom-pages"));
