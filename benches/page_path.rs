@@ -131,5 +131,33 @@ fn bench(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench);
+/// A plain page is handed over as it is; a template page is filled per response.
+fn templates(c: &mut Criterion) {
+    use custom_pages::pages::template::{Template, Values};
+    let plain = page_body();
+    let mut with_fields = String::from(std::str::from_utf8(&plain.bytes).unwrap_or_default());
+    with_fields.insert_str(
+        with_fields.len() - 16,
+        "<p>{{status}} {{reason}} at {{host}}{{path}}, request {{request_id}}</p>\n",
+    );
+    let templated = Bytes::from(with_fields);
+    let (plain_template, _) = Template::parse(&plain.bytes, "text/html");
+    assert!(plain_template.is_none(), "a plain page has no template");
+    let (template, _) = Template::parse(&templated, "text/html");
+    let template = template.expect("a template");
+    let values = Values {
+        status: 404,
+        host: "www.example.com",
+        path: "/a/b/missing",
+        request_id: "6f1c2a8e4b7d4e0b9a3c5d7e",
+    };
+    let mut g = c.benchmark_group("template");
+    g.bench_function("plain_page_1k", |b| b.iter(|| black_box(&plain).bytes.clone()));
+    g.bench_function("template_page_1k", |b| {
+        b.iter(|| template.render(black_box(&templated), &values))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench, templates);
 criterion_main!(benches);

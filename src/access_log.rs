@@ -3,10 +3,11 @@
 //! (and counted) rather than buffered without bound.
 //!
 //! Format, space separated:
-//! `time client host "method path version" status bytes duration cache page`
-//! e.g. `2026-11-25T09:11:56.123Z 127.0.0.1:51234 exp.example.com "GET /missing HTTP/1.1" 404 758 0.412ms MISS page=404:fresh`
-//! where `bytes` counts the response body, `cache` is the `X-Cache` value and `page` names the
-//! custom page rule and page state used (`-` when none).
+//! `time client host "method path version" status bytes duration cache id=request-id page`
+//! e.g. `2026-11-25T09:11:56.123Z 127.0.0.1:51234 exp.example.com "GET /missing HTTP/1.1" 404 758 0.412ms MISS id=3f2a… page=404:fresh`
+//! where `bytes` counts the response body, `cache` is the `X-Cache` value, `id` the request's
+//! `X-Request-Id` (the client's, or one the edge made) and `page` names the custom page rule
+//! and page state used (`-` when none).
 
 use crate::spec::AccessLogTarget;
 use log::warn;
@@ -130,6 +131,8 @@ pub struct Record<'a> {
     pub cache: &'a str,
     /// The custom page rule and page state used, if any.
     pub page: Option<(&'a str, &'a str)>,
+    /// The request's id (`X-Request-Id`).
+    pub request_id: &'a str,
 }
 
 impl fmt::Display for Record<'_> {
@@ -152,6 +155,9 @@ impl fmt::Display for Record<'_> {
             self.duration.as_secs_f64() * 1000.0,
             self.cache
         )?;
+        if !self.request_id.is_empty() {
+            write!(f, "id={} ", self.request_id)?;
+        }
         match self.page {
             Some((rule, state)) => write!(f, "page={rule}:{state}"),
             None => f.write_str("-"),
@@ -176,18 +182,20 @@ mod tests {
             body_bytes: 758,
             duration: Duration::from_micros(412),
             cache: "MISS",
+            request_id: "r-42",
             page: Some(("404", "fresh")),
         };
         let line = record.to_string();
         let fields: Vec<&str> = line.splitn(2, ' ').collect();
         assert_eq!(
             fields[1],
-            "127.0.0.1:51234 exp.example.com \"GET /missing HTTP/1.1\" 404 758 0.412ms MISS page=404:fresh"
+            "127.0.0.1:51234 exp.example.com \"GET /missing HTTP/1.1\" 404 758 0.412ms MISS id=r-42 page=404:fresh"
         );
         let bare = Record {
             client: None,
             host: "",
             page: None,
+            request_id: "",
             ..record
         };
         assert!(bare

@@ -102,6 +102,7 @@ impl EdgeProxy {
             .error_response(session, rules, &ctx.host, status, &mut ctx.pages)
             .await?;
         header.insert_header("x-cache", cache::key::status(session.cache.phase()))?;
+        pages::mark_request_id(&mut header, &ctx.pages)?;
         if let Some(domain) = ctx.domain.as_ref().filter(|d| !d.filters.is_empty()) {
             domain
                 .filters
@@ -196,15 +197,16 @@ impl ProxyHttp for EdgeProxy {
         // Pingora waits for the next request on a kept-alive HTTP/1.1 connection forever
         // unless told otherwise.
         session.set_keepalive(Some(KEEPALIVE_TIMEOUT_SECS));
+        ctx.pages.request_id = pages::request_id_of(session.req_header());
         if let Err(status) = guard_request(session.req_header(), &mut ctx.pages) {
-            pages::respond_default(session, status).await?;
+            pages::respond_default(session, status, &ctx.pages).await?;
             return Ok(true);
         }
         let routes = self.runtime.routes();
         let routed = request_host(session.req_header())
             .and_then(|host| routes.route_normalized(&host).map(|d| (host, d.clone())));
         let Some((host, domain)) = routed else {
-            pages::respond_default(session, 404).await?;
+            pages::respond_default(session, 404, &ctx.pages).await?;
             return Ok(true);
         };
         match tls::server_name(session.digest()) {
@@ -215,7 +217,7 @@ impl ProxyHttp for EdgeProxy {
                     .route_normalized(sni)
                     .is_some_and(|d| Arc::ptr_eq(d, &domain)) =>
             {
-                pages::respond_default(session, 421).await?;
+                pages::respond_default(session, 421, &ctx.pages).await?;
                 return Ok(true);
             }
             Some(_) => ctx.https = true,
@@ -225,7 +227,8 @@ impl ProxyHttp for EdgeProxy {
                     .uri
                     .path_and_query()
                     .map_or("/", |p| p.as_str());
-                pages::respond_redirect(session, 308, &format!("https://{host}{target}")).await?;
+                let location = format!("https://{host}{target}");
+                pages::respond_redirect(session, 308, &location, &ctx.pages).await?;
                 return Ok(true);
             }
             None => {}
@@ -397,6 +400,7 @@ impl ProxyHttp for EdgeProxy {
         for name in upstream::connection_listed(&upstream_request.headers) {
             upstream_request.remove_header(&name);
         }
+        upstream_request.insert_header(pages::REQUEST_ID_HEADER, ctx.pages.request_id.as_str())?;
         if let Some(host) = ctx
             .domain
             .as_ref()
@@ -414,6 +418,7 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         resp.insert_header("x-cache", cache::key::status(session.cache.phase()))?;
+        pages::mark_request_id(resp, &ctx.pages)?;
         let Some(domain) = ctx.domain.clone() else {
             return Ok(());
         };
@@ -517,6 +522,7 @@ impl ProxyHttp for EdgeProxy {
                 body_bytes: session.body_bytes_sent(),
                 duration: ctx.started.elapsed(),
                 cache,
+                request_id: &ctx.pages.request_id,
                 page: page.map(|s| (s.rule.as_str(), s.page_state)),
             });
         }

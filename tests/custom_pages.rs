@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use common::origin::{Blackhole, Origin, Reply};
 use common::{client, domain_yaml, get, send, Edge, EdgeOptions, Got, Proto, ALL_PROTOS};
-use common::{log_line, log_line_within, log_tail, start_edge, wait_fetched, RawConn, RawResponse};
+use common::{
+    log_line, log_line_within, log_tail, start_edge, time_until, wait_fetched, RawConn, RawResponse,
+};
 
 const EXP: &str = "exp.example.com";
 const PAGE_404_URL: &str = "http://exp.example.com/error404.html";
@@ -243,10 +245,12 @@ async fn origin_headers_are_kept_and_body_headers_dropped() {
 
     for proto in ALL_PROTOS {
         let client = client(&edge, proto, &[EXP]);
+        // X-Request-Id is the request's (the client's here), as on every response.
         let got = send(
             client
                 .get(edge.url(EXP, "/hdr"))
-                .header("accept-encoding", "gzip"),
+                .header("accept-encoding", "gzip")
+                .header("x-request-id", "r-42"),
         )
         .await;
         assert_page(&got, proto, 404, PAGE_404, PAGE_404_TYPE, &edge);
@@ -1757,4 +1761,115 @@ async fn pages_fit_the_clients_accept_and_language() {
     }
     // The error was cached once (error_ttl); each client still got its own variant.
     assert_eq!(origin.hits("/gone"), 2, "one origin request per scheme");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn page_templates_are_filled_escaped_and_carry_the_request_id() {
+    let origin = origin_with_pages().await;
+    origin.route(
+        "/tpl.html",
+        page(
+            "<p>{{status}} {{reason}} on {{host}}{{path}} id={{request_id}} at {{time}} {{nope}}</p>",
+            "text/html",
+        ),
+    );
+    origin.route(
+        "/tpl.json",
+        page(
+            "{\"status\": {{status}}, \"path\": \"{{path}}\", \"id\": \"{{ request_id }}\"}",
+            "application/json",
+        ),
+    );
+    let rules = "custom_pages:\n  - code: 404\n    url: http://exp.example.com/tpl.html\n    variants:\n      application/json: http://exp.example.com/tpl.json\n";
+    let options = EdgeOptions {
+        edge_extra: format!("{}access_log: access.log\n", EdgeOptions::default().edge_extra),
+        ..EdgeOptions::default()
+    };
+    let edge = start_edge(
+        options,
+        vec![("exp.yaml", domain_yaml(EXP, origin.addr(), rules))],
+    )
+    .await;
+    wait_fetched(&edge, "http://exp.example.com/tpl.json").await;
+    let warned = log_line_within(&edge, &["WARN", "tpl.html", "{{nope}}"], Duration::from_secs(5)).await;
+    assert!(
+        warned.is_some(),
+        "an unknown placeholder is reported\n{}",
+        log_tail(&edge)
+    );
+
+    // A hostile path (percent-encoded, as clients must send it; {{path}} shows it decoded):
+    // escaped for HTML, and for JSON.
+    let (hostile, decoded) = ("/a/%3Cscript%3E%22x", "/a/<script>\"x");
+    let mut conn = RawConn::connect(edge.addr()).await;
+    let got = conn
+        .request("GET", EXP, hostile, &[("x-request-id", "rid-123")])
+        .await;
+    let text = got.text();
+    assert_eq!(got.status, 404, "{text}");
+    assert!(
+        text.starts_with("<p>404 Not Found on exp.example.com/a/&lt;script&gt;&quot;x id=rid-123 at 20"),
+        "{text}"
+    );
+    assert!(
+        text.ends_with(" {{nope}}</p>") && !text.contains("<script>"),
+        "{text}"
+    );
+    assert_eq!(got.header("x-request-id"), Some("rid-123"));
+    assert_eq!(
+        got.header("content-length"),
+        Some(got.body.len().to_string().as_str())
+    );
+    let got = conn
+        .request(
+            "GET",
+            EXP,
+            hostile,
+            &[("x-request-id", "rid-124"), ("accept", "application/json")],
+        )
+        .await;
+    let json: serde_json::Value = serde_json::from_slice(&got.body).expect("a JSON page");
+    assert_eq!(
+        (json["status"].clone(), json["path"].clone(), json["id"].clone()),
+        (
+            serde_json::json!(404),
+            serde_json::json!(decoded),
+            serde_json::json!("rid-124")
+        )
+    );
+    // The id went to the origin and into the access log.
+    let seen = origin.requests(hostile);
+    assert!(
+        seen.iter().any(|r| r.header("x-request-id") == Some("rid-123")),
+        "{seen:?}"
+    );
+    let log = edge.dir().join("access.log");
+    let logged = time_until(Duration::from_secs(5), || async {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains(" id=rid-123 page=404:fresh")
+    });
+    assert!(
+        logged.await.is_some(),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+
+    // Without a (sane) id of the client's, the edge makes one: the same in the page and header.
+    for proto in ALL_PROTOS {
+        let c = client(&edge, proto, &[EXP]);
+        let got = send(
+            c.get(edge.url(EXP, "/missing"))
+                .header("x-request-id", "not sane!"),
+        )
+        .await;
+        let id = got.header("x-request-id").expect("an id").to_string();
+        assert_ne!(id, "not sane!");
+        assert!(got.body.contains(&format!("id={id} ")), "{proto:?}: {got:?}");
+        let ok = get(&c, &edge.url(EXP, "/ok")).await;
+        assert!(
+            ok.header("x-request-id").is_some(),
+            "{proto:?}: every response says its id"
+        );
+    }
 }

@@ -278,12 +278,20 @@ async fn access_log_has_one_line_per_request() {
         "{}",
         lines[0]
     );
-    assert!(lines[0].ends_with(" BYPASS -"), "{}", lines[0]);
+    assert!(
+        lines[0].contains(" BYPASS id=") && lines[0].ends_with(" -"),
+        "{}",
+        lines[0]
+    );
     assert!(
         lines[1].contains(&format!("\"GET /missing?x=1 HTTP/1.1\" 404 {} ", PAGE_404.len())),
         "{}",
         lines[1]
     );
-    assert!(lines[1].ends_with(" page=404:fresh"), "{}", lines[1]);
+    assert!(
+        lines[1].contains(" id=") && lines[1].ends_with(" page=404:fresh"),
+        "{}",
+        lines[1]
+    );
     assert!(lines[1].starts_with("20"), "starts with the time: {}", lines[1]);
 }

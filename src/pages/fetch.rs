@@ -10,7 +10,7 @@ use bytes::BytesMut;
 use http::HeaderValue;
 use pingora_core::connectors::http::Connector;
 use pingora_http::RequestHeader;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 /// Shortest time between two fetches of one page, whatever its max-age says.
 pub const MIN_REFRESH: Duration = Duration::from_secs(1);
@@ -134,12 +134,7 @@ impl PageFetcher for HttpFetcher {
         self.connector
             .release_http_session(session, &peer, peer.options.idle_timeout)
             .await;
-        Ok(Page {
-            body: body.freeze(),
-            content_type,
-            fetched_at: SystemTime::now(),
-            max_age,
-        })
+        Ok(Page::new(body.freeze(), content_type, max_age))
     }
 }
 

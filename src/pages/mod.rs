@@ -30,6 +30,7 @@ mod replace;
 pub mod response;
 pub mod rules;
 pub mod store;
+pub mod template;
 
 pub use fetch::{FetchError, HttpFetcher, PageFetcher};
 pub use guard::CDN_LOOP_TOKEN;
@@ -71,6 +72,8 @@ pub struct PageState {
     /// Set when the origin may not keep its own error with `Custom-Page: off` (a domain that
     /// does not trust its origin's headers).
     pub ignore_opt_out: bool,
+    /// The request's id (see [`template::request_id`]), for pages that show it.
+    pub request_id: String,
     /// What was substituted, if anything (for logs and metrics).
     pub substitution: Option<Substitution>,
 }
@@ -108,10 +111,13 @@ impl CustomPages {
     /// From `request_filter`, first: the loop guard (see [`check_loop`]). True when the
     /// request was answered (508, a loop).
     pub async fn request_filter(&self, session: &mut Session, state: &mut PageState) -> Result<bool> {
+        if state.request_id.is_empty() {
+            state.request_id = request_id_of(session.req_header());
+        }
         match check_loop(session.req_header(), state) {
             Ok(()) => Ok(false),
             Err(status) => {
-                respond_default(session, status).await?;
+                respond_default(session, status, state).await?;
                 Ok(true)
             }
         }
@@ -126,6 +132,7 @@ impl CustomPages {
         req: &RequestHeader,
         status: u16,
         cause: Source,
+        request_id: &str,
     ) -> Option<(Answer, Substitution)> {
         let path = req.uri.path();
         let rule = rules::select(rules, status, cause)?;
@@ -167,8 +174,21 @@ impl CustomPages {
                         Some(page) => {
                             let fresh = page.is_fresh(std::time::SystemTime::now());
                             substitution.page_state = if fresh { "fresh" } else { "stale" };
+                            let bytes = match &page.template {
+                                None => page.body.clone(),
+                                Some(template) => template.render(
+                                    &page.body,
+                                    &template::Values {
+                                        status,
+                                        host,
+                                        // As the address bar shows it; escaped when filled in.
+                                        path: &crate::spec::values::percent_decode(path),
+                                        request_id,
+                                    },
+                                ),
+                            };
                             let body = Body {
-                                bytes: page.body.clone(),
+                                bytes,
                                 content_type: page.content_type.clone(),
                             };
                             Answer::InPlace { status, body, fit }
@@ -198,7 +218,8 @@ impl CustomPages {
             return Ok(());
         }
         let path = session.req_header().uri.path().to_string();
-        let answer = self.answer(rules, host, session.req_header(), status, Source::Origin);
+        let req = session.req_header();
+        let answer = self.answer(rules, host, req, status, Source::Origin, &state.request_id);
         let Some((answer, substitution)) = answer.await else {
             return Ok(());
         };
@@ -275,7 +296,8 @@ impl CustomPages {
         let answer = if state.disabled {
             None
         } else {
-            self.answer(rules, host, session.req_header(), status, Source::Edge)
+            let req = session.req_header();
+            self.answer(rules, host, req, status, Source::Edge, &state.request_id)
                 .await
         };
         let Some((answer, substitution)) = answer else {
@@ -387,15 +409,39 @@ pub fn check_loop(req: &RequestHeader, state: &mut PageState) -> Result<(), u16>
 }
 
 /// Answers with the built-in page for `status`.
-pub async fn respond_default(session: &mut Session, status: u16) -> Result<()> {
+pub async fn respond_default(session: &mut Session, status: u16, state: &PageState) -> Result<()> {
     let body = response::default_page(status);
-    write_whole(session, response::fresh(status, &body)?, body.bytes).await
+    let mut header = response::fresh(status, &body)?;
+    mark_request_id(&mut header, state)?;
+    write_whole(session, header, body.bytes).await
 }
 
 /// Answers with a redirect to `location` made by the edge (with a tiny body).
-pub async fn respond_redirect(session: &mut Session, code: u16, location: &str) -> Result<()> {
-    let (header, body) = response::redirect(code, location)?;
+pub async fn respond_redirect(
+    session: &mut Session,
+    code: u16,
+    location: &str,
+    state: &PageState,
+) -> Result<()> {
+    let (mut header, body) = response::redirect(code, location)?;
+    mark_request_id(&mut header, state)?;
     write_whole(session, header, body.bytes).await
+}
+
+/// The header carrying a request's id, both ways.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// The id of `req`: its `X-Request-Id` if sane, else a new one (see [`template::request_id`]).
+pub fn request_id_of(req: &RequestHeader) -> String {
+    template::request_id(req.headers.get(REQUEST_ID_HEADER).map(|v| v.as_bytes()))
+}
+
+/// Says the request's id on a response (when the request has one).
+pub fn mark_request_id(header: &mut ResponseHeader, state: &PageState) -> Result<()> {
+    if !state.request_id.is_empty() {
+        header.insert_header(REQUEST_ID_HEADER, state.request_id.as_str())?;
+    }
+    Ok(())
 }
 
 /// Whether a failed proxy attempt can still be answered, and with which status (504 for

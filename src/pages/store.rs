@@ -8,6 +8,7 @@
 //! memory pressure and outages: it is exactly what is needed when everything else fails.
 
 use super::fetch::{FetchError, HttpFetcher, PageFetcher};
+use super::template::Template;
 use crate::spec::{PageSettings, PageUrl};
 use crate::upstream::Origin;
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -54,9 +55,23 @@ pub struct Page {
     pub fetched_at: SystemTime,
     /// How long this copy is fresh: the page's max-age, or `pages.refresh`.
     pub max_age: Duration,
+    /// The page's placeholders, parsed when the store takes the page (`None`: none, and
+    /// the page is served as it is).
+    pub template: Option<Arc<Template>>,
 }
 
 impl Page {
+    /// A page as fetched (its template is parsed when the store takes it).
+    pub fn new(body: Bytes, content_type: HeaderValue, max_age: Duration) -> Page {
+        Page {
+            body,
+            content_type,
+            fetched_at: SystemTime::now(),
+            max_age,
+            template: None,
+        }
+    }
+
     /// Whether this copy is within its max-age at `now`.
     pub fn is_fresh(&self, now: SystemTime) -> bool {
         now.duration_since(self.fetched_at)
@@ -274,6 +289,21 @@ impl PageStore {
                     slot.url.as_str(),
                     page.body.len()
                 );
+                let mut page = page;
+                let content_type = page.content_type.to_str().unwrap_or("");
+                let (template, unknown) = Template::parse(&page.body, content_type);
+                if !unknown.is_empty() {
+                    warn!(
+                        "custom page {} has placeholders the edge does not know, left as written: {}",
+                        slot.url.as_str(),
+                        unknown
+                            .iter()
+                            .map(|u| format!("{{{{{u}}}}}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                }
+                page.template = template.map(Arc::new);
                 let page = Arc::new(page);
                 slot.page.store(Some(page.clone()));
                 *slot.last_error.lock() = None;
@@ -402,12 +432,11 @@ mod tests {
                 next.unwrap_or(Err("no answer scripted"))
             };
             match answer {
-                Ok(body) => Ok(Page {
-                    body: Bytes::from_static(body.as_bytes()),
-                    content_type: HeaderValue::from_static("text/html"),
-                    fetched_at: SystemTime::now(),
-                    max_age: settings.refresh,
-                }),
+                Ok(body) => Ok(Page::new(
+                    Bytes::from_static(body.as_bytes()),
+                    HeaderValue::from_static("text/html"),
+                    settings.refresh,
+                )),
                 Err(reason) => Err(FetchError::new("status", reason)),
             }
         }
