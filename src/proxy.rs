@@ -7,7 +7,7 @@ use crate::cache::{self, policy};
 use crate::filters::{RequestInfo, Verdict};
 use crate::metrics::{status_class, METRICS};
 use crate::pages::{self, guard, PageState};
-use crate::runtime::{Domain, Runtime};
+use crate::runtime::{Domain, RouteTable, Runtime};
 use crate::spec::values::normalize_host;
 use crate::tls;
 use crate::upstream::{self, Attempt};
@@ -155,6 +155,40 @@ fn is_origin_form(req: &RequestHeader) -> bool {
         || (target == b"*" && req.method == http::Method::OPTIONS)
 }
 
+/// How a request's connection fits the domain it names.
+enum Connection {
+    Cleartext,
+    Tls,
+    /// Over TLS, for another domain than the connection's SNI: 421.
+    Misdirected,
+    /// Cleartext on a domain with `https_redirect`: 308 to this.
+    ToHttps(String),
+}
+
+fn connection_of(session: &Session, routes: &RouteTable, domain: &Arc<Domain>, host: &str) -> Connection {
+    match tls::server_name(session.digest()) {
+        // A TLS connection serves the domain it was opened for: a request naming another (on
+        // a connection reused across names that share a certificate) is sent back.
+        Some(Some(sni))
+            if !routes
+                .route_normalized(sni)
+                .is_some_and(|d| Arc::ptr_eq(d, domain)) =>
+        {
+            Connection::Misdirected
+        }
+        Some(_) => Connection::Tls,
+        None if domain.https_redirect => {
+            let target = session
+                .req_header()
+                .uri
+                .path_and_query()
+                .map_or("/", |p| p.as_str());
+            Connection::ToHttps(format!("https://{host}{target}"))
+        }
+        None => Connection::Cleartext,
+    }
+}
+
 /// What a filter is told about the request.
 fn filter_info<'a>(session: &Session, host: &'a str, domain: &'a Domain) -> RequestInfo<'a> {
     let client = session.client_addr().and_then(|a| a.as_inet()).copied();
@@ -209,29 +243,17 @@ impl ProxyHttp for EdgeProxy {
             pages::respond_default(session, 404, &ctx.pages).await?;
             return Ok(true);
         };
-        match tls::server_name(session.digest()) {
-            // A TLS connection serves the domain it was opened for: a request naming another
-            // (a connection reused across names that share a certificate) is sent back.
-            Some(Some(sni))
-                if !routes
-                    .route_normalized(sni)
-                    .is_some_and(|d| Arc::ptr_eq(d, &domain)) =>
-            {
+        match connection_of(session, &routes, &domain, &host) {
+            Connection::Cleartext => {}
+            Connection::Tls => ctx.https = true,
+            Connection::Misdirected => {
                 pages::respond_default(session, 421, &ctx.pages).await?;
                 return Ok(true);
             }
-            Some(_) => ctx.https = true,
-            None if domain.https_redirect => {
-                let target = session
-                    .req_header()
-                    .uri
-                    .path_and_query()
-                    .map_or("/", |p| p.as_str());
-                let location = format!("https://{host}{target}");
+            Connection::ToHttps(location) => {
                 pages::respond_redirect(session, 308, &location, &ctx.pages).await?;
                 return Ok(true);
             }
-            None => {}
         }
         ctx.host = host;
         ctx.pages.ignore_opt_out = !domain.opt_out;
