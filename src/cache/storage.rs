@@ -307,6 +307,17 @@ impl MemoryStorage {
         affected
     }
 
+    /// How many keys the index lists (tests check it never outlives the entries).
+    #[cfg(test)]
+    fn indexed(&self) -> usize {
+        self.index
+            .lock()
+            .values()
+            .flat_map(|targets| targets.values())
+            .map(|keys| keys.len())
+            .sum()
+    }
+
     /// Approximate bytes currently held (sum of weights of live entries).
     pub fn used_bytes(&self) -> usize {
         *self.used_bytes.lock()
@@ -663,6 +674,84 @@ mod tests {
 
     fn cache_key(name: &str) -> CacheKey {
         CacheKey::new(name, "")
+    }
+
+    /// A key as the edge makes them: indexed by domain and target.
+    fn edge_key(domain: &str, target: &str, variant: Option<&str>) -> CacheKey {
+        let mut key = crate::cache::key::key(domain, "http", domain, target);
+        if let Some(variant) = variant {
+            key.set_variance_key(pingora_cache::key::hash_key(variant));
+        }
+        key
+    }
+
+    #[tokio::test]
+    async fn purges_find_variants_prefixes_and_domains_through_the_index() {
+        let storage = leaked_storage(1 << 20);
+        for (domain, target, variant) in [
+            ("a.com", "/img/1", None),
+            ("a.com", "/img/2", Some("en")),
+            ("a.com", "/img/2", Some("fr")),
+            ("a.com", "/imgs", None),
+            ("b.com", "/img/1", None),
+        ] {
+            write(storage, &edge_key(domain, target, variant), &[b"body"]).await;
+        }
+        assert_eq!(storage.indexed(), 5);
+        let targets = ["/img/2".to_string()];
+        assert_eq!(
+            storage.purge_scope("a.com", Scope::Targets(&targets), false),
+            2,
+            "both variants"
+        );
+        assert!(lookup(storage, &edge_key("a.com", "/img/2", Some("en")))
+            .await
+            .is_none());
+        assert_eq!(
+            storage.purge_scope("a.com", Scope::Prefix("/img/"), true),
+            1,
+            "soft, /img/1 only"
+        );
+        let (meta, _) = lookup(storage, &edge_key("a.com", "/img/1", None))
+            .await
+            .expect("kept, stale");
+        assert!(!meta.is_fresh(SystemTime::now()));
+        assert_eq!(storage.purge_scope("a.com", Scope::All, false), 2);
+        assert!(
+            lookup(storage, &edge_key("b.com", "/img/1", None))
+                .await
+                .is_some(),
+            "another domain"
+        );
+        assert_eq!(storage.indexed(), 1);
+        assert_eq!(storage.purge_scope("nowhere.com", Scope::All, false), 0);
+    }
+
+    #[tokio::test]
+    async fn the_index_forgets_what_eviction_removes() {
+        let capacity = 64 * 1024;
+        let storage = leaked_storage(capacity);
+        for i in 0..2000 {
+            write(
+                storage,
+                &edge_key("a.com", &format!("/{i}"), None),
+                &[&[b'x'; 700]],
+            )
+            .await;
+        }
+        let stored = {
+            let mut n = 0;
+            for i in 0..2000 {
+                n += usize::from(
+                    storage
+                        .find(&edge_key("a.com", &format!("/{i}"), None).combined_bin())
+                        .is_some(),
+                );
+            }
+            n
+        };
+        assert!(stored < 2000, "the test must evict");
+        assert_eq!(storage.indexed(), stored, "one index entry per stored entry");
     }
 
     #[tokio::test]
