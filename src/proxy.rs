@@ -408,7 +408,7 @@ impl ProxyHttp for EdgeProxy {
         }
         let stale = cache::invalidated_targets(session.req_header(), upstream_response, &ctx.host);
         if !stale.is_empty() {
-            self.runtime.cache.invalidate(&domain.label, &stale);
+            self.runtime.cache.invalidate(&domain.label, &ctx.host, &stale);
         }
         Ok(())
     }
@@ -423,6 +423,10 @@ impl ProxyHttp for EdgeProxy {
             upstream_request.remove_header(&name);
         }
         upstream_request.insert_header(pages::REQUEST_ID_HEADER, ctx.pages.request_id.as_str())?;
+        // The origin learns the client's scheme, so one redirecting http to https does not
+        // redirect https requests too.
+        let proto = if ctx.https { "https" } else { "http" };
+        upstream_request.insert_header("x-forwarded-proto", proto)?;
         if let Some(host) = ctx
             .domain
             .as_ref()

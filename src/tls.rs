@@ -231,9 +231,14 @@ impl CertTable {
             .map(|n| n.trim_end_matches('.').to_ascii_lowercase())
             .and_then(|name| {
                 self.exact.get(&name).cloned().or_else(|| {
+                    // A wildcard certificate covers one label (RFC 6125): deeper names get
+                    // the default certificate.
                     self.wildcards
                         .iter()
-                        .find(|(suffix, _)| name.len() > suffix.len() && name.ends_with(suffix.as_str()))
+                        .find(|(suffix, _)| {
+                            name.strip_suffix(suffix.as_str())
+                                .is_some_and(|label| !label.is_empty() && !label.contains('.'))
+                        })
                         .map(|(_, cert)| cert.clone())
                 })
             });
@@ -347,5 +352,28 @@ mod tests {
             &names(&["x.org", "a.example.com"]),
             &exact("a.example.com")
         ));
+    }
+
+    #[test]
+    fn a_wildcard_certificate_is_picked_one_label_deep() {
+        let provider = rustls::crypto::ring::default_provider();
+        let pair = |name: &str| {
+            let key = rcgen::KeyPair::generate().expect("key");
+            let cert = rcgen::CertificateParams::new(vec![name.to_string()])
+                .expect("params")
+                .self_signed(&key)
+                .expect("cert");
+            let der = PrivateKeyDer::try_from(key.serialize_der()).expect("key der");
+            Arc::new(CertifiedKey::from_der(vec![cert.der().clone()], der, &provider).expect("certified"))
+        };
+        let (wild, default) = (pair("*.example.com"), pair("default.test"));
+        let mut table = CertTable::default();
+        table.insert(&DomainName::Wildcard(".example.com".into()), wild.clone());
+        table.set_default(default);
+        let picked = |name| table.pick(Some(name)).map(|c| Arc::ptr_eq(&c, &wild));
+        assert_eq!(picked("a.example.com"), Some(true));
+        assert_eq!(picked("A.Example.COM."), Some(true));
+        assert_eq!(picked("a.b.example.com"), Some(false), "too deep: the default");
+        assert_eq!(picked("example.com"), Some(false));
     }
 }

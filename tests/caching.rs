@@ -595,6 +595,11 @@ async fn fields_named_in_connection_go_no_further_in_either_direction() {
         None,
         "the client's hop-by-hop field reached the origin"
     );
+    assert_eq!(
+        seen[0].header("x-forwarded-proto"),
+        Some("http"),
+        "the origin learns the scheme"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -619,6 +624,7 @@ async fn a_304_updates_the_stored_headers() {
         Reply::new(304)
             .header("cache-control", "max-age=60")
             .header("etag", "\"v1\"")
+            .header("set-cookie", "sid=revalidating-client")
             .header("x-foo", "new")
             .header("content-foo", "new")
             .header("test-header", "new"),
@@ -630,6 +636,11 @@ async fn a_304_updates_the_stored_headers() {
         for name in ["x-foo", "content-foo", "test-header"] {
             assert_eq!(got.header(name), Some("new"), "{proto:?}: {name} after the 304");
         }
+        assert_eq!(
+            got.header("set-cookie"),
+            None,
+            "{proto:?}: one client's cookie is not stored for all"
+        );
     }
     let revalidations = origin.requests("/rv");
     assert!(revalidations.len() >= 3, "two fetches, then revalidations");

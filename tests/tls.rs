@@ -341,6 +341,32 @@ fn dash_t_names_file_and_key_of_a_bad_certificate() {
         text.contains("c.yaml: tls.cert:") && text.contains("cannot read"),
         "{text}"
     );
+    // The default certificate's paths are relative to the edge file, with `-c` relative too.
+    std::fs::create_dir(dir.path().join("certs")).expect("dir");
+    ca.leaf(&["default.test"])
+        .write(&dir.path().join("certs"), "default");
+    std::fs::write(
+        domains.join("c.yaml"),
+        "domain: c.test\norigin: {servers: [\"127.0.0.1:1\"]}\n",
+    )
+    .expect("write");
+    std::fs::remove_file(domains.join("a.yaml")).expect("remove");
+    std::fs::write(
+        dir.path().join("edge.yaml"),
+        "listen: [\"127.0.0.1:1\"]\ntls:\n  listen: [\"127.0.0.1:2\"]\n  default_cert: {cert: certs/default.pem, key: certs/default.key}\n",
+    )
+    .expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_custom-pages"))
+        .args(["-t", "-c", "edge.yaml"])
+        .current_dir(dir.path())
+        .output()
+        .expect("run -t");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(
+        domains.join("a.yaml"),
+        "domain: a.test\norigin: {servers: [\"127.0.0.1:1\"]}\n",
+    )
+    .expect("write");
     // Pingora's own roots file (it would panic on a bad one when building its connectors).
     std::fs::write(dir.path().join("roots.pem"), "not a certificate").expect("write");
     std::fs::remove_file(domains.join("a.yaml")).expect("remove");

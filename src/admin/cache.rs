@@ -76,15 +76,26 @@ pub async fn purge(runtime: &Runtime, domain: &Domain, body: &[u8]) -> ApiResult
             ))
         }
     };
-    let affected = runtime.cache.storage.purge_scope(&domain.label, scope, body.soft);
+    let affected = runtime
+        .cache
+        .storage
+        .purge_scope(&domain.label, None, scope, body.soft);
     // Pages of this domain the purge covers are fetched again now, so a changed page is seen.
     let store = runtime.pages.store();
     let mut pages = Vec::new();
+    let mut refreshes = tokio::task::JoinSet::new();
     for (url, _) in runtime.routes().pages() {
         if covers(&scope, url.path_and_query()) && domain.name.covers(url.host()) {
-            let refreshed = store.refresh(url.as_str()).await;
-            pages.push(json!({"url": url.as_str(), "refreshed": refreshed.is_ok()}));
+            let store = store.clone();
+            // All at once: each is bounded by pages.fetch_timeout.
+            refreshes.spawn(async move {
+                let refreshed = store.refresh(url.as_str()).await.is_ok();
+                json!({"url": url.as_str(), "refreshed": refreshed})
+            });
         }
+    }
+    while let Some(done) = refreshes.join_next().await {
+        pages.extend(done.ok());
     }
     Ok((
         StatusCode::OK,
@@ -273,7 +284,11 @@ fn split_absolute(url: &str) -> Option<(&str, &str)> {
 fn target_of(domain: &Domain, url: &str) -> Result<String, String> {
     let target = match split_absolute(url) {
         Some((host, target)) => {
-            if !domain.name.covers(&host.to_ascii_lowercase()) {
+            // A host name, nothing else (`user@host` would be sent as Host).
+            let named = host.parse::<crate::spec::DomainName>();
+            if !matches!(named, Ok(crate::spec::DomainName::Exact(_)))
+                || !domain.name.covers(&host.to_ascii_lowercase())
+            {
                 return Err(format!("{url:?} is not on {}", domain.label));
             }
             target
@@ -285,9 +300,9 @@ fn target_of(domain: &Domain, url: &str) -> Result<String, String> {
             "{url:?} is not a path; expected one starting with / (like /img/a.png?v=2) or an absolute URL"
         ));
     }
-    if target.len() > 8192 || target.bytes().any(|b| b <= b' ' || b == 0x7f) {
+    if target.len() > 8192 || target.bytes().any(|b| b <= b' ' || b == 0x7f || b == b'#') {
         return Err(format!(
-            "{url:?} is not a request target (spaces, control characters, or over 8 KiB)"
+            "{url:?} is not a request target (spaces, control characters, a #fragment, or over 8 KiB)"
         ));
     }
     Ok(target.to_string())

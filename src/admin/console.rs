@@ -61,9 +61,10 @@ impl Activity {
         }
     }
 
-    /// For one rule: pages served in the last hour, and per minute (oldest first), as far as
-    /// the samples taken while the console was looked at tell.
-    pub fn served(&self, domain: &str, rule: &str) -> (u64, Vec<u64>) {
+    /// For one rule: pages served in the last hour (`None` when no sample is recent enough to
+    /// tell), and per minute (oldest first), as far as the samples taken while the console
+    /// was looked at tell.
+    pub fn served(&self, domain: &str, rule: &str) -> (Option<u64>, Vec<u64>) {
         let now = Instant::now();
         let mut samples = self.samples.lock();
         if samples
@@ -82,7 +83,12 @@ impl Activity {
         let key = (domain.to_string(), rule.to_string());
         let count = |t: &Totals| t.get(&key).copied().unwrap_or(0);
         let latest = totals();
-        let oldest = samples.front().map_or(0, |(_, t)| count(t));
+        // The baseline: the newest sample at least an hour old, or the first one (taken at
+        // start-up, with every counter at zero) if the edge is younger than that.
+        let baseline = samples
+            .front()
+            .filter(|(at, _)| now.duration_since(*at) <= Self::WINDOW + Self::STEP * 30)
+            .map(|(_, t)| count(t));
         let mut per_minute = vec![0; Self::MINUTES];
         let points: Vec<(Instant, u64)> = samples
             .iter()
@@ -95,7 +101,8 @@ impl Activity {
                 per_minute[Self::MINUTES - 1 - minutes_ago] += pair[1].1.saturating_sub(pair[0].1);
             }
         }
-        (count(&latest).saturating_sub(oldest), per_minute)
+        let last_hour = baseline.map(|oldest| count(&latest).saturating_sub(oldest));
+        (last_hour, per_minute)
     }
 }
 

@@ -122,6 +122,8 @@ struct RuleBody {
     variants: Vec<(String, PageUrl)>,
     #[serde(default, with = "crate::spec::domain::ordered_map")]
     languages: Vec<(String, PageUrl)>,
+    #[serde(default)]
+    language: Option<String>,
 }
 
 impl AdminApi {
@@ -279,6 +281,7 @@ impl AdminApi {
             redirect: body.redirect,
             variants: body.variants,
             languages: body.languages,
+            language: body.language,
         };
         rule.check().map_err(|(field, e)| ApiError::field(field, e))?;
         let created = self

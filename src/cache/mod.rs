@@ -122,8 +122,10 @@ pub fn invalidated_targets(req: &RequestHeader, resp: &ResponseHeader, host: &st
 }
 
 impl EdgeCache {
-    /// Removes what `targets` of `domain` hold in the cache (every variant and scheme).
-    pub fn invalidate(&self, domain: &str, targets: &[String]) -> usize {
-        self.storage.purge_scope(domain, Scope::Targets(targets), false)
+    /// Removes what `targets` on `host` of `domain` hold in the cache (every variant and
+    /// scheme; other hosts of a wildcard domain keep theirs).
+    pub fn invalidate(&self, domain: &str, host: &str, targets: &[String]) -> usize {
+        self.storage
+            .purge_scope(domain, Some(host), Scope::Targets(targets), false)
     }
 }

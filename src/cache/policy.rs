@@ -119,12 +119,24 @@ fn date(resp: &ResponseHeader) -> Option<SystemTime> {
 }
 
 /// The stored response `stored` updated with the fields of a 304 (RFC 9111 §3.2, §4.3.4):
-/// every field replaced or added, except the framing ones, which describe the stored body.
+/// every field replaced or added, except the framing ones, which describe the stored body;
+/// `Vary`, which the stored variance was computed from (Pingora keeps it); and `Set-Cookie`,
+/// which was for the revalidating client, not for everyone.
 pub fn updated_by_304(stored: &ResponseHeader, not_modified: &http::HeaderMap) -> ResponseHeader {
-    use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_RANGE, TRANSFER_ENCODING};
+    use http::header::{
+        CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_RANGE, SET_COOKIE, TRANSFER_ENCODING, VARY,
+    };
+    let kept = [
+        CONTENT_LENGTH,
+        CONTENT_ENCODING,
+        CONTENT_RANGE,
+        TRANSFER_ENCODING,
+        VARY,
+        SET_COOKIE,
+    ];
     let mut updated = stored.clone();
     for name in not_modified.keys() {
-        if [CONTENT_LENGTH, CONTENT_ENCODING, CONTENT_RANGE, TRANSFER_ENCODING].contains(name) {
+        if kept.contains(name) {
             continue;
         }
         updated.remove_header(name);

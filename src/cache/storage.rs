@@ -158,7 +158,15 @@ pub enum Scope<'a> {
 #[derive(Debug, Clone)]
 struct Place {
     domain: Arc<str>,
+    host: Arc<str>,
     target: Arc<str>,
+}
+
+impl Place {
+    /// What the place costs in memory: held by the entry and by the index.
+    fn size(&self) -> usize {
+        2 * (self.domain.len() + self.host.len() + self.target.len())
+    }
 }
 
 /// What TinyUFO holds under a key.
@@ -198,7 +206,8 @@ struct Entry {
 
 impl Entry {
     fn new(key: HashBinary, place: Option<Place>, meta: StoredMeta, body: Bytes) -> Self {
-        let weight = entry_weight(&meta, body.len());
+        // A long target (up to Pingora's 1 MiB request head) counts against the bound too.
+        let weight = entry_weight(&meta, body.len()) + place.as_ref().map_or(0, Place::size);
         Entry {
             key,
             place,
@@ -262,10 +271,10 @@ impl MemoryStorage {
         }
     }
 
-    /// Purges what `scope` covers in `domain`: removed, or with `soft`, marked stale in place
-    /// (served only while revalidation or `stale-if-error` allows). Returns how many entries
-    /// were affected.
-    pub fn purge_scope(&self, domain: &str, scope: Scope<'_>, soft: bool) -> usize {
+    /// Purges what `scope` covers in `domain` (on `host` only, if given): removed, or with
+    /// `soft`, marked stale in place (served only while revalidation or `stale-if-error`
+    /// allows). Returns how many entries were affected.
+    pub fn purge_scope(&self, domain: &str, host: Option<&str>, scope: Scope<'_>, soft: bool) -> usize {
         let mut used_bytes = self.used_bytes.lock();
         let keys: Vec<HashBinary> = {
             let index = self.index.lock();
@@ -293,6 +302,9 @@ impl MemoryStorage {
             let Some(entry) = self.find(&key) else {
                 continue;
             };
+            if host.is_some_and(|host| entry.place.as_ref().is_some_and(|p| &*p.host != host)) {
+                continue;
+            }
             affected += 1;
             if soft {
                 let mut meta = entry.meta();
@@ -433,8 +445,9 @@ impl Storage for MemoryStorage {
         meta: &CacheMeta,
         _trace: &SpanHandle,
     ) -> Result<MissHandler> {
-        let place = super::key::target_of(key).map(|target| Place {
+        let place = super::key::place_of(key).map(|(host, target)| Place {
             domain: Arc::from(key.user_tag.as_str()),
+            host: Arc::from(host),
             target: Arc::from(target),
         });
         Ok(Box::new(MemoryMissHandler {
@@ -700,7 +713,7 @@ mod tests {
         assert_eq!(storage.indexed(), 5);
         let targets = ["/img/2".to_string()];
         assert_eq!(
-            storage.purge_scope("a.com", Scope::Targets(&targets), false),
+            storage.purge_scope("a.com", None, Scope::Targets(&targets), false),
             2,
             "both variants"
         );
@@ -708,7 +721,7 @@ mod tests {
             .await
             .is_none());
         assert_eq!(
-            storage.purge_scope("a.com", Scope::Prefix("/img/"), true),
+            storage.purge_scope("a.com", None, Scope::Prefix("/img/"), true),
             1,
             "soft, /img/1 only"
         );
@@ -716,7 +729,7 @@ mod tests {
             .await
             .expect("kept, stale");
         assert!(!meta.is_fresh(SystemTime::now()));
-        assert_eq!(storage.purge_scope("a.com", Scope::All, false), 2);
+        assert_eq!(storage.purge_scope("a.com", None, Scope::All, false), 2);
         assert!(
             lookup(storage, &edge_key("b.com", "/img/1", None))
                 .await
@@ -724,7 +737,7 @@ mod tests {
             "another domain"
         );
         assert_eq!(storage.indexed(), 1);
-        assert_eq!(storage.purge_scope("nowhere.com", Scope::All, false), 0);
+        assert_eq!(storage.purge_scope("nowhere.com", None, Scope::All, false), 0);
     }
 
     #[tokio::test]

@@ -170,31 +170,45 @@ impl CustomPages {
                             fit,
                         }
                     }
-                    (Chosen::Page(url), fit) => match self.store.get_or_wait(url.as_str()).await {
-                        Some(page) => {
-                            let fresh = page.is_fresh(std::time::SystemTime::now());
-                            substitution.page_state = if fresh { "fresh" } else { "stale" };
-                            let bytes = match &page.template {
-                                None => page.body.clone(),
-                                Some(template) => template.render(
-                                    &page.body,
-                                    &template::Values {
-                                        status,
-                                        host,
-                                        // As the address bar shows it; escaped when filled in.
-                                        path: &crate::spec::values::percent_decode(path),
-                                        request_id,
-                                    },
-                                ),
-                            };
-                            let body = Body {
-                                bytes,
-                                content_type: page.content_type.clone(),
-                            };
-                            Answer::InPlace { status, body, fit }
+                    (Chosen::Page(url), mut fit) => {
+                        // A variant or translation not (yet) fetched: the rule's own page.
+                        let mut page = self.store.get_or_wait(url.as_str()).await;
+                        if page.is_none() && url != &rule.url {
+                            page = self.store.get_or_wait(rule.url.as_str()).await;
+                            fit.language = rule.language.clone();
                         }
-                        None => default,
-                    },
+                        match page {
+                            Some(page) => {
+                                let fresh = page.is_fresh(std::time::SystemTime::now());
+                                substitution.page_state = if fresh { "fresh" } else { "stale" };
+                                // A page filled per request is this client's alone.
+                                fit.private = page.template.is_some();
+                                let bytes = match &page.template {
+                                    None => page.body.clone(),
+                                    Some(template) => template.render(
+                                        &page.body,
+                                        &template::Values {
+                                            status,
+                                            host,
+                                            // As the address bar shows it; escaped when filled in.
+                                            path: &crate::spec::values::percent_decode(path),
+                                            request_id,
+                                        },
+                                    ),
+                                };
+                                let body = Body {
+                                    bytes,
+                                    content_type: page.content_type.clone(),
+                                };
+                                Answer::InPlace { status, body, fit }
+                            }
+                            None => Answer::InPlace {
+                                status,
+                                body: response::default_page(status),
+                                fit,
+                            },
+                        }
+                    }
                 }
             }
         };
@@ -341,33 +355,48 @@ fn choose_page<'a>(rule: &'a Rule, req: &RequestHeader) -> (Chosen<'a>, response
     let accept = field(http::header::ACCEPT);
     let mut fit = response::Fit {
         vary: vec!["Accept"],
-        language: None,
+        ..response::Fit::default()
+    };
+    // The pages in the rule's order, then the built-in problem document: a client that names
+    // JSON (an API client's `application/json, */*`) gets the document rather than HTML it
+    // accepts only by wildcard.
+    let problem = if negotiate::acceptance(accept, "application/problem+json") > 0 {
+        "application/problem+json"
+    } else {
+        "application/json"
     };
     let offered: Vec<&str> = std::iter::once("text/html")
         .chain(rule.variants.iter().map(|(media, _)| media.as_str()))
+        .chain(std::iter::once(problem))
         .collect();
     match negotiate::choose_media(accept, &offered) {
-        Some(0) => {}
-        Some(i) => return (Chosen::Page(&rule.variants[i - 1].1), fit),
-        None => {
-            let json = ["application/problem+json", "application/json"];
-            if json.iter().any(|media| negotiate::acceptance(accept, media) > 0) {
-                return (Chosen::Problem, fit);
-            }
-        }
+        Some(i) if i == offered.len() - 1 => return (Chosen::Problem, fit),
+        Some(i) if i > 0 => return (Chosen::Page(&rule.variants[i - 1].1), fit),
+        // HTML, or nothing offered at all: never "not acceptable" for an error.
+        _ => {}
     }
     if rule.languages.is_empty() {
+        fit.language = rule.language.clone();
         return (Chosen::Page(&rule.url), fit);
     }
     fit.vary.push("Accept-Language");
-    let tags: Vec<&str> = rule.languages.iter().map(|(tag, _)| tag.as_str()).collect();
+    // The default page's own language takes part, so a client preferring it keeps it.
+    let tags: Vec<&str> = rule
+        .languages
+        .iter()
+        .map(|(tag, _)| tag.as_str())
+        .chain(rule.language.as_deref())
+        .collect();
     match negotiate::choose_language(field(http::header::ACCEPT_LANGUAGE), &tags) {
-        Some(i) => {
+        Some(i) if i < rule.languages.len() => {
             let (tag, url) = &rule.languages[i];
             fit.language = Some(tag.clone());
             (Chosen::Page(url), fit)
         }
-        None => (Chosen::Page(&rule.url), fit),
+        _ => {
+            fit.language = rule.language.clone();
+            (Chosen::Page(&rule.url), fit)
+        }
     }
 }
 

@@ -11,7 +11,7 @@ struct Range<'a> {
 
 /// Parses a weight (`q=0.5`) into thousandths; an invalid one makes the range unusable.
 fn weight(params: &str) -> Option<u16> {
-    for param in params.split(';') {
+    for param in params.split(';').filter(|p| !p.trim().is_empty()) {
         let Some((name, value)) = param.split_once('=') else {
             continue;
         };
@@ -29,6 +29,14 @@ fn ranges(accept: &str) -> Vec<Range<'_>> {
         .split(',')
         .filter_map(|item| {
             let (range, params) = item.split_once(';').unwrap_or((item, ""));
+            // A range with parameters besides q (`text/html;level=1`) names a variant of the
+            // type that no page here has.
+            let only_q = params
+                .split(';')
+                .all(|p| p.trim().is_empty() || p.trim().to_ascii_lowercase().starts_with("q="));
+            if !only_q {
+                return None;
+            }
             let (kind, subtype) = range.trim().split_once('/')?;
             Some(Range {
                 kind: kind.trim(),
@@ -42,8 +50,14 @@ fn ranges(accept: &str) -> Vec<Range<'_>> {
 /// How much `accept` wants `media` (`type/subtype`): the weight of the most specific range
 /// matching it, in thousandths (0: not acceptable). No `Accept` accepts everything.
 pub fn acceptance(accept: Option<&str>, media: &str) -> u16 {
+    match_of(accept, media).1
+}
+
+/// How specifically (3: named, 2: `type/*`, 1: `*/*`, 0: not at all or no `Accept`) and how
+/// much `accept` wants `media`.
+fn match_of(accept: Option<&str>, media: &str) -> (u8, u16) {
     let Some(accept) = accept.filter(|a| !a.trim().is_empty()) else {
-        return 1000;
+        return (0, 1000);
     };
     let (kind, subtype) = media.split_once('/').unwrap_or((media, ""));
     let mut best: Option<(u8, u16)> = None;
@@ -62,17 +76,18 @@ pub fn acceptance(accept: Option<&str>, media: &str) -> u16 {
             best = Some((specificity, range.q));
         }
     }
-    best.map_or(0, |(_, q)| q)
+    best.unwrap_or((0, 0))
 }
 
-/// The index of the media type in `offered` that `accept` wants most, ties going to the
-/// first; `None` when it accepts none of them.
+/// The index of the media type in `offered` that `accept` wants most: the highest weight,
+/// then a type the client named over one it only accepts by wildcard, then the first;
+/// `None` when it accepts none of them.
 pub fn choose_media(accept: Option<&str>, offered: &[&str]) -> Option<usize> {
-    let mut chosen: Option<(usize, u16)> = None;
+    let mut chosen: Option<(usize, (u16, u8))> = None;
     for (i, media) in offered.iter().enumerate() {
-        let q = acceptance(accept, media);
-        if q > 0 && chosen.is_none_or(|(_, best)| q > best) {
-            chosen = Some((i, q));
+        let (specificity, q) = match_of(accept, media);
+        if q > 0 && chosen.is_none_or(|(_, best)| (q, specificity) > best) {
+            chosen = Some((i, (q, specificity)));
         }
     }
     chosen.map(|(i, _)| i)
@@ -141,6 +156,17 @@ mod tests {
         assert_eq!(pick(Some("image/png")), None);
         assert_eq!(pick(Some("text/html;q=0")), None);
         assert_eq!(pick(Some("text/html;q=2")), None, "an invalid weight is no range");
+        assert_eq!(
+            pick(Some("text/html;level=1;q=0, text/html")),
+            Some(0),
+            "other parameters: no match"
+        );
+        assert_eq!(
+            pick(Some("application/json, text/plain, */*")),
+            Some(1),
+            "named beats wildcard"
+        );
+        assert_eq!(pick(Some("application/json, */*;q=0.1")), Some(1));
     }
 
     #[test]

@@ -64,8 +64,10 @@ pub fn rewrite_in_place(resp: &mut ResponseHeader, status: u16, body: &Body) -> 
 pub struct Fit {
     /// Request fields the choice depended on.
     pub vary: Vec<&'static str>,
-    /// The chosen page's language, if a language was chosen.
+    /// The chosen page's language, if known.
     pub language: Option<String>,
+    /// The page was filled for this request (a template): no shared cache may keep it.
+    pub private: bool,
 }
 
 /// Adds what `fit` says to a response: its fields merged into `Vary` (keeping the origin's),
@@ -93,6 +95,9 @@ pub fn apply_fit(resp: &mut ResponseHeader, fit: &Fit) -> Result<()> {
     }
     if let Some(language) = &fit.language {
         resp.insert_header(header::CONTENT_LANGUAGE, language.as_str())?;
+    }
+    if fit.private {
+        resp.insert_header(header::CACHE_CONTROL, "private, no-store")?;
     }
     Ok(())
 }

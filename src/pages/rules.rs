@@ -19,6 +19,8 @@ pub struct Rule {
     pub variants: Vec<(String, PageUrl)>,
     /// Pages in other languages than `url`'s, by lower-case tag.
     pub languages: Vec<(String, PageUrl)>,
+    /// The language of `url`'s page (lower case), if the rule says.
+    pub language: Option<String>,
 }
 
 impl Rule {
@@ -32,6 +34,7 @@ impl Rule {
             redirect: None,
             variants: Vec::new(),
             languages: Vec::new(),
+            language: None,
         }
     }
 
@@ -49,6 +52,7 @@ impl Rule {
                 .iter()
                 .map(|(tag, url)| (tag.to_ascii_lowercase(), url.clone()))
                 .collect(),
+            language: spec.language.as_ref().map(|tag| tag.to_ascii_lowercase()),
         }
     }
 

@@ -292,7 +292,8 @@ impl PageStore {
                 let mut page = page;
                 let content_type = page.content_type.to_str().unwrap_or("");
                 let (template, unknown) = Template::parse(&page.body, content_type);
-                if !unknown.is_empty() {
+                let same_as_before = slot.page.load().as_ref().is_some_and(|old| old.body == page.body);
+                if !unknown.is_empty() && !same_as_before {
                     warn!(
                         "custom page {} has placeholders the edge does not know, left as written: {}",
                         slot.url.as_str(),

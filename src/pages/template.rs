@@ -69,7 +69,31 @@ pub struct Values<'a> {
 impl Template {
     /// The template of a page with this body and `Content-Type`, if it has a placeholder the
     /// edge knows; and the names of the placeholders it does not know (left as written).
+    ///
+    /// Only HTML and XML, JSON and plain text pages are templates: a value could not be
+    /// escaped safely for anything else (a script, a stylesheet).
     pub fn parse(body: &[u8], content_type: &str) -> (Option<Template>, Vec<String>) {
+        let media = content_type
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        let escape = if media == "text/html" || media.ends_with("+xml") || media.ends_with("/xml") {
+            Escape::Html
+        } else if media.ends_with("/json") || media.ends_with("+json") {
+            Escape::Json
+        } else if media == "text/plain" {
+            Escape::None
+        } else {
+            return (None, Vec::new());
+        };
+        // Names reported in the log: nothing that could forge a log line.
+        let reportable = |n: &str| {
+            n.len() <= 64
+                && n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_-. ".contains(&b))
+        };
         let mut segments = Vec::new();
         let mut unknown = Vec::new();
         let (mut text_from, mut at) = (0, 0);
@@ -87,7 +111,7 @@ impl Template {
                     text_from = close + 2;
                 }
                 None => {
-                    if name.len() <= 64 && !unknown.contains(&name) {
+                    if reportable(&name) && !unknown.contains(&name) {
                         unknown.push(name);
                     }
                 }
@@ -100,19 +124,6 @@ impl Template {
         if text_from < body.len() {
             segments.push(Segment::Text(text_from..body.len()));
         }
-        let media = content_type
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        let escape = if media == "text/html" || media.ends_with("+xml") || media.ends_with("/xml") {
-            Escape::Html
-        } else if media.ends_with("/json") || media.ends_with("+json") {
-            Escape::Json
-        } else {
-            Escape::None
-        };
         (Some(Template { segments, escape }), unknown)
     }
 
@@ -145,6 +156,9 @@ impl Template {
     }
 
     fn escape_into(&self, out: &mut BytesMut, value: &str) {
+        // Control characters (a decoded `%1b` in a path) have no place in a page.
+        let value: String = value.chars().filter(|c| !c.is_control()).collect();
+        let value = value.as_str();
         match self.escape {
             Escape::None => out.extend_from_slice(value.as_bytes()),
             Escape::Html => {
@@ -231,6 +245,27 @@ mod tests {
             .expect("a template")
             .render(&body, &values());
         assert_eq!(&out[..], b"/x/<script>\"");
+    }
+
+    #[test]
+    fn only_html_json_and_text_pages_are_templates_and_controls_go() {
+        let body = Bytes::from_static(b"var p = \"{{path}}\";");
+        assert!(Template::parse(&body, "text/javascript").0.is_none());
+        assert!(Template::parse(&body, "text/css").0.is_none());
+        let body = Bytes::from_static(b"{{path}}");
+        let mut v = values();
+        v.path = "/a\u{1b}$B\n";
+        let out = Template::parse(&body, "text/plain")
+            .0
+            .expect("a template")
+            .render(&body, &v);
+        assert_eq!(&out[..], b"/a$B");
+        let (_, unknown) = Template::parse(b"{{x\nFAKE LOG}} {{ok_name}}", "text/html");
+        assert_eq!(
+            unknown,
+            ["ok_name"],
+            "names that could forge log lines are not reported"
+        );
     }
 
     #[test]

@@ -227,7 +227,12 @@ fn compile_domain(
     let cert = match &spec.tls {
         None => None,
         Some(cert_spec) => {
-            let cert = load_cert(at, "tls", cert_spec, now, files)?;
+            // Paths in a domain spec are relative to its file.
+            let resolved = CertSpec {
+                cert: at.resolve(&cert_spec.cert),
+                key: at.resolve(&cert_spec.key),
+            };
+            let cert = load_cert(at, "tls", &resolved, now, files)?;
             if !tls::covers(&cert.names, &name) {
                 return Err(ConfigError::new(
                     at.clone(),
@@ -285,8 +290,8 @@ fn compile_domain(
     Ok((domain, cert))
 }
 
-/// Reads and checks the certificate pair `spec` of the spec at `at` (under `key`, paths
-/// relative to it), adding both files to `files`.
+/// Reads and checks the certificate pair `spec` (paths already resolved) named by the spec at
+/// `at` under `key`, adding both files to `files`.
 fn load_cert(
     at: &Location,
     key: &str,
@@ -294,10 +299,10 @@ fn load_cert(
     now: SystemTime,
     files: &mut Vec<FileStamp>,
 ) -> Result<tls::LoadedCert, ConfigError> {
-    let (cert_path, key_path) = (at.resolve(&spec.cert), at.resolve(&spec.key));
-    files.push(FileStamp::of(&cert_path));
-    files.push(FileStamp::of(&key_path));
-    tls::load(&cert_path, &key_path, now)
+    let (cert_path, key_path) = (&spec.cert, &spec.key);
+    files.push(FileStamp::of(cert_path));
+    files.push(FileStamp::of(key_path));
+    tls::load(cert_path, key_path, now)
         .map_err(|(part, message)| ConfigError::new(at.clone(), format!("{key}.{}", part.key()), message))
 }
 

@@ -173,6 +173,10 @@ pub struct RuleSpec {
     /// Pages in other languages (`fr: url`), chosen by `Accept-Language`; `url` is the default.
     #[serde(default, skip_serializing_if = "Vec::is_empty", with = "ordered_map")]
     pub languages: Vec<(String, PageUrl)>,
+    /// The language of `url`'s page (`en`): said in `Content-Language`, and a client preferring
+    /// it keeps the default page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language: Option<String>,
 }
 
 /// A YAML or JSON map kept in its written order: `Vec<(String, PageUrl)>` as a map.
@@ -258,10 +262,11 @@ impl RuleSpec {
                 ));
             }
         }
-        for (tag, _) in &self.languages {
+        let tags = self.languages.iter().map(|(tag, _)| ("languages", tag));
+        for (key, tag) in tags.chain(self.language.as_ref().map(|tag| ("language", tag))) {
             if !is_language_tag(tag) {
                 return Err((
-                    "languages",
+                    key,
                     format!("{tag:?} is not a language tag; expected one like fr, zh-hant or pt-BR"),
                 ));
             }

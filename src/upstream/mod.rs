@@ -198,7 +198,8 @@ pub fn failure_status(e: &pingora_error::Error) -> u16 {
 
 /// The fields a message's `Connection` lists (RFC 9110 §7.6.1), to remove: they are for one
 /// hop, so neither the origin nor clients (nor the cache) get the ones the other side sent.
-/// The framing fields are Pingora's to handle, so they are never listed here.
+/// The framing fields are Pingora's to handle, and `Upgrade` must reach the other side of a
+/// WebSocket handshake, so they are never listed here.
 pub fn connection_listed(headers: &http::HeaderMap) -> Vec<String> {
     headers
         .get_all(http::header::CONNECTION)
@@ -210,7 +211,7 @@ pub fn connection_listed(headers: &http::HeaderMap) -> Vec<String> {
             !name.is_empty()
                 && !matches!(
                     name.as_str(),
-                    "close" | "content-length" | "transfer-encoding" | "host"
+                    "close" | "content-length" | "transfer-encoding" | "host" | "upgrade"
                 )
         })
         .collect()

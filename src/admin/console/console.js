@@ -6,7 +6,8 @@
 const $ = (id) => document.getElementById(id);
 const TOKEN_KEY = "custom-pages-token";
 let current = null; // the domain being managed
-let editing = null; // the rule being modified (its code), or null for a new one
+let editing = null; // the rule being modified, or null for a new one
+let rules = []; // the rules shown
 
 function el(tag, text, attrs) {
   const node = document.createElement(tag);
@@ -159,7 +160,8 @@ async function loadRules() {
   const answer = await api("GET", "/api/domains/" + encodeURIComponent(current) + "/custom-pages");
   const rows = $("rule-rows");
   rows.replaceChildren();
-  for (const rule of answer.json.custom_pages || []) {
+  rules = answer.json.custom_pages || [];
+  for (const rule of rules) {
     const code = String(rule.code);
     const tr = el("tr", null, { "data-code": code });
     tr.append(el("th", code, { scope: "row" }));
@@ -179,7 +181,8 @@ async function loadRules() {
     }
     tr.append(page);
     const activity = el("td");
-    activity.append(el("span", rule.served_last_hour || 0));
+    const served = rule.served_last_hour;
+    activity.append(el("span", served === null || served === undefined ? "—" : served));
     activity.append(activityChart(rule.served_per_minute || []));
     tr.append(activity);
     const actions = el("td");
@@ -236,7 +239,7 @@ function setPattern(visible) {
 
 function openDialog(rule) {
   clearErrors();
-  editing = rule ? String(rule.code) : null;
+  editing = rule || null;
   const code = rule ? String(rule.code) : "404";
   if (COMMON_CODES.includes(code)) {
     $("rule-code").value = code;
@@ -266,15 +269,28 @@ async function submitRule(event) {
     $("rule-code-error").textContent = "Enter a status code or a pattern such as 5xx.";
     return;
   }
+  const previous = editing ? String(editing.code) : null;
+  if (code !== previous && rules.some((r) => String(r.code) === code)) {
+    $("rule-code-error").textContent = "There is a rule for " + code + " already: modify that one.";
+    return;
+  }
+  // Keys the dialog does not show are kept as they are.
+  if (editing && editing.variants) body.variants = editing.variants;
+  if (editing && editing.languages) body.languages = editing.languages;
+  if (editing && editing.language) body.language = editing.language;
   const answer = await api("PUT", rulePath(code), body);
   if (!answer.ok) {
     const target = { code: "rule-code-error", url: "rule-url-error", redirect: "rule-redirect-error", status: "rule-status-error", source: "rule-source-error" }[answer.json.field] || "rule-error";
     $(target).textContent = answer.json.error || "The edge answered " + answer.status + ".";
     return;
   }
-  if (editing !== null && editing !== code) await api("DELETE", rulePath(editing));
+  let message = "Rule " + code + " saved.";
+  if (previous !== null && previous !== code) {
+    const removed = await api("DELETE", rulePath(previous));
+    if (!removed.ok) message += " The rule for " + previous + " could not be removed: " + describe(removed);
+  }
   $("rule-dialog").close();
-  $("pages-message").textContent = "Rule " + code + " saved.";
+  $("pages-message").textContent = message;
   await loadRules();
 }
 
