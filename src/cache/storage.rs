@@ -40,6 +40,9 @@ const ENTRY_OVERHEAD_BYTES: usize = 128;
 /// of a largest storable entry of `u16::MAX` blocks (about 64 MiB).
 const MAX_BLOCK_BYTES: usize = 1024;
 
+/// Entries a purge handles per hold of the write lock.
+const PURGE_BATCH: usize = 256;
+
 /// Assumed average entry size, used only to size TinyUFO's frequency sketch and hash table.
 const ESTIMATED_AVERAGE_ENTRY_BYTES: usize = 16 * 1024;
 
@@ -275,7 +278,8 @@ impl MemoryStorage {
     /// `soft`, marked stale in place (served only while revalidation or `stale-if-error`
     /// allows). Returns how many entries were affected.
     pub fn purge_scope(&self, domain: &str, host: Option<&str>, scope: Scope<'_>, soft: bool) -> usize {
-        let mut used_bytes = self.used_bytes.lock();
+        // The keys are listed under the index lock alone, then handled in batches, each under
+        // the write lock: purging a large domain never holds up cache fills for long.
         let keys: Vec<HashBinary> = {
             let index = self.index.lock();
             let Some(targets) = index.get(domain) else {
@@ -298,23 +302,39 @@ impl MemoryStorage {
         };
         let now = SystemTime::now();
         let mut affected = 0;
-        for key in keys {
-            let Some(entry) = self.find(&key) else {
-                continue;
-            };
-            if host.is_some_and(|host| entry.place.as_ref().is_some_and(|p| &*p.host != host)) {
-                continue;
-            }
-            affected += 1;
-            if soft {
-                let mut meta = entry.meta();
-                meta.expire_at(now);
-                if let Ok(stale) = StoredMeta::new(&meta) {
-                    self.replace_meta_locked(&mut used_bytes, &entry, stale);
+        for batch in keys.chunks(PURGE_BATCH) {
+            // What each entry becomes, prepared without the lock (a soft purge re-serializes
+            // the meta).
+            let prepared: Vec<(Arc<Entry>, Option<StoredMeta>)> = batch
+                .iter()
+                .filter_map(|key| self.find(key))
+                .filter(|entry| host.is_none_or(|host| entry.place.as_ref().is_none_or(|p| &*p.host == host)))
+                .map(|entry| {
+                    let stale = soft.then(|| {
+                        let mut meta = entry.meta();
+                        meta.expire_at(now);
+                        StoredMeta::new(&meta).ok()
+                    });
+                    (entry, stale.flatten())
+                })
+                .collect();
+            let mut used_bytes = self.used_bytes.lock();
+            for (entry, stale) in prepared {
+                // Skipped if a newer response replaced it meanwhile.
+                if !self
+                    .find(&entry.key)
+                    .is_some_and(|current| Arc::ptr_eq(&current, &entry))
+                {
                     continue;
                 }
+                affected += 1;
+                match stale {
+                    Some(stale) => {
+                        self.replace_meta_locked(&mut used_bytes, &entry, stale);
+                    }
+                    None => self.put_locked(&mut used_bytes, entry.key, Slot::Purged, 1),
+                }
             }
-            self.put_locked(&mut used_bytes, key, Slot::Purged, 1);
         }
         affected
     }
