@@ -118,32 +118,44 @@ fn covers(scope: &Scope<'_>, target: &str) -> bool {
     }
 }
 
-/// `POST /api/domains/{domain}/prefetch`: each URL requested through this edge's first
-/// listener, at most [`PREFETCH_CONCURRENCY`] at a time; each result reported.
+/// `POST /api/domains/{domain}/prefetch`: each URL requested through this edge's own
+/// listeners, once per scheme that has a cache entry of its own (`https` through the first TLS
+/// listener, with the URL's host as SNI; `http` through the first cleartext one, unless the
+/// domain redirects it to `https`), at most [`PREFETCH_CONCURRENCY`] at a time; each result
+/// reported.
 pub async fn prefetch(runtime: &Runtime, domain: &Domain, body: &[u8]) -> ApiResult {
     let body: PrefetchBody = parse_json_body(body)?;
     let requests = requests_of(domain, &body.urls)?;
-    let Some(edge) = runtime.settings.listen.first().map(|a| loopback(*a)) else {
+    let settings = &runtime.settings;
+    let https = settings.tls_listen.first().map(|a| ("https", loopback(*a)));
+    let http = settings.listen.first().map(|a| ("http", loopback(*a)));
+    // No cleartext entry to fill when cleartext is redirected, or shares the https entry.
+    let no_http_entry = domain.https_redirect || (domain.share_schemes && https.is_some());
+    let http = http.filter(|_| !no_http_entry);
+    let ways: Vec<(&'static str, SocketAddr)> = http.into_iter().chain(https).collect();
+    if ways.is_empty() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
-            "the edge has no cleartext listener to prefetch through",
+            "the edge has no listener to prefetch through",
         ));
-    };
+    }
     let connector = Arc::new(Connector::new(None));
     let limit = Arc::new(tokio::sync::Semaphore::new(PREFETCH_CONCURRENCY));
     let mut tasks = tokio::task::JoinSet::new();
-    for (i, (host, target)) in requests.into_iter().enumerate() {
+    let work = requests
+        .into_iter()
+        .flat_map(|(host, target)| ways.iter().map(move |way| (host.clone(), target.clone(), *way)));
+    for (i, (host, target, (scheme, edge))) in work.enumerate() {
         let (connector, limit) = (connector.clone(), limit.clone());
         tasks.spawn(async move {
             let _turn = limit.acquire().await;
-            let result =
-                tokio::time::timeout(PREFETCH_TIMEOUT, fetch(&connector, edge, &host, &target)).await;
-            let result = match result {
+            let fetched = fetch(&connector, edge, scheme == "https", &host, &target);
+            let result = match tokio::time::timeout(PREFETCH_TIMEOUT, fetched).await {
                 Ok(Ok((status, cache))) => json!({"status": status, "x_cache": cache}),
                 Ok(Err(e)) => json!({"error": e}),
                 Err(_) => json!({"error": format!("no answer within {PREFETCH_TIMEOUT:?}")}),
             };
-            (i, host, target, result)
+            (i, format!("{scheme}://{host}{target}"), result)
         });
     }
     let mut results = Vec::new();
@@ -155,8 +167,8 @@ pub async fn prefetch(runtime: &Runtime, domain: &Domain, body: &[u8]) -> ApiRes
     results.sort_by_key(|(i, ..)| *i);
     let results: Vec<Value> = results
         .into_iter()
-        .map(|(_, host, target, mut result)| {
-            result["url"] = json!(format!("{host}{target}"));
+        .map(|(_, url, mut result)| {
+            result["url"] = json!(url);
             result
         })
         .collect();
@@ -177,14 +189,20 @@ fn loopback(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-/// One GET through the edge, its body read and dropped: the status and `X-Cache`.
+/// One GET through the edge (over TLS naming `host`, if `tls`), its body read and dropped: the
+/// status and `X-Cache`.
 async fn fetch(
     connector: &Connector,
     edge: SocketAddr,
+    tls: bool,
     host: &str,
     target: &str,
 ) -> Result<(u16, String), String> {
-    let peer = HttpPeer::new(edge, false, String::new());
+    let sni = if tls { host.to_string() } else { String::new() };
+    let mut peer = HttpPeer::new(edge, tls, sni);
+    // Our own listener: its certificate is the one this edge chose for the host.
+    peer.options.verify_cert = false;
+    peer.options.verify_hostname = false;
     let (mut session, _) = connector
         .get_http_session(&peer)
         .await
