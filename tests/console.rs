@@ -34,6 +34,10 @@ async fn the_console_manages_custom_pages_in_a_browser() {
     };
     origin.route("/a.html", page(TEXT_A));
     origin.route("/b.html", page(TEXT_B));
+    origin.route(
+        "/a.json",
+        Reply::new(200).header("content-type", "application/json").body(format!("{{\"error\": \"{TEXT_A}\"}}")),
+    );
     origin.route("/boom", Reply::new(500).body("origin 500"));
     let edge = start_edge(
         EdgeOptions::default(),
@@ -77,5 +81,5 @@ async fn the_console_manages_custom_pages_in_a_browser() {
         String::from_utf8_lossy(&out.stderr),
         common::log_tail(&edge)
     );
-    assert!(stdout.matches("ok: ").count() >= 6, "{stdout}");
+    assert!(stdout.matches("ok: ").count() >= 7, "{stdout}");
 }

@@ -460,7 +460,13 @@ impl AdminApi {
         let (ours, others): (Vec<ConfigError>, Vec<ConfigError>) =
             errors.0.into_iter().partition(|e| e.at == *at);
         if let Some(first) = ours.first() {
-            let field = first.key.rsplit('.').next().unwrap_or("body");
+            // `custom_pages[0].variants.application/json` → `variants`; `origin.servers[0]` →
+            // `servers[0]`.
+            let parts: Vec<&str> = first.key.split('.').collect();
+            let field = match parts.as_slice() {
+                [rule, field, ..] if rule.starts_with("custom_pages[") => field,
+                _ => parts.last().copied().unwrap_or("body"),
+            };
             let mut e = ApiError::field(field, first.message.clone());
             e.details = ours;
             return Err(e);

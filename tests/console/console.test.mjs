@@ -27,10 +27,11 @@ function assert(condition, message) {
 }
 
 /// A GET through the edge for DOMAIN, as curl would send it.
-function edgeGet(pathname) {
+function edgeGet(pathname, accept) {
   const [host, port] = EDGE.split(":");
+  const headers = accept ? { Host: DOMAIN, Accept: accept } : { Host: DOMAIN };
   return new Promise((resolve, reject) => {
-    const req = http.request({ host, port: Number(port), path: pathname, headers: { Host: DOMAIN } }, (res) => {
+    const req = http.request({ host, port: Number(port), path: pathname, headers }, (res) => {
       let body = "";
       res.setEncoding("utf8");
       res.on("data", (chunk) => (body += chunk));
@@ -188,6 +189,30 @@ const tests = {
     await ruleRow(page, "5xx").waitFor();
     const rules = await apiRules();
     assert(rules.some((r) => r.code === "5xx" && r.url === PAGE_A), `the rule exists: ${JSON.stringify(rules)}`);
+  },
+
+  async "a rule with a JSON variant and its language, then a bad media type at its field"(page) {
+    await signIn(page);
+    await manage(page);
+    await page.getByRole("button", { name: "Customize" }).click();
+    const dialog = page.getByRole("dialog", { name: "Customize Page" });
+    await dialog.getByLabel("Status code").selectOption("405");
+    await dialog.getByLabel("URL").fill(PAGE_A);
+    await dialog.getByLabel("Variants").fill(`application/json ${PAGE_A.replace(".html", ".json")}`);
+    await dialog.getByLabel("Default page language").fill("en");
+    await dialog.getByRole("button", { name: "OK" }).click();
+    await dialog.waitFor({ state: "hidden" });
+    const rules = await apiRules();
+    const rule = rules.find((r) => r.code === 405);
+    assert(rule && rule.variants && rule.variants["application/json"] && rule.language === "en", JSON.stringify(rules));
+    // Modify keeps the variant, shown in the dialog.
+    await ruleRow(page, "405").getByRole("button", { name: "Modify" }).click();
+    assert((await dialog.getByLabel("Variants").inputValue()).startsWith("application/json "), "variants shown");
+    await dialog.getByLabel("Variants").fill("Application/JSON!! http://x");
+    await dialog.getByRole("button", { name: "OK" }).click();
+    await dialog.locator("#rule-variants-error").filter({ hasText: /./ }).waitFor();
+    await dialog.getByRole("button", { name: "Cancel" }).click();
+    assert(JSON.stringify(await apiRules()) === JSON.stringify(rules), "nothing changed");
   },
 
   async "markup in names and errors is shown as text"(page) {

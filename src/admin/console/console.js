@@ -166,7 +166,13 @@ async function loadRules() {
     const tr = el("tr", null, { "data-code": code });
     tr.append(el("th", code, { scope: "row" }));
     tr.append(el("td", rule.url));
-    tr.append(el("td", rule.redirect ? "Redirect " + rule.redirect : "In place"));
+    const mode = el("td", rule.redirect ? "Redirect " + rule.redirect : "In place");
+    const also = [
+      ...Object.keys(rule.variants || {}),
+      ...Object.keys(rule.languages || {}).map((tag) => "lang " + tag),
+    ];
+    if (also.length) mode.append(el("div", "also: " + also.join(", "), { class: "muted" }));
+    tr.append(mode);
     tr.append(el("td", rule.status || "—"));
     tr.append(el("td", rule.source || "any"));
     const page = el("td");
@@ -228,7 +234,7 @@ async function preview(code) {
 const COMMON_CODES = ["400", "403", "404", "405", "414", "416", "500", "501", "502", "503", "504"];
 
 function clearErrors() {
-  for (const id of ["rule-code-error", "rule-url-error", "rule-redirect-error", "rule-status-error", "rule-source-error", "rule-error"])
+  for (const id of ["rule-code-error", "rule-url-error", "rule-redirect-error", "rule-status-error", "rule-source-error", "rule-variants-error", "rule-languages-error", "rule-language-error", "rule-error"])
     $(id).textContent = "";
 }
 
@@ -254,6 +260,10 @@ function openDialog(rule) {
   $("rule-mode").value = rule && rule.redirect ? String(rule.redirect) : "";
   $("rule-status").value = rule && rule.status ? String(rule.status) : "";
   $("rule-source").value = rule && rule.source ? rule.source : "any";
+  const lines = (map) => Object.entries(map || {}).map(([name, url]) => name + " " + url).join("\n");
+  $("rule-variants").value = lines(rule && rule.variants);
+  $("rule-languages").value = lines(rule && rule.languages);
+  $("rule-language").value = rule && rule.language ? rule.language : "";
   $("rule-dialog").showModal();
   $("rule-code").focus();
 }
@@ -274,13 +284,26 @@ async function submitRule(event) {
     $("rule-code-error").textContent = "There is a rule for " + code + " already: modify that one.";
     return;
   }
-  // Keys the dialog does not show are kept as they are.
-  if (editing && editing.variants) body.variants = editing.variants;
-  if (editing && editing.languages) body.languages = editing.languages;
-  if (editing && editing.language) body.language = editing.language;
+  // "name URL" per line, in order (the first variant wins a tie).
+  const entries = (text) => {
+    const map = {};
+    for (const line of text.split("\n").map((l) => l.trim()).filter((l) => l !== "")) {
+      const [name, url] = line.split(/\s+/, 2);
+      map[name] = url || "";
+    }
+    return map;
+  };
+  const variants = entries($("rule-variants").value);
+  const languages = entries($("rule-languages").value);
+  if (Object.keys(variants).length) body.variants = variants;
+  if (Object.keys(languages).length) body.languages = languages;
+  if ($("rule-language").value.trim() !== "") body.language = $("rule-language").value.trim();
   const answer = await api("PUT", rulePath(code), body);
   if (!answer.ok) {
-    const target = { code: "rule-code-error", url: "rule-url-error", redirect: "rule-redirect-error", status: "rule-status-error", source: "rule-source-error" }[answer.json.field] || "rule-error";
+    const target = {
+      code: "rule-code-error", url: "rule-url-error", redirect: "rule-redirect-error", status: "rule-status-error",
+      source: "rule-source-error", variants: "rule-variants-error", languages: "rule-languages-error", language: "rule-language-error",
+    }[answer.json.field] || "rule-error";
     $(target).textContent = answer.json.error || "The edge answered " + answer.status + ".";
     return;
   }
