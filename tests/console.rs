@@ -36,7 +36,9 @@ async fn the_console_manages_custom_pages_in_a_browser() {
     origin.route("/b.html", page(TEXT_B));
     origin.route(
         "/a.json",
-        Reply::new(200).header("content-type", "application/json").body(format!("{{\"error\": \"{TEXT_A}\"}}")),
+        Reply::new(200)
+            .header("content-type", "application/json")
+            .body(format!("{{\"error\": \"{TEXT_A}\"}}")),
     );
     origin.route("/boom", Reply::new(500).body("origin 500"));
     let edge = start_edge(
