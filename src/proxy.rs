@@ -177,7 +177,7 @@ fn connection_of(session: &Session, routes: &RouteTable, domain: &Arc<Domain>, h
             Connection::Misdirected
         }
         Some(_) => Connection::Tls,
-        None if domain.https_redirect => {
+        None if domain.spec.https_redirect => {
             let target = session
                 .req_header()
                 .uri
@@ -256,7 +256,7 @@ impl ProxyHttp for EdgeProxy {
             }
         }
         ctx.host = host;
-        ctx.pages.ignore_opt_out = !domain.opt_out;
+        ctx.pages.ignore_opt_out = !domain.spec.custom_pages_opt_out;
         ctx.domain = Some(domain.clone());
         if domain.filters.is_empty() {
             return Ok(false);
@@ -288,7 +288,7 @@ impl ProxyHttp for EdgeProxy {
             .uri
             .path_and_query()
             .map_or("/", |p| p.as_str());
-        let shared = ctx.domain.as_ref().is_some_and(|d| d.share_schemes);
+        let shared = ctx.domain.as_ref().is_some_and(|d| d.spec.cache.share_schemes);
         let scheme = match (shared, ctx.https) {
             (true, _) => "",
             (false, true) => "https",

@@ -130,7 +130,7 @@ pub async fn prefetch(runtime: &Runtime, domain: &Domain, body: &[u8]) -> ApiRes
     let https = settings.tls_listen.first().map(|a| ("https", loopback(*a)));
     let http = settings.listen.first().map(|a| ("http", loopback(*a)));
     // No cleartext entry to fill when cleartext is redirected, or shares the https entry.
-    let no_http_entry = domain.https_redirect || (domain.share_schemes && https.is_some());
+    let no_http_entry = domain.spec.https_redirect || (domain.spec.cache.share_schemes && https.is_some());
     let http = http.filter(|_| !no_http_entry);
     let ways: Vec<(&'static str, SocketAddr)> = http.into_iter().chain(https).collect();
     if ways.is_empty() {

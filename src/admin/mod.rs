@@ -227,7 +227,7 @@ impl AdminApi {
                     at: &d.at,
                     origin: OriginView { servers },
                     custom_pages: &d.spec.custom_pages,
-                    https: d.tls,
+                    https: d.spec.tls.is_some(),
                 })
             })
             .collect();

@@ -182,11 +182,13 @@ fn render_default(status: u16) -> Bytes {
     ))
 }
 
-fn escape_html(s: &str) -> String {
+/// `s` as HTML text or a quoted attribute value.
+pub(crate) fn escape_html(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
+        .replace('\'', "&#39;")
 }
 
 #[cfg(test)]

@@ -161,18 +161,7 @@ impl Template {
         let value = value.as_str();
         match self.escape {
             Escape::None => out.extend_from_slice(value.as_bytes()),
-            Escape::Html => {
-                for c in value.chars() {
-                    match c {
-                        '&' => out.extend_from_slice(b"&amp;"),
-                        '<' => out.extend_from_slice(b"&lt;"),
-                        '>' => out.extend_from_slice(b"&gt;"),
-                        '"' => out.extend_from_slice(b"&quot;"),
-                        '\'' => out.extend_from_slice(b"&#39;"),
-                        c => out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
-                    }
-                }
-            }
+            Escape::Html => out.extend_from_slice(super::response::escape_html(value).as_bytes()),
             Escape::Json => {
                 // The inside of a JSON string: serde_json's own escaping, without the quotes.
                 let quoted = serde_json::to_string(value).unwrap_or_default();

@@ -27,14 +27,6 @@ pub struct Domain {
     pub cache: TtlPolicy,
     /// The custom page rules, in spec order.
     pub rules: Vec<Rule>,
-    /// Whether the domain has a certificate of its own.
-    pub tls: bool,
-    /// Whether cleartext requests are redirected to `https://`.
-    pub https_redirect: bool,
-    /// Whether the origin may keep its own error with `Custom-Page: off`.
-    pub opt_out: bool,
-    /// Whether `http://` and `https://` requests share cache entries.
-    pub share_schemes: bool,
     /// The domain's filters, in order.
     pub filters: FilterChain,
     /// Where the spec came from, for messages.
@@ -279,10 +271,6 @@ fn compile_domain(
                 .and_then(|f| http::HeaderName::from_bytes(f.to_ascii_lowercase().as_bytes()).ok()),
         },
         rules: spec.custom_pages.iter().map(Rule::from_spec).collect(),
-        tls: cert.is_some(),
-        https_redirect: spec.https_redirect,
-        opt_out: spec.custom_pages_opt_out,
-        share_schemes: spec.cache.share_schemes,
         filters,
         at: entry.at.clone(),
         spec: spec.clone(),
