@@ -142,13 +142,13 @@ impl CustomPages {
             cause,
             page_state: "default",
         };
-        let default = Answer::InPlace {
-            status,
-            body: response::default_page(status),
-            fit: response::Fit::default(),
-        };
         if rules::is_own_page(rule, host, path) {
             // The page itself failed: answering with it (or a redirect to it) would loop.
+            let default = Answer::InPlace {
+                status,
+                body: response::default_page(status),
+                fit: response::Fit::default(),
+            };
             return Some((default, substitution));
         }
         let answer = match rule.redirect {
@@ -161,58 +161,67 @@ impl CustomPages {
             }
             None => {
                 let status = rule.status.unwrap_or(status);
-                match choose_page(rule, req) {
-                    (Chosen::Problem, fit) => {
-                        substitution.page_state = "problem";
-                        Answer::InPlace {
-                            status,
-                            body: response::problem(status, path),
-                            fit,
-                        }
-                    }
-                    (Chosen::Page(url), mut fit) => {
-                        // A variant or translation not (yet) fetched: the rule's own page.
-                        let mut page = self.store.get_or_wait(url.as_str()).await;
-                        if page.is_none() && url != &rule.url {
-                            page = self.store.get_or_wait(rule.url.as_str()).await;
-                            fit.language = rule.language.clone();
-                        }
-                        match page {
-                            Some(page) => {
-                                let fresh = page.is_fresh(std::time::SystemTime::now());
-                                substitution.page_state = if fresh { "fresh" } else { "stale" };
-                                // A page filled per request is this client's alone.
-                                fit.private = page.template.is_some();
-                                let bytes = match &page.template {
-                                    None => page.body.clone(),
-                                    Some(template) => template.render(
-                                        &page.body,
-                                        &template::Values {
-                                            status,
-                                            host,
-                                            // As the address bar shows it; escaped when filled in.
-                                            path: &crate::spec::values::percent_decode(path),
-                                            request_id,
-                                        },
-                                    ),
-                                };
-                                let body = Body {
-                                    bytes,
-                                    content_type: page.content_type.clone(),
-                                };
-                                Answer::InPlace { status, body, fit }
-                            }
-                            None => Answer::InPlace {
-                                status,
-                                body: response::default_page(status),
-                                fit,
-                            },
-                        }
-                    }
-                }
+                self.in_place(rule, req, status, host, request_id, &mut substitution)
+                    .await
             }
         };
         Some((answer, substitution))
+    }
+
+    /// The page of an in-place rule that fits `req`, answering with `status`, filled in if it
+    /// is a template; the built-in page while it has never been fetched.
+    async fn in_place(
+        &self,
+        rule: &Rule,
+        req: &RequestHeader,
+        status: u16,
+        host: &str,
+        request_id: &str,
+        substitution: &mut Substitution,
+    ) -> Answer {
+        let path = req.uri.path();
+        let (url, mut fit) = match choose_page(rule, req) {
+            (Chosen::Problem, fit) => {
+                substitution.page_state = "problem";
+                let body = response::problem(status, path);
+                return Answer::InPlace { status, body, fit };
+            }
+            (Chosen::Page(url), fit) => (url, fit),
+        };
+        // A variant or translation not (yet) fetched: the rule's own page.
+        let mut page = self.store.get_or_wait(url.as_str()).await;
+        if page.is_none() && url != &rule.url {
+            page = self.store.get_or_wait(rule.url.as_str()).await;
+            fit.language = rule.language.clone();
+        }
+        let Some(page) = page else {
+            fit.language = None;
+            let body = response::default_page(status);
+            return Answer::InPlace { status, body, fit };
+        };
+        let fresh = page.is_fresh(std::time::SystemTime::now());
+        substitution.page_state = if fresh { "fresh" } else { "stale" };
+        // A page filled per request is this client's alone.
+        fit.private = page.template.is_some();
+        let bytes = match &page.template {
+            None => page.body.clone(),
+            Some(template) => {
+                // As the address bar shows it; escaped when filled in.
+                let path = crate::spec::values::percent_decode(path);
+                let values = template::Values {
+                    status,
+                    host,
+                    path: &path,
+                    request_id,
+                };
+                template.render(&page.body, &values)
+            }
+        };
+        let body = Body {
+            bytes,
+            content_type: page.content_type.clone(),
+        };
+        Answer::InPlace { status, body, fit }
     }
 
     /// From `response_filter`: replaces an origin error (proxied or cached) that a rule names.
