@@ -1299,16 +1299,7 @@ async fn api_adds_and_deletes_domains() {
     let admin = Admin::new(&edge);
     let put = |name: &'static str, body: Value| {
         let admin = &admin;
-        async move {
-            admin
-                .call(
-                    reqwest::Method::PUT,
-                    &format!("/api/domains/{name}"),
-                    Some(&bearer(TOKEN)),
-                    Some(&body.to_string()),
-                )
-                .await
-        }
+        async move { admin.put_domain(name, &body).await }
     };
     let answer = put(NEW, json!({"origin": {"servers": [origin.addr().to_string()]}})).await;
     assert_eq!(answer.status, 201, "{answer:?}");
@@ -1332,19 +1323,7 @@ async fn api_adds_and_deletes_domains() {
     assert_eq!(answer.status, 400, "{answer:?}");
     assert_eq!(get(&web, &edge.url(NEW, "/ok")).await.body, "fine");
     // A domain whose page another domain uses cannot go.
-    let delete = |name: &'static str| {
-        let admin = &admin;
-        async move {
-            admin
-                .call(
-                    reqwest::Method::DELETE,
-                    &format!("/api/domains/{name}"),
-                    Some(&bearer(TOKEN)),
-                    None,
-                )
-                .await
-        }
-    };
+    let delete = |name: &'static str| admin.delete_domain(name);
     let rule = admin
         .put_rule(NEW, "404", &json!({"url": page_url("/error404.html")}))
         .await;

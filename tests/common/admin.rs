@@ -117,6 +117,19 @@ impl Admin {
         self.authorized(reqwest::Method::POST, &path, None).await
     }
 
+    /// `PUT /api/domains/{domain}` with `body`: creates the domain or replaces its origin.
+    pub async fn put_domain(&self, domain: &str, body: &Value) -> Answer {
+        let path = format!("/api/domains/{domain}");
+        self.authorized(reqwest::Method::PUT, &path, Some(&body.to_string()))
+            .await
+    }
+
+    /// `DELETE /api/domains/{domain}`.
+    pub async fn delete_domain(&self, domain: &str) -> Answer {
+        let path = format!("/api/domains/{domain}");
+        self.authorized(reqwest::Method::DELETE, &path, None).await
+    }
+
     /// `POST /api/domains/{domain}/purge` with `body`.
     pub async fn purge(&self, domain: &str, body: &Value) -> Answer {
         let path = format!("/api/domains/{domain}/purge");
