@@ -10,7 +10,7 @@
 use async_trait::async_trait;
 use bytes::Bytes;
 use clap::Parser;
-use custom_pages::pages::{CustomPages, PageKeeper, PageState, PageStore, Rule};
+use custom_pages::pages::{CustomPages, PageKeeper, PageState, PageStore, Rule, WantedPage};
 use custom_pages::spec::{CodePattern, PageSettings};
 use custom_pages::upstream::Origin;
 use pingora_core::server::Server;
@@ -107,7 +107,7 @@ fn main() {
     let wanted = rules
         .iter()
         .filter_map(Rule::page)
-        .map(|url| (url.clone(), origin.clone()))
+        .map(|url| WantedPage::new(url.clone(), origin.clone()))
         .collect();
     let store = PageStore::new(PageSettings::default());
 

@@ -7,8 +7,10 @@
 
 mod common;
 
+use base64::Engine;
 use std::time::{Duration, Instant};
 
+use common::admin::Admin;
 use common::origin::{Blackhole, Origin, Reply};
 use common::{client, domain_yaml, get, send, Edge, EdgeOptions, Got, Proto, ALL_PROTOS};
 use common::{
@@ -1673,11 +1675,18 @@ async fn pages_fit_the_clients_accept_and_language() {
     origin.route("/error404.json", page(json_page, "application/json"));
     origin.route("/error404.txt", page(text_page, "text/plain"));
     origin.route("/error404.fr.html", page(french_page, "text/html; charset=utf-8"));
+    let french_json = "{\"erreur\": \"introuvable\"}";
+    origin.route("/error404.fr.json", page(french_json, "application/json"));
     origin.route("/gone", Reply::new(404).body("origin 404"));
     origin.route("/boom", Reply::new(500).body("origin 500"));
-    let rules = "cache:\n  error_ttl: 10s\ncustom_pages:\n  - code: 404\n    url: http://exp.example.com/error404.html\n    variants:\n      application/json: http://exp.example.com/error404.json\n      text/plain: http://exp.example.com/error404.txt\n    languages:\n      fr: http://exp.example.com/error404.fr.html\n  - code: \"5xx\"\n    url: http://exp.example.com/error5xx.html\n";
+    let rules = "cache:\n  error_ttl: 10s\ncustom_pages:\n  - code: 404\n    url: http://exp.example.com/error404.html\n    variants:\n      application/json:\n        url: http://exp.example.com/error404.json\n        languages: {fr: http://exp.example.com/error404.fr.json}\n      text/plain: http://exp.example.com/error404.txt\n    languages:\n      fr: http://exp.example.com/error404.fr.html\n  - code: \"5xx\"\n    url: http://exp.example.com/error5xx.html\n";
     let edge = start_exp(&origin, rules).await;
-    for url in ["/error404.json", "/error404.txt", "/error404.fr.html"] {
+    for url in [
+        "/error404.json",
+        "/error404.txt",
+        "/error404.fr.html",
+        "/error404.fr.json",
+    ] {
         wait_fetched(&edge, &format!("http://{EXP}{url}")).await;
     }
     let browser = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
@@ -1752,6 +1761,16 @@ async fn pages_fit_the_clients_accept_and_language() {
             got.header("vary").unwrap_or_default().contains("Accept-Language"),
             "{proto:?}"
         );
+        // A variant's own translations.
+        let got = send(
+            c.get(edge.url(EXP, "/gone"))
+                .header("accept", "application/json")
+                .header("accept-language", "fr-CH, fr;q=0.9"),
+        )
+        .await;
+        assert_eq!(got.body, french_json, "{proto:?}");
+        assert_eq!(got.header("content-language"), Some("fr"), "{proto:?}");
+        assert_eq!(got.header("vary"), Some("Accept, Accept-Language"), "{proto:?}");
         let got = send(c.get(edge.url(EXP, "/gone")).header("accept-language", "de")).await;
         assert_eq!(
             (got.body.as_str(), got.header("content-language")),
@@ -1871,5 +1890,102 @@ async fn page_templates_are_filled_escaped_and_carry_the_request_id() {
             ok.header("x-request-id").is_some(),
             "{proto:?}: every response says its id"
         );
+    }
+}
+
+/// Every `href`, `src` and `url(…)` value of an HTML page.
+fn references_in(html: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for opener in ["href=\"", "src=\"", "url(\""] {
+        let closer = if opener == "url(\"" { "\")" } else { "\"" };
+        let mut rest = html;
+        while let Some(at) = rest.find(opener) {
+            rest = &rest[at + opener.len()..];
+            let end = rest.find(closer).unwrap_or(rest.len());
+            found.push(rest[..end].to_string());
+            rest = &rest[end..];
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pages_arrive_self_contained_at_any_path_with_their_origin_down() {
+    let origin = Origin::start().await;
+    let html = "<!DOCTYPE html>\n<html><head><link rel=\"stylesheet\" href=\"style.css\"></head>\n<body><img src=\"img/logo.png\" alt=\"logo\"><h1>Lost?</h1><a href=\"/\">Home</a></body></html>\n";
+    let css = "body { background: url(bg.png) repeat-x; }\n";
+    let (logo, bg) = (
+        vec![0x89u8, b'P', b'N', b'G', 0, 1, 2, 0xff],
+        vec![0x89u8, b'P', b'N', b'G', 9],
+    );
+    origin.route("/errors/page.html", page(html, "text/html; charset=utf-8"));
+    origin.route("/errors/plain.html", page(html, "text/html; charset=utf-8"));
+    origin.route("/errors/style.css", page(css, "text/css"));
+    let png = |bytes: &[u8]| {
+        Reply::new(200)
+            .header("content-type", "image/png")
+            .body(bytes.to_vec())
+    };
+    origin.route("/errors/img/logo.png", png(&logo));
+    origin.route("/errors/bg.png", png(&bg));
+    origin.route("/boom", Reply::new(500).body("origin 500"));
+    let rules = "custom_pages:\n  - code: 404\n    url: http://exp.example.com/errors/page.html\n  - code: 502\n    url: http://exp.example.com/errors/page.html\n  - code: 500\n    url: http://exp.example.com/errors/plain.html\n    inline: false\n";
+    let edge = start_exp(&origin, rules).await;
+    wait_fetched(&edge, "http://exp.example.com/errors/page.html").await;
+    wait_fetched(&edge, "http://exp.example.com/errors/plain.html").await;
+
+    // `inline: false`: the page as the origin wrote it.
+    let got = get(&client(&edge, Proto::H1, &[EXP]), &edge.url(EXP, "/boom")).await;
+    assert_eq!((got.status, got.body.as_str()), (500, html));
+
+    // A sub-resource that fails on refresh: the last good copy stays, and the API says why.
+    origin.route("/errors/bg.png", Reply::new(404).body("gone"));
+    let admin = Admin::new(&edge);
+    let refreshed = admin.refresh(EXP, "404").await;
+    assert_eq!(refreshed.status, 502, "{}", refreshed.text);
+    assert!(
+        refreshed
+            .text
+            .contains("http://exp.example.com/errors/bg.png: origin answered 404"),
+        "{}",
+        refreshed.text
+    );
+    origin.route("/errors/bg.png", png(&bg));
+
+    origin.stop();
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    for proto in ALL_PROTOS {
+        let c = edge_error_client(&edge, proto, &[EXP]);
+        let got = get(&c, &edge.url(EXP, "/a/b/c/missing")).await;
+        let ctx = format!("{proto:?}: {got:?}");
+        assert_eq!(got.status, 502, "{ctx}");
+        let body = &got.body;
+        assert!(body.contains("<h1>Lost?</h1>"), "{ctx}");
+        assert!(
+            body.contains(&format!("url(\"data:image/png;base64,{}\")", b64(&bg))),
+            "the stylesheet's image is inlined: {ctx}"
+        );
+        assert!(
+            body.contains(&format!(
+                "<img src=\"data:image/png;base64,{}\" alt=\"logo\">",
+                b64(&logo)
+            )),
+            "the image is inlined: {ctx}"
+        );
+        assert!(
+            body.contains("<style>body { background:"),
+            "the stylesheet is inlined: {ctx}"
+        );
+        assert!(!body.contains("<link"), "{ctx}");
+        let references = references_in(body);
+        assert_eq!(references.len(), 4, "{references:?}");
+        for reference in references {
+            assert!(
+                ["http://", "https://", "data:"]
+                    .iter()
+                    .any(|s| reference.starts_with(s)),
+                "no relative reference is left: {reference:?} in {ctx}"
+            );
+        }
     }
 }

@@ -84,7 +84,7 @@ pub async fn purge(runtime: &Runtime, domain: &Domain, body: &[u8]) -> ApiResult
     let store = runtime.pages.store();
     let mut pages = Vec::new();
     let mut refreshes = tokio::task::JoinSet::new();
-    for (url, _) in runtime.routes().pages() {
+    for url in runtime.routes().pages().into_iter().map(|page| page.url) {
         if covers(&scope, url.path_and_query()) && domain.name.covers(url.host()) {
             let store = store.clone();
             // All at once: each is bounded by pages.fetch_timeout.

@@ -8,7 +8,9 @@
 use crate::metrics::METRICS;
 use crate::runtime::{Domain, Runtime};
 use crate::spec::values::percent_decode;
-use crate::spec::{CodePattern, ConfigError, ConfigErrors, DomainName, Location, PageUrl, RuleSpec, Source};
+use crate::spec::{
+    CodePattern, ConfigError, ConfigErrors, DomainName, Location, PageUrl, RuleSpec, Source, VariantSpec,
+};
 use async_trait::async_trait;
 use http::{Method, Response, StatusCode};
 use log::info;
@@ -119,11 +121,13 @@ struct RuleBody {
     #[serde(default)]
     source: Option<Source>,
     #[serde(default, with = "crate::spec::domain::ordered_map")]
-    variants: Vec<(String, PageUrl)>,
+    variants: Vec<(String, VariantSpec)>,
     #[serde(default, with = "crate::spec::domain::ordered_map")]
     languages: Vec<(String, PageUrl)>,
     #[serde(default)]
     language: Option<String>,
+    #[serde(default)]
+    inline: Option<bool>,
 }
 
 impl AdminApi {
@@ -282,6 +286,7 @@ impl AdminApi {
             variants: body.variants,
             languages: body.languages,
             language: body.language,
+            inline: body.inline.unwrap_or(true),
         };
         rule.check().map_err(|(field, e)| ApiError::field(field, e))?;
         let created = self

@@ -25,6 +25,7 @@
 
 pub mod fetch;
 pub mod guard;
+pub mod inline;
 pub mod negotiate;
 mod replace;
 pub mod response;
@@ -34,8 +35,9 @@ pub mod template;
 
 pub use fetch::{FetchError, HttpFetcher, PageFetcher};
 pub use guard::CDN_LOOP_TOKEN;
+pub use inline::{NoSites, Sites};
 pub use response::Body;
-pub use rules::Rule;
+pub use rules::{Rule, Variant};
 pub use store::{NoObserver, Page, PageInfo, PageKeeper, PageObserver, PageStore, WantedPage};
 
 use crate::spec::{PageUrl, Source};
@@ -352,8 +354,8 @@ enum Chosen<'a> {
     Problem,
 }
 
-/// The page of `rule` that fits `req`: by `Accept` among `url` (HTML) and the variants, then,
-/// for `url`, by `Accept-Language` among the languages. Never "not acceptable": a client that
+/// The page of `rule` that fits `req`: by `Accept` among `url` (HTML) and the variants, then by
+/// `Accept-Language` among that page's translations. Never "not acceptable": a client that
 /// accepts nothing offered (nor JSON) gets the HTML page.
 fn choose_page<'a>(rule: &'a Rule, req: &RequestHeader) -> (Chosen<'a>, response::Fit) {
     let field = |name| {
@@ -378,34 +380,33 @@ fn choose_page<'a>(rule: &'a Rule, req: &RequestHeader) -> (Chosen<'a>, response
         .chain(rule.variants.iter().map(|(media, _)| media.as_str()))
         .chain(std::iter::once(problem))
         .collect();
-    match negotiate::choose_media(accept, &offered) {
+    let (url, languages) = match negotiate::choose_media(accept, &offered) {
         Some(i) if i == offered.len() - 1 => return (Chosen::Problem, fit),
-        Some(i) if i > 0 => return (Chosen::Page(&rule.variants[i - 1].1), fit),
+        Some(i) if i > 0 => {
+            let variant = &rule.variants[i - 1].1;
+            (&variant.url, &variant.languages)
+        }
         // HTML, or nothing offered at all: never "not acceptable" for an error.
-        _ => {}
-    }
-    if rule.languages.is_empty() {
-        fit.language = rule.language.clone();
-        return (Chosen::Page(&rule.url), fit);
+        _ => (&rule.url, &rule.languages),
+    };
+    fit.language = rule.language.clone();
+    if languages.is_empty() {
+        return (Chosen::Page(url), fit);
     }
     fit.vary.push("Accept-Language");
     // The default page's own language takes part, so a client preferring it keeps it.
-    let tags: Vec<&str> = rule
-        .languages
+    let tags: Vec<&str> = languages
         .iter()
         .map(|(tag, _)| tag.as_str())
         .chain(rule.language.as_deref())
         .collect();
     match negotiate::choose_language(field(http::header::ACCEPT_LANGUAGE), &tags) {
-        Some(i) if i < rule.languages.len() => {
-            let (tag, url) = &rule.languages[i];
+        Some(i) if i < languages.len() => {
+            let (tag, url) = &languages[i];
             fit.language = Some(tag.clone());
             (Chosen::Page(url), fit)
         }
-        _ => {
-            fit.language = rule.language.clone();
-            (Chosen::Page(&rule.url), fit)
-        }
+        _ => (Chosen::Page(url), fit),
     }
 }
 

@@ -2,6 +2,23 @@
 
 use crate::spec::{CodePattern, PageUrl, RuleSpec, Source};
 
+/// A variant's page, and that page in other languages (by lower-case tag).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Variant {
+    /// The page.
+    pub url: PageUrl,
+    /// Its translations, in order.
+    pub languages: Vec<(String, PageUrl)>,
+}
+
+/// Language tags compare case-insensitively; rules keep them in lower case.
+fn lower_tags(languages: &[(String, PageUrl)]) -> Vec<(String, PageUrl)> {
+    languages
+        .iter()
+        .map(|(tag, url)| (tag.to_ascii_lowercase(), url.clone()))
+        .collect()
+}
+
 /// A custom page rule, ready to match.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rule {
@@ -16,11 +33,13 @@ pub struct Rule {
     /// Redirect code: answer with a redirect to `url` instead of serving it in place.
     pub redirect: Option<u16>,
     /// Pages for other media types than `url`'s HTML, in order (see [`super::negotiate`]).
-    pub variants: Vec<(String, PageUrl)>,
+    pub variants: Vec<(String, Variant)>,
     /// Pages in other languages than `url`'s, by lower-case tag.
     pub languages: Vec<(String, PageUrl)>,
     /// The language of `url`'s page (lower case), if the rule says.
     pub language: Option<String>,
+    /// Whether the rule's HTML pages are made self-contained (see [`super::inline`]).
+    pub inline: bool,
 }
 
 impl Rule {
@@ -35,6 +54,7 @@ impl Rule {
             variants: Vec::new(),
             languages: Vec::new(),
             language: None,
+            inline: true,
         }
     }
 
@@ -46,13 +66,20 @@ impl Rule {
             url: spec.url.clone(),
             status: spec.status,
             redirect: spec.redirect,
-            variants: spec.variants.clone(),
-            languages: spec
-                .languages
+            variants: spec
+                .variants
                 .iter()
-                .map(|(tag, url)| (tag.to_ascii_lowercase(), url.clone()))
+                .map(|(media, v)| {
+                    let variant = Variant {
+                        url: v.url.clone(),
+                        languages: lower_tags(&v.languages),
+                    };
+                    (media.clone(), variant)
+                })
                 .collect(),
+            languages: lower_tags(&spec.languages),
             language: spec.language.as_ref().map(|tag| tag.to_ascii_lowercase()),
+            inline: spec.inline,
         }
     }
 
@@ -61,12 +88,16 @@ impl Rule {
         self.redirect.is_none().then_some(&self.url)
     }
 
-    /// Every page the rule may serve in place: `url`, its variants and languages.
+    /// Every page the rule may serve in place: `url`, its languages, its variants and theirs.
     pub fn pages(&self) -> impl Iterator<Item = &PageUrl> {
         let in_place = self.redirect.is_none();
+        let variants = self
+            .variants
+            .iter()
+            .flat_map(|(_, v)| std::iter::once(&v.url).chain(v.languages.iter().map(|(_, url)| url)));
         std::iter::once(&self.url)
-            .chain(self.variants.iter().map(|(_, url)| url))
             .chain(self.languages.iter().map(|(_, url)| url))
+            .chain(variants)
             .filter(move |_| in_place)
     }
 }

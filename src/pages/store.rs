@@ -8,6 +8,7 @@
 //! memory pressure and outages: it is exactly what is needed when everything else fails.
 
 use super::fetch::{FetchError, HttpFetcher, PageFetcher};
+use super::inline::{self, NoSites, Sites};
 use super::template::Template;
 use crate::spec::{PageSettings, PageUrl};
 use crate::upstream::Origin;
@@ -20,13 +21,33 @@ use parking_lot::Mutex;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-/// A page to keep, and the origin it is fetched through.
-pub type WantedPage = (PageUrl, Arc<Origin>);
+/// A page to keep.
+#[derive(Debug, Clone)]
+pub struct WantedPage {
+    /// The page.
+    pub url: PageUrl,
+    /// The origin it is fetched through: its domain's.
+    pub origin: Arc<Origin>,
+    /// Whether an HTML page is made self-contained (see [`super::inline`]).
+    pub inline: bool,
+}
+
+impl WantedPage {
+    /// `url`, fetched through `origin`, made self-contained.
+    pub fn new(url: PageUrl, origin: Arc<Origin>) -> WantedPage {
+        WantedPage {
+            url,
+            origin,
+            inline: true,
+        }
+    }
+}
 
 /// Told of every finished page fetch; the edge counts them in its metrics.
 pub trait PageObserver: Send + Sync {
@@ -100,6 +121,7 @@ pub struct PageInfo {
 struct Slot {
     url: PageUrl,
     origin: ArcSwap<Origin>,
+    inline: AtomicBool,
     page: ArcSwapOption<Page>,
     last_error: Mutex<Option<String>>,
     /// Counts finished fetch attempts; a request that finds no page waits for the first.
@@ -123,6 +145,8 @@ pub struct PageStore {
     settings: ArcSwap<PageSettings>,
     fetcher: Arc<dyn PageFetcher>,
     observer: Arc<dyn PageObserver>,
+    /// The domains sub-resources may come from (see [`set_sites`](Self::set_sites)).
+    sites: Mutex<Arc<dyn Sites>>,
     /// Serializes `sync` calls (reloads and admin changes may overlap).
     syncing: tokio::sync::Mutex<()>,
 }
@@ -145,6 +169,7 @@ impl PageStore {
             settings: ArcSwap::from_pointee(settings),
             fetcher,
             observer,
+            sites: Mutex::new(Arc::new(NoSites)),
             syncing: tokio::sync::Mutex::new(()),
         })
     }
@@ -182,23 +207,32 @@ impl PageStore {
     /// instead of getting the default page.
     pub fn register(&self, pages: &[WantedPage]) {
         let mut slots = HashMap::clone(&self.slots.load());
-        for (url, origin) in pages {
-            match slots.get(url.as_str()) {
-                Some(slot) => slot.origin.store(origin.clone()),
+        for page in pages {
+            match slots.get(page.url.as_str()) {
+                Some(slot) => {
+                    slot.origin.store(page.origin.clone());
+                    slot.inline.store(page.inline, Ordering::Relaxed);
+                }
                 None => {
-                    let slot = Slot::new(url.clone(), origin.clone());
-                    slots.insert(url.as_str().to_string(), Arc::new(slot));
+                    let slot = Slot::new(page);
+                    slots.insert(page.url.as_str().to_string(), Arc::new(slot));
                 }
             }
         }
         self.slots.store(Arc::new(slots));
     }
 
+    /// Where the stylesheets, images and fonts of pages on other domains than the page's are
+    /// fetched from (by default, nowhere: they keep an absolute URL).
+    pub fn set_sites(&self, sites: Arc<dyn Sites>) {
+        *self.sites.lock() = sites;
+    }
+
     /// Drops every page not in `pages` (their refresh stops).
     pub async fn retain(&self, pages: &[WantedPage]) {
         let _one_at_a_time = self.syncing.lock().await;
         let mut slots = HashMap::clone(&self.slots.load());
-        slots.retain(|url, _| pages.iter().any(|(u, _)| u.as_str() == url));
+        slots.retain(|url, _| pages.iter().any(|page| page.url.as_str() == url));
         self.slots.store(Arc::new(slots));
     }
 
@@ -272,8 +306,10 @@ impl PageStore {
         }
         let settings = self.settings.load_full();
         let origin = slot.origin.load_full();
+        // One bound for the page and what it names.
+        let deadline = tokio::time::Instant::now() + settings.fetch_timeout;
         let fetch = self.fetcher.fetch(&slot.url, &origin, &settings);
-        let result = tokio::time::timeout(settings.fetch_timeout, fetch)
+        let mut result = tokio::time::timeout_at(deadline, fetch)
             .await
             .unwrap_or_else(|_| {
                 Err(FetchError::new(
@@ -281,9 +317,40 @@ impl PageStore {
                     format!("no complete answer within {:?}", settings.fetch_timeout),
                 ))
             });
+        let mut degraded = None;
+        if let Ok(page) = &mut result {
+            if slot.inline.load(Ordering::Relaxed) && is_html(&page.content_type) {
+                let sites = self.sites.lock().clone();
+                let made = inline::self_contained(
+                    page,
+                    &slot.url,
+                    &origin,
+                    sites.as_ref(),
+                    self.fetcher.as_ref(),
+                    &settings,
+                    deadline,
+                )
+                .await;
+                page.body = made.body;
+                if !made.failures.is_empty() {
+                    degraded = Some(made.failures.join("; "));
+                }
+            }
+        }
+        // A page whose sub-resources failed is a failed fetch: the last good copy stays. With
+        // no copy yet, it is taken as it is (its references absolute) until a retry does better.
+        if let (Some(failures), Ok(_)) = (&degraded, &result) {
+            if slot.page.load().is_some() {
+                result = Err(FetchError::new(
+                    "subresource",
+                    format!("sub-resources failed: {failures}"),
+                ));
+            }
+        }
         let outcome = match result {
             Ok(page) => {
-                self.observer.fetched(&slot.url, "ok");
+                self.observer
+                    .fetched(&slot.url, if degraded.is_some() { "subresource" } else { "ok" });
                 debug!(
                     "custom page {} fetched: {} bytes",
                     slot.url.as_str(),
@@ -307,8 +374,21 @@ impl PageStore {
                 page.template = template.map(Arc::new);
                 let page = Arc::new(page);
                 slot.page.store(Some(page.clone()));
-                *slot.last_error.lock() = None;
-                Ok(page)
+                match degraded {
+                    None => {
+                        *slot.last_error.lock() = None;
+                        Ok(page)
+                    }
+                    Some(failures) => {
+                        let reason = format!("sub-resources failed: {failures}");
+                        warn!(
+                            "custom page {} taken without some of its sub-resources: {reason}",
+                            slot.url.as_str()
+                        );
+                        *slot.last_error.lock() = Some(reason.clone());
+                        Err(reason)
+                    }
+                }
             }
             Err(FetchError { kind, reason }) => {
                 self.observer.fetched(&slot.url, kind);
@@ -330,11 +410,21 @@ impl PageStore {
     }
 }
 
+/// Whether a `Content-Type` says HTML.
+fn is_html(content_type: &HeaderValue) -> bool {
+    content_type.to_str().is_ok_and(|ct| {
+        ct.split(';')
+            .next()
+            .is_some_and(|m| m.trim().eq_ignore_ascii_case("text/html"))
+    })
+}
+
 impl Slot {
-    fn new(url: PageUrl, origin: Arc<Origin>) -> Slot {
+    fn new(page: &WantedPage) -> Slot {
         Slot {
-            url,
-            origin: ArcSwap::new(origin),
+            url: page.url.clone(),
+            origin: ArcSwap::new(page.origin.clone()),
+            inline: AtomicBool::new(page.inline),
             page: ArcSwapOption::empty(),
             last_error: Mutex::new(None),
             attempts: watch::channel(0).0,
@@ -394,7 +484,7 @@ impl BackgroundService for PageKeeper {
 mod tests {
     use super::*;
     use std::collections::VecDeque;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::AtomicUsize;
 
     /// Answers fetches from a script, one entry per call (the last one repeats), each after
     /// `delay`, counting calls and the observer's reports.
@@ -458,7 +548,10 @@ mod tests {
             ..PageSettings::default()
         };
         let store = PageStore::with(settings.clone(), fetcher.clone(), fetcher.clone());
-        let pages = vec![(URL.parse().unwrap(), Arc::new(Origin::new(["127.0.0.1:1"])))];
+        let pages = vec![WantedPage::new(
+            URL.parse().unwrap(),
+            Arc::new(Origin::new(["127.0.0.1:1"])),
+        )];
         (store, pages, settings)
     }
 

@@ -98,6 +98,8 @@ impl Runtime {
             Arc::new(FetchMetrics),
         );
         store.register(&routes.pages());
+        let routes = Arc::new(routes);
+        store.set_sites(routes.clone());
         let certs = Arc::new(CertResolver::new());
         certs.set(routes.certs());
         let cache = EdgeCache::new(
@@ -109,7 +111,7 @@ impl Runtime {
             settings,
             source,
             filters,
-            routes: Arc::new(ArcSwap::from_pointee(routes)),
+            routes: Arc::new(ArcSwap::new(routes)),
             health,
             certs,
             pages: CustomPages::new(store),
@@ -250,11 +252,12 @@ impl Runtime {
     /// table have finished with them.
     async fn apply(&self, routes: RouteTable, pages: &PageSettings) -> u64 {
         let store = self.pages.store();
-        let wanted = routes.pages();
-        store.sync(&wanted, pages).await;
+        let routes = Arc::new(routes);
+        store.set_sites(routes.clone());
+        store.sync(&routes.pages(), pages).await;
         self.health.retain(routes.servers());
         self.certs.set(routes.certs());
-        let old = self.routes.swap(Arc::new(routes));
+        let old = self.routes.swap(routes);
         // The longest a request can still be using the old table: its origin's read timeout
         // plus slack for connecting and waiting on the cache lock.
         let longest_read = old

@@ -4,7 +4,7 @@
 
 use crate::cache::TtlPolicy;
 use crate::filters::{FilterChain, FilterRegistry};
-use crate::pages::{Rule, WantedPage};
+use crate::pages::{Rule, Sites, WantedPage};
 use crate::source::{DomainEntry, Snapshot};
 use crate::spec::values::normalize_host;
 use crate::spec::{check_together, CertSpec, ConfigError, ConfigErrors, DomainName, DomainSpec, Location};
@@ -153,15 +153,23 @@ impl RouteTable {
     }
 
     /// Every page an in-place rule uses, once, with the origin of the domain serving it
-    /// (checked to exist when the table was compiled).
+    /// (checked to exist when the table was compiled). A page that several rules use is made
+    /// self-contained unless one of them says `inline: false`.
     pub fn pages(&self) -> Vec<WantedPage> {
         let mut pages: Vec<WantedPage> = Vec::new();
-        for url in self.iter().flat_map(|d| d.rules.iter()).flat_map(Rule::pages) {
-            if pages.iter().any(|(wanted, _)| wanted == url) {
-                continue;
-            }
-            if let Some(page_domain) = self.route_normalized(url.host()) {
-                pages.push((url.clone(), Arc::new(page_domain.upstream.origin.clone())));
+        for rule in self.iter().flat_map(|d| d.rules.iter()) {
+            for url in rule.pages() {
+                if let Some(wanted) = pages.iter_mut().find(|wanted| &wanted.url == url) {
+                    wanted.inline &= rule.inline;
+                    continue;
+                }
+                if let Some(origin) = self.origin(url.host()) {
+                    pages.push(WantedPage {
+                        url: url.clone(),
+                        origin,
+                        inline: rule.inline,
+                    });
+                }
             }
         }
         pages
@@ -181,6 +189,14 @@ impl RouteTable {
     pub fn servers(&self) -> impl Iterator<Item = &str> {
         self.iter()
             .flat_map(|d| d.upstream.origin.servers.iter().map(String::as_str))
+    }
+}
+
+/// Sub-resources of pages come from the domains the table serves.
+impl Sites for RouteTable {
+    fn origin(&self, host: &str) -> Option<Arc<Origin>> {
+        self.route_normalized(host)
+            .map(|domain| Arc::new(domain.upstream.origin.clone()))
     }
 }
 
@@ -385,7 +401,7 @@ mod tests {
         let table = compile(&[("a.yaml", &format!("{EXP}{pages}"))]).unwrap();
         let wanted = table.pages();
         assert_eq!(wanted.len(), 1);
-        assert_eq!(wanted[0].0.as_str(), "http://exp.example.com/e.html");
-        assert_eq!(wanted[0].1.servers, ["127.0.0.1:8080"]);
+        assert_eq!(wanted[0].url.as_str(), "http://exp.example.com/e.html");
+        assert_eq!(wanted[0].origin.servers, ["127.0.0.1:8080"]);
     }
 }

@@ -166,52 +166,123 @@ pub struct RuleSpec {
     /// Redirect code: redirect to `url` instead of serving it in place.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redirect: Option<u16>,
-    /// Pages for other media types (`application/json: url`), chosen by the client's `Accept`;
-    /// `url` is the HTML page. In order: the first wins a tie.
+    /// Pages for other media types (`application/json: url`, or `{url, languages}` for a
+    /// page with translations), chosen by the client's `Accept`; `url` is the HTML page. In
+    /// order: the first wins a tie.
     #[serde(default, skip_serializing_if = "Vec::is_empty", with = "ordered_map")]
-    pub variants: Vec<(String, PageUrl)>,
+    pub variants: Vec<(String, VariantSpec)>,
     /// Pages in other languages (`fr: url`), chosen by `Accept-Language`; `url` is the default.
     #[serde(default, skip_serializing_if = "Vec::is_empty", with = "ordered_map")]
     pub languages: Vec<(String, PageUrl)>,
-    /// The language of `url`'s page (`en`): said in `Content-Language`, and a client preferring
-    /// it keeps the default page.
+    /// The language of `url`'s page and of each variant's own page (`en`): said in
+    /// `Content-Language`, and a client preferring it keeps the default page.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub language: Option<String>,
+    /// Whether the edge makes the rule's HTML pages self-contained (stylesheets, images and
+    /// fonts inlined); `false` serves them as the origin wrote them.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub inline: bool,
 }
 
-/// A YAML or JSON map kept in its written order: `Vec<(String, PageUrl)>` as a map.
+/// The page of one variant: its URL, and its translations (chosen like a rule's `languages`).
+/// Written as the URL alone, or as `{url, languages}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VariantSpec {
+    /// The page.
+    pub url: PageUrl,
+    /// The page in other languages (`fr: url`).
+    pub languages: Vec<(String, PageUrl)>,
+}
+
+impl From<PageUrl> for VariantSpec {
+    fn from(url: PageUrl) -> VariantSpec {
+        VariantSpec {
+            url,
+            languages: Vec::new(),
+        }
+    }
+}
+
+/// The long form of a variant, as written.
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct VariantWritten {
+    url: PageUrl,
+    #[serde(default, skip_serializing_if = "Vec::is_empty", with = "ordered_map")]
+    languages: Vec<(String, PageUrl)>,
+}
+
+impl<'de> Deserialize<'de> for VariantSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Either;
+        impl<'de> serde::de::Visitor<'de> for Either {
+            type Value = VariantSpec;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a page URL, or a map with url and languages")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<VariantSpec, E> {
+                s.parse::<PageUrl>().map(VariantSpec::from).map_err(E::custom)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<VariantSpec, A::Error> {
+                let written = VariantWritten::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(VariantSpec {
+                    url: written.url,
+                    languages: written.languages,
+                })
+            }
+        }
+        d.deserialize_any(Either)
+    }
+}
+
+impl Serialize for VariantSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.languages.is_empty() {
+            return self.url.serialize(s);
+        }
+        VariantWritten {
+            url: self.url.clone(),
+            languages: self.languages.clone(),
+        }
+        .serialize(s)
+    }
+}
+
+/// A YAML or JSON map kept in its written order: `Vec<(String, T)>` as a map.
 pub mod ordered_map {
-    use super::PageUrl;
     use serde::de::{MapAccess, Visitor};
     use serde::ser::SerializeMap;
-    use serde::{Deserializer, Serializer};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::marker::PhantomData;
 
     /// Writes the entries as a map.
-    pub fn serialize<S: Serializer>(entries: &[(String, PageUrl)], s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer, T: Serialize>(entries: &[(String, T)], s: S) -> Result<S::Ok, S::Error> {
         let mut map = s.serialize_map(Some(entries.len()))?;
-        for (key, url) in entries {
-            map.serialize_entry(key, url)?;
+        for (key, value) in entries {
+            map.serialize_entry(key, value)?;
         }
         map.end()
     }
 
     /// Reads a map into entries, in order.
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, PageUrl)>, D::Error> {
-        struct Entries;
-        impl<'de> Visitor<'de> for Entries {
-            type Value = Vec<(String, PageUrl)>;
+    pub fn deserialize<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+        d: D,
+    ) -> Result<Vec<(String, T)>, D::Error> {
+        struct Entries<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for Entries<T> {
+            type Value = Vec<(String, T)>;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("a map of names to page URLs")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut entries = Vec::new();
-                while let Some(entry) = map.next_entry::<String, PageUrl>()? {
+                while let Some(entry) = map.next_entry::<String, T>()? {
                     entries.push(entry);
                 }
                 Ok(entries)
             }
         }
-        d.deserialize_map(Entries)
+        d.deserialize_map(Entries(PhantomData))
     }
 }
 
@@ -263,6 +334,11 @@ impl RuleSpec {
             }
         }
         let tags = self.languages.iter().map(|(tag, _)| ("languages", tag));
+        let variant_tags = self
+            .variants
+            .iter()
+            .flat_map(|(_, v)| v.languages.iter().map(|(tag, _)| ("variants", tag)));
+        let tags = tags.chain(variant_tags);
         for (key, tag) in tags.chain(self.language.as_ref().map(|tag| ("language", tag))) {
             if !is_language_tag(tag) {
                 return Err((
@@ -424,7 +500,13 @@ pub fn check_together(specs: &[(&Location, &DomainSpec, &DomainName)]) -> Vec<Co
         for (i, rule) in spec.custom_pages.iter().enumerate() {
             let in_place = rule.redirect.is_none();
             let pages = std::iter::once(("url".to_string(), &rule.url))
-                .chain(rule.variants.iter().map(|(m, u)| (format!("variants.{m}"), u)))
+                .chain(rule.variants.iter().flat_map(|(m, v)| {
+                    let translations = v
+                        .languages
+                        .iter()
+                        .map(move |(l, u)| (format!("variants.{m}.languages.{l}"), u));
+                    std::iter::once((format!("variants.{m}"), &v.url)).chain(translations)
+                }))
                 .chain(rule.languages.iter().map(|(l, u)| (format!("languages.{l}"), u)));
             for (key, url) in pages.filter(|_| in_place) {
                 if served(url.host()) {
@@ -528,6 +610,46 @@ mod tests {
         assert_eq!(
             errors(&[("a.yaml", &yaml), ("w.yaml", wildcard)]),
             Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn variants_are_a_url_or_a_url_with_translations_and_every_page_is_checked() {
+        let rule = |variants: &str| {
+            format!("{EXP}custom_pages:\n  - code: 404\n    url: http://exp.example.com/e.html\n    variants:\n{variants}")
+        };
+        let both = rule("      text/plain: http://exp.example.com/e.txt\n      application/json:\n        url: http://exp.example.com/e.json\n        languages: {fr: http://exp.example.com/e.fr.json}\n");
+        let spec: DomainSpec = parse_yaml(Path::new("a.yaml"), &both).unwrap();
+        let variants = &spec.custom_pages[0].variants;
+        assert_eq!(
+            variants[0],
+            (
+                "text/plain".into(),
+                "http://exp.example.com/e.txt".parse::<PageUrl>().unwrap().into()
+            )
+        );
+        assert_eq!(variants[1].1.languages[0].0, "fr");
+        // Written back as read: the short form stays short.
+        let json = serde_json::to_value(&spec.custom_pages[0]).unwrap();
+        assert_eq!(json["variants"]["text/plain"], "http://exp.example.com/e.txt");
+        assert_eq!(
+            json["variants"]["application/json"]["languages"]["fr"],
+            "http://exp.example.com/e.fr.json"
+        );
+
+        let bad_key = rule("      application/json: {url: \"http://exp.example.com/e.json\", langs: {}}\n");
+        let e = parse_yaml::<DomainSpec>(Path::new("a.yaml"), &bad_key).unwrap_err();
+        assert_eq!(e.key, "custom_pages[0].variants.application/json.langs");
+        assert!(e.message.contains("unknown field `langs`"), "{}", e.message);
+        let bad_tag = rule("      application/json: {url: \"http://exp.example.com/e.json\", languages: {\"fr_FR\": \"http://exp.example.com/f.json\"}}\n");
+        assert_eq!(
+            errors(&[("a.yaml", &bad_tag)]),
+            ["a.yaml: custom_pages[0].variants"]
+        );
+        let elsewhere = rule("      application/json: {url: \"http://exp.example.com/e.json\", languages: {fr: \"http://other.example.org/f.json\"}}\n");
+        assert_eq!(
+            errors(&[("a.yaml", &elsewhere)]),
+            ["a.yaml: custom_pages[0].variants.application/json.languages.fr"]
         );
     }
 

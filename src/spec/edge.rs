@@ -114,6 +114,9 @@ pub struct PagesSection {
     /// Bound of one page fetch.
     #[serde(default = "default_fetch_timeout")]
     pub fetch_timeout: Dur,
+    /// Most bytes of stylesheets, images and fonts put into one HTML page.
+    #[serde(default = "default_inline_budget")]
+    pub inline_budget: Size,
 }
 
 impl Default for PagesSection {
@@ -122,6 +125,7 @@ impl Default for PagesSection {
             max_size: default_max_size(),
             refresh: default_refresh(),
             fetch_timeout: default_fetch_timeout(),
+            inline_budget: default_inline_budget(),
         }
     }
 }
@@ -134,6 +138,9 @@ fn default_refresh() -> Dur {
 }
 fn default_fetch_timeout() -> Dur {
     Dur(Duration::from_secs(5))
+}
+fn default_inline_budget() -> Size {
+    Size(256 << 10)
 }
 
 /// The `admin:` section of the edge file.
@@ -210,8 +217,10 @@ pub struct PageSettings {
     pub max_size: usize,
     /// Refresh interval of pages without max-age.
     pub refresh: Duration,
-    /// Bound of one page fetch.
+    /// Bound of one page fetch, sub-resources included.
     pub fetch_timeout: Duration,
+    /// Most bytes of sub-resources put into one HTML page (see `pages::inline`).
+    pub inline_budget: usize,
 }
 
 impl Default for PageSettings {
@@ -222,6 +231,7 @@ impl Default for PageSettings {
             max_size: section.max_size.0 as usize,
             refresh: section.refresh.0,
             fetch_timeout: section.fetch_timeout.0,
+            inline_budget: section.inline_budget.0 as usize,
         }
     }
 }
@@ -360,6 +370,7 @@ impl EdgeSettings {
                     max_size: raw.pages.max_size.0 as usize,
                     refresh: raw.pages.refresh.0,
                     fetch_timeout: raw.pages.fetch_timeout.0,
+                    inline_budget: raw.pages.inline_budget.0 as usize,
                 },
                 domains_dir: base.join(&raw.domains),
                 admin_listen,

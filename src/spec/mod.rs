@@ -10,7 +10,7 @@ pub mod domain;
 pub mod edge;
 pub mod values;
 
-pub use domain::{check_together, CertSpec, DomainSpec, OriginSpec, RuleSpec, Source};
+pub use domain::{check_together, CertSpec, DomainSpec, OriginSpec, RuleSpec, Source, VariantSpec};
 pub use edge::{AccessLogTarget, EdgeSettings, PageSettings};
 pub use values::{CodePattern, DomainName, PageUrl};
 

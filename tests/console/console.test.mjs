@@ -191,23 +191,30 @@ const tests = {
     assert(rules.some((r) => r.code === "5xx" && r.url === PAGE_A), `the rule exists: ${JSON.stringify(rules)}`);
   },
 
-  async "a rule with a JSON variant and its language, then a bad media type at its field"(page) {
+  async "a rule with a JSON variant in two languages, not inlined, then a bad media type at its field"(page) {
     await signIn(page);
     await manage(page);
     await page.getByRole("button", { name: "Customize" }).click();
     const dialog = page.getByRole("dialog", { name: "Customize Page" });
     await dialog.getByLabel("Status code").selectOption("405");
     await dialog.getByLabel("URL").fill(PAGE_A);
-    await dialog.getByLabel("Variants").fill(`application/json ${PAGE_A.replace(".html", ".json")}`);
+    const json = PAGE_A.replace(".html", ".json");
+    const frenchJson = PAGE_A.replace(".html", ".fr.json");
+    await dialog.getByLabel("Variants").fill(`application/json ${json}\napplication/json fr ${frenchJson}`);
     await dialog.getByLabel("Default page language").fill("en");
+    await dialog.getByLabel("Inline stylesheets and images").uncheck();
     await dialog.getByRole("button", { name: "OK" }).click();
     await dialog.waitFor({ state: "hidden" });
     const rules = await apiRules();
     const rule = rules.find((r) => r.code === 405);
-    assert(rule && rule.variants && rule.variants["application/json"] && rule.language === "en", JSON.stringify(rules));
-    // Modify keeps the variant, shown in the dialog.
+    const variant = rule && rule.variants && rule.variants["application/json"];
+    assert(variant && variant.url === json && variant.languages.fr === frenchJson, JSON.stringify(rules));
+    assert(rule.language === "en" && rule.inline === false, JSON.stringify(rules));
+    // Modify keeps the variant, its translation and the inline choice, shown in the dialog.
     await ruleRow(page, "405").getByRole("button", { name: "Modify" }).click();
-    assert((await dialog.getByLabel("Variants").inputValue()).startsWith("application/json "), "variants shown");
+    const shown = await dialog.getByLabel("Variants").inputValue();
+    assert(shown === `application/json ${json}\napplication/json fr ${frenchJson}`, `variants shown: ${shown}`);
+    assert(!(await dialog.getByLabel("Inline stylesheets and images").isChecked()), "inline: false shown");
     await dialog.getByLabel("Variants").fill("Application/JSON!! http://x");
     await dialog.getByRole("button", { name: "OK" }).click();
     await dialog.locator("#rule-variants-error").filter({ hasText: /./ }).waitFor();

@@ -261,8 +261,14 @@ function openDialog(rule) {
   $("rule-status").value = rule && rule.status ? String(rule.status) : "";
   $("rule-source").value = rule && rule.source ? rule.source : "any";
   const lines = (map) => Object.entries(map || {}).map(([name, url]) => name + " " + url).join("\n");
-  $("rule-variants").value = lines(rule && rule.variants);
+  // A variant is its URL, or {url, languages}: one line for the page, one per translation.
+  const variantLines = (map) => Object.entries(map || {}).flatMap(([media, v]) =>
+    typeof v === "string" ? [media + " " + v]
+      : [media + " " + v.url, ...Object.entries(v.languages || {}).map(([tag, url]) => media + " " + tag + " " + url)]
+  ).join("\n");
+  $("rule-variants").value = variantLines(rule && rule.variants);
   $("rule-languages").value = lines(rule && rule.languages);
+  $("rule-inline").checked = !(rule && rule.inline === false);
   $("rule-language").value = rule && rule.language ? rule.language : "";
   $("rule-dialog").showModal();
   $("rule-code").focus();
@@ -293,8 +299,23 @@ async function submitRule(event) {
     }
     return map;
   };
-  const variants = entries($("rule-variants").value);
+  // "media URL" or "media tag URL" per line.
+  const variants = {};
+  for (const line of $("rule-variants").value.split("\n").map((l) => l.trim()).filter((l) => l !== "")) {
+    const words = line.split(/\s+/);
+    const media = words[0];
+    if (words.length >= 3) {
+      const variant = typeof variants[media] === "object" ? variants[media] : { url: variants[media] || "", languages: {} };
+      variant.languages[words[1]] = words[2];
+      variants[media] = variant;
+    } else if (typeof variants[media] === "object") {
+      variants[media].url = words[1] || "";
+    } else {
+      variants[media] = words[1] || "";
+    }
+  }
   const languages = entries($("rule-languages").value);
+  if (!$("rule-inline").checked) body.inline = false;
   if (Object.keys(variants).length) body.variants = variants;
   if (Object.keys(languages).length) body.languages = languages;
   if ($("rule-language").value.trim() !== "") body.language = $("rule-language").value.trim();
