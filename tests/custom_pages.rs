@@ -1912,7 +1912,7 @@ fn references_in(html: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn pages_arrive_self_contained_at_any_path_with_their_origin_down() {
     let origin = Origin::start().await;
-    let html = "<!DOCTYPE html>\n<html><head><link rel=\"stylesheet\" href=\"style.css\"></head>\n<body><img src=\"img/logo.png\" alt=\"logo\"><h1>Lost?</h1><a href=\"/\">Home</a></body></html>\n";
+    let html = "<!DOCTYPE html>\n<html><head><link rel=\"stylesheet\" href=\"style.css\"></head>\n<body><img src=\"img/logo.png\" alt=\"logo\"><h1>Lost?</h1><a href=\"/\">Home</a>\n<img src=\"http://static.example.com/badge.png\" alt=\"badge\"><img src=\"http://elsewhere.example.org/x.png\" alt=\"x\"></body></html>\n";
     let css = "body { background: url(bg.png) repeat-x; }\n";
     let (logo, bg) = (
         vec![0x89u8, b'P', b'N', b'G', 0, 1, 2, 0xff],
@@ -1929,8 +1929,22 @@ async fn pages_arrive_self_contained_at_any_path_with_their_origin_down() {
     origin.route("/errors/img/logo.png", png(&logo));
     origin.route("/errors/bg.png", png(&bg));
     origin.route("/boom", Reply::new(500).body("origin 500"));
+    // Another domain of this edge, with its own origin: its images are inlined too.
+    let statics = Origin::start().await;
+    let badge = vec![0x89u8, b'P', b'N', b'G', 7, 7];
+    statics.route("/badge.png", png(&badge));
     let rules = "custom_pages:\n  - code: 404\n    url: http://exp.example.com/errors/page.html\n  - code: 502\n    url: http://exp.example.com/errors/page.html\n  - code: 500\n    url: http://exp.example.com/errors/plain.html\n    inline: false\n";
-    let edge = start_exp(&origin, rules).await;
+    let edge = start_edge(
+        EdgeOptions::default(),
+        vec![
+            ("exp.yaml", domain_yaml(EXP, origin.addr(), rules)),
+            (
+                "static.yaml",
+                domain_yaml("static.example.com", statics.addr(), ""),
+            ),
+        ],
+    )
+    .await;
     wait_fetched(&edge, "http://exp.example.com/errors/page.html").await;
     wait_fetched(&edge, "http://exp.example.com/errors/plain.html").await;
 
@@ -1953,6 +1967,7 @@ async fn pages_arrive_self_contained_at_any_path_with_their_origin_down() {
     origin.route("/errors/bg.png", png(&bg));
 
     origin.stop();
+    statics.stop();
     let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
     for proto in ALL_PROTOS {
         let c = edge_error_client(&edge, proto, &[EXP]);
@@ -1976,9 +1991,20 @@ async fn pages_arrive_self_contained_at_any_path_with_their_origin_down() {
             body.contains("<style>body { background:"),
             "the stylesheet is inlined: {ctx}"
         );
+        assert!(
+            body.contains(&format!(
+                "<img src=\"data:image/png;base64,{}\" alt=\"badge\">",
+                b64(&badge)
+            )),
+            "another domain's image is inlined: {ctx}"
+        );
+        assert!(
+            body.contains("<img src=\"http://elsewhere.example.org/x.png\" alt=\"x\">"),
+            "another site's is left alone: {ctx}"
+        );
         assert!(!body.contains("<link"), "{ctx}");
         let references = references_in(body);
-        assert_eq!(references.len(), 4, "{references:?}");
+        assert_eq!(references.len(), 6, "{references:?}");
         for reference in references {
             assert!(
                 ["http://", "https://", "data:"]
