@@ -6,7 +6,7 @@ use crate::admin::{self, AdminApi};
 use crate::filters::FilterRegistry;
 use crate::proxy::EdgeProxy;
 use crate::runtime::Runtime;
-use crate::source::{ConfigSource, FileSource, Snapshot};
+use crate::source::{self, ConfigSource, Snapshot};
 use crate::tls::{self, OneCert};
 use clap::Parser;
 use pingora_core::apps::{HttpServerOptions, ServerApp};
@@ -45,7 +45,7 @@ pub struct Cli {
 pub fn main_with(filters: FilterRegistry) -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
-    let source = Arc::new(FileSource::new(&cli.conf));
+    let source = source::open(&cli.conf);
     let snapshot = match load_checked(source.as_ref(), &filters) {
         Ok(snapshot) => snapshot,
         Err(message) => {
@@ -126,7 +126,7 @@ fn load_checked(source: &dyn ConfigSource, filters: &FilterRegistry) -> Result<S
 
 fn run(
     cli: Cli,
-    source: Arc<FileSource>,
+    source: Arc<dyn ConfigSource>,
     mut snapshot: Snapshot,
     admin: Admin,
     filters: Arc<FilterRegistry>,

@@ -64,8 +64,10 @@ proptest! {
                 // Validation of a parsed spec never panics either; errors name the file.
                 let snapshot = Snapshot {
                     edge: EdgeSettings::from_yaml(Path::new("edge.yaml"), "threads: 1\n").unwrap(),
-                    domains: vec![DomainEntry { at: file.clone(), spec }],
+                    domains: vec![DomainEntry { at: file.clone(), spec, revision: 0 }],
                     errors: Vec::new(),
+                    kept: Vec::new(),
+                    from: "files",
                 };
                 if let Err(errors) = Runtime::check(&snapshot, &FilterRegistry::with_builtins()) {
                     prop_assert!(errors.0.iter().all(|e| e.at == file && !e.message.is_empty()));

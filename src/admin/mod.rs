@@ -7,6 +7,7 @@
 
 use crate::metrics::METRICS;
 use crate::runtime::{Domain, Runtime};
+use crate::source::WriteFailure;
 use crate::spec::values::percent_decode;
 use crate::spec::{
     CodePattern, ConfigError, ConfigErrors, DomainName, Location, PageUrl, RuleSpec, Source, VariantSpec,
@@ -107,6 +108,16 @@ struct ServerView<'a> {
 #[serde(deny_unknown_fields)]
 struct DomainBody {
     origin: crate::spec::OriginSpec,
+}
+
+/// How many times a change is planned again when the store says the domain changed meanwhile.
+const WRITE_ATTEMPTS: usize = 5;
+
+/// A change to write: a domain's new spec (with the entry it was made from; none when the
+/// domain is new), or a domain to remove (as loaded).
+enum Write {
+    Put(crate::source::DomainEntry, Option<Box<crate::source::DomainEntry>>),
+    Delete(DomainName, crate::source::DomainEntry),
 }
 
 /// The JSON body of `PUT .../custom-pages/{code}`.
@@ -342,33 +353,32 @@ impl AdminApi {
     async fn change_rules<T>(
         &self,
         domain: &str,
-        change: impl FnOnce(&mut Vec<RuleSpec>) -> Result<T, ApiError>,
+        mut change: impl FnMut(&mut Vec<RuleSpec>) -> Result<T, ApiError>,
     ) -> Result<T, ApiError> {
-        let _one_writer = self.writes.lock().await;
         let wanted = parse_name(domain).ok_or_else(|| unknown_domain(domain))?;
-        let source = self.runtime.source();
-        let mut snapshot = source.load().await.map_err(conflict)?;
-        let Some(index) = snapshot
-            .domains
-            .iter()
-            .position(|entry| entry.spec.domain.parse::<DomainName>().is_ok_and(|n| n == wanted))
-        else {
-            // The domain's own spec may be among the broken ones: say so rather than "unknown".
-            return Err(if snapshot.errors.is_empty() {
-                unknown_domain(domain)
-            } else {
-                conflict(ConfigErrors(snapshot.errors))
-            });
-        };
-        let outcome = change(&mut snapshot.domains[index].spec.custom_pages)?;
-        let entry = snapshot.domains[index].clone();
-        self.check_change(&snapshot, &entry.at)?;
-        let at = source
-            .put_domain(&entry.spec)
-            .await
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.0))?;
+        let (at, outcome) = self
+            .write(|snapshot| {
+                let Some(index) = snapshot
+                    .domains
+                    .iter()
+                    .position(|entry| entry.spec.domain.parse::<DomainName>().is_ok_and(|n| n == wanted))
+                else {
+                    // The domain's own spec may be among the broken ones: say so rather than
+                    // "unknown".
+                    return Err(if snapshot.errors.is_empty() {
+                        unknown_domain(domain)
+                    } else {
+                        conflict(ConfigErrors(snapshot.errors.clone()))
+                    });
+                };
+                let before = snapshot.domains[index].clone();
+                let outcome = change(&mut snapshot.domains[index].spec.custom_pages)?;
+                let entry = snapshot.domains[index].clone();
+                self.check_change(snapshot, &entry.at)?;
+                Ok((Write::Put(entry, Some(Box::new(before))), outcome))
+            })
+            .await?;
         info!("admin API changed the rules of {domain} in {at}");
-        self.runtime.reload().await.map_err(conflict)?;
         Ok(outcome)
     }
 
@@ -376,46 +386,45 @@ impl AdminApi {
     /// checked and written like a rule change.
     async fn put_domain(&self, name: &str, body: &[u8]) -> ApiResult {
         let body: DomainBody = parse_json_body(body)?;
-        let _one_writer = self.writes.lock().await;
         let wanted: DomainName = name.parse().map_err(|e: String| ApiError::field("domain", e))?;
-        let mut snapshot = self.runtime.source().load().await.map_err(conflict)?;
-        let existing = snapshot
-            .domains
-            .iter()
-            .position(|entry| entry.spec.domain.parse::<DomainName>().is_ok_and(|n| n == wanted));
-        let entry = match existing {
-            Some(index) => {
-                snapshot.domains[index].spec.origin = body.origin;
-                snapshot.domains[index].clone()
-            }
-            None => {
-                let entry = crate::source::DomainEntry {
-                    at: Location::Key(format!("new domain {wanted}")),
-                    spec: crate::spec::DomainSpec {
-                        domain: wanted.to_string(),
-                        origin: body.origin,
-                        cache: Default::default(),
-                        custom_pages: Vec::new(),
-                        custom_pages_opt_out: true,
-                        tls: None,
-                        https_redirect: false,
-                        filters: Vec::new(),
-                    },
+        let (at, existed) = self
+            .write(|snapshot| {
+                let existing = snapshot
+                    .domains
+                    .iter()
+                    .position(|entry| entry.spec.domain.parse::<DomainName>().is_ok_and(|n| n == wanted));
+                let (entry, before) = match existing {
+                    Some(index) => {
+                        let before = snapshot.domains[index].clone();
+                        snapshot.domains[index].spec.origin = body.origin.clone();
+                        (snapshot.domains[index].clone(), Some(Box::new(before)))
+                    }
+                    None => {
+                        let entry = crate::source::DomainEntry {
+                            at: Location::Key(format!("new domain {wanted}")),
+                            spec: crate::spec::DomainSpec {
+                                domain: wanted.to_string(),
+                                origin: body.origin.clone(),
+                                cache: Default::default(),
+                                custom_pages: Vec::new(),
+                                custom_pages_opt_out: true,
+                                tls: None,
+                                https_redirect: false,
+                                filters: Vec::new(),
+                            },
+                            revision: 0,
+                        };
+                        snapshot.domains.push(entry.clone());
+                        (entry, None)
+                    }
                 };
-                snapshot.domains.push(entry.clone());
-                entry
-            }
-        };
-        self.check_change(&snapshot, &entry.at)?;
-        let at = self
-            .runtime
-            .source()
-            .put_domain(&entry.spec)
-            .await
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.0))?;
+                self.check_change(snapshot, &entry.at)?;
+                let existed = before.is_some();
+                Ok((Write::Put(entry, before), existed))
+            })
+            .await?;
         info!("admin API wrote the domain {wanted} to {at}");
-        self.runtime.reload().await.map_err(conflict)?;
-        let status = if existing.is_some() {
+        let status = if existed {
             StatusCode::OK
         } else {
             StatusCode::CREATED
@@ -425,35 +434,64 @@ impl AdminApi {
 
     /// `DELETE /api/domains/{domain}`: refused while another domain's page lives on it.
     async fn delete_domain(&self, name: &str) -> ApiResult {
-        let _one_writer = self.writes.lock().await;
         let wanted = parse_name(name).ok_or_else(|| unknown_domain(name))?;
-        let mut snapshot = self.runtime.source().load().await.map_err(conflict)?;
-        let before = snapshot.domains.len();
-        snapshot.domains.retain(|entry| {
-            entry
-                .spec
-                .domain
-                .parse::<DomainName>()
-                .map_or(true, |n| n != wanted)
-        });
-        if snapshot.domains.len() == before {
-            return Err(unknown_domain(name));
-        }
-        if let Err(errors) = self.runtime.check_snapshot(&snapshot) {
-            return Err(conflict(errors));
-        }
-        let removed = self
-            .runtime
-            .source()
-            .delete_domain(&wanted)
-            .await
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.0))?;
-        if !removed {
-            return Err(unknown_domain(name));
-        }
+        self.write(|snapshot| {
+            let index = snapshot
+                .domains
+                .iter()
+                .position(|entry| entry.spec.domain.parse::<DomainName>().is_ok_and(|n| n == wanted))
+                .ok_or_else(|| unknown_domain(name))?;
+            let entry = snapshot.domains.remove(index);
+            if let Err(errors) = self.runtime.check_snapshot(snapshot) {
+                return Err(conflict(errors));
+            }
+            Ok((Write::Delete(wanted.clone(), entry), ()))
+        })
+        .await?;
         info!("admin API deleted the domain {wanted}");
-        self.runtime.reload().await.map_err(conflict)?;
         Ok((StatusCode::OK, json!({"deleted": wanted.to_string()})))
+    }
+
+    /// One change through the source: `plan` makes it from a fresh snapshot, the source writes
+    /// it (refusing it if the domain changed meanwhile, in a store that can tell: then it is
+    /// planned again from a newer snapshot), and the result is applied before this returns.
+    async fn write<T>(
+        &self,
+        mut plan: impl FnMut(&mut crate::source::Snapshot) -> Result<(Write, T), ApiError>,
+    ) -> Result<(String, T), ApiError> {
+        let _one_writer = self.writes.lock().await;
+        let source = self.runtime.source();
+        let mut attempt = 1;
+        loop {
+            let mut snapshot = source.load().await.map_err(conflict)?;
+            let (write, outcome) = plan(&mut snapshot)?;
+            let written = match &write {
+                Write::Put(entry, before) => source
+                    .put_domain(&entry.spec, before.as_deref())
+                    .await
+                    .map(|at| at.to_string()),
+                Write::Delete(name, entry) => match source.delete_domain(name, Some(entry)).await {
+                    Ok(true) => Ok(entry.at.to_string()),
+                    Ok(false) => return Err(unknown_domain(&name.to_string())),
+                    Err(e) => Err(e),
+                },
+            };
+            match written {
+                Ok(at) => {
+                    self.runtime.reload().await.map_err(conflict)?;
+                    return Ok((at, outcome));
+                }
+                Err(e) if e.kind == WriteFailure::Conflict && attempt < WRITE_ATTEMPTS => attempt += 1,
+                Err(e) => {
+                    let status = match e.kind {
+                        WriteFailure::Conflict => StatusCode::CONFLICT,
+                        WriteFailure::Unknown => StatusCode::SERVICE_UNAVAILABLE,
+                        WriteFailure::Failed => StatusCode::INTERNAL_SERVER_ERROR,
+                    };
+                    return Err(ApiError::new(status, e.message));
+                }
+            }
+        }
     }
 
     /// Checks a changed snapshot: errors of the changed spec (at `at`) are the request's fault

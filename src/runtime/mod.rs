@@ -63,6 +63,9 @@ pub struct ReloadStatus {
     pub errors: Vec<ConfigError>,
     /// Edge file keys changed that only a restart applies.
     pub restart_required: Vec<&'static str>,
+    /// Where the applied specs came from: `files`, `etcd`, or `snapshot` (etcd's last applied
+    /// state, while etcd is unreachable).
+    pub source: &'static str,
 }
 
 /// Counts page fetches in the edge's Prometheus metrics.
@@ -91,6 +94,7 @@ impl Runtime {
     ) -> Result<Arc<Runtime>, ConfigErrors> {
         let health = HealthTable::new();
         let routes = RouteTable::compile(&snapshot, &filters, &health)?;
+        let (snapshot_kept, snapshot_from) = (snapshot.kept, snapshot.from);
         let settings = snapshot.edge;
         let store = PageStore::with(
             settings.pages.clone(),
@@ -120,8 +124,9 @@ impl Runtime {
                 version: 1,
                 last_reload_at: None,
                 last_reload_ok: true,
-                errors: Vec::new(),
+                errors: snapshot_kept,
                 restart_required: Vec::new(),
+                source: snapshot_from,
             }),
             reloading: tokio::sync::Mutex::new(()),
         }))
@@ -132,6 +137,7 @@ impl Runtime {
     pub async fn run(&self, mut shutdown: ShutdownWatch) {
         let pages = self.routes.load().pages();
         self.pages.store().sync(&pages, &self.settings.pages).await;
+        self.source.applied().await;
         // Errors of either reload are logged and reported by /api/status; the last good
         // configuration stays. (Both loops run side by side: a source's `changed` is not
         // cancelled halfway by a file check.)
@@ -208,12 +214,12 @@ impl Runtime {
         let _one_at_a_time = self.reloading.lock().await;
         let loaded = match self.source.load().await {
             Ok(snapshot) => RouteTable::compile(&snapshot, &self.filters, &self.health)
-                .map(|routes| (routes, snapshot.edge)),
+                .map(|routes| (routes, snapshot.edge, snapshot.kept, snapshot.from)),
             Err(errors) => Err(errors),
         };
         let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
         match loaded {
-            Ok((routes, newer)) => {
+            Ok((routes, newer, kept, from)) => {
                 let restart_required = self.settings.restart_needed_for(&newer);
                 if !restart_required.is_empty() {
                     warn!(
@@ -222,14 +228,18 @@ impl Runtime {
                     );
                 }
                 let version = self.apply(routes, &newer.pages).await;
-                info!("configuration {version} applied");
+                info!("configuration {version} applied (from {from})");
                 METRICS.reloads.with_label_values(&["ok"]).inc();
-                let mut status = self.status.lock();
-                status.version = version;
-                status.last_reload_at = Some(now);
-                status.last_reload_ok = true;
-                status.errors.clear();
-                status.restart_required = restart_required;
+                {
+                    let mut status = self.status.lock();
+                    status.version = version;
+                    status.last_reload_at = Some(now);
+                    status.last_reload_ok = true;
+                    status.errors = kept;
+                    status.restart_required = restart_required;
+                    status.source = from;
+                }
+                self.source.applied().await;
                 Ok(version)
             }
             Err(errors) => {

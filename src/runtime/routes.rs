@@ -324,9 +324,12 @@ mod tests {
                 .map(|(file, yaml)| DomainEntry {
                     at: Location::File(file.into()),
                     spec: parse_yaml(Path::new(file), yaml).unwrap(),
+                    revision: 0,
                 })
                 .collect(),
             errors: Vec::new(),
+            kept: Vec::new(),
+            from: "files",
         }
     }
 

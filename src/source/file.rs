@@ -39,12 +39,12 @@ impl FileSource {
 
     fn loaded_dir(&self) -> Result<&Path, WriteError> {
         self.domains_dir()
-            .ok_or_else(|| WriteError("the edge file was never loaded".into()))
+            .ok_or_else(|| WriteError::failed("the edge file was never loaded"))
     }
 
     /// The file holding the spec of `name`, if one parses and claims it.
     fn file_of(&self, dir: &Path, name: &DomainName) -> Result<Option<PathBuf>, WriteError> {
-        let files = read_dir_files(dir).map_err(|e| WriteError(e.to_string()))?;
+        let files = read_dir_files(dir).map_err(|e| WriteError::failed(e.to_string()))?;
         Ok(files.into_iter().find_map(|(file, parsed)| {
             parsed
                 .ok()
@@ -64,12 +64,15 @@ impl ConfigSource for FileSource {
             edge,
             domains: Vec::new(),
             errors: Vec::new(),
+            kept: Vec::new(),
+            from: "files",
         };
         for (file, parsed) in read_dir_files(dir)? {
             match parsed {
                 Ok(spec) => snapshot.domains.push(DomainEntry {
                     at: Location::File(file),
                     spec,
+                    revision: 0,
                 }),
                 Err(e) => snapshot.errors.push(e),
             }
@@ -97,25 +100,34 @@ impl ConfigSource for FileSource {
         }
     }
 
-    async fn put_domain(&self, spec: &DomainSpec) -> Result<Location, WriteError> {
+    /// One writer at a time is the admin API's business: files carry no revision.
+    async fn put_domain(
+        &self,
+        spec: &DomainSpec,
+        _based_on: Option<&DomainEntry>,
+    ) -> Result<Location, WriteError> {
         let dir = self.loaded_dir()?;
-        let name: DomainName = spec.domain.parse().map_err(WriteError)?;
+        let name: DomainName = spec.domain.parse().map_err(WriteError::failed)?;
         let file = match self.file_of(dir, &name)? {
             Some(file) => file,
             None => dir.join(file_name(&name)),
         };
         write_domain_file(&file, spec)
-            .map_err(|e| WriteError(format!("cannot write {}: {e}", file.display())))?;
+            .map_err(|e| WriteError::failed(format!("cannot write {}: {e}", file.display())))?;
         Ok(Location::File(file))
     }
 
-    async fn delete_domain(&self, name: &DomainName) -> Result<bool, WriteError> {
+    async fn delete_domain(
+        &self,
+        name: &DomainName,
+        _based_on: Option<&DomainEntry>,
+    ) -> Result<bool, WriteError> {
         let dir = self.loaded_dir()?;
         let Some(file) = self.file_of(dir, name)? else {
             return Ok(false);
         };
         std::fs::remove_file(&file)
-            .map_err(|e| WriteError(format!("cannot remove {}: {e}", file.display())))?;
+            .map_err(|e| WriteError::failed(format!("cannot remove {}: {e}", file.display())))?;
         Ok(true)
     }
 
@@ -221,13 +233,13 @@ mod tests {
         let mut snapshot = source.load().await.unwrap();
         let mut spec = snapshot.domains.remove(0).spec;
         spec.origin.servers = vec!["127.0.0.1:9".into()];
-        let at = source.put_domain(&spec).await.unwrap();
+        let at = source.put_domain(&spec, None).await.unwrap();
         assert_eq!(at, Location::File(domains.join("mine.yaml")));
         let reloaded = source.load().await.unwrap();
         assert_eq!(reloaded.domains[0].spec, spec);
 
         spec.domain = "*.example.org".into();
-        let at = source.put_domain(&spec).await.unwrap();
+        let at = source.put_domain(&spec, None).await.unwrap();
         assert_eq!(at, Location::File(domains.join("wildcard.example.org.yaml")));
         assert_eq!(source.load().await.unwrap().domains.len(), 2);
         let leftovers: Vec<_> = std::fs::read_dir(&domains)
@@ -238,8 +250,8 @@ mod tests {
         assert!(leftovers.is_empty(), "no temporary file is left behind");
 
         let wildcard: DomainName = "*.example.org".parse().unwrap();
-        assert!(source.delete_domain(&wildcard).await.unwrap());
-        assert!(!source.delete_domain(&wildcard).await.unwrap());
+        assert!(source.delete_domain(&wildcard, None).await.unwrap());
+        assert!(!source.delete_domain(&wildcard, None).await.unwrap());
         assert_eq!(source.load().await.unwrap().domains.len(), 1);
     }
 

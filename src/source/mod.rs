@@ -1,18 +1,25 @@
 //! Where specs come from and where changes go: a [`ConfigSource`] gives a [`Snapshot`] of the
 //! edge settings and every domain spec, says when it may have changed, and writes one domain's
-//! spec at a time. [`FileSource`] is the edge file with its folder of drop-in domain files.
+//! spec at a time. [`FileSource`] is the edge file with its folder of drop-in domain files;
+//! [`EtcdSource`] the edge file with domain specs in etcd, shared by a fleet.
 //!
 //! A source only reads, parses and writes: what a snapshot means (validation across domains,
 //! filters, the live route table) is decided by the runtime, with the same code for every
 //! source, for `custom-pages -t`, reloads and the admin API.
 
+pub mod etcd;
 pub mod file;
 mod watch;
 
+pub use etcd::EtcdSource;
 pub use file::FileSource;
 
-use crate::spec::{ConfigError, ConfigErrors, DomainName, DomainSpec, EdgeSettings, Location};
+use crate::spec::{
+    ConfigError, ConfigErrors, DomainName, DomainSpec, EdgeSettings, Location, SourceSettings,
+};
 use async_trait::async_trait;
+use std::path::Path;
+use std::sync::Arc;
 
 /// A domain spec and where it was found.
 #[derive(Debug, Clone, PartialEq)]
@@ -21,6 +28,9 @@ pub struct DomainEntry {
     pub at: Location,
     /// The spec as written.
     pub spec: DomainSpec,
+    /// The store's revision of this version, which a write based on it must still find (0
+    /// where the source has none).
+    pub revision: i64,
 }
 
 /// Everything a source holds at one moment.
@@ -31,8 +41,14 @@ pub struct Snapshot {
     /// Every domain spec that parsed, in the source's stable order (the first to claim a
     /// name keeps it).
     pub domains: Vec<DomainEntry>,
-    /// What did not parse, one error per spec.
+    /// What did not parse, one error per spec: the snapshot cannot be applied.
     pub errors: Vec<ConfigError>,
+    /// What did not pass its checks in a source that keeps each spec's last good version:
+    /// those versions are in `domains`, and the snapshot is applied with these reported.
+    pub kept: Vec<ConfigError>,
+    /// Where the specs came from: `files`, `etcd`, or `snapshot` (etcd's last applied state,
+    /// served while etcd is unreachable).
+    pub from: &'static str,
 }
 
 impl Snapshot {
@@ -46,11 +62,64 @@ impl Snapshot {
 
 /// Why a change could not be written; the message is for the operator.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WriteError(pub String);
+pub struct WriteError {
+    /// What kind of failure: the caller retries a conflict, and must not claim anything of
+    /// an unknown outcome.
+    pub kind: WriteFailure,
+    /// What went wrong.
+    pub message: String,
+}
+
+/// The kinds of [`WriteError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteFailure {
+    /// Nothing was written.
+    Failed,
+    /// The spec changed since the version the change was based on: nothing was written.
+    Conflict,
+    /// The store did not confirm the write: it may or may not apply.
+    Unknown,
+}
+
+impl WriteError {
+    /// Nothing was written, because of `message`.
+    pub fn failed(message: impl Into<String>) -> WriteError {
+        WriteError {
+            kind: WriteFailure::Failed,
+            message: message.into(),
+        }
+    }
+    /// The change was based on an outdated version.
+    pub fn conflict(message: impl Into<String>) -> WriteError {
+        WriteError {
+            kind: WriteFailure::Conflict,
+            message: message.into(),
+        }
+    }
+    /// The outcome is not known.
+    pub fn unknown(message: impl Into<String>) -> WriteError {
+        WriteError {
+            kind: WriteFailure::Unknown,
+            message: message.into(),
+        }
+    }
+}
 
 impl std::fmt::Display for WriteError {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.message)
+    }
+}
+
+/// The source the edge file names: etcd with a `source.etcd` section, else its domains
+/// folder (also when the edge file cannot be read: loading it then reports why).
+pub fn open(edge_file: &Path) -> Arc<dyn ConfigSource> {
+    let settings = std::fs::read_to_string(edge_file)
+        .ok()
+        .and_then(|text| EdgeSettings::from_yaml(edge_file, &text).ok());
+    match settings.map(|s| s.source) {
+        Some(SourceSettings::Etcd(etcd)) => Arc::new(EtcdSource::new(edge_file, etcd)),
+        _ => Arc::new(FileSource::new(edge_file)),
     }
 }
 
@@ -66,11 +135,25 @@ pub trait ConfigSource: Send + Sync {
     async fn changed(&self) -> bool;
 
     /// Creates or replaces the spec of the domain it names, atomically: readers see the old
-    /// spec or the new one, never a mix. Returns where it was written.
-    async fn put_domain(&self, spec: &DomainSpec) -> Result<Location, WriteError>;
+    /// spec or the new one, never a mix. `based_on` is the entry the change was made from
+    /// (none: the domain is new); a source that can tell refuses the write as a conflict when
+    /// the domain changed since. Returns where it was written.
+    async fn put_domain(
+        &self,
+        spec: &DomainSpec,
+        based_on: Option<&DomainEntry>,
+    ) -> Result<Location, WriteError>;
 
-    /// Removes the spec of the domain claimed under exactly `name`. False if there was none.
-    async fn delete_domain(&self, name: &DomainName) -> Result<bool, WriteError>;
+    /// Removes the spec of the domain claimed under exactly `name`, as `based_on` (from the
+    /// latest load) has it. False if there was none.
+    async fn delete_domain(
+        &self,
+        name: &DomainName,
+        based_on: Option<&DomainEntry>,
+    ) -> Result<bool, WriteError>;
+
+    /// Told after a snapshot of this source was applied (etcd keeps a copy on disk).
+    async fn applied(&self) {}
 
     /// One line saying what a snapshot of this source holds, for `custom-pages -t`.
     fn describe(&self, snapshot: &Snapshot) -> String;

@@ -41,6 +41,65 @@ pub struct EdgeFile {
     /// Passed through to Pingora's `ServerConf` (pid_file, upgrade_sock, grace periods...).
     #[serde(default)]
     pub server: serde_yaml::Mapping,
+    /// Where domain specs come from: the domains folder (default), or etcd.
+    #[serde(default)]
+    pub source: SourceSection,
+}
+
+/// The `source:` section of the edge file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSection {
+    /// Domain specs in etcd instead of the domains folder.
+    #[serde(default)]
+    pub etcd: Option<EtcdSection>,
+}
+
+/// The `source.etcd:` section: a fleet of edges sharing domain specs through etcd.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdSection {
+    /// Client URLs of the cluster's members (`http://127.0.0.1:2379`).
+    pub endpoints: Vec<String>,
+    /// Keys live under it.
+    #[serde(default = "default_etcd_prefix")]
+    pub prefix: String,
+    /// The last applied state, relative to the edge file: what the edge serves when it
+    /// starts while etcd is unreachable.
+    #[serde(default = "default_etcd_snapshot")]
+    pub snapshot: PathBuf,
+    /// This edge's name in the fleet (default: the host name).
+    #[serde(default)]
+    pub edge_id: Option<String>,
+}
+
+fn default_etcd_prefix() -> String {
+    "/custom-pages/".into()
+}
+fn default_etcd_snapshot() -> PathBuf {
+    PathBuf::from("etcd-snapshot.json")
+}
+
+/// Where domain specs come from, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceSettings {
+    /// The domains folder.
+    Files,
+    /// etcd.
+    Etcd(EtcdSettings),
+}
+
+/// The `source.etcd:` settings, validated (the snapshot path resolved).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdSettings {
+    /// Client URLs of the members.
+    pub endpoints: Vec<String>,
+    /// The key prefix, ending with `/`.
+    pub prefix: String,
+    /// The snapshot file.
+    pub snapshot: PathBuf,
+    /// This edge's name in the fleet.
+    pub edge_id: String,
 }
 
 fn default_listen() -> Vec<String> {
@@ -208,6 +267,8 @@ pub struct EdgeSettings {
     /// The `server:` section as written, to compare on reload (the running edge hands `server`
     /// to Pingora).
     pub server_yaml: String,
+    /// Where domain specs come from.
+    pub source: SourceSettings,
 }
 
 /// How the page store fetches and keeps pages.
@@ -356,6 +417,56 @@ impl EdgeSettings {
                 None
             }
         };
+        let source = match &raw.source.etcd {
+            None => SourceSettings::Files,
+            Some(etcd) => {
+                if etcd.endpoints.is_empty() {
+                    err(
+                        "source.etcd.endpoints",
+                        "names no member; expected e.g. [\"http://127.0.0.1:2379\"]".into(),
+                    );
+                }
+                for (i, endpoint) in etcd.endpoints.iter().enumerate() {
+                    let host_port = endpoint.strip_prefix("http://").unwrap_or("");
+                    if host_port.is_empty() || host_port.contains('/') {
+                        err(
+                            &format!("source.etcd.endpoints[{i}]"),
+                            format!("{endpoint:?} is not a member's client URL; expected http://host:port"),
+                        );
+                    }
+                }
+                if !etcd.prefix.starts_with('/') || etcd.prefix.chars().any(|c| c.is_control() || c == ' ') {
+                    err(
+                        "source.etcd.prefix",
+                        format!(
+                            "{:?} is not a key prefix; expected one like /custom-pages/",
+                            etcd.prefix
+                        ),
+                    );
+                }
+                let edge_id = etcd
+                    .edge_id
+                    .clone()
+                    .unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned());
+                let sane = |c: char| c.is_ascii_alphanumeric() || "._-".contains(c);
+                if edge_id.is_empty() || edge_id.len() > 64 || !edge_id.chars().all(sane) {
+                    err(
+                        "source.etcd.edge_id",
+                        format!("{edge_id:?} is not an edge name; expected letters, digits, '.', '_' or '-'"),
+                    );
+                }
+                let mut prefix = etcd.prefix.clone();
+                if !prefix.ends_with('/') {
+                    prefix.push('/');
+                }
+                SourceSettings::Etcd(EtcdSettings {
+                    endpoints: etcd.endpoints.clone(),
+                    prefix,
+                    snapshot: base.join(&etcd.snapshot),
+                    edge_id,
+                })
+            }
+        };
         match (errors.is_empty(), admin_listen, server) {
             (true, Some(admin_listen), Some(server)) => Ok(EdgeSettings {
                 file: file.to_path_buf(),
@@ -377,6 +488,7 @@ impl EdgeSettings {
                 admin_token_file: raw.admin.token_file.map(|p| base.join(p)),
                 admin_tls: raw.admin.tls.map(resolve),
                 access_log: AccessLogTarget::parse(&raw.access_log, base),
+                source,
                 server_yaml: serde_yaml::to_string(&raw.server).unwrap_or_default(),
                 server,
             }),
@@ -414,6 +526,7 @@ impl EdgeSettings {
         check("admin.tls", self.admin_tls != newer.admin_tls);
         check("access_log", self.access_log != newer.access_log);
         check("server", self.server_yaml != newer.server_yaml);
+        check("source", self.source != newer.source);
         keys
     }
 }

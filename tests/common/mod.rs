@@ -5,6 +5,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod admin;
+pub mod etcd;
 pub mod origin;
 pub mod raw;
 pub mod tls;
@@ -200,6 +201,13 @@ impl Edge {
     /// Whether the process is still running.
     pub fn running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+    /// Stops the edge and starts it again in its folder (on new ports) with `options`.
+    pub fn restart(mut self, options: EdgeOptions) -> Edge {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
+        Edge::start_in(dir, options)
     }
 }
 

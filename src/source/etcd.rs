@@ -1,0 +1,461 @@
+//! Domain specs in etcd (v3 API), shared by a fleet of edges. The edge file stays on disk;
+//! `{prefix}domains/{domain}` holds the same YAML as a domain file.
+//!
+//! - **Load:** the whole `domains/` range at one revision, each key parsed and checked alone.
+//!   A key that fails keeps its last good version (reported with its revision), so one broken
+//!   key never holds back the others. Every load is complete, so compaction, a new cluster or
+//!   a revision going backwards need nothing special: the next load replaces everything.
+//! - **Watch:** from the loaded revision + 1; any event (after [`SETTLE`]) means "load again".
+//!   A lost or cancelled watch is re-created from the last loaded revision, with backoff.
+//!   Connections use HTTP/2 keep-alives and require a leader, so a partitioned member cannot
+//!   hold a silent watch.
+//! - **Snapshot:** after each applied load the state is written to `snapshot` (temp, fsync,
+//!   rename). An edge started while etcd is unreachable serves it, then catches up.
+//! - **Writes:** one transaction comparing the key's `mod_revision` with the one its change was
+//!   based on: a concurrent change makes it a conflict (the caller reads again and retries),
+//!   never a lost update.
+//!
+//! Clients are made per use, on the runtime that uses them: a client belongs to the runtime it
+//! was created on, and the edge loads its configuration on a short-lived one before Pingora
+//! starts (and, with `-d`, forks).
+
+use super::{ConfigSource, DomainEntry, Snapshot, WriteError};
+use crate::spec::{
+    parse_yaml, ConfigError, ConfigErrors, DomainName, DomainSpec, EdgeSettings, EtcdSettings, Location,
+};
+use async_trait::async_trait;
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp, WatchOptions, WatchStream,
+};
+use log::{info, warn};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Changes closer together than this are loaded as one.
+const SETTLE: Duration = Duration::from_millis(100);
+/// Bound of one read or write; also how long a start waits for etcd before using the snapshot.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+/// Retry delays after a failed watch: from the first to the longest.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(2));
+
+/// Domain specs in etcd (see the module docs).
+pub struct EtcdSource {
+    edge_file: PathBuf,
+    settings: EtcdSettings,
+    state: Mutex<State>,
+    /// The watch in use, and the revision it started after.
+    watch: tokio::sync::Mutex<Option<(i64, WatchStream)>>,
+}
+
+/// A key's last good version.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Kept {
+    /// The YAML as stored.
+    text: String,
+    /// The revision that last changed the key.
+    mod_revision: i64,
+    #[serde(skip)]
+    spec: Option<DomainSpec>,
+}
+
+/// What the source holds between loads.
+#[derive(Debug, Default)]
+struct State {
+    /// The last good version of every key, by key.
+    kept: BTreeMap<String, Kept>,
+    /// The errors of the last load (keys that keep their last good version, or have none).
+    errors: Vec<ConfigError>,
+    /// The revision the state was read at (0: never read from etcd).
+    revision: i64,
+    /// Whether the state came from the snapshot file rather than etcd.
+    from_snapshot: bool,
+}
+
+/// The snapshot file's content.
+#[derive(Serialize, Deserialize)]
+struct SnapshotFile {
+    revision: i64,
+    domains: BTreeMap<String, Kept>,
+}
+
+impl EtcdSource {
+    /// The source of the edge file `edge_file`, whose `source.etcd` section is `settings`.
+    pub fn new(edge_file: impl Into<PathBuf>, settings: EtcdSettings) -> EtcdSource {
+        EtcdSource {
+            edge_file: edge_file.into(),
+            settings,
+            state: Mutex::new(State::default()),
+            watch: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Where the domain specs live: `{prefix}domains/`.
+    pub fn domains_prefix(&self) -> String {
+        format!("{}domains/", self.settings.prefix)
+    }
+
+    /// The key of a domain: `{prefix}domains/{name}` (a wildcard as `*.example.com`).
+    pub fn key_of(&self, name: &DomainName) -> String {
+        format!("{}{name}", self.domains_prefix())
+    }
+
+    /// A client of the cluster, on the current runtime (its first request connects).
+    pub async fn client(&self) -> Result<Client, String> {
+        connect(&self.settings).await
+    }
+
+    /// Reads every domain key at one revision.
+    async fn read(&self) -> Result<(i64, Vec<(String, String, i64)>), String> {
+        let mut client = self.client().await?;
+        let prefix = self.domains_prefix();
+        let read = client.get(prefix.as_str(), Some(GetOptions::new().with_prefix()));
+        let answer = tokio::time::timeout(REQUEST_TIMEOUT, read)
+            .await
+            .map_err(|_| format!("no answer within {REQUEST_TIMEOUT:?}"))?
+            .map_err(|e| e.to_string())?;
+        let revision = answer.header().map_or(0, |h| h.revision());
+        let mut keys = Vec::new();
+        for kv in answer.kvs() {
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            let text = String::from_utf8_lossy(kv.value()).into_owned();
+            keys.push((key, text, kv.mod_revision()));
+        }
+        Ok((revision, keys))
+    }
+
+    /// A key's spec, checked alone: it parses, its values are valid, and it claims the domain
+    /// its key names.
+    fn check_key(&self, key: &str, text: &str) -> Result<DomainSpec, Vec<ConfigError>> {
+        let at = Location::Key(key.to_string());
+        let spec: DomainSpec = parse_yaml(at.clone(), text).map_err(|e| vec![e])?;
+        let name = spec.check(&at)?;
+        let named = key.strip_prefix(&self.domains_prefix()).unwrap_or(key);
+        if named.parse::<DomainName>().ok().as_ref() != Some(&name) {
+            return Err(vec![ConfigError::new(
+                at,
+                "domain",
+                format!(
+                    "the key names {named:?} but the spec is for {name}; a key must be {}",
+                    self.key_of(&name)
+                ),
+            )]);
+        }
+        Ok(spec)
+    }
+
+    /// Replaces the state with what etcd holds at `revision`, keeping the last good version
+    /// of every key that fails its checks.
+    fn take(&self, revision: i64, keys: Vec<(String, String, i64)>) {
+        let mut state = self.state.lock();
+        let mut kept = BTreeMap::new();
+        let mut errors = Vec::new();
+        for (key, text, mod_revision) in keys {
+            match self.check_key(&key, &text) {
+                Ok(spec) => {
+                    let good = Kept {
+                        text,
+                        mod_revision,
+                        spec: Some(spec),
+                    };
+                    kept.insert(key, good);
+                }
+                Err(found) => {
+                    let last_good = state.kept.get(&key).cloned();
+                    let outcome = match &last_good {
+                        Some(good) => format!("the version of revision {} stays", good.mod_revision),
+                        None => "the domain is not served".into(),
+                    };
+                    for e in found {
+                        warn!("etcd key {key} (revision {mod_revision}) not applied: {e}; {outcome}");
+                        let message = format!("revision {mod_revision}: {}; {outcome}", e.message);
+                        errors.push(ConfigError::new(e.at, e.key, message));
+                    }
+                    if let Some(good) = last_good {
+                        kept.insert(key, good);
+                    }
+                }
+            }
+        }
+        *state = State {
+            kept,
+            errors,
+            revision,
+            from_snapshot: false,
+        };
+    }
+
+    /// Reads the snapshot file into the state.
+    fn take_snapshot_file(&self) -> Result<(), String> {
+        let path = &self.settings.snapshot;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let file: SnapshotFile =
+            serde_json::from_str(&text).map_err(|e| format!("{} is not a snapshot: {e}", path.display()))?;
+        let mut state = self.state.lock();
+        state.kept.clear();
+        state.errors.clear();
+        for (key, mut kept) in file.domains {
+            match self.check_key(&key, &kept.text) {
+                Ok(spec) => {
+                    kept.spec = Some(spec);
+                    state.kept.insert(key, kept);
+                }
+                Err(errors) => state.errors.extend(errors),
+            }
+        }
+        state.from_snapshot = true;
+        state.revision = 0;
+        info!(
+            "serving the snapshot {} of revision {}",
+            path.display(),
+            file.revision
+        );
+        Ok(())
+    }
+
+    /// The snapshot of the state, as [`ConfigSource::load`] returns it.
+    fn snapshot(&self, edge: EdgeSettings) -> Snapshot {
+        let state = self.state.lock();
+        let domains = state
+            .kept
+            .iter()
+            .filter_map(|(key, kept)| {
+                Some(DomainEntry {
+                    at: Location::Key(key.clone()),
+                    spec: kept.spec.clone()?,
+                    revision: kept.mod_revision,
+                })
+            })
+            .collect();
+        Snapshot {
+            edge,
+            domains,
+            errors: Vec::new(),
+            kept: state.errors.clone(),
+            from: if state.from_snapshot { "snapshot" } else { "etcd" },
+        }
+    }
+
+    /// Waits for the next change under the domains prefix, from the state's revision on.
+    async fn next_change(&self, backoff: &mut Duration) -> Result<(), String> {
+        let revision = self.state.lock().revision;
+        if revision == 0 {
+            // Serving the snapshot: etcd answering at all is the change.
+            self.read().await?;
+            return Ok(());
+        }
+        let mut watch = self.watch.lock().await;
+        if watch.as_ref().is_none_or(|(after, _)| *after != revision) {
+            let mut client = self.client().await?;
+            let options = WatchOptions::new()
+                .with_prefix()
+                .with_start_revision(revision + 1);
+            let started = tokio::time::timeout(
+                REQUEST_TIMEOUT,
+                client.watch(self.domains_prefix(), Some(options)),
+            )
+            .await
+            .map_err(|_| format!("no answer within {REQUEST_TIMEOUT:?}"))?
+            .map_err(|e| e.to_string())?;
+            *watch = Some((revision, started));
+        }
+        let Some((_, stream)) = watch.as_mut() else {
+            return Err("no watch".into());
+        };
+        loop {
+            let message = stream.message().await;
+            let answer = match message {
+                Ok(Some(answer)) => answer,
+                Ok(None) => {
+                    *watch = None;
+                    return Err("the watch ended".into());
+                }
+                Err(e) => {
+                    *watch = None;
+                    return Err(e.to_string());
+                }
+            };
+            *backoff = BACKOFF.0;
+            if answer.canceled() {
+                *watch = None;
+                if answer.compact_revision() > 0 {
+                    warn!(
+                        "etcd compacted past revision {revision} (to {}): loading everything again",
+                        answer.compact_revision()
+                    );
+                    return Ok(());
+                }
+                return Err(format!("the watch was cancelled: {}", answer.cancel_reason()));
+            }
+            if !answer.events().is_empty() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Writes the state to the snapshot file: a temporary file beside it, flushed, renamed.
+    fn write_snapshot_file(&self) -> std::io::Result<()> {
+        use std::io::Write;
+        let content = {
+            let state = self.state.lock();
+            if state.from_snapshot {
+                return Ok(());
+            }
+            let file = SnapshotFile {
+                revision: state.revision,
+                domains: state.kept.clone(),
+            };
+            serde_json::to_vec_pretty(&file).map_err(std::io::Error::other)?
+        };
+        let path = &self.settings.snapshot;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("etcd-snapshot.json");
+        let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+        let mut out = std::fs::File::create(&tmp)?;
+        out.write_all(&content)?;
+        out.sync_all()?;
+        std::fs::rename(&tmp, path).inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })?;
+        // The rename itself is on disk once the folder is.
+        std::fs::File::open(dir).and_then(|d| d.sync_all())
+    }
+
+    /// Commits `op` on `key` if the key is still at `based_on` (0: absent).
+    async fn commit(&self, key: &str, based_on: i64, op: TxnOp) -> Result<(), WriteError> {
+        let mut client = self.client().await.map_err(WriteError::failed)?;
+        let txn = Txn::new()
+            .when([Compare::mod_revision(key, CompareOp::Equal, based_on)])
+            .and_then([op]);
+        match tokio::time::timeout(REQUEST_TIMEOUT, client.txn(txn)).await {
+            Ok(Ok(answer)) if answer.succeeded() => Ok(()),
+            Ok(Ok(_)) => Err(WriteError::conflict(format!(
+                "{key} was changed by someone else since revision {based_on}"
+            ))),
+            // Sent or not, committed or not: etcd may still apply it (once a majority is back).
+            Ok(Err(e)) => Err(WriteError::unknown(format!(
+                "etcd did not confirm the change of {key} ({e}); it may still apply"
+            ))),
+            Err(_) => Err(WriteError::unknown(format!(
+                "etcd did not confirm the change of {key} within {REQUEST_TIMEOUT:?}; it may still apply"
+            ))),
+        }
+    }
+}
+
+/// A client of the cluster `settings` names.
+pub async fn connect(settings: &EtcdSettings) -> Result<Client, String> {
+    let options = ConnectOptions::new()
+        .with_connect_timeout(REQUEST_TIMEOUT)
+        .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+        .with_keep_alive_while_idle(true)
+        .with_require_leader(true);
+    Client::connect(&settings.endpoints, Some(options))
+        .await
+        .map_err(|e| format!("cannot reach etcd at {}: {e}", settings.endpoints.join(", ")))
+}
+
+#[async_trait]
+impl ConfigSource for EtcdSource {
+    async fn load(&self) -> Result<Snapshot, ConfigErrors> {
+        let text = std::fs::read_to_string(&self.edge_file).map_err(|e| {
+            ConfigError::new(self.edge_file.as_path(), "", format!("cannot read the file: {e}"))
+        })?;
+        let edge = EdgeSettings::from_yaml(&self.edge_file, &text)?;
+        match self.read().await {
+            Ok((revision, keys)) => self.take(revision, keys),
+            Err(e) => {
+                let never_loaded = {
+                    let state = self.state.lock();
+                    state.revision == 0 && !state.from_snapshot
+                };
+                if never_loaded {
+                    warn!("etcd is unreachable ({e}); trying the snapshot");
+                    self.take_snapshot_file().map_err(|snapshot| {
+                        ConfigError::new(
+                            self.edge_file.as_path(),
+                            "source.etcd",
+                            format!("etcd is unreachable ({e}) and there is no usable snapshot ({snapshot}); nothing to serve"),
+                        )
+                    })?;
+                } else {
+                    warn!(
+                        "etcd is unreachable ({e}); keeping the state of revision {}",
+                        self.state.lock().revision
+                    );
+                }
+            }
+        }
+        Ok(self.snapshot(edge))
+    }
+
+    async fn changed(&self) -> bool {
+        let mut backoff = BACKOFF.0;
+        loop {
+            match self.next_change(&mut backoff).await {
+                Ok(()) => {
+                    tokio::time::sleep(SETTLE).await;
+                    return true;
+                }
+                Err(e) => {
+                    warn!("etcd watch: {e}; retrying in {backoff:?}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(BACKOFF.1);
+                }
+            }
+        }
+    }
+
+    async fn put_domain(
+        &self,
+        spec: &DomainSpec,
+        based_on: Option<&DomainEntry>,
+    ) -> Result<Location, WriteError> {
+        let name: DomainName = spec.domain.parse().map_err(WriteError::failed)?;
+        let key = self.key_of(&name);
+        let yaml = serde_yaml::to_string(spec).map_err(|e| WriteError::failed(e.to_string()))?;
+        let revision = based_on.map_or(0, |entry| entry.revision);
+        self.commit(&key, revision, TxnOp::put(key.as_str(), yaml, None))
+            .await?;
+        Ok(Location::Key(key))
+    }
+
+    async fn delete_domain(
+        &self,
+        name: &DomainName,
+        based_on: Option<&DomainEntry>,
+    ) -> Result<bool, WriteError> {
+        let Some(entry) = based_on else {
+            return Ok(false);
+        };
+        let key = self.key_of(name);
+        self.commit(&key, entry.revision, TxnOp::delete(key.as_str(), None))
+            .await?;
+        Ok(true)
+    }
+
+    async fn applied(&self) {
+        if let Err(e) = self.write_snapshot_file() {
+            warn!(
+                "cannot write the snapshot {}: {e}",
+                self.settings.snapshot.display()
+            );
+        }
+    }
+
+    fn describe(&self, snapshot: &Snapshot) -> String {
+        format!(
+            "{} and {} domain(s) under {} in etcd ({})",
+            self.edge_file.display(),
+            snapshot.domains.len(),
+            self.domains_prefix(),
+            self.settings.endpoints.join(", ")
+        )
+    }
+}

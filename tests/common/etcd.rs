@@ -1,0 +1,207 @@
+//! Real etcd members for fleet tests: Debian's `etcd` binary on loopback ports, data in a
+//! temporary folder, killed by pid (a member without a majority is slow to stop otherwise).
+
+use super::free_port;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// One member of a test cluster.
+struct Member {
+    name: String,
+    client: u16,
+    peer: u16,
+    child: Option<Child>,
+}
+
+/// A cluster of members started together.
+pub struct Etcd {
+    dir: tempfile::TempDir,
+    members: Vec<Member>,
+    initial_cluster: String,
+}
+
+impl Etcd {
+    /// Starts a cluster of `size` members and waits until every member is healthy.
+    pub fn start(size: usize) -> Etcd {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let members: Vec<Member> = (0..size)
+            .map(|i| Member {
+                name: format!("m{i}"),
+                client: free_port(),
+                peer: free_port(),
+                child: None,
+            })
+            .collect();
+        let initial_cluster = members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut etcd = Etcd {
+            dir,
+            members,
+            initial_cluster,
+        };
+        for i in 0..size {
+            etcd.spawn(i);
+        }
+        for i in 0..size {
+            etcd.wait_healthy(i);
+        }
+        etcd
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let member = &self.members[i];
+        let data = self.dir.path().join(&member.name);
+        let log = std::fs::File::create(self.dir.path().join(format!("{}.log", member.name))).expect("log");
+        let child = Command::new("etcd")
+            .args(["--name", &member.name])
+            .arg("--data-dir")
+            .arg(&data)
+            .args([
+                "--listen-client-urls",
+                &format!("http://127.0.0.1:{}", member.client),
+            ])
+            .args([
+                "--advertise-client-urls",
+                &format!("http://127.0.0.1:{}", member.client),
+            ])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{}", member.peer)])
+            .args([
+                "--initial-advertise-peer-urls",
+                &format!("http://127.0.0.1:{}", member.peer),
+            ])
+            .args(["--initial-cluster", &self.initial_cluster])
+            .args([
+                "--initial-cluster-state",
+                "new",
+                "--initial-cluster-token",
+                "custom-pages-test",
+            ])
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("etcd is installed (make deps)");
+        self.members[i].child = Some(child);
+    }
+
+    fn wait_healthy(&self, i: usize) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let endpoint = self.endpoint(i);
+        while Instant::now() < deadline {
+            let health = Command::new("etcdctl")
+                .env("ETCDCTL_API", "3")
+                .args([
+                    "--endpoints",
+                    &endpoint,
+                    "--command-timeout=1s",
+                    "endpoint",
+                    "health",
+                ])
+                .output();
+            if health.is_ok_and(|o| o.status.success()) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let log = std::fs::read_to_string(self.dir.path().join(format!("{}.log", self.members[i].name)));
+        panic!("etcd member {i} not healthy:\n{}", log.unwrap_or_default());
+    }
+
+    /// The client URL of member `i`.
+    pub fn endpoint(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.members[i].client)
+    }
+
+    /// Every member's client URL, as YAML flow list items.
+    pub fn endpoints_yaml(&self) -> String {
+        let all: Vec<String> = (0..self.members.len())
+            .map(|i| format!("\"{}\"", self.endpoint(i)))
+            .collect();
+        format!("[{}]", all.join(", "))
+    }
+
+    /// Kills member `i` (SIGKILL).
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.members[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts member `i` again on its data and waits until it is healthy (with `wait`).
+    pub fn restart(&mut self, i: usize, wait: bool) {
+        self.spawn(i);
+        if wait {
+            self.wait_healthy(i);
+        }
+    }
+
+    /// Runs `etcdctl` against the members that run.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        let endpoints: Vec<String> = (0..self.members.len())
+            .filter(|i| self.members[*i].child.is_some())
+            .map(|i| self.endpoint(i))
+            .collect();
+        Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &endpoints.join(","), "--command-timeout=5s"])
+            .args(args)
+            .output()
+            .expect("etcdctl is installed (make deps)")
+    }
+
+    /// `etcdctl put key value`, which must succeed.
+    pub fn put(&self, key: &str, value: &str) {
+        let out = self.ctl(&["put", key, value]);
+        assert!(
+            out.status.success(),
+            "etcdctl put {key}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The current revision.
+    pub fn revision(&self) -> i64 {
+        let out = self.ctl(&["get", "/", "--prefix", "--limit=1", "-w", "json"]);
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("etcdctl JSON");
+        json["header"]["revision"].as_i64().expect("a revision")
+    }
+
+    /// The index of the leader.
+    pub fn leader(&self) -> usize {
+        for i in 0..self.members.len() {
+            if self.members[i].child.is_none() {
+                continue;
+            }
+            let out = Command::new("etcdctl")
+                .env("ETCDCTL_API", "3")
+                .args([
+                    "--endpoints",
+                    &self.endpoint(i),
+                    "endpoint",
+                    "status",
+                    "-w",
+                    "json",
+                ])
+                .output()
+                .expect("etcdctl");
+            let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            let status = &json[0]["Status"];
+            if status["leader"].as_u64().is_some() && status["leader"] == status["header"]["member_id"] {
+                return i;
+            }
+        }
+        panic!("no leader");
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+}
