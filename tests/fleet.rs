@@ -109,3 +109,229 @@ async fn two_edges_apply_rules_put_with_etcdctl_and_changes_made_through_either_
     let status = Admin::new(&b).status().await;
     assert_eq!(status["source"], "etcd", "{status}");
 }
+
+/// A domain spec for `domain` on `origin` with its 404 page at `page` on `EXP`.
+fn domain_yaml(domain: &str, origin: &Origin, page: &str) -> String {
+    format!(
+        "domain: {domain}\norigin:\n  servers: [\"{}\"]\ncustom_pages:\n  - code: 404\n    url: http://{EXP}{page}\n",
+        origin.addr()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broken_key_keeps_its_last_good_version_while_another_keys_change_applies() {
+    let etcd = Etcd::start(1);
+    let origin = origin_with_page("custom 404").await;
+    let other = "b.example.com";
+    etcd.put(&key(EXP), &exp_yaml(&origin, "/404.html"));
+    etcd.put(&key(other), &domain_yaml(other, &origin, "/404.html"));
+    let edge = start_fleet_edge(&etcd, "a").await;
+    assert!(until_served(&edge, "custom 404", Duration::from_secs(5))
+        .await
+        .is_some());
+
+    etcd.put(
+        &key(EXP),
+        &format!("domain: {EXP}\norigin:\n  servers: [\"not a server\"]\n"),
+    );
+    let broken_at = etcd.revision();
+    etcd.put(&key(other), &domain_yaml(other, &origin, "/other.html"));
+    let c = client(&edge, Proto::H1, &[EXP, other]);
+    let applied = time_until(Duration::from_secs(3), || async {
+        get(&c, &edge.url(other, "/gone")).await.body == "other page"
+    });
+    assert!(applied.await.is_some(), "the other key applies: {}", edge.log());
+    assert_eq!(
+        gone(&edge).await,
+        "custom 404",
+        "the broken key keeps its last good version"
+    );
+    let status = Admin::new(&edge).status().await;
+    let errors = status["errors"].as_array().cloned().unwrap_or_default();
+    assert_eq!(errors.len(), 1, "{status}");
+    assert_eq!(errors[0]["store_key"], key(EXP), "{status}");
+    assert_eq!(errors[0]["key"], "origin.servers[0]", "{status}");
+    let message = errors[0]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with(&format!("revision {broken_at}: ")),
+        "{message}"
+    );
+    assert!(message.contains("stays"), "{message}");
+    // A key whose name is not its domain is refused the same way.
+    etcd.put(
+        &key("c.example.com"),
+        &domain_yaml("d.example.com", &origin, "/404.html"),
+    );
+    let named = time_until(Duration::from_secs(3), || async {
+        let status = Admin::new(&edge).status().await;
+        status["errors"]
+            .to_string()
+            .contains("the key names \\\"c.example.com\\\" but the spec is for d.example.com")
+    });
+    assert!(named.await.is_some(), "{}", edge.log());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_conflicting_admin_writes_on_two_edges_lose_no_update() {
+    let etcd = Etcd::start(1);
+    let origin = origin_with_page("custom 404").await;
+    etcd.put(&key(EXP), &exp_yaml(&origin, "/404.html"));
+    let (a, b) = (
+        start_fleet_edge(&etcd, "a").await,
+        start_fleet_edge(&etcd, "b").await,
+    );
+    let (admin_a, admin_b) = (Admin::new(&a), Admin::new(&b));
+    let url = json!({"url": format!("http://{EXP}/other.html")});
+    let writes = (0..8).map(|i| {
+        let (admin_a, admin_b, url) = (&admin_a, &admin_b, &url);
+        async move {
+            let (code_a, code_b) = ((410 + i).to_string(), (420 + i).to_string());
+            let (on_a, on_b) = tokio::join!(
+                admin_a.put_rule(EXP, &code_a, url),
+                admin_b.put_rule(EXP, &code_b, url)
+            );
+            [on_a.status, on_b.status]
+        }
+    });
+    let statuses: Vec<u16> = futures::future::join_all(writes)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    assert!(statuses.iter().all(|s| *s == 201), "{statuses:?}");
+    let out = etcd.ctl(&["get", &key(EXP), "--print-value-only"]);
+    let stored = String::from_utf8_lossy(&out.stdout).into_owned();
+    for code in (410..418).chain(420..428) {
+        assert!(
+            stored.contains(&format!("code: {code}")),
+            "rule {code} was kept:\n{stored}"
+        );
+    }
+    // Both edges serve what etcd holds (the one that did not write last learns it by its watch).
+    for admin in [&admin_a, &admin_b] {
+        let all = time_until(Duration::from_secs(2), || async {
+            admin.rules(EXP).await.len() == 17
+        });
+        let codes: Vec<String> = admin
+            .rules(EXP)
+            .await
+            .iter()
+            .map(|r| r["code"].to_string())
+            .collect();
+        assert!(all.await.is_some(), "{codes:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn edges_keep_serving_without_etcd_start_from_their_snapshot_and_catch_up() {
+    let mut etcd = Etcd::start(1);
+    let origin = origin_with_page("custom 404").await;
+    etcd.put(&key(EXP), &exp_yaml(&origin, "/404.html"));
+    let (a, b) = (
+        start_fleet_edge(&etcd, "a").await,
+        start_fleet_edge(&etcd, "b").await,
+    );
+    for edge in [&a, &b] {
+        assert!(until_served(edge, "custom 404", Duration::from_secs(5))
+            .await
+            .is_some());
+    }
+    etcd.kill(0);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for edge in [&a, &b] {
+        assert_eq!(gone(edge).await, "custom 404", "{}", edge.log());
+    }
+    // An edge restarted while etcd is down serves its snapshot, and says so.
+    let b = tokio::task::spawn_blocking({
+        let options = fleet_options(&etcd, "b");
+        move || b.restart(options)
+    })
+    .await
+    .expect("restart");
+    assert_eq!(gone(&b).await, "custom 404", "{}", b.log());
+    assert_eq!(Admin::new(&b).status().await["source"], "snapshot");
+
+    // etcd back: a change made then reaches both.
+    etcd.restart(0, true);
+    etcd.put(&key(EXP), &exp_yaml(&origin, "/other.html"));
+    for edge in [&a, &b] {
+        let took = until_served(edge, "other page", Duration::from_secs(6)).await;
+        assert!(took.is_some(), "{}", edge.log());
+    }
+    assert_eq!(Admin::new(&b).status().await["source"], "etcd");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_three_member_cluster_loses_its_leader_and_a_compaction_passes_an_edge_by() {
+    let mut etcd = Etcd::start(3);
+    let origin = origin_with_page("custom 404").await;
+    origin.route(
+        "/third.html",
+        Reply::ok("third page").header("content-type", "text/html"),
+    );
+    etcd.put(&key(EXP), &exp_yaml(&origin, "/404.html"));
+    let a = start_fleet_edge(&etcd, "a").await;
+    // Edge c talks to one member only: the one that will be away during the compaction.
+    let lonely = (etcd.leader() + 1) % 3;
+    let c = {
+        let mut options = fleet_options(&etcd, "c");
+        options.edge_extra = options.edge_extra.replace(
+            &etcd.endpoints_yaml(),
+            &format!("[\"{}\"]", etcd.endpoint(lonely)),
+        );
+        start_edge_in(tempfile::tempdir().expect("temp dir"), options).await
+    };
+    for edge in [&a, &c] {
+        assert!(until_served(edge, "custom 404", Duration::from_secs(5))
+            .await
+            .is_some());
+    }
+
+    // The leader killed: a change still reaches the edges.
+    let leader = etcd.leader();
+    etcd.kill(leader);
+    etcd.put(&key(EXP), &exp_yaml(&origin, "/other.html"));
+    if leader != lonely {
+        assert!(
+            until_served(&c, "other page", Duration::from_secs(8))
+                .await
+                .is_some(),
+            "{}",
+            c.log()
+        );
+    }
+    assert!(
+        until_served(&a, "other page", Duration::from_secs(8))
+            .await
+            .is_some(),
+        "{}",
+        a.log()
+    );
+    etcd.restart(leader, true);
+
+    // c's member away while changes are made and compacted past c's revision: when it is back,
+    // c's watch is refused as compacted, and c loads everything again.
+    etcd.kill(lonely);
+    etcd.put(
+        &key("b.example.com"),
+        &domain_yaml("b.example.com", &origin, "/404.html"),
+    );
+    etcd.put(&key(EXP), &exp_yaml(&origin, "/third.html"));
+    let compact = etcd.ctl(&["compact", &etcd.revision().to_string()]);
+    assert!(
+        compact.status.success(),
+        "{}",
+        String::from_utf8_lossy(&compact.stderr)
+    );
+    etcd.restart(lonely, true);
+    assert!(
+        until_served(&c, "third page", Duration::from_secs(10))
+            .await
+            .is_some(),
+        "{}",
+        c.log()
+    );
+    assert!(c.log().contains("compacted"), "{}", c.log());
+    let domains = Admin::new(&c).domains().await;
+    assert_eq!(domains.len(), 2, "nothing lost: {domains:?}");
+}

@@ -116,7 +116,10 @@ const WRITE_ATTEMPTS: usize = 5;
 /// A change to write: a domain's new spec (with the entry it was made from; none when the
 /// domain is new), or a domain to remove (as loaded).
 enum Write {
-    Put(crate::source::DomainEntry, Option<Box<crate::source::DomainEntry>>),
+    Put(
+        crate::source::DomainEntry,
+        Option<Box<crate::source::DomainEntry>>,
+    ),
     Delete(DomainName, crate::source::DomainEntry),
 }
 

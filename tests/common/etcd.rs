@@ -153,14 +153,19 @@ impl Etcd {
             .expect("etcdctl is installed (make deps)")
     }
 
-    /// `etcdctl put key value`, which must succeed.
+    /// `etcdctl put key value`, which must succeed, tried again as an operator would when etcd
+    /// did not confirm it (a put sent while a new leader takes over may time out unapplied;
+    /// a put is idempotent).
     pub fn put(&self, key: &str, value: &str) {
-        let out = self.ctl(&["put", key, value]);
-        assert!(
-            out.status.success(),
-            "etcdctl put {key}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let mut errors = String::new();
+        for _ in 0..3 {
+            let out = self.ctl(&["put", key, value]);
+            if out.status.success() {
+                return;
+            }
+            errors.push_str(&String::from_utf8_lossy(&out.stderr));
+        }
+        panic!("etcdctl put {key}: {errors}");
     }
 
     /// The current revision.
