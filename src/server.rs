@@ -246,6 +246,22 @@ struct Control {
 #[async_trait::async_trait]
 impl BackgroundService for Control {
     async fn start(&self, shutdown: ShutdownWatch) {
-        self.runtime.run(shutdown).await;
+        // In a fleet, operations other edges received (purges...) are performed here too.
+        let (ops, mut received) = tokio::sync::mpsc::channel(64);
+        let replayer = AdminApi::new(self.runtime.clone(), String::new());
+        let replay = async {
+            while let Some(op) = received.recv().await {
+                replayer.replay(&op).await;
+            }
+        };
+        let fleet = async {
+            self.runtime.source().follow_fleet(ops).await;
+            std::future::pending::<()>().await
+        };
+        tokio::select! {
+            _ = self.runtime.run(shutdown) => {}
+            _ = fleet => {}
+            _ = replay => {}
+        }
     }
 }

@@ -335,3 +335,47 @@ async fn a_three_member_cluster_loses_its_leader_and_a_compaction_passes_an_edge
     let domains = Admin::new(&c).domains().await;
     assert_eq!(domains.len(), 2, "nothing lost: {domains:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_purge_on_one_edge_empties_the_url_on_the_other_and_the_fleet_lists_both() {
+    let etcd = Etcd::start(1);
+    let origin = origin_with_page("custom 404").await;
+    let cached = |body: &str| Reply::ok(body.to_string()).header("cache-control", "max-age=600");
+    origin.route("/a.css", cached("v1"));
+    etcd.put(&key(EXP), &exp_yaml(&origin, "/404.html"));
+    let (a, b) = (
+        start_fleet_edge(&etcd, "a").await,
+        start_fleet_edge(&etcd, "b").await,
+    );
+    let css = |edge: &Edge| {
+        let (c, url) = (client(edge, Proto::H1, &[EXP]), edge.url(EXP, "/a.css"));
+        async move { get(&c, &url).await.body }
+    };
+    for edge in [&a, &b] {
+        assert_eq!(css(edge).await, "v1");
+    }
+    origin.route("/a.css", cached("v2"));
+    assert_eq!(css(&b).await, "v1", "b serves its cached copy");
+    let purged = Admin::new(&a).purge(EXP, &json!({"urls": ["/a.css"]})).await;
+    assert_eq!(purged.status, 200, "{}", purged.text);
+    assert_eq!(purged.json["fleet"], "sent to every edge", "{}", purged.text);
+    let on_b = time_until(Duration::from_secs(3), || async { css(&b).await == "v2" });
+    assert!(on_b.await.is_some(), "{}", b.log());
+    assert_eq!(css(&a).await, "v2");
+
+    let fleet = time_until(Duration::from_secs(5), || async {
+        let answer = Admin::new(&a).get("/api/fleet").await;
+        let edges = answer.json["edges"].as_array().cloned().unwrap_or_default();
+        let mut ids: Vec<String> = edges
+            .iter()
+            .map(|e| e["edge_id"].as_str().unwrap_or("").to_string())
+            .collect();
+        ids.sort();
+        ids == ["a", "b"]
+            && edges
+                .iter()
+                .all(|e| e["revision"].as_i64() >= Some(1) && e["source"] == "etcd")
+    });
+    let answer = Admin::new(&a).get("/api/fleet").await;
+    assert!(fleet.await.is_some(), "{}", answer.text);
+}

@@ -7,14 +7,14 @@
 
 use crate::metrics::METRICS;
 use crate::runtime::{Domain, Runtime};
-use crate::source::WriteFailure;
+use crate::source::{FleetOp, WriteFailure};
 use crate::spec::values::percent_decode;
 use crate::spec::{
     CodePattern, ConfigError, ConfigErrors, DomainName, Location, PageUrl, RuleSpec, Source, VariantSpec,
 };
 use async_trait::async_trait;
 use http::{Method, Response, StatusCode};
-use log::info;
+use log::{info, warn};
 use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 use serde::Deserialize;
@@ -187,25 +187,33 @@ impl AdminApi {
             (&Method::DELETE, ["api", "domains", domain, "custom-pages", code]) => {
                 self.delete_rule(domain, code).await
             }
-            (&Method::POST, ["api", "domains", domain, "custom-pages", code, "refresh"]) => {
-                self.refresh(domain, code).await
-            }
             (&Method::GET, ["api", "domains", domain, "custom-pages", code, "page"]) => {
                 self.stored_page(domain, code)
             }
-            (&Method::POST, ["api", "domains", domain, "purge"]) => {
-                let domain = self.domain(domain)?;
+            (
+                &Method::POST,
+                ["api", "domains", _, "purge" | "prefetch"]
+                | ["api", "domains", _, "custom-pages", _, "refresh"],
+            ) => {
                 let body = read_body(session).await?;
-                cache::purge(&self.runtime, &domain, &body).await
+                let answer = self.operation(&segments, &body).await;
+                self.tell_fleet(&path, &body, answer).await
             }
-            (&Method::POST, ["api", "domains", domain, "prefetch"]) => {
-                let domain = self.domain(domain)?;
-                let body = read_body(session).await?;
-                cache::prefetch(&self.runtime, &domain, &body).await
-            }
+            (&Method::GET, ["api", "fleet"]) => match self.runtime.source().fleet().await {
+                None => Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "this edge is not part of a fleet: its domains come from its own files",
+                )),
+                Some(Ok(edges)) => Ok((StatusCode::OK, json!({"edges": edges}))),
+                Some(Err(e)) => Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("the fleet cannot be listed: {e}"),
+                )),
+            },
             (
                 _,
                 ["api", "status"]
+                | ["api", "fleet"]
                 | ["api", "domains"]
                 | ["api", "domains", _]
                 | ["api", "domains", _, "custom-pages", ..]
@@ -563,6 +571,50 @@ impl AdminApi {
                 "text": String::from_utf8_lossy(&stored.body),
             }),
         ))
+    }
+
+    /// A purge, prefetch or page refresh on this edge (`segments` of its API path).
+    async fn operation(&self, segments: &[&str], body: &[u8]) -> ApiResult {
+        match segments {
+            ["api", "domains", domain, "purge"] => {
+                cache::purge(&self.runtime, &*self.domain(domain)?, body).await
+            }
+            ["api", "domains", domain, "prefetch"] => {
+                cache::prefetch(&self.runtime, &*self.domain(domain)?, body).await
+            }
+            ["api", "domains", domain, "custom-pages", code, "refresh"] => self.refresh(domain, code).await,
+            _ => Err(ApiError::new(StatusCode::NOT_FOUND, "not an operation")),
+        }
+    }
+
+    /// After an operation succeeded here, sends it to every other edge of the fleet (if this
+    /// edge is in one); the answer says whether it was sent.
+    async fn tell_fleet(&self, path: &str, body: &[u8], answer: ApiResult) -> ApiResult {
+        let (status, mut json) = answer?;
+        let op = FleetOp {
+            path: path.to_string(),
+            body: String::from_utf8_lossy(body).into_owned(),
+            from: String::new(),
+        };
+        json["fleet"] = match self.runtime.source().broadcast(&op).await {
+            Ok(true) => json!("sent to every edge"),
+            Ok(false) => Value::Null,
+            Err(e) => json!(format!("not sent to the other edges: {e}")),
+        };
+        Ok((status, json))
+    }
+
+    /// Performs an operation another edge of the fleet received.
+    pub async fn replay(&self, op: &FleetOp) {
+        let segments: Vec<String> = op.path.trim_matches('/').split('/').map(percent_decode).collect();
+        let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+        match self.operation(&segments, op.body.as_bytes()).await {
+            Ok(_) => info!("fleet: {} from edge {} done", op.path, op.from),
+            Err(e) => warn!(
+                "fleet: {} from edge {} failed here: {}",
+                op.path, op.from, e.message
+            ),
+        }
     }
 
     async fn refresh(&self, name: &str, code: &str) -> ApiResult {

@@ -10,7 +10,7 @@ use crate::cache::EdgeCache;
 use crate::filters::FilterRegistry;
 use crate::metrics::METRICS;
 use crate::pages::{CustomPages, PageObserver, PageStore, WantedPage};
-use crate::source::{ConfigSource, Snapshot};
+use crate::source::{Applied, ConfigSource, Snapshot};
 use crate::spec::{ConfigError, ConfigErrors, EdgeSettings, PageSettings, PageUrl};
 use crate::tls::{CertResolver, FileStamp};
 use crate::upstream::HealthTable;
@@ -137,7 +137,14 @@ impl Runtime {
     pub async fn run(&self, mut shutdown: ShutdownWatch) {
         let pages = self.routes.load().pages();
         self.pages.store().sync(&pages, &self.settings.pages).await;
-        self.source.applied().await;
+        let report = {
+            let status = self.status.lock();
+            Applied {
+                version: status.version,
+                errors: status.errors.len(),
+            }
+        };
+        self.source.applied(&report).await;
         // Errors of either reload are logged and reported by /api/status; the last good
         // configuration stays. (Both loops run side by side: a source's `changed` is not
         // cancelled halfway by a file check.)
@@ -220,6 +227,7 @@ impl Runtime {
         let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
         match loaded {
             Ok((routes, newer, kept, from)) => {
+                let kept_count = kept.len();
                 let restart_required = self.settings.restart_needed_for(&newer);
                 if !restart_required.is_empty() {
                     warn!(
@@ -239,7 +247,12 @@ impl Runtime {
                     status.restart_required = restart_required;
                     status.source = from;
                 }
-                self.source.applied().await;
+                self.source
+                    .applied(&Applied {
+                        version,
+                        errors: kept_count,
+                    })
+                    .await;
                 Ok(version)
             }
             Err(errors) => {

@@ -15,17 +15,24 @@
 //!   based on: a concurrent change makes it a conflict (the caller reads again and retries),
 //!   never a lost update.
 //!
+//! - **Fleet:** each edge keeps `{prefix}edges/{edge_id}` (on a lease, so a dead edge's entry
+//!   expires) saying what it applied; operations meant for every edge (purges, prefetches,
+//!   page refreshes) are put under `{prefix}ops/` on a lease and replayed once by every other
+//!   edge that was running when they were made (after a reconnect too: the watch resumes from
+//!   the last operation seen).
+//!
 //! Clients are made per use, on the runtime that uses them: a client belongs to the runtime it
 //! was created on, and the edge loads its configuration on a short-lived one before Pingora
 //! starts (and, with `-d`, forks).
 
-use super::{ConfigSource, DomainEntry, Snapshot, WriteError};
+use super::{Applied, ConfigSource, DomainEntry, FleetOp, Snapshot, WriteError};
 use crate::spec::{
     parse_yaml, ConfigError, ConfigErrors, DomainName, DomainSpec, EdgeSettings, EtcdSettings, Location,
 };
 use async_trait::async_trait;
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp, WatchOptions, WatchStream,
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
+    WatchStream,
 };
 use log::{info, warn};
 use parking_lot::Mutex;
@@ -40,6 +47,10 @@ const SETTLE: Duration = Duration::from_millis(100);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 /// Retry delays after a failed watch: from the first to the longest.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(2));
+/// An edge's entry under `edges/` expires this long after the edge stops renewing it.
+const PRESENCE_TTL: i64 = 10;
+/// An operation under `ops/` expires after this long (an edge started later skips it anyway).
+const OP_TTL: i64 = 300;
 
 /// Domain specs in etcd (see the module docs).
 pub struct EtcdSource {
@@ -48,6 +59,13 @@ pub struct EtcdSource {
     state: Mutex<State>,
     /// The watch in use, and the revision it started after.
     watch: tokio::sync::Mutex<Option<(i64, WatchStream)>>,
+    /// What this edge last applied, for its entry under `edges/`.
+    report: Mutex<Applied>,
+    /// Woken when `report` changes.
+    reported: tokio::sync::Notify,
+    /// Operations are replayed from after this revision: the first load's (so an edge skips
+    /// what was broadcast before it started), then the last operation seen.
+    ops_after: Mutex<i64>,
 }
 
 /// A key's last good version.
@@ -89,6 +107,101 @@ impl EtcdSource {
             settings,
             state: Mutex::new(State::default()),
             watch: tokio::sync::Mutex::new(None),
+            report: Mutex::new(Applied::default()),
+            reported: tokio::sync::Notify::new(),
+            ops_after: Mutex::new(0),
+        }
+    }
+
+    /// Keeps `{prefix}edges/{edge_id}` saying what this edge applied, on a lease it renews.
+    async fn keep_presence(&self) -> Result<(), String> {
+        let mut client = self.client().await?;
+        let key = format!("{}edges/{}", self.settings.prefix, self.settings.edge_id);
+        let lease = within(client.lease_grant(PRESENCE_TTL, None)).await?.id();
+        let (mut keeper, mut renewals) = within(client.lease_keep_alive(lease)).await?;
+        let mut renew = tokio::time::interval(Duration::from_secs(PRESENCE_TTL as u64 / 3));
+        loop {
+            let report = {
+                let applied = self.report.lock().clone();
+                let state = self.state.lock();
+                serde_json::json!({
+                    "edge_id": self.settings.edge_id,
+                    "revision": state.revision,
+                    "version": applied.version,
+                    "errors": applied.errors,
+                    "source": if state.from_snapshot { "snapshot" } else { "etcd" },
+                    "updated_at": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+                })
+            };
+            let put = client.put(
+                key.as_str(),
+                report.to_string(),
+                Some(PutOptions::new().with_lease(lease)),
+            );
+            within(put).await?;
+            loop {
+                tokio::select! {
+                    _ = renew.tick() => {
+                        within(keeper.keep_alive()).await?;
+                        match within(renewals.message()).await? {
+                            Some(renewal) if renewal.ttl() > 0 => {}
+                            _ => return Err("the lease expired".into()),
+                        }
+                    }
+                    _ = self.reported.notified() => break,
+                }
+            }
+        }
+    }
+
+    /// Waits for operations broadcast after `ops_after`, and sends each (not this edge's own)
+    /// to `ops`.
+    async fn relay_ops(&self, ops: &tokio::sync::mpsc::Sender<FleetOp>) -> Result<(), String> {
+        let mut client = self.client().await?;
+        let prefix = format!("{}ops/", self.settings.prefix);
+        let after = *self.ops_after.lock();
+        let options = WatchOptions::new().with_prefix().with_start_revision(after + 1);
+        let mut watch = within(client.watch(prefix.as_str(), Some(options))).await?;
+        loop {
+            let Some(answer) = watch.message().await.map_err(|e| e.to_string())? else {
+                return Err("the watch ended".into());
+            };
+            if answer.canceled() {
+                if answer.compact_revision() > 0 {
+                    // Missed operations may be gone; those still held are replayed (acting
+                    // twice on one is harmless: each is idempotent).
+                    let held =
+                        within(client.get(prefix.as_str(), Some(GetOptions::new().with_prefix()))).await?;
+                    for kv in held.kvs().iter().filter(|kv| kv.mod_revision() > after) {
+                        self.relay(kv.value(), kv.mod_revision(), ops).await;
+                    }
+                    *self.ops_after.lock() = held.header().map_or(after, |h| h.revision());
+                }
+                return Err(format!(
+                    "the operations watch was cancelled: {}",
+                    answer.cancel_reason()
+                ));
+            }
+            for event in answer
+                .events()
+                .iter()
+                .filter(|e| e.event_type() == EventType::Put)
+            {
+                if let Some(kv) = event.kv() {
+                    self.relay(kv.value(), kv.mod_revision(), ops).await;
+                }
+            }
+        }
+    }
+
+    async fn relay(&self, value: &[u8], revision: i64, ops: &tokio::sync::mpsc::Sender<FleetOp>) {
+        *self.ops_after.lock() = revision;
+        match serde_json::from_slice::<FleetOp>(value) {
+            Ok(op) if op.from == self.settings.edge_id => {}
+            Ok(op) => {
+                let _ = ops.send(op).await;
+            }
+            Err(e) => warn!("fleet operation of revision {revision} ignored: not an operation ({e})"),
         }
     }
 
@@ -185,6 +298,10 @@ impl EtcdSource {
             revision,
             from_snapshot: false,
         };
+        let mut ops_after = self.ops_after.lock();
+        if *ops_after == 0 {
+            *ops_after = revision;
+        }
     }
 
     /// Reads the snapshot file into the state.
@@ -349,6 +466,16 @@ impl EtcdSource {
     }
 }
 
+/// `request`, bounded by [`REQUEST_TIMEOUT`], its error as text.
+async fn within<T>(
+    request: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, String> {
+    tokio::time::timeout(REQUEST_TIMEOUT, request)
+        .await
+        .map_err(|_| format!("no answer within {REQUEST_TIMEOUT:?}"))?
+        .map_err(|e| e.to_string())
+}
+
 /// A client of the cluster `settings` names.
 pub async fn connect(settings: &EtcdSettings) -> Result<Client, String> {
     let options = ConnectOptions::new()
@@ -440,13 +567,70 @@ impl ConfigSource for EtcdSource {
         Ok(true)
     }
 
-    async fn applied(&self) {
+    async fn applied(&self, report: &Applied) {
         if let Err(e) = self.write_snapshot_file() {
             warn!(
                 "cannot write the snapshot {}: {e}",
                 self.settings.snapshot.display()
             );
         }
+        *self.report.lock() = report.clone();
+        self.reported.notify_one();
+    }
+
+    async fn broadcast(&self, op: &FleetOp) -> Result<bool, WriteError> {
+        let mut client = self.client().await.map_err(WriteError::failed)?;
+        let lease = within(client.lease_grant(OP_TTL, None))
+            .await
+            .map_err(WriteError::failed)?
+            .id();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let key = format!("{}ops/{}-{nanos}", self.settings.prefix, self.settings.edge_id);
+        let op = FleetOp {
+            from: self.settings.edge_id.clone(),
+            ..op.clone()
+        };
+        let value = serde_json::to_string(&op).map_err(|e| WriteError::failed(e.to_string()))?;
+        within(client.put(key, value, Some(PutOptions::new().with_lease(lease))))
+            .await
+            .map_err(WriteError::unknown)?;
+        Ok(true)
+    }
+
+    async fn follow_fleet(&self, ops: tokio::sync::mpsc::Sender<FleetOp>) {
+        let presence = async {
+            loop {
+                if let Err(e) = self.keep_presence().await {
+                    warn!("etcd: cannot keep this edge's entry: {e}; retrying");
+                }
+                tokio::time::sleep(BACKOFF.1).await;
+            }
+        };
+        let relay = async {
+            loop {
+                if let Err(e) = self.relay_ops(&ops).await {
+                    warn!("etcd: fleet operations: {e}; retrying");
+                }
+                tokio::time::sleep(BACKOFF.0).await;
+            }
+        };
+        tokio::join!(presence, relay);
+    }
+
+    async fn fleet(&self) -> Option<Result<Vec<serde_json::Value>, String>> {
+        let listing = async {
+            let mut client = self.client().await?;
+            let prefix = format!("{}edges/", self.settings.prefix);
+            let answer = within(client.get(prefix, Some(GetOptions::new().with_prefix()))).await?;
+            Ok(answer
+                .kvs()
+                .iter()
+                .filter_map(|kv| serde_json::from_slice(kv.value()).ok())
+                .collect())
+        };
+        Some(listing.await)
     }
 
     fn describe(&self, snapshot: &Snapshot) -> String {

@@ -111,6 +111,27 @@ impl std::fmt::Display for WriteError {
     }
 }
 
+/// What an edge reports after applying a snapshot.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Applied {
+    /// The runtime's configuration version.
+    pub version: u64,
+    /// How many specs are reported broken (their last good version applied).
+    pub errors: usize,
+}
+
+/// An operation every edge of a fleet performs (a purge, a prefetch, a page refresh): the
+/// admin API request that asked for it, replayed by each edge.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FleetOp {
+    /// The admin API path (`/api/domains/exp.example.com/purge`).
+    pub path: String,
+    /// The request's JSON body.
+    pub body: String,
+    /// The edge that received it (it has acted already).
+    pub from: String,
+}
+
 /// The source the edge file names: etcd with a `source.etcd` section, else its domains
 /// folder (also when the edge file cannot be read: loading it then reports why).
 pub fn open(edge_file: &Path) -> Arc<dyn ConfigSource> {
@@ -152,8 +173,23 @@ pub trait ConfigSource: Send + Sync {
         based_on: Option<&DomainEntry>,
     ) -> Result<bool, WriteError>;
 
-    /// Told after a snapshot of this source was applied (etcd keeps a copy on disk).
-    async fn applied(&self) {}
+    /// Told after a snapshot of this source was applied (etcd keeps a copy on disk and tells
+    /// the fleet).
+    async fn applied(&self, _report: &Applied) {}
+
+    /// Sends an operation to every other edge of the fleet. False: this edge is not in one.
+    async fn broadcast(&self, _op: &FleetOp) -> Result<bool, WriteError> {
+        Ok(false)
+    }
+
+    /// Keeps this edge known to the fleet and sends every operation other edges broadcast to
+    /// `ops`, once each, for as long as the edge runs. Returns at once when not in a fleet.
+    async fn follow_fleet(&self, _ops: tokio::sync::mpsc::Sender<FleetOp>) {}
+
+    /// What every edge of the fleet last reported, if this edge is in one.
+    async fn fleet(&self) -> Option<Result<Vec<serde_json::Value>, String>> {
+        None
+    }
 
     /// One line saying what a snapshot of this source holds, for `custom-pages -t`.
     fn describe(&self, snapshot: &Snapshot) -> String;
