@@ -3,7 +3,7 @@ CARGO ?= cargo
 EDGE_CONF ?= conf/edge.yaml
 DEMO_ORIGIN ?= 127.0.0.1:8080
 
-.PHONY: all deps browser-deps build run run-tls test lint bench profile soak clean
+.PHONY: all deps etcd-deps browser-deps build run run-tls fleet test lint bench profile soak clean
 
 all: build
 
@@ -15,7 +15,16 @@ deps:
 	@test -s /etc/ssl/certs/ca-certificates.crt || { \
 	  echo "installing ca-certificates (the roots HTTPS origins are verified with)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ca-certificates >/dev/null; }
+	@command -v protoc >/dev/null 2>&1 && test -f /usr/include/google/protobuf/timestamp.proto || { \
+	  echo "installing protobuf-compiler (etcd-client compiles etcd's protocol at build time)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq protobuf-compiler libprotobuf-dev >/dev/null; }
 	@command -v $(CARGO) >/dev/null 2>&1 || { echo "cargo is missing: install Rust (rustup)"; exit 1; }
+
+# The fleet tests and `make fleet` start real etcd members (Debian's etcd 3.4).
+etcd-deps:
+	@command -v etcd >/dev/null 2>&1 && command -v etcdctl >/dev/null 2>&1 || { \
+	  echo "installing etcd-server and etcd-client (the fleet tests start real members)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server etcd-client >/dev/null; }
 
 build: deps
 	$(CARGO) build --release --bin custom-pages --example demo_origin
@@ -44,6 +53,13 @@ run-tls:
 	@echo "HTTPS on :6443 - try: curl -i --cacert $(TLS_DIR)/exp.pem --resolve exp.example.com:6443:127.0.0.1 https://exp.example.com:6443/missing"
 	@$(MAKE) --no-print-directory run EDGE_CONF=$(TLS_DIR)/edge.yaml
 
+# A fleet on one machine: a 3-member etcd cluster, the shipped rules imported into it, and two
+# edges (:6188 and :6288, admin :6189 and :6289) behind the demo origin. Ctrl-C stops all.
+FLEET_DIR ?= target/fleet
+fleet: build etcd-deps
+	@rm -rf $(FLEET_DIR) && mkdir -p $(FLEET_DIR)
+	@bash demo/fleet.sh $(FLEET_DIR) $(DEMO_ORIGIN)
+
 # The console's browser tests need Debian's Chromium and the Playwright package (npm).
 browser-deps:
 	@test -x /usr/bin/chromium || { \
@@ -56,7 +72,7 @@ browser-deps:
 	  (cd tests/console && npm ci --no-audit --no-fund --loglevel=error)
 
 # The example programs are built first: tests run them as a user would.
-test: deps browser-deps lint
+test: deps etcd-deps browser-deps lint
 	$(CARGO) build --examples --benches
 	$(CARGO) test --lib --tests
 

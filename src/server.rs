@@ -25,8 +25,8 @@ use std::sync::Arc;
 #[derive(Parser, Debug)]
 #[command(name = "custom-pages", version)]
 pub struct Cli {
-    /// The edge file; domain files are read from the folder it names.
-    #[arg(short = 'c', long = "conf", default_value = "conf/edge.yaml")]
+    /// The edge file; domain files are read from the folder it names (or from etcd).
+    #[arg(short = 'c', long = "conf", default_value = "conf/edge.yaml", global = true)]
     conf: PathBuf,
     /// Validate the whole configuration (edge file and every domain file), print every
     /// error with its file and key, and exit.
@@ -38,6 +38,26 @@ pub struct Cli {
     /// Take over the listeners of a running instance (graceful upgrade).
     #[arg(short = 'u', long = "upgrade")]
     upgrade: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// What to do instead of running the edge.
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Move domain files into or out of the etcd that the edge file's `source.etcd` names.
+    Etcd {
+        #[command(subcommand)]
+        action: EtcdAction,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum EtcdAction {
+    /// Checks every domain file of DIR, then puts each under `{prefix}domains/{domain}`.
+    Import { dir: PathBuf },
+    /// Writes every domain spec held in etcd to DIR, one file per domain.
+    Export { dir: PathBuf },
 }
 
 /// Parses the command line and runs the edge (or validates the configuration with `-t`),
@@ -45,6 +65,9 @@ pub struct Cli {
 pub fn main_with(filters: FilterRegistry) -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
+    if let Some(Command::Etcd { action }) = &cli.command {
+        return etcd_files(&cli.conf, action, &filters);
+    }
     let source = source::open(&cli.conf);
     let snapshot = match load_checked(source.as_ref(), &filters) {
         Ok(snapshot) => snapshot,
@@ -97,6 +120,90 @@ pub fn main_with(filters: FilterRegistry) -> ExitCode {
         cert: admin_cert,
     };
     run(cli, source, snapshot, admin, Arc::new(filters), access_log)
+}
+
+/// `custom-pages etcd import|export`: prints what it did, or what is wrong.
+fn etcd_files(conf: &std::path::Path, action: &EtcdAction, filters: &FilterRegistry) -> ExitCode {
+    let done = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("custom-pages: cannot start a runtime: {e}"))
+        .and_then(|rt| rt.block_on(etcd_files_on(conf, action, filters)));
+    match done {
+        Ok(message) => {
+            println!("{message}");
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("{message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn etcd_files_on(
+    conf: &std::path::Path,
+    action: &EtcdAction,
+    filters: &FilterRegistry,
+) -> Result<String, String> {
+    let text = std::fs::read_to_string(conf)
+        .map_err(|e| format!("{}: cannot read the file: {e}", conf.display()))?;
+    let edge = crate::spec::EdgeSettings::from_yaml(conf, &text).map_err(|e| e.to_string())?;
+    let crate::spec::SourceSettings::Etcd(etcd) = edge.source.clone() else {
+        return Err(format!(
+            "{}: source.etcd: the edge file names no etcd to use",
+            conf.display()
+        ));
+    };
+    match action {
+        EtcdAction::Import { dir } => {
+            // Checked all together first, as `-t` would: nothing is written if one is wrong.
+            let mut snapshot = Snapshot {
+                edge,
+                domains: Vec::new(),
+                errors: Vec::new(),
+                kept: Vec::new(),
+                from: "files",
+            };
+            let mut texts = Vec::new();
+            for (file, parsed) in source::file::read_dir_files(dir).map_err(|e| e.to_string())? {
+                match parsed {
+                    Ok(spec) => {
+                        texts.push((
+                            spec.domain.clone(),
+                            std::fs::read_to_string(&file).unwrap_or_default(),
+                        ));
+                        snapshot.domains.push(source::DomainEntry {
+                            at: crate::spec::Location::File(file),
+                            spec,
+                            revision: 0,
+                        });
+                    }
+                    Err(e) => snapshot.errors.push(e),
+                }
+            }
+            Runtime::check(&snapshot, filters).map_err(|e| format!("{e}\ncustom-pages: nothing imported"))?;
+            let count = source::etcd::import(&etcd, &texts).await?;
+            Ok(format!(
+                "custom-pages: {count} domain(s) of {} put under {}domains/",
+                dir.display(),
+                etcd.prefix
+            ))
+        }
+        EtcdAction::Export { dir } => {
+            let held = source::etcd::export(&etcd).await?;
+            std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            for (name, text) in &held {
+                let file = dir.join(source::file::file_name(name));
+                std::fs::write(&file, text).map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+            }
+            Ok(format!(
+                "custom-pages: {} domain(s) written to {}",
+                held.len(),
+                dir.display()
+            ))
+        }
+    }
 }
 
 /// How the admin API is served: its token (none: not at all) and its certificate (none:

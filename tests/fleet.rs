@@ -379,3 +379,71 @@ async fn a_purge_on_one_edge_empties_the_url_on_the_other_and_the_fleet_lists_bo
     let answer = Admin::new(&a).get("/api/fleet").await;
     assert!(fleet.await.is_some(), "{}", answer.text);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn domain_files_are_imported_into_etcd_and_exported_back() {
+    let etcd = Etcd::start(1);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let edge_file = dir.path().join("edge.yaml");
+    std::fs::write(
+        &edge_file,
+        format!(
+            "source:\n  etcd:\n    endpoints: {}\n    prefix: {PREFIX}\n",
+            etcd.endpoints_yaml()
+        ),
+    )
+    .expect("edge file");
+    let files = dir.path().join("in");
+    std::fs::create_dir(&files).expect("folder");
+    let spec = |domain: &str| {
+        format!("# kept as written\ndomain: \"{domain}\"\norigin: {{servers: [\"127.0.0.1:9\"]}}\n")
+    };
+    std::fs::write(files.join("exp.yaml"), spec(EXP)).expect("file");
+    std::fs::write(files.join("wild.yaml"), spec("*.example.org")).expect("file");
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_custom-pages"))
+            .args(args)
+            .arg("-c")
+            .arg(&edge_file)
+            .output()
+            .expect("custom-pages runs")
+    };
+    let files_arg = files.to_string_lossy().into_owned();
+    // A broken file: nothing is imported, and the error names it.
+    std::fs::write(files.join("broken.yaml"), "domain: b.example.com\norign: {}\n").expect("file");
+    let refused = cli(&["etcd", "import", &files_arg]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && stderr.contains("broken.yaml"),
+        "{stderr}"
+    );
+    assert!(etcd
+        .ctl(&["get", PREFIX, "--prefix", "--keys-only"])
+        .stdout
+        .trim_ascii()
+        .is_empty());
+
+    std::fs::remove_file(files.join("broken.yaml")).expect("remove");
+    let imported = cli(&["etcd", "import", &files_arg]);
+    assert!(
+        imported.status.success(),
+        "{}",
+        String::from_utf8_lossy(&imported.stderr)
+    );
+    let stored = etcd.ctl(&["get", &key("*.example.org"), "--print-value-only"]);
+    assert_eq!(
+        String::from_utf8_lossy(&stored.stdout).trim_end(),
+        spec("*.example.org").trim_end()
+    );
+
+    let out = dir.path().join("out");
+    let exported = cli(&["etcd", "export", &out.to_string_lossy()]);
+    assert!(
+        exported.status.success(),
+        "{}",
+        String::from_utf8_lossy(&exported.stderr)
+    );
+    let read = |name: &str| std::fs::read_to_string(out.join(name)).unwrap_or_default();
+    assert_eq!(read("exp.example.com.yaml"), spec(EXP));
+    assert_eq!(read("wildcard.example.org.yaml"), spec("*.example.org"));
+}

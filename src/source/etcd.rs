@@ -408,6 +408,9 @@ impl EtcdSource {
                 return Err(format!("the watch was cancelled: {}", answer.cancel_reason()));
             }
             if !answer.events().is_empty() {
+                // The next wait watches again from the revision loaded by then: if that load
+                // fails (a member just died), the same events come again, and nothing is missed.
+                *watch = None;
                 return Ok(());
             }
         }
@@ -464,6 +467,34 @@ impl EtcdSource {
             ))),
         }
     }
+}
+
+/// Puts each domain spec (`domain`, YAML as written) under `{prefix}domains/{domain}`, a
+/// hundred per transaction. Returns how many.
+pub async fn import(settings: &EtcdSettings, specs: &[(String, String)]) -> Result<usize, String> {
+    let source = EtcdSource::new(PathBuf::new(), settings.clone());
+    let mut client = source.client().await?;
+    // etcd takes at most 128 operations per transaction by default.
+    for chunk in specs.chunks(100) {
+        let mut puts = Vec::new();
+        for (domain, text) in chunk {
+            let name: DomainName = domain.parse()?;
+            puts.push(TxnOp::put(source.key_of(&name), text.as_str(), None));
+        }
+        within(client.txn(Txn::new().and_then(puts))).await?;
+    }
+    Ok(specs.len())
+}
+
+/// Every domain spec held in etcd: its domain and its YAML as stored.
+pub async fn export(settings: &EtcdSettings) -> Result<Vec<(DomainName, String)>, String> {
+    let source = EtcdSource::new(PathBuf::new(), settings.clone());
+    let (_, keys) = source.read().await?;
+    let prefix = source.domains_prefix();
+    Ok(keys
+        .into_iter()
+        .filter_map(|(key, text, _)| Some((key.strip_prefix(&prefix)?.parse().ok()?, text)))
+        .collect())
 }
 
 /// `request`, bounded by [`REQUEST_TIMEOUT`], its error as text.

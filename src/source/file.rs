@@ -142,7 +142,7 @@ impl ConfigSource for FileSource {
 }
 
 /// The file a new domain's spec is written to: its name, a wildcard's `*` spelled out.
-fn file_name(name: &DomainName) -> String {
+pub fn file_name(name: &DomainName) -> String {
     match name {
         DomainName::Exact(host) => format!("{host}.yaml"),
         DomainName::Wildcard(suffix) => format!("wildcard{suffix}.yaml"),
@@ -155,10 +155,10 @@ fn read_file(file: &Path) -> Result<String, ConfigError> {
 }
 
 /// A domain file's path with its parsed spec or its error.
-type ParsedFile = (PathBuf, Result<DomainSpec, ConfigError>);
+pub type ParsedFile = (PathBuf, Result<DomainSpec, ConfigError>);
 
 /// Every domain file of the folder, sorted by name, each parsed or with its error.
-fn read_dir_files(dir: &Path) -> Result<Vec<ParsedFile>, ConfigErrors> {
+pub fn read_dir_files(dir: &Path) -> Result<Vec<ParsedFile>, ConfigErrors> {
     let entries = std::fs::read_dir(dir)
         .map_err(|e| ConfigError::new(dir, "", format!("cannot read the domains folder: {e}")))?;
     let mut files: Vec<PathBuf> = entries
