@@ -447,3 +447,33 @@ async fn domain_files_are_imported_into_etcd_and_exported_back() {
     assert_eq!(read("exp.example.com.yaml"), spec(EXP));
     assert_eq!(read("wildcard.example.org.yaml"), spec("*.example.org"));
 }
+
+#[test]
+fn without_etcd_or_a_snapshot_the_edge_refuses_to_start_saying_why() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let edge_file = dir.path().join("edge.yaml");
+    let nobody = format!("http://127.0.0.1:{}", common::free_port());
+    std::fs::write(
+        &edge_file,
+        format!("source:\n  etcd:\n    endpoints: [\"{nobody}\"]\n    snapshot: snap.json\n"),
+    )
+    .expect("edge file");
+    let (ok, stderr) = common::dash_t(&edge_file);
+    assert!(!ok, "{stderr}");
+    assert!(stderr.contains("source.etcd: etcd is unreachable"), "{stderr}");
+    assert!(
+        stderr.contains("snap.json"),
+        "the snapshot it looked for: {stderr}"
+    );
+    // A bad source section is an error naming its key.
+    std::fs::write(
+        &edge_file,
+        "source:\n  etcd:\n    endpoints: [\"127.0.0.1:2379\"]\n    prefix: nope\n",
+    )
+    .expect("edge file");
+    let (ok, stderr) = common::dash_t(&edge_file);
+    assert!(
+        !ok && stderr.contains("source.etcd.endpoints[0]") && stderr.contains("source.etcd.prefix"),
+        "{stderr}"
+    );
+}

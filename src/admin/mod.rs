@@ -490,6 +490,9 @@ impl AdminApi {
             match written {
                 Ok(at) => {
                     self.runtime.reload().await.map_err(conflict)?;
+                    source
+                        .settled()
+                        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
                     return Ok((at, outcome));
                 }
                 Err(e) if e.kind == WriteFailure::Conflict && attempt < WRITE_ATTEMPTS => attempt += 1,

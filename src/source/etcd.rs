@@ -66,6 +66,8 @@ pub struct EtcdSource {
     /// Operations are replayed from after this revision: the first load's (so an edge skips
     /// what was broadcast before it started), then the last operation seen.
     ops_after: Mutex<i64>,
+    /// The revision of this edge's latest write.
+    written: Mutex<i64>,
 }
 
 /// A key's last good version.
@@ -110,6 +112,7 @@ impl EtcdSource {
             report: Mutex::new(Applied::default()),
             reported: tokio::sync::Notify::new(),
             ops_after: Mutex::new(0),
+            written: Mutex::new(0),
         }
     }
 
@@ -454,7 +457,12 @@ impl EtcdSource {
             .when([Compare::mod_revision(key, CompareOp::Equal, based_on)])
             .and_then([op]);
         match tokio::time::timeout(REQUEST_TIMEOUT, client.txn(txn)).await {
-            Ok(Ok(answer)) if answer.succeeded() => Ok(()),
+            Ok(Ok(answer)) if answer.succeeded() => {
+                let revision = answer.header().map_or(0, |h| h.revision());
+                let mut written = self.written.lock();
+                *written = (*written).max(revision);
+                Ok(())
+            }
             Ok(Ok(_)) => Err(WriteError::conflict(format!(
                 "{key} was changed by someone else since revision {based_on}"
             ))),
@@ -607,6 +615,16 @@ impl ConfigSource for EtcdSource {
         }
         *self.report.lock() = report.clone();
         self.reported.notify_one();
+    }
+
+    fn settled(&self) -> Result<(), String> {
+        let (written, loaded) = (*self.written.lock(), self.state.lock().revision);
+        if written > loaded {
+            return Err(format!(
+                "written to etcd at revision {written}, but this edge could not read it back yet (it holds revision {loaded}); it applies once etcd answers"
+            ));
+        }
+        Ok(())
     }
 
     async fn broadcast(&self, op: &FleetOp) -> Result<bool, WriteError> {

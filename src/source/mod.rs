@@ -177,6 +177,12 @@ pub trait ConfigSource: Send + Sync {
     /// the fleet).
     async fn applied(&self, _report: &Applied) {}
 
+    /// Whether this source's latest write is in what it last loaded (a store that can lag
+    /// says so; the admin API then answers that the change is written but not applied yet).
+    fn settled(&self) -> Result<(), String> {
+        Ok(())
+    }
+
     /// Sends an operation to every other edge of the fleet. False: this edge is not in one.
     async fn broadcast(&self, _op: &FleetOp) -> Result<bool, WriteError> {
         Ok(false)
