@@ -356,10 +356,12 @@ impl BackgroundService for Control {
         // In a fleet, operations other edges received (purges...) are performed here too.
         let (ops, mut received) = tokio::sync::mpsc::channel(64);
         let replayer = AdminApi::new(self.runtime.clone(), String::new());
+        // Outside a fleet nothing is ever received: only the edge's own work ends this service.
         let replay = async {
             while let Some(op) = received.recv().await {
                 replayer.replay(&op).await;
             }
+            std::future::pending::<()>().await
         };
         let fleet = async {
             self.runtime.source().follow_fleet(ops).await;
