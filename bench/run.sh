@@ -12,6 +12,10 @@
 #                      are over HTTPS); a report of some cases is for quick comparisons, the targets
 #                      are judged on all of them
 #   BENCH_MICRO        1 (default) also runs the criterion micro-benchmark (benches/page_path.rs)
+#   BENCH_SCALE        1 also runs the scale cases (idle connections, 1000 connections, two threads
+#                      against two workers); default 1 when BENCH_CASES is unset, else 0
+#   BENCH_IDLE         idle keep-alive connections held in the scale case (default 10000)
+#   BENCH_MANY         connections of the many-connections scale case (default 1000)
 #   BENCH_OUT          the report written (default BENCHMARKS.md at the repository root)
 #   BENCH_DISTURBED    a run during which other work used more than this % of CPU 0 or 1 is run again
 #                      (default 10), at most twice per run and BENCH_RETRIES (default 6) in all
@@ -36,6 +40,13 @@ elif ((DURATION < 3)); then WARMUP=1
 else WARMUP=2; fi
 PORT_BASE=${BENCH_PORT_BASE:-18480}
 MICRO=${BENCH_MICRO:-1}
+if [[ -n ${BENCH_SCALE:-} ]]; then SCALE=$BENCH_SCALE
+elif [[ -n ${BENCH_CASES:-} ]]; then SCALE=0
+else SCALE=1; fi
+IDLE=${BENCH_IDLE:-10000}
+MANY=${BENCH_MANY:-1000}
+[[ $IDLE =~ ^[0-9]+$ && $MANY =~ ^[0-9]+$ ]] && ((IDLE <= 30000 && MANY <= 4096)) ||
+  { echo "bench: BENCH_IDLE (at most 30000) and BENCH_MANY (at most 4096) must be integers" >&2; exit 2; }
 DISTURBED=${BENCH_DISTURBED:-10}
 RETRIES_LEFT=${BENCH_RETRIES:-6}
 OUT=${BENCH_OUT:-$ROOT/BENCHMARKS.md}
@@ -53,6 +64,13 @@ ADMIN_PORT=$((PORT_BASE + 4))
 EDGE_TLS_PORT=$((PORT_BASE + 5))  # HTTPS (cases t1, t2)
 NGINX_TLS_PORT=$((PORT_BASE + 6))
 CLOSED_PORT=$((PORT_BASE + 9)) # nothing listens here: the origin of down.example.com
+# The scale case's two-thread edge and two-worker nginx.
+EDGE2_PORT=$((PORT_BASE + 10))
+EDGE2_TLS_PORT=$((PORT_BASE + 11))
+NGINX2_PORT=$((PORT_BASE + 12))
+NGINX2_TLS_PORT=$((PORT_BASE + 13))
+# Ten thousand idle connections, plus the load's, per server: the servers inherit this limit.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 log() { printf '[bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { printf '\n[bench] FAILED: %s\n' "$*" >&2; exit 1; }
@@ -156,7 +174,7 @@ fi
 
 # ---------------------------------------------------------------- ports and helpers
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for p in "$ORIGIN_PORT" "$EDGE_PORT" "$NGINX_PORT" "$ADMIN_PORT" "$EDGE_TLS_PORT" "$NGINX_TLS_PORT" "$CLOSED_PORT"; do
+for p in "$ORIGIN_PORT" "$EDGE_PORT" "$NGINX_PORT" "$ADMIN_PORT" "$EDGE_TLS_PORT" "$NGINX_TLS_PORT" "$CLOSED_PORT" "$EDGE2_PORT" "$EDGE2_TLS_PORT" "$NGINX2_PORT" "$NGINX2_TLS_PORT"; do
   port_open "$p" && die "port $p on 127.0.0.1 is already in use; set BENCH_PORT_BASE"
 done
 wait_port() { # port pid name
@@ -177,6 +195,7 @@ mkdir -p "$WORK"/{origin/root,edge/domains,nginx/cache,nginx/tmp,out,logs,tls}
 # wrk 4.1 cannot measure HEAD (it waits for the body the HEAD response announces, wg/wrk#198):
 # case 6 uses this small load generator, which works like wrk and prints wrk's summary lines.
 cc -O2 -Wall -o "$WORK/headload" "$ROOT/bench/headload.c" || die "cannot compile bench/headload.c"
+cc -O2 -Wall -o "$WORK/idlehold" "$ROOT/bench/idlehold.c" || die "cannot compile bench/idlehold.c"
 
 # ---------------------------------------------------------------- the certificate (t1, t2)
 # One self-signed ECDSA P-256 certificate and key, served by both edges. Kept outside edge/,
@@ -301,9 +320,10 @@ cat >"$WORK/nginx/nginx.conf" <<EOF
 daemon off;
 master_process on;
 worker_processes 1;
+worker_rlimit_nofile 65536;          # the scale case holds ten thousand idle connections
 pid $WORK/nginx/nginx.pid;
 error_log $WORK/nginx/error.log;     # default level (error), like the edge's default logging
-events { worker_connections 4096; }
+events { worker_connections 16384; }
 http {
     access_log off;                   # the edge runs with access_log: "off"
     sendfile on;
@@ -428,6 +448,8 @@ declare -A C_PATH=([1]=/1k.bin [2]=/1m.bin [3]=/nocache-1k.bin [4]=/no/such/page
   [5]=/any/path [6]=/no/such/page.html [1r]=/1k.bin [t1]=/1k.bin [t2]=/1k.bin)
 declare -A C_TOOL=([1]=wrk [2]=wrk [3]=wrk [4]=wrk [5]=wrk [6]=headload [1r]=headload [t1]=wrk [t2]=tlsload)
 declare -A C_CHECK=([1]=1 [2]=2 [3]=3 [4]=4 [5]=5 [6]=6 [1r]=1 [t1]=1 [t2]=1)
+# The scale case's load on both CPUs: case 1 with wrk -t2 (not in CASES: see "scale" below).
+C_NAME[m]="cache hit, 1 KiB, unpinned, wrk -t2" C_HOST[m]=bench.example.com C_PATH[m]=/1k.bin C_TOOL[m]=wrk2
 
 # The URL a case's load uses. Over HTTPS the host is 127.0.0.1 with the Host header set, as over
 # cleartext: wrk then sends SNI 127.0.0.1 (no domain's name: both edges serve their default
@@ -532,7 +554,7 @@ mem_kb() {
   local s=$1 p total=0 pids
   read -r -a pids <<<"$(server_pids "$s")"
   for p in "${pids[@]}"; do
-    if [[ $s == ours ]] || grep -qa "worker process" "/proc/$p/cmdline" 2>/dev/null; then
+    if [[ $s == ours* ]] || grep -qa "worker process" "/proc/$p/cmdline" 2>/dev/null; then
       total=$((total + $(kv_kb "/proc/$p/status" VmRSS:)))
     else
       total=$((total + $(kv_kb "/proc/$p/smaps_rollup" Private_Clean: Private_Dirty:)))
@@ -557,6 +579,7 @@ wrk_cmd() { # server case seconds -> the load command line, as an array in WRK
   url=$(case_url "$s" "$c")
   case ${C_TOOL[$c]} in
     wrk) WRK=("${LOAD_PIN[@]}" wrk -t1 -c"$CONNS" -d"${3}s" --timeout 5s --latency -H "Host: ${C_HOST[$c]}" "$url") ;;
+    wrk2) WRK=("${ALL_CPUS[@]}" wrk -t2 -c64 -d"${3}s" --timeout 5s --latency -H "Host: ${C_HOST[$c]}" "$url") ;;
     headload)
       local m=GET
       [[ $c == 6 ]] && m=HEAD
@@ -678,9 +701,82 @@ for ((r = 1; r <= ROUNDS; r++)); do
 done
 verify_all "after the measurement"
 
-# ---------------------------------------------------------------- results
 median() { sort -g | awk '{a[NR]=$1} END{ if (NR==0) {print 0; exit} if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2 }'; }
 col() { awk -v k="$2" '{print $k}' "$1"; }
+mib() { awk -v x="$1" 'BEGIN{printf "%.1f", x/1024}'; }
+ALL_CPUS=("${NICE_CMD[@]}" taskset -c "0-$((NPROC - 1))") # this script is pinned to CPU 1: undo it
+
+# ---------------------------------------------------------------- scale
+# Three questions the cases above do not answer (issue 17): what a held idle connection costs
+# and whether hits stay fast while thousands are held; p99 with many connections; and whether
+# a second thread helps the edge as a second worker helps nginx.
+declare -A IDLE_RSS0 IDLE_RSS1 IDLE_LOST
+if [[ $SCALE == 1 ]]; then
+  for s in ours nginx; do
+    IDLE_RSS0[$s]=$(mem_kb "$s")
+    "${LOAD_PIN[@]}" "$WORK/idlehold" -c "$IDLE" -H bench.example.com "$(case_url "$s" 1)" >"$WORK/out/idle-$s.log" 2>&1 &
+    hold=$!
+    PIDS+=("$hold")
+    for ((n = 0; n < 600; n++)); do
+      grep -q '^held' "$WORK/out/idle-$s.log" && break
+      kill -0 "$hold" 2>/dev/null || die "idlehold against $s: $(tail -n 2 "$WORK/out/idle-$s.log")"
+      sleep 0.1
+    done
+    grep -q '^held' "$WORK/out/idle-$s.log" || die "idlehold did not open $IDLE connections to $s in 60 s"
+    sleep 1
+    IDLE_RSS1[$s]=$(mem_kb "$s")
+    run_one "$s" 1 "$DURATION" "$WORK/out/idle-run-$s.txt"
+    kill -TERM "$hold" 2>/dev/null || true
+    wait "$hold" 2>/dev/null || true
+    IDLE_LOST[$s]=$(awk '/^lost/{print $2}' "$WORK/out/idle-$s.log")
+    log "scale: $s with $IDLE idle connections held: VmRSS $(mib "${IDLE_RSS0[$s]}") -> $(mib "${IDLE_RSS1[$s]}") MiB; case 1 $(awk '{printf "%.0f req/s, p99 %.3f ms", $1, $3}' "$WORK/out/idle-run-$s.txt"); ${IDLE_LOST[$s]:-?} closed by the server while held"
+    sleep 2 # the server closes them
+  done
+  saved_conns=$CONNS
+  CONNS=$MANY
+  for s in ours nginx; do
+    run_one "$s" 1 "$DURATION" "$WORK/out/many-$s.txt"
+    log "scale: $s, case 1 with $MANY connections: $(awk '{printf "%.0f req/s, p50 %.3f ms, p99 %.3f ms", $1, $2, $3}' "$WORK/out/many-$s.txt")"
+  done
+  CONNS=$saved_conns
+
+  # Two threads, two workers: both edges again on other ports, on both CPUs, with the load
+  # (wrk -t2) sharing them, measured against the same setup with one thread / one worker.
+  sed -e "s/127.0.0.1:$EDGE_PORT\"/127.0.0.1:$EDGE2_PORT\"/" -e "s/127.0.0.1:$EDGE_TLS_PORT\"/127.0.0.1:$EDGE2_TLS_PORT\"/" \
+    -e "s#$WORK/edge/edge.pid#$WORK/edge/edge2.pid#" -e "s#$WORK/edge/upgrade.sock#$WORK/edge/upgrade2.sock#" \
+    -e "s/127.0.0.1:$ADMIN_PORT/127.0.0.1:$((PORT_BASE + 14))/" "$WORK/edge/edge.yaml" >"$WORK/edge2.yaml.in"
+  mkdir -p "$WORK"/nginx2/{cache,tmp}
+  sed -e "s/127.0.0.1:$NGINX_PORT;/127.0.0.1:$NGINX2_PORT;/" -e "s/127.0.0.1:$NGINX_TLS_PORT /127.0.0.1:$NGINX2_TLS_PORT /" \
+    -e "s#$WORK/nginx/#$WORK/nginx2/#g" "$WORK/nginx/nginx.conf" >"$WORK/nginx2/nginx1.conf"
+  for threads in 1 2; do
+    # The edge file lives in edge/ (its domains are relative to it), written before the edge
+    # starts; the running edge only watches its own file and the domains folder.
+    sed "s/^threads: 1/threads: $threads/" "$WORK/edge2.yaml.in" >"$WORK/edge/edge2.yaml"
+    sed "s/^worker_processes 1;/worker_processes $threads;/" "$WORK/nginx2/nginx1.conf" >"$WORK/nginx2/nginx.conf"
+    env -u CUSTOM_PAGES_ADMIN_TOKEN "${ALL_CPUS[@]}" "$EDGE_BIN" -c "$WORK/edge/edge2.yaml" >"$WORK/logs/edge2.stderr" 2>&1 &
+    MAIN_PID[ours$threads]=$!
+    PIDS+=("$!")
+    "${ALL_CPUS[@]}" "$NGINX" -p "$WORK/nginx2" -e "$WORK/nginx2/error.log" -c "$WORK/nginx2/nginx.conf" &
+    MAIN_PID[nginx$threads]=$!
+    PIDS+=("$!")
+    wait_port "$EDGE2_PORT" "${MAIN_PID[ours$threads]}" "our edge with $threads thread(s)"
+    wait_port "$NGINX2_PORT" "${MAIN_PID[nginx$threads]}" "nginx with $threads worker(s)"
+    PORT[ours$threads]=$EDGE2_PORT PORT[nginx$threads]=$NGINX2_PORT
+    sleep 1
+    for s in "ours$threads" "nginx$threads"; do
+      run_one "$s" m "$WARMUP" "$WORK/out/warmup.txt"
+      for ((r = 1; r <= ROUNDS; r++)); do run_one "$s" m "$DURATION" "$WORK/out/threads-$s.txt"; done
+      log "scale: $s: $(col "$WORK/out/threads-$s.txt" 1 | median | awk '{printf "%.0f req/s", $1}')"
+    done
+    for s in "ours$threads" "nginx$threads"; do
+      kill -TERM "${MAIN_PID[$s]}" 2>/dev/null || true
+      wait "${MAIN_PID[$s]}" 2>/dev/null || true
+    done
+    for ((n = 0; n < 50; n++)); do port_open "$EDGE2_PORT" || port_open "$NGINX2_PORT" || break; sleep 0.1; done
+  done
+fi
+
+# ---------------------------------------------------------------- results
 maxcol() { awk -v k="$2" 'BEGIN{m=0} $k>m{m=$k} END{print m}' "$1"; }
 declare -A RPS P50 P99 RSS ERRS CPU
 for c in "${CASES[@]}"; do
@@ -699,7 +795,6 @@ read -r SUM_RSS_NGINX SUM_PSS_NGINX SUM_HWM_NGINX <<<"$(mem_summary nginx)"
 
 f1() { awk -v x="$1" 'BEGIN{printf "%.0f", x}'; }
 f3() { awk -v x="$1" 'BEGIN{printf "%.3f", x}'; }
-mib() { awk -v x="$1" 'BEGIN{printf "%.1f", x/1024}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b > 0) printf "%.2f", a/b; else print "n/a" }'; }
 ge() { awk -v a="$1" -v b="$2" 'BEGIN{exit !(a >= b)}'; }
 
@@ -767,6 +862,33 @@ add "Disturbance: $ndiscarded run(s) were discarded and run again because other 
 add ""
 add "Noise: the machine has $NPROC CPU(s) and is shared with other work (builds, tests), so single runs vary; the table holds medians of $ROUNDS round(s), servers alternating which goes first each round. Case 3 and the page fetches go through the origin, which shares CPU 1 with wrk."
 
+# ---------------------------------------------------------------- scale, reported
+SCALE_TEXT=""
+if [[ $SCALE == 1 ]]; then
+  per_conn() { awk -v a="${IDLE_RSS0[$1]}" -v b="${IDLE_RSS1[$1]}" -v n="$IDLE" 'BEGIN{printf "%.1f", (b - a) / n}'; }
+  run_of() { awk -v k="$2" '{printf (k == 1 ? "%.0f" : "%.3f"), $k}' "$1"; }
+  thr() { col "$WORK/out/threads-$1.txt" "$2" | median; }
+  SCALE_TEXT="## Scale
+
+| | ours | nginx |
+|---|---:|---:|
+| $IDLE idle keep-alive connections held (one request each, then idle): memory before → while held, MiB | $(mib "${IDLE_RSS0[ours]}") → $(mib "${IDLE_RSS1[ours]}") | $(mib "${IDLE_RSS0[nginx]}") → $(mib "${IDLE_RSS1[nginx]}") |
+| memory per idle connection, KiB | $(per_conn ours) | $(per_conn nginx) |
+| connections the server closed while held | ${IDLE_LOST[ours]:-?} | ${IDLE_LOST[nginx]:-?} |
+| case 1 while they are held: req/s, p99 ms (without them: ${RPS[ours,1]%.*} and ${RPS[nginx,1]%.*} req/s above) | $(run_of "$WORK/out/idle-run-ours.txt" 1), $(run_of "$WORK/out/idle-run-ours.txt" 3) | $(run_of "$WORK/out/idle-run-nginx.txt" 1), $(run_of "$WORK/out/idle-run-nginx.txt" 3) |
+| case 1 with $MANY connections: req/s, p50 ms, p99 ms | $(run_of "$WORK/out/many-ours.txt" 1), $(run_of "$WORK/out/many-ours.txt" 2), $(run_of "$WORK/out/many-ours.txt" 3) | $(run_of "$WORK/out/many-nginx.txt" 1), $(run_of "$WORK/out/many-nginx.txt" 2), $(run_of "$WORK/out/many-nginx.txt" 3) |
+| case 1 on both CPUs, 1 thread / 1 worker, wrk -t2 -c64 sharing the CPUs: req/s, CPU µs/req | $(f1 "$(thr ours1 1)"), $(thr ours1 10) | $(f1 "$(thr nginx1 1)"), $(thr nginx1 10) |
+| the same with 2 threads / 2 workers: req/s, CPU µs/req | $(f1 "$(thr ours2 1)"), $(thr ours2 10) | $(f1 "$(thr nginx2 1)"), $(thr nginx2 10) |
+| 2 / 1 | $(ratio "$(thr ours2 1)" "$(thr ours1 1)")× | $(ratio "$(thr nginx2 1)" "$(thr nginx1 1)")× |
+
+Memory is as in the table above (ours VmRSS; nginx the worker's VmRSS plus the private memory of its other processes), sampled 1 s after idlehold (\`bench/idlehold.c\`, on CPU 1) had opened every connection and had its answer on each; case 1 then ran on another $CONNS connections while they were held. The $MANY-connection run is wrk -t1 -c$MANY on CPU 1 against the servers on CPU 0. The thread rows start both edges again on other ports, on both CPUs, with wrk -t2 -c64 on the same two CPUs (so the load takes part of the CPU the second thread or worker could use), $ROUNDS run(s) of ${DURATION} s each after a warm-up, medians.
+"
+  idle_ok=$(awk -v a="$(per_conn ours)" -v b="$(per_conn nginx)" 'BEGIN{print (a <= b)}')
+  many_ok=$(awk -v a="$(run_of "$WORK/out/many-ours.txt" 3)" -v b="$(run_of "$WORK/out/many-nginx.txt" 3)" 'BEGIN{print (a <= b)}')
+  scale_ok=$(awk -v a="$(ratio "$(thr ours2 1)" "$(thr ours1 1)")" -v b="$(ratio "$(thr nginx2 1)" "$(thr nginx1 1)")" 'BEGIN{print (a >= b)}')
+  add "- Scale: memory per idle connection at or below nginx's: $(yes_no "$idle_ok") ($(per_conn ours) vs $(per_conn nginx) KiB); p99 with $MANY connections at or below nginx's: $(yes_no "$many_ok") ($(run_of "$WORK/out/many-ours.txt" 3) vs $(run_of "$WORK/out/many-nginx.txt" 3) ms); a second thread helps at least as much as nginx's second worker: $(yes_no "$scale_ok") ($(ratio "$(thr ours2 1)" "$(thr ours1 1)")× vs $(ratio "$(thr nginx2 1)" "$(thr nginx1 1)")×)."
+fi
+
 # ---------------------------------------------------------------- micro-benchmark
 MICRO_TEXT="(not run: BENCH_MICRO=0)"
 if [[ $MICRO == 1 ]]; then
@@ -820,6 +942,7 @@ $TABLE
 
 Latencies are wrk's (headload's for 6 and 1r; tlsload's for t2, from connect() to the end of the response, the handshake included), coordinated omission not corrected. "CPU µs/req" is the CPU time (user + system) the server's processes used during the run divided by the requests completed, the median over rounds: it measures efficiency and is much less disturbed by other work than req/s (kernel network work done in softirq context may be charged to no process, for both servers alike). "mem" is the peak, over the measured runs of the case, of samples taken every 0.2 s: for ours the edge's VmRSS; for nginx the worker's VmRSS plus \`Private_Clean + Private_Dirty\` (\`/proc/<pid>/smaps_rollup\`) of the master and the cache manager/loader, i.e. nginx's pages counted once. Summing VmRSS over nginx's processes would count the binary, libraries and keys_zone three times; PSS would split them with the origin's nginx, which runs the same binary.
 
+$SCALE_TEXT
 ## Analysis
 
 $ANALYSIS
