@@ -20,6 +20,7 @@ use pingora_core::services::background::{background_service, BackgroundService};
 use pingora_core::services::listening::Service;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// A CDN edge that answers errors with the custom pages its operator chose.
@@ -268,7 +269,13 @@ fn run(
     // Idle h2 connections are closed like idle HTTP/1.1 ones (see the proxy's keep-alive).
     options.h2_idle_timeout = Some(IDLE_TIMEOUT);
     app.server_options = Some(options);
-    let mut proxy = Service::new("edge".to_string(), Connections { inner: Arc::new(app) });
+    let mut proxy = Service::new(
+        "edge".to_string(),
+        Connections {
+            inner: Arc::new(app),
+            open: Arc::default(),
+        },
+    );
     for addr in &listen {
         proxy.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(CLIENT_L4_BUFFER));
     }
@@ -337,9 +344,33 @@ const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 ///   (`make bench`, "Scale"). Here the wait happens before that future exists, so it is
 ///   allocated when a request arrives.
 ///
+/// The lean wait costs a system call per request (a peek before Pingora's read), so it is used
+/// only while more than [`LEAN_ABOVE`] client connections are open, when memory matters.
+///
 /// HTTP/2 (h2c by its preface, or TLS with ALPN h2) is left to Pingora whole.
 struct Connections<A> {
     inner: Arc<A>,
+    /// Client connections open now.
+    open: Arc<AtomicUsize>,
+}
+
+/// Above this many open client connections, idle ones wait without Pingora's request state.
+const LEAN_ABOVE: usize = 256;
+
+/// Counts a connection as open while it lives.
+struct Open(Arc<AtomicUsize>);
+
+impl Open {
+    fn new(count: &Arc<AtomicUsize>) -> Open {
+        count.fetch_add(1, Ordering::Relaxed);
+        Open(count.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Waits, at most [`IDLE_TIMEOUT`], until the client sends something, and peeks at it
@@ -355,6 +386,7 @@ async fn first_bytes(stream: &mut Stream) -> Option<[u8; 24]> {
 #[async_trait::async_trait]
 impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Connections<A> {
     async fn process_new(self: &Arc<Self>, mut stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        let _open = Open::new(&self.open);
         let preface = first_bytes(&mut stream).await?;
         let h2 = match stream.get_ssl_digest() {
             Some(_) => matches!(stream.selected_alpn_proto(), Some(ALPN::H2)),
@@ -377,7 +409,9 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Connections<A> {
         session.set_keepalive_reuses_remaining(reuses);
         let mut reused = self.inner.process_new_http(session, shutdown).await;
         while let Some((mut stream, persisted)) = reused.map(|r| r.consume()) {
-            first_bytes(&mut stream).await?;
+            if self.open.load(Ordering::Relaxed) > LEAN_ABOVE {
+                first_bytes(&mut stream).await?;
+            }
             let mut session = ServerSession::new_http1(stream);
             if let Some(persisted) = persisted {
                 persisted.apply_to_session(&mut session);

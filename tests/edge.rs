@@ -657,3 +657,29 @@ impl Drop for KillOnDrop {
         let _ = Command::new("kill").args(["-KILL", &self.0.to_string()]).status();
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn many_kept_alive_connections_each_serve_their_next_requests() {
+    // Past a few hundred open connections the edge waits for an idle connection's next
+    // request in a leaner way (see `server::Connections`): every connection keeps working.
+    let origin = Origin::start().await;
+    origin.route("/a", Reply::ok("fine").header("cache-control", "max-age=60"));
+    let edge = Edge::start(&[("a.yaml", domain_yaml("a.example.com", origin.addr(), ""))]);
+    let mut conns = Vec::new();
+    for _ in 0..300 {
+        let mut conn = common::RawConn::connect(edge.addr()).await;
+        let first = conn.request("GET", "a.example.com", "/a", &[]).await;
+        assert_eq!((first.status, first.text()), (200, "fine".to_string()));
+        conns.push(conn);
+    }
+    for round in 0..2 {
+        for (i, conn) in conns.iter_mut().enumerate() {
+            let next = conn.request("GET", "a.example.com", "/a", &[]).await;
+            assert_eq!(
+                (next.status, next.text()),
+                (200, "fine".to_string()),
+                "connection {i}, round {round}"
+            );
+        }
+    }
+}
