@@ -160,31 +160,16 @@ async fn etcd_files_on(
     match action {
         EtcdAction::Import { dir } => {
             // Checked all together first, as `-t` would: nothing is written if one is wrong.
-            let mut snapshot = Snapshot {
-                edge,
-                domains: Vec::new(),
-                errors: Vec::new(),
-                kept: Vec::new(),
-                from: "files",
-            };
-            let mut texts = Vec::new();
-            for (file, parsed) in source::file::read_dir_files(dir).map_err(|e| e.to_string())? {
-                match parsed {
-                    Ok(spec) => {
-                        texts.push((
-                            spec.domain.clone(),
-                            std::fs::read_to_string(&file).unwrap_or_default(),
-                        ));
-                        snapshot.domains.push(source::DomainEntry {
-                            at: crate::spec::Location::File(file),
-                            spec,
-                            revision: 0,
-                        });
-                    }
-                    Err(e) => snapshot.errors.push(e),
-                }
-            }
+            let snapshot = source::file::load_folder(edge, dir).map_err(|e| e.to_string())?;
             Runtime::check(&snapshot, filters).map_err(|e| format!("{e}\ncustom-pages: nothing imported"))?;
+            let mut texts = Vec::new();
+            for entry in &snapshot.domains {
+                let crate::spec::Location::File(file) = &entry.at else {
+                    continue;
+                };
+                let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+                texts.push((entry.spec.domain.clone(), text));
+            }
             let count = source::etcd::import(&etcd, &texts).await?;
             Ok(format!(
                 "custom-pages: {count} domain(s) of {} put under {}domains/",

@@ -58,6 +58,14 @@ async fn start_fleet_edge(etcd: &Etcd, id: &str) -> Edge {
     start_edge_in(dir, fleet_options(etcd, id)).await
 }
 
+/// Edges `a` and `b` on `etcd`.
+async fn two_edges(etcd: &Etcd) -> (Edge, Edge) {
+    (
+        start_fleet_edge(etcd, "a").await,
+        start_fleet_edge(etcd, "b").await,
+    )
+}
+
 /// The body of `GET /gone` on `edge` (a 404 the rules may replace).
 async fn gone(edge: &Edge) -> String {
     get(&client(edge, Proto::H1, &[EXP]), &edge.url(EXP, "/gone"))
@@ -75,10 +83,7 @@ async fn two_edges_apply_rules_put_with_etcdctl_and_changes_made_through_either_
     let etcd = Etcd::start(1);
     let origin = origin_with_page("custom 404").await;
     etcd.put(&key(EXP), &exp_yaml(&origin, "/404.html"));
-    let (a, b) = (
-        start_fleet_edge(&etcd, "a").await,
-        start_fleet_edge(&etcd, "b").await,
-    );
+    let (a, b) = two_edges(&etcd).await;
     for edge in [&a, &b] {
         assert!(
             until_served(edge, "custom 404", Duration::from_secs(5))
@@ -176,10 +181,7 @@ async fn concurrent_conflicting_admin_writes_on_two_edges_lose_no_update() {
     let etcd = Etcd::start(1);
     let origin = origin_with_page("custom 404").await;
     etcd.put(&key(EXP), &exp_yaml(&origin, "/404.html"));
-    let (a, b) = (
-        start_fleet_edge(&etcd, "a").await,
-        start_fleet_edge(&etcd, "b").await,
-    );
+    let (a, b) = two_edges(&etcd).await;
     let (admin_a, admin_b) = (Admin::new(&a), Admin::new(&b));
     let url = json!({"url": format!("http://{EXP}/other.html")});
     let writes = (0..8).map(|i| {
@@ -227,10 +229,7 @@ async fn edges_keep_serving_without_etcd_start_from_their_snapshot_and_catch_up(
     let mut etcd = Etcd::start(1);
     let origin = origin_with_page("custom 404").await;
     etcd.put(&key(EXP), &exp_yaml(&origin, "/404.html"));
-    let (a, b) = (
-        start_fleet_edge(&etcd, "a").await,
-        start_fleet_edge(&etcd, "b").await,
-    );
+    let (a, b) = two_edges(&etcd).await;
     for edge in [&a, &b] {
         assert!(until_served(edge, "custom 404", Duration::from_secs(5))
             .await
@@ -343,10 +342,7 @@ async fn a_purge_on_one_edge_empties_the_url_on_the_other_and_the_fleet_lists_bo
     let cached = |body: &str| Reply::ok(body.to_string()).header("cache-control", "max-age=600");
     origin.route("/a.css", cached("v1"));
     etcd.put(&key(EXP), &exp_yaml(&origin, "/404.html"));
-    let (a, b) = (
-        start_fleet_edge(&etcd, "a").await,
-        start_fleet_edge(&etcd, "b").await,
-    );
+    let (a, b) = two_edges(&etcd).await;
     let css = |edge: &Edge| {
         let (c, url) = (client(edge, Proto::H1, &[EXP]), edge.url(EXP, "/a.css"));
         async move { get(&c, &url).await.body }

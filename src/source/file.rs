@@ -59,25 +59,8 @@ impl ConfigSource for FileSource {
     async fn load(&self) -> Result<Snapshot, ConfigErrors> {
         let text = read_file(&self.edge_file)?;
         let edge = EdgeSettings::from_yaml(&self.edge_file, &text)?;
-        let dir = self.domains_dir.get_or_init(|| edge.domains_dir.clone());
-        let mut snapshot = Snapshot {
-            edge,
-            domains: Vec::new(),
-            errors: Vec::new(),
-            kept: Vec::new(),
-            from: "files",
-        };
-        for (file, parsed) in read_dir_files(dir)? {
-            match parsed {
-                Ok(spec) => snapshot.domains.push(DomainEntry {
-                    at: Location::File(file),
-                    spec,
-                    revision: 0,
-                }),
-                Err(e) => snapshot.errors.push(e),
-            }
-        }
-        Ok(snapshot)
+        let dir = self.domains_dir.get_or_init(|| edge.domains_dir.clone()).clone();
+        load_folder(edge, &dir)
     }
 
     async fn changed(&self) -> bool {
@@ -141,6 +124,28 @@ impl ConfigSource for FileSource {
     }
 }
 
+/// The snapshot of `edge` with every domain file of `dir` (see the module docs).
+pub fn load_folder(edge: EdgeSettings, dir: &Path) -> Result<Snapshot, ConfigErrors> {
+    let mut snapshot = Snapshot {
+        edge,
+        domains: Vec::new(),
+        errors: Vec::new(),
+        kept: Vec::new(),
+        from: "files",
+    };
+    for (file, parsed) in read_dir_files(dir)? {
+        match parsed {
+            Ok(spec) => snapshot.domains.push(DomainEntry {
+                at: Location::File(file),
+                spec,
+                revision: 0,
+            }),
+            Err(e) => snapshot.errors.push(e),
+        }
+    }
+    Ok(snapshot)
+}
+
 /// The file a new domain's spec is written to: its name, a wildcard's `*` spelled out.
 pub fn file_name(name: &DomainName) -> String {
     match name {
@@ -155,10 +160,10 @@ fn read_file(file: &Path) -> Result<String, ConfigError> {
 }
 
 /// A domain file's path with its parsed spec or its error.
-pub type ParsedFile = (PathBuf, Result<DomainSpec, ConfigError>);
+type ParsedFile = (PathBuf, Result<DomainSpec, ConfigError>);
 
 /// Every domain file of the folder, sorted by name, each parsed or with its error.
-pub fn read_dir_files(dir: &Path) -> Result<Vec<ParsedFile>, ConfigErrors> {
+fn read_dir_files(dir: &Path) -> Result<Vec<ParsedFile>, ConfigErrors> {
     let entries = std::fs::read_dir(dir)
         .map_err(|e| ConfigError::new(dir, "", format!("cannot read the domains folder: {e}")))?;
     let mut files: Vec<PathBuf> = entries
