@@ -163,6 +163,12 @@ impl EtcdSource {
         let mut client = self.client().await?;
         let prefix = format!("{}ops/", self.settings.prefix);
         let after = *self.ops_after.lock();
+        if after == 0 {
+            // Not loaded from etcd yet (serving the snapshot): operations count from the first
+            // load, so older ones are skipped.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            return Ok(());
+        }
         let options = WatchOptions::new().with_prefix().with_start_revision(after + 1);
         let mut watch = within(client.watch(prefix.as_str(), Some(options))).await?;
         loop {
