@@ -559,6 +559,12 @@ async fn api_lists_creates_modifies_deletes_and_refreshes_rules() {
         "{status}"
     );
 
+    assert_eq!(status["source"], "files", "{status}");
+    // An edge reading its own files is in no fleet.
+    let fleet = admin.get("/api/fleet").await;
+    assert_eq!(fleet.status, 404, "{fleet:#?}");
+    assert!(fleet.text.contains("not part of a fleet"), "{fleet:#?}");
+
     // GET /api/domains
     let answer = admin.get("/api/domains").await;
     assert_eq!(answer.status, 200, "{answer:#?}");

@@ -13,7 +13,7 @@
 //! tokenizer (`cssparser`): comments, strings and escapes are theirs to get right.
 
 use super::fetch::PageFetcher;
-use super::response::escape_html;
+use super::response::{escape_html, essence};
 use super::store::Page;
 use crate::spec::{PageSettings, PageUrl};
 use crate::upstream::Origin;
@@ -350,13 +350,7 @@ impl Fetch<'_> {
 
 /// The essence of a `Content-Type` (`image/png`), if it is safe in a `data:` URI.
 fn media_type(content_type: &http::HeaderValue) -> Option<String> {
-    let essence = content_type
-        .to_str()
-        .ok()?
-        .split(';')
-        .next()?
-        .trim()
-        .to_ascii_lowercase();
+    let essence = essence(content_type.to_str().ok()?);
     let (kind, sub) = essence.split_once('/')?;
     let token = |t: &str| {
         !t.is_empty()

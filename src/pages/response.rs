@@ -182,6 +182,17 @@ fn render_default(status: u16) -> Bytes {
     ))
 }
 
+/// The media type of a `Content-Type` value without its parameters, in lower case
+/// (`text/html; charset=utf-8` → `text/html`).
+pub(crate) fn essence(content_type: &str) -> String {
+    content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
 /// `s` as HTML text or a quoted attribute value.
 pub(crate) fn escape_html(s: &str) -> String {
     s.replace('&', "&amp;")

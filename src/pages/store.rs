@@ -412,11 +412,9 @@ impl PageStore {
 
 /// Whether a `Content-Type` says HTML.
 fn is_html(content_type: &HeaderValue) -> bool {
-    content_type.to_str().is_ok_and(|ct| {
-        ct.split(';')
-            .next()
-            .is_some_and(|m| m.trim().eq_ignore_ascii_case("text/html"))
-    })
+    content_type
+        .to_str()
+        .is_ok_and(|ct| super::response::essence(ct) == "text/html")
 }
 
 impl Slot {

@@ -73,12 +73,7 @@ impl Template {
     /// Only HTML and XML, JSON and plain text pages are templates: a value could not be
     /// escaped safely for anything else (a script, a stylesheet).
     pub fn parse(body: &[u8], content_type: &str) -> (Option<Template>, Vec<String>) {
-        let media = content_type
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
+        let media = super::response::essence(content_type);
         let escape = if media == "text/html" || media.ends_with("+xml") || media.ends_with("/xml") {
             Escape::Html
         } else if media.ends_with("/json") || media.ends_with("+json") {
