@@ -286,19 +286,22 @@ async fn a_three_member_cluster_loses_its_leader_and_a_compaction_passes_an_edge
             .is_some());
     }
 
-    // The leader killed: a change still reaches the edges.
+    // The leader killed: a change still reaches the edges. c's member must outlive it, so if
+    // the leadership moved to that member meanwhile, it is handed to another one first.
+    if etcd.leader() == lonely {
+        etcd.move_leader((lonely + 1) % 3);
+    }
     let leader = etcd.leader();
+    assert_ne!(leader, lonely, "c's member is not the one killed");
     etcd.kill(leader);
     etcd.put(&key(EXP), &exp_yaml(&origin, "/other.html"));
-    if leader != lonely {
-        assert!(
-            until_served(&c, "other page", Duration::from_secs(8))
-                .await
-                .is_some(),
-            "{}",
-            c.log()
-        );
-    }
+    assert!(
+        until_served(&c, "other page", Duration::from_secs(8))
+            .await
+            .is_some(),
+        "{}",
+        c.log()
+    );
     assert!(
         until_served(&a, "other page", Duration::from_secs(8))
             .await
@@ -461,6 +464,41 @@ fn without_etcd_or_a_snapshot_the_edge_refuses_to_start_saying_why() {
         stderr.contains("snap.json"),
         "the snapshot it looked for: {stderr}"
     );
+    // Started for real (not `-t`), it exits the same way, before it listens.
+    let port = common::free_port();
+    let mut edge_yaml = std::fs::read_to_string(&edge_file).expect("edge file");
+    edge_yaml.push_str(&format!("listen: [\"127.0.0.1:{port}\"]\n"));
+    std::fs::write(&edge_file, edge_yaml).expect("edge file");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_custom-pages"))
+        .arg("-c")
+        .arg(&edge_file)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("custom-pages runs");
+    // etcd is given 3 s to answer; the rest is margin for a loaded machine.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+            "the edge listens with nothing to serve"
+        );
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the edge did not refuse to start within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr).expect("stderr");
+    assert!(!status.success(), "it exited with success: {stderr}");
+    assert!(
+        stderr.contains("source.etcd: etcd is unreachable") && stderr.contains("snap.json"),
+        "{stderr}"
+    );
     // A bad source section is an error naming its key.
     std::fs::write(
         &edge_file,
@@ -472,4 +510,216 @@ fn without_etcd_or_a_snapshot_the_edge_refuses_to_start_saying_why() {
         !ok && stderr.contains("source.etcd.endpoints[0]") && stderr.contains("source.etcd.prefix"),
         "{stderr}"
     );
+}
+
+/// A write etcd does not confirm (two of three members gone: no majority) answers 503 saying
+/// its outcome is unknown, and the edge keeps serving what it had; with the majority back,
+/// writes are confirmed again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_without_a_majority_answers_503_and_the_edge_keeps_serving() {
+    let mut etcd = Etcd::start(3);
+    let origin = origin_with_page("custom 404").await;
+    etcd.put(&key(EXP), &exp_yaml(&origin, "/404.html"));
+    let a = start_fleet_edge(&etcd, "a").await;
+    assert!(
+        until_served(&a, "custom 404", Duration::from_secs(5))
+            .await
+            .is_some(),
+        "{}",
+        a.log()
+    );
+    let admin = Admin::new(&a);
+    let url = json!({"url": format!("http://{EXP}/other.html")});
+    // Control: with a majority the same kind of write is confirmed.
+    let confirmed = admin.put_rule(EXP, "410", &url).await;
+    assert_eq!(confirmed.status, 201, "{}", confirmed.text);
+
+    let survivor = etcd.leader();
+    let gone_members: Vec<usize> = (0..3).filter(|i| *i != survivor).collect();
+    for member in &gone_members {
+        etcd.kill(*member);
+    }
+    let unconfirmed = admin.put_rule(EXP, "411", &url).await;
+    assert_eq!(unconfirmed.status, 503, "{}", unconfirmed.text);
+    assert!(
+        unconfirmed.text.contains("did not confirm") && unconfirmed.text.contains("may still apply"),
+        "{}",
+        unconfirmed.text
+    );
+    assert_eq!(gone(&a).await, "custom 404", "{}", a.log());
+
+    for member in &gone_members {
+        etcd.restart(*member, true);
+    }
+    let again = admin.put_rule(EXP, "412", &url).await;
+    assert_eq!(again.status, 201, "{}", again.text);
+    let stored = etcd.ctl(&["get", &key(EXP), "--print-value-only"]);
+    let stored = String::from_utf8_lossy(&stored.stdout).into_owned();
+    assert!(
+        stored.contains("code: 410") && stored.contains("code: 412"),
+        "{stored}"
+    );
+}
+
+/// An admin write whose key keeps changing under it (other writers putting it as fast as etcd
+/// takes it) is planned again from each new version, and answers 409 once it has lost five
+/// races: never a 5xx, never a silent overwrite.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_that_keeps_losing_the_race_answers_409() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let etcd = Etcd::start(1);
+    let origin = origin_with_page("custom 404").await;
+    let spec = exp_yaml(&origin, "/404.html");
+    etcd.put(&key(EXP), &spec);
+    let a = start_fleet_edge(&etcd, "a").await;
+    assert!(
+        until_served(&a, "custom 404", Duration::from_secs(5))
+            .await
+            .is_some(),
+        "{}",
+        a.log()
+    );
+    let (stop, puts) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
+    let writers: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, puts, spec) = (stop.clone(), puts.clone(), spec.clone());
+            let endpoint = etcd.endpoint(0);
+            tokio::spawn(async move {
+                let mut client = etcd_client::Client::connect([endpoint], None)
+                    .await
+                    .expect("etcd client");
+                while !stop.load(Ordering::SeqCst) {
+                    client.put(key(EXP), spec.as_str(), None).await.expect("put");
+                    puts.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+        })
+        .collect();
+    let admin = Admin::new(&a);
+    let url = json!({"url": format!("http://{EXP}/other.html")});
+    let mut answers = Vec::new();
+    let mut refused = None;
+    for code in 450..470 {
+        let answer = admin.put_rule(EXP, &code.to_string(), &url).await;
+        if answer.status == 409 {
+            refused = Some(answer);
+            break;
+        }
+        answers.push((answer.status, answer.text));
+    }
+    stop.store(true, Ordering::SeqCst);
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+    let puts = puts.load(Ordering::SeqCst);
+    // Before the refusal only confirmed writes (a race won within five tries).
+    assert!(answers.iter().all(|(status, _)| *status == 201), "{answers:?}");
+    let refused = refused.unwrap_or_else(|| {
+        panic!("no write lost five races in a row while {puts} puts were made: {answers:?}")
+    });
+    assert!(
+        refused.text.contains("was changed by someone else"),
+        "{}",
+        refused.text
+    );
+    // The writers put last: the edge ends up serving exactly their spec (one rule).
+    let settled = time_until(Duration::from_secs(5), || async {
+        admin.rules(EXP).await.len() == 1
+    });
+    assert!(settled.await.is_some(), "{:?}", admin.rules(EXP).await);
+}
+
+/// Fleet operations outlive a lost connection: an edge whose only etcd member was away
+/// replays the purge it missed once the member is back; an edge started after an operation
+/// skips it (shown once that edge has applied a newer operation).
+#[tokio::test(flavor = "multi_thread")]
+async fn missed_operations_are_replayed_after_a_reconnect_and_skipped_by_a_later_edge() {
+    let mut etcd = Etcd::start(3);
+    let origin = origin_with_page("custom 404").await;
+    let cached = |body: &str| Reply::ok(body.to_string()).header("cache-control", "max-age=600");
+    origin.route("/a.css", cached("v1"));
+    origin.route("/p.css", cached("prefetched"));
+    origin.route("/q.css", cached("q"));
+    etcd.put(&key(EXP), &exp_yaml(&origin, "/404.html"));
+    // a talks to members 0 and 1, b only to member 2.
+    let a = {
+        let mut options = fleet_options(&etcd, "a");
+        options.edge_extra = options.edge_extra.replace(
+            &etcd.endpoints_yaml(),
+            &format!("[\"{}\", \"{}\"]", etcd.endpoint(0), etcd.endpoint(1)),
+        );
+        start_edge_in(tempfile::tempdir().expect("temp dir"), options).await
+    };
+    let b = {
+        let mut options = fleet_options(&etcd, "b");
+        options.edge_extra = options
+            .edge_extra
+            .replace(&etcd.endpoints_yaml(), &format!("[\"{}\"]", etcd.endpoint(2)));
+        start_edge_in(tempfile::tempdir().expect("temp dir"), options).await
+    };
+    let fetch = |edge: &Edge, path: &str| {
+        let (c, url) = (client(edge, Proto::H1, &[EXP]), edge.url(EXP, path));
+        async move {
+            let got = get(&c, &url).await;
+            let cache = got.header("x-cache").unwrap_or_default().to_string();
+            (got.body, cache)
+        }
+    };
+    for edge in [&a, &b] {
+        assert_eq!(fetch(edge, "/a.css").await, ("v1".into(), "MISS".into()));
+        assert_eq!(fetch(edge, "/a.css").await, ("v1".into(), "HIT".into()));
+    }
+    origin.route("/a.css", cached("v2"));
+
+    // b's member away: a purge made on a cannot reach b yet.
+    if etcd.leader() == 2 {
+        etcd.move_leader(0);
+    }
+    etcd.kill(2);
+    let purged = Admin::new(&a).purge(EXP, &json!({"urls": ["/a.css"]})).await;
+    assert_eq!(purged.status, 200, "{}", purged.text);
+    assert_eq!(purged.json["fleet"], "sent to every edge", "{}", purged.text);
+    assert_eq!(fetch(&a, "/a.css").await.0, "v2");
+    assert_eq!(
+        fetch(&b, "/a.css").await,
+        ("v1".into(), "HIT".into()),
+        "b has not heard yet"
+    );
+    // The member back: b replays the purge it missed.
+    etcd.restart(2, true);
+    let replayed = time_until(Duration::from_secs(10), || async {
+        fetch(&b, "/a.css").await.0 == "v2"
+    });
+    assert!(replayed.await.is_some(), "{}", b.log());
+
+    // A prefetch on a, done by a and then by b: one origin request per edge and scheme.
+    let prefetched = Admin::new(&a).prefetch(EXP, &json!({"urls": ["/p.css"]})).await;
+    assert_eq!(prefetched.status, 200, "{}", prefetched.text);
+    let per_edge = origin.hits("/p.css");
+    assert!(per_edge >= 1, "{}", prefetched.text);
+    let both = time_until(Duration::from_secs(10), || async {
+        origin.hits("/p.css") == 2 * per_edge
+    });
+    assert!(both.await.is_some(), "origin hits: {}", origin.hits("/p.css"));
+
+    // c starts after that prefetch, caches /q.css, and applies a newer purge of it; by then it
+    // would have replayed the older prefetch too, had it not skipped it.
+    let c = start_fleet_edge(&etcd, "c").await;
+    assert_eq!(fetch(&c, "/q.css").await, ("q".into(), "MISS".into()));
+    assert_eq!(fetch(&c, "/q.css").await, ("q".into(), "HIT".into()));
+    let purged = Admin::new(&a).purge(EXP, &json!({"urls": ["/q.css"]})).await;
+    assert_eq!(purged.status, 200, "{}", purged.text);
+    let applied = time_until(Duration::from_secs(10), || async {
+        fetch(&c, "/q.css").await.1 == "MISS"
+    });
+    assert!(applied.await.is_some(), "{}", c.log());
+    assert_eq!(
+        origin.hits("/p.css"),
+        2 * per_edge,
+        "c replayed a prefetch made before it started\n{}",
+        c.log()
+    );
+    assert!(!c.log().contains("prefetch from edge a"), "{}", c.log());
 }

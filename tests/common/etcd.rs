@@ -175,31 +175,55 @@ impl Etcd {
         json["header"]["revision"].as_i64().expect("a revision")
     }
 
+    /// `etcdctl endpoint status` of member `i` (`Null` when it does not answer).
+    fn status(&self, i: usize) -> serde_json::Value {
+        let out = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args([
+                "--endpoints",
+                &self.endpoint(i),
+                "--command-timeout=2s",
+                "endpoint",
+                "status",
+                "-w",
+                "json",
+            ])
+            .output()
+            .expect("etcdctl");
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        json[0]["Status"].clone()
+    }
+
     /// The index of the leader.
     pub fn leader(&self) -> usize {
         for i in 0..self.members.len() {
             if self.members[i].child.is_none() {
                 continue;
             }
-            let out = Command::new("etcdctl")
-                .env("ETCDCTL_API", "3")
-                .args([
-                    "--endpoints",
-                    &self.endpoint(i),
-                    "endpoint",
-                    "status",
-                    "-w",
-                    "json",
-                ])
-                .output()
-                .expect("etcdctl");
-            let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-            let status = &json[0]["Status"];
+            let status = self.status(i);
             if status["leader"].as_u64().is_some() && status["leader"] == status["header"]["member_id"] {
                 return i;
             }
         }
         panic!("no leader");
+    }
+
+    /// Hands the leadership to member `to` (`etcdctl move-leader`) and waits until it has it.
+    pub fn move_leader(&self, to: usize) {
+        let id = self.status(to)["header"]["member_id"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("member {to} does not answer"));
+        let out = self.ctl(&["move-leader", &format!("{id:x}")]);
+        assert!(
+            out.status.success(),
+            "etcdctl move-leader: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.leader() != to {
+            assert!(Instant::now() < deadline, "member {to} never became the leader");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 
