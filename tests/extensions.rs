@@ -216,9 +216,25 @@ async fn metrics_count_requests_pages_and_fetches() {
     assert_eq!(get(&c, &edge.url("nowhere.example.org", "/")).await.status, 404);
     // Loopback: no token needed for /metrics.
     let plain = reqwest::Client::builder().no_proxy().build().unwrap();
-    let got = common::send(plain.get(format!("http://127.0.0.1:{}/metrics", edge.admin_port))).await;
-    assert_eq!(got.status, 200);
-    let text = got.body;
+    let metrics_url = format!("http://127.0.0.1:{}/metrics", edge.admin_port);
+    // Counters move in the `logging` hook, after the response has gone out: scrape until the
+    // last request is counted (bounded), then check every series of that one scrape.
+    let counted = |text: &str| {
+        metric(text, "custom_pages_requests_total{class=\"4xx\",domain=\"-\"}") == Some(1.0)
+            && metric(
+                text,
+                "custom_pages_requests_total{class=\"4xx\",domain=\"a.example.com\"}",
+            ) == Some(2.0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let got = common::send(plain.get(&metrics_url)).await;
+        assert_eq!(got.status, 200);
+        if counted(&got.body) || Instant::now() > deadline {
+            break got.body;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
     let value = |series: &str| metric(&text, series).unwrap_or_else(|| panic!("no {series} in\n{text}"));
     assert_eq!(
         value("custom_pages_requests_total{class=\"2xx\",domain=\"a.example.com\"}"),

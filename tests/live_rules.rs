@@ -9,7 +9,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -155,11 +155,13 @@ fn transitions(seq: &str) -> usize {
 }
 
 /// GETs exp.example.com/ok, exp.example.com/missing and new.example.com/ok in a loop until
-/// `stop`, checking each answer is one the configuration can give at some point.
+/// `stop`, checking each answer is one the configuration can give at some point. `rounds`
+/// counts the rounds done, for the test to wait on.
 fn spawn_request_loop(
     edge: &Edge,
     proto: Proto,
     stop: Arc<AtomicBool>,
+    rounds: Arc<AtomicUsize>,
 ) -> tokio::task::JoinHandle<LoopReport> {
     let c = client(edge, proto, &[EXP, NEW]);
     let port = edge.port;
@@ -211,6 +213,7 @@ fn spawn_request_loop(
                     report.failures.push(format!("{proto:?} GET {url}: {answer:?}"));
                 }
             }
+            rounds.fetch_add(1, Ordering::SeqCst);
         }
         report
     })
@@ -235,12 +238,31 @@ async fn domain_files_dropped_edited_and_removed_under_load() {
     );
 
     let stop = Arc::new(AtomicBool::new(false));
+    let rounds: Vec<Arc<AtomicUsize>> = PROTOS.iter().map(|_| Arc::default()).collect();
     let loops: Vec<_> = PROTOS
         .iter()
-        .map(|proto| spawn_request_loop(&edge, *proto, stop.clone()))
+        .zip(&rounds)
+        .map(|(proto, rounds)| spawn_request_loop(&edge, *proto, stop.clone(), rounds.clone()))
         .collect();
-    let started = Instant::now();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Every loop sees each state for a while: `more` rounds past where they all are now.
+    let each_loop_goes_on = |more: usize| {
+        let targets: Vec<usize> = rounds.iter().map(|r| r.load(Ordering::SeqCst) + more).collect();
+        let rounds = &rounds;
+        async move {
+            let done = time_until(Duration::from_secs(30), || {
+                let targets = &targets;
+                async move {
+                    rounds
+                        .iter()
+                        .zip(targets)
+                        .all(|(r, t)| r.load(Ordering::SeqCst) >= *t)
+                }
+            })
+            .await;
+            assert!(done.is_some(), "the request loops stalled");
+        }
+    };
+    each_loop_goes_on(20).await;
 
     // A new domain file is dropped in.
     let new_file = edge.domains_dir().join("new.yaml");
@@ -284,7 +306,7 @@ async fn domain_files_dropped_edited_and_removed_under_load() {
         log_tail(&edge)
     );
 
-    tokio::time::sleep(Duration::from_secs(3).saturating_sub(started.elapsed())).await;
+    each_loop_goes_on(20).await;
     stop.store(true, Ordering::SeqCst);
     for (proto, handle) in PROTOS.iter().zip(loops) {
         let report = handle.await.expect("request loop");
