@@ -7,6 +7,7 @@ mod common;
 use common::origin::{Origin, Reply};
 use common::{client, domain_yaml, get, send, start_edge, Admin, Edge, EdgeOptions, Proto, ALL_PROTOS};
 use serde_json::json;
+use std::time::{Duration, Instant};
 
 const A: &str = "a.example.com";
 const B: &str = "b.example.com";
@@ -362,23 +363,56 @@ async fn a_star_anywhere_in_vary_is_never_reused() {
     for (i, vary) in varies.iter().enumerate() {
         origin.route(&format!("/star{i}"), cacheable("varies").header("vary", vary));
     }
+    // The control: a Vary list without `*` is cached, one entry per Foo value.
+    origin.route("/foo", cacheable("varies by foo").header("vary", "Foo"));
     let edge = start(&origin).await;
     for proto in ALL_PROTOS {
+        let c = client(&edge, proto, &[A]);
         for (i, vary) in varies.iter().enumerate() {
-            for _ in 0..2 {
-                let cached = x_cache(&edge, proto, A, &format!("/star{i}")).await;
-                assert_ne!(cached, "HIT", "{proto:?} Vary: {vary}");
+            let path = format!("/star{i}?{proto:?}");
+            for attempt in 0..2 {
+                let got = get(&c, &edge.url(A, &path)).await;
+                assert_eq!(
+                    (got.status, got.body.as_str(), got.header("x-cache")),
+                    (200, "varies", Some("BYPASS")),
+                    "{proto:?} Vary: {vary}, request {attempt}"
+                );
+            }
+            assert_eq!(
+                origin.hits(&path),
+                2,
+                "{proto:?} Vary: {vary}: both went to the origin"
+            );
+        }
+        let path = format!("/foo?{proto:?}");
+        for foo in [None, Some("a")] {
+            for expected in ["MISS", "HIT"] {
+                let mut request = c.get(edge.url(A, &path));
+                if let Some(foo) = foo {
+                    request = request.header("foo", foo);
+                }
+                let got = send(request).await;
+                assert_eq!(
+                    (got.status, got.body.as_str(), got.header("x-cache")),
+                    (200, "varies by foo", Some(expected)),
+                    "{proto:?} Vary: Foo, Foo: {foo:?}"
+                );
             }
         }
+        assert_eq!(
+            origin.hits(&path),
+            2,
+            "{proto:?}: one origin request per Foo variant"
+        );
     }
 }
 
 fn http_date(offset_secs: i64) -> String {
     let now = std::time::SystemTime::now();
     let at = if offset_secs >= 0 {
-        now + std::time::Duration::from_secs(offset_secs as u64)
+        now + Duration::from_secs(offset_secs as u64)
     } else {
-        now - std::time::Duration::from_secs((-offset_secs) as u64)
+        now - Duration::from_secs((-offset_secs) as u64)
     };
     httpdate::fmt_http_date(at)
 }
@@ -414,9 +448,15 @@ async fn the_origins_age_counts_on_freshness_and_in_age() {
                 .header("cache-control", "max-age=3600")
                 .header("age", "3600"),
         );
-        get(&c, &edge.url(A, &path)).await;
+        let first = get(&c, &edge.url(A, &path)).await;
+        assert_eq!(first.header("x-cache"), Some("MISS"), "{proto:?}");
         let again = get(&c, &edge.url(A, &path)).await;
-        assert_ne!(again.header("x-cache"), Some("HIT"), "{proto:?}: served as fresh");
+        assert_eq!(
+            (again.status, again.body.as_str(), again.header("x-cache")),
+            (200, "old", Some("EXPIRED")),
+            "{proto:?}: stored stale on arrival, so the next request goes to the origin"
+        );
+        assert_eq!(origin.hits(&path), 2, "{proto:?}: never served as fresh");
         let path = format!("/aged?{proto:?}");
         origin.route(
             &path,
@@ -425,9 +465,18 @@ async fn the_origins_age_counts_on_freshness_and_in_age() {
                 .header("age", "100")
                 .header("date", &date),
         );
-        get(&c, &edge.url(A, &path)).await;
+        assert_eq!(
+            get(&c, &edge.url(A, &path)).await.header("x-cache"),
+            Some("MISS"),
+            "{proto:?}"
+        );
         let hit = get(&c, &edge.url(A, &path)).await;
         assert_eq!(hit.header("x-cache"), Some("HIT"), "{proto:?}");
+        assert_eq!(
+            origin.hits(&path),
+            1,
+            "{proto:?}: the hit did not reach the origin"
+        );
         let age: u64 = hit.header("age").and_then(|a| a.parse().ok()).unwrap_or(0);
         assert!(
             (100..110).contains(&age),
@@ -435,12 +484,17 @@ async fn the_origins_age_counts_on_freshness_and_in_age() {
         );
         let path = format!("/junk?{proto:?}");
         origin.route(&path, cacheable("junk").header("age", "soon"));
-        get(&c, &edge.url(A, &path)).await;
+        assert_eq!(
+            get(&c, &edge.url(A, &path)).await.header("x-cache"),
+            Some("MISS"),
+            "{proto:?}"
+        );
         assert_eq!(
             get(&c, &edge.url(A, &path)).await.header("x-cache"),
             Some("HIT"),
-            "{proto:?}"
+            "{proto:?}: max-age=60 counts, the junk Age does not"
         );
+        assert_eq!(origin.hits(&path), 1, "{proto:?}");
     }
 }
 
@@ -456,14 +510,32 @@ async fn expires_counts_from_the_origins_date_not_our_clock() {
             .header("expires", &expires),
     );
     let edge = start(&origin).await;
+    let stored = Instant::now();
     assert_eq!(x_cache(&edge, Proto::H1, A, "/skewed").await, "MISS");
     assert_eq!(x_cache(&edge, Proto::H1, A, "/skewed").await, "HIT");
-    tokio::time::sleep(std::time::Duration::from_millis(3000)).await;
+    // Hits until the two seconds are over, then the origin again. The upper bound is far below
+    // the hour our clock would give, and generous for a loaded 2-core machine.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let last = loop {
+        let cached = x_cache(&edge, Proto::H1, A, "/skewed").await;
+        if cached != "HIT" || Instant::now() > deadline {
+            break cached;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    let lived = stored.elapsed();
     assert_ne!(
-        x_cache(&edge, Proto::H1, A, "/skewed").await,
-        "HIT",
-        "fresh for an hour by our clock"
+        last, "HIT",
+        "still a HIT after {lived:?}: fresh for an hour by our clock"
     );
+    assert_eq!(last, "EXPIRED", "the stored copy expired");
+    // Fresh meanwhile: its lifetime is 2 s from when it was stored; 1.5 s leaves room for the
+    // edge's wall clock and this test's monotonic one to disagree a little.
+    assert!(
+        lived >= Duration::from_millis(1500),
+        "expired after only {lived:?}"
+    );
+    assert_eq!(origin.hits("/skewed"), 2, "the hits did not reach the origin");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -640,7 +712,9 @@ async fn a_304_updates_the_stored_headers() {
             .header("content-foo", "new")
             .header("test-header", "new"),
     );
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    // Time itself is the condition: the copies' max-age=1 must pass (a request before would
+    // not revalidate, and one after is the revalidation under test).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     for proto in ALL_PROTOS {
         let got = get(&client(&edge, proto, &[A]), &edge.url(A, "/rv")).await;
         assert_eq!((got.status, got.body.as_str()), (200, "body v1"), "{proto:?}");
@@ -677,10 +751,12 @@ async fn stale_while_revalidate_answers_at_once_and_revalidates_once() {
         "/swr",
         cacheable("v2")
             .header("cache-control", "max-age=60")
-            .delay(std::time::Duration::from_millis(1500)),
+            .delay(Duration::from_millis(1500)),
     );
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    let started = std::time::Instant::now();
+    // Time itself is the condition: the copies' max-age=1 must pass (any request before would
+    // be a hit, any after is the stale answer under test).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let started = Instant::now();
     let mut answers = Vec::new();
     for proto in ALL_PROTOS {
         let got = get(&client(&edge, proto, &[A]), &edge.url(A, "/swr")).await;
@@ -696,10 +772,10 @@ async fn stale_while_revalidate_answers_at_once_and_revalidates_once() {
         );
     }
     assert!(
-        took < std::time::Duration::from_millis(1000),
+        took < Duration::from_millis(1000),
         "four stale answers took {took:?}"
     );
-    let updated = common::time_until(std::time::Duration::from_secs(5), || async {
+    let updated = common::time_until(Duration::from_secs(5), || async {
         let mut hits = 0;
         for proto in [Proto::H1, Proto::H1Tls] {
             hits += usize::from(x_cache(&edge, proto, A, "/swr").await == "HIT");
@@ -715,35 +791,216 @@ async fn stale_while_revalidate_answers_at_once_and_revalidates_once() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn must_revalidate_copies_are_never_served_stale() {
-    let origin = Origin::start().await;
-    for (path, cc) in [
+/// Cache-Control of the paths of [`must_revalidate_copies_are_never_served_stale`]: `lifetime`
+/// seconds (none for no-cache) and what forbids or allows serving the copy stale.
+fn revalidation_cases(lifetime: u64) -> [(&'static str, String); 4] {
+    [
         (
             "/must",
-            "max-age=1, must-revalidate, stale-while-revalidate=30, stale-if-error=30",
+            format!("max-age={lifetime}, must-revalidate, stale-while-revalidate=30, stale-if-error=30"),
         ),
-        ("/proxy", "max-age=1, proxy-revalidate, stale-if-error=30"),
-        ("/nocache", "no-cache, stale-if-error=30"),
-    ] {
-        origin.route(path, cacheable(path).header("cache-control", cc));
+        (
+            "/proxy",
+            format!("max-age={lifetime}, proxy-revalidate, stale-if-error=30"),
+        ),
+        ("/nocache", "no-cache, stale-if-error=30".to_string()),
+        // The control, last: the same lifetime without must-revalidate is served stale.
+        ("/tolerant", format!("max-age={lifetime}, stale-if-error=30")),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn must_revalidate_copies_are_never_served_stale() {
+    // Long enough for the second request of each path to be a hit on a loaded machine; the
+    // test then waits until the copies are observed stale, not for a fixed time.
+    const LIFETIME: u64 = 4;
+    let cases = revalidation_cases(LIFETIME);
+    let origin = Origin::start().await;
+    let reply = |path: &str, cc: &str| {
+        cacheable(path)
+            .header("cache-control", cc)
+            .header("etag", "\"v1\"")
+    };
+    for (path, cc) in &cases {
+        origin.route(path, reply(path, cc));
     }
     let edge = start(&origin).await;
-    for path in ["/must", "/proxy", "/nocache"] {
-        x_cache(&edge, Proto::H1, A, path).await;
-    }
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    origin.stop();
-    for proto in ALL_PROTOS {
-        let c = common::client_with(&edge, proto, &[A], false);
-        for path in ["/must", "/proxy", "/nocache"] {
-            let got = get(&c, &edge.url(A, path)).await;
+    // Cache entries are per scheme: each is stored over both. Each scheme's /tolerant copy is
+    // stored last, so once it is stale, so are the others of that scheme.
+    for proto in [Proto::H1, Proto::H1Tls] {
+        let c = client(&edge, proto, &[A]);
+        for (path, cc) in &cases {
+            origin.route(path, reply(path, cc));
+            let first = get(&c, &edge.url(A, path)).await;
             assert_eq!(
-                got.status,
-                502,
-                "{proto:?} {path}: a stale copy was served: {:?}",
-                got.header("x-cache")
+                (first.status, first.header("x-cache")),
+                (200, Some("MISS")),
+                "{proto:?} {path}"
+            );
+            let second_is = if *path == "/nocache" {
+                // Stored, but revalidated on every use: the origin's 304 confirms the copy.
+                origin.route(
+                    path,
+                    Reply::new(304)
+                        .header("cache-control", cc)
+                        .header("etag", "\"v1\""),
+                );
+                "REVALIDATED"
+            } else {
+                "HIT"
+            };
+            let second = get(&c, &edge.url(A, path)).await;
+            assert_eq!(
+                (second.status, second.body.as_str(), second.header("x-cache")),
+                (200, *path, Some(second_is)),
+                "{proto:?} {path}: the copy was stored"
             );
         }
     }
+    for (path, _) in &cases {
+        let expected = if *path == "/nocache" { 4 } else { 2 };
+        assert_eq!(
+            origin.hits(path),
+            expected,
+            "{path}: one fetch per scheme (and revalidations)"
+        );
+    }
+    let revalidations = origin.requests("/nocache");
+    for i in [1, 3] {
+        assert_eq!(
+            revalidations[i].header("if-none-match"),
+            Some("\"v1\""),
+            "{revalidations:?}"
+        );
+    }
+
+    origin.stop();
+    // The edge closes the connection after a failed origin attempt: a connection per request.
+    let clients = ALL_PROTOS.map(|proto| common::client_with(&edge, proto, &[A], false));
+    // Time itself must pass here: the copies are hits until their lifetime is over, then
+    // /tolerant turns STALE. Bounded well above the lifetime for a loaded machine.
+    let started = Instant::now();
+    let turned_stale = common::time_until(Duration::from_secs(LIFETIME + 15), || async {
+        let mut stale = 0;
+        // One client per scheme: H1 and H1Tls.
+        for c in [&clients[0], &clients[2]] {
+            let got = get(c, &edge.url(A, "/tolerant")).await;
+            let cached = got.header("x-cache").unwrap_or_default();
+            assert!(
+                got.status == 200 && got.body == "/tolerant" && (cached == "HIT" || cached == "STALE"),
+                "{got:?}"
+            );
+            stale += usize::from(cached == "STALE");
+        }
+        stale == 2
+    })
+    .await;
+    assert!(
+        turned_stale.is_some(),
+        "/tolerant never served stale after {:?}\n{}",
+        started.elapsed(),
+        common::log_tail(&edge)
+    );
+    for (proto, c) in ALL_PROTOS.into_iter().zip(&clients) {
+        let got = get(c, &edge.url(A, "/tolerant")).await;
+        assert_eq!(
+            (got.status, got.body.as_str(), got.header("x-cache")),
+            (200, "/tolerant", Some("STALE")),
+            "{proto:?}: stale-if-error alone allows the stale copy"
+        );
+        for path in ["/must", "/proxy", "/nocache"] {
+            let got = get(c, &edge.url(A, path)).await;
+            assert_eq!(
+                got.status,
+                502,
+                "{proto:?} {path}: a stale copy was served: {:?} {:?}",
+                got.header("x-cache"),
+                got.body
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_purge_on_a_wildcard_domain_covers_every_host_below_it() {
+    const WILD: &str = "*.example.org";
+    let hosts = ["x.example.org", "y.example.org"];
+    let origin = Origin::start().await;
+    origin.route("/w", cacheable("wild"));
+    let edge = start_edge(
+        EdgeOptions::default(),
+        vec![
+            ("wild.yaml", domain_yaml(WILD, origin.addr(), "")),
+            ("a.yaml", domain_yaml(A, origin.addr(), "")),
+        ],
+    )
+    .await;
+    let admin = Admin::new(&edge);
+    // Requests for /w by Host, as the origin received them.
+    let hits_of = |host: &str| {
+        origin
+            .requests("/w")
+            .iter()
+            .filter(|r| r.header("host").and_then(|h| h.split(':').next()) == Some(host))
+            .count()
+    };
+    // Both schemes of both hosts, and the other domain's.
+    let protos = [Proto::H1, Proto::H2Tls];
+    for proto in protos {
+        for host in hosts.into_iter().chain([A]) {
+            assert_eq!(
+                x_cache(&edge, proto, host, "/w").await,
+                "MISS",
+                "{proto:?} {host}"
+            );
+            assert_eq!(x_cache(&edge, proto, host, "/w").await, "HIT", "{proto:?} {host}");
+        }
+    }
+    for host in hosts.into_iter().chain([A]) {
+        assert_eq!(hits_of(host), 2, "{host}: one fetch per scheme");
+    }
+
+    let answer = admin.purge(WILD, &json!({"urls": ["/w"]})).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(
+        answer.json["entries"], 4,
+        "two hosts over two schemes: {answer:?}"
+    );
+    for proto in protos {
+        for host in hosts {
+            assert_eq!(
+                x_cache(&edge, proto, host, "/w").await,
+                "MISS",
+                "{proto:?} {host}"
+            );
+            assert_eq!(x_cache(&edge, proto, host, "/w").await, "HIT", "{proto:?} {host}");
+        }
+        assert_eq!(
+            x_cache(&edge, proto, A, "/w").await,
+            "HIT",
+            "{proto:?}: another domain's entry"
+        );
+    }
+    for host in hosts {
+        assert_eq!(hits_of(host), 4, "{host}: fetched again once per scheme");
+    }
+    assert_eq!(hits_of(A), 2, "the other domain's entries were kept");
+
+    // The whole domain: every host below it again.
+    let answer = admin.purge(WILD, &json!({"all": true})).await;
+    assert_eq!(answer.json["entries"], 4, "{answer:?}");
+    for proto in protos {
+        for host in hosts {
+            assert_eq!(
+                x_cache(&edge, proto, host, "/w").await,
+                "MISS",
+                "{proto:?} {host}"
+            );
+        }
+        assert_eq!(x_cache(&edge, proto, A, "/w").await, "HIT", "{proto:?}");
+    }
+    for host in hosts {
+        assert_eq!(hits_of(host), 6, "{host}");
+    }
+    assert_eq!(hits_of(A), 2);
 }

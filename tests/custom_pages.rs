@@ -14,7 +14,8 @@ use common::admin::Admin;
 use common::origin::{Blackhole, Origin, Reply};
 use common::{client, domain_yaml, get, send, Edge, EdgeOptions, Got, Proto, ALL_PROTOS};
 use common::{
-    log_line, log_line_within, log_tail, start_edge, time_until, wait_fetched, RawConn, RawResponse,
+    log_line, log_line_within, log_tail, start_edge, time_until, wait_fetched, wait_log_line, RawConn,
+    RawResponse,
 };
 
 const EXP: &str = "exp.example.com";
@@ -83,6 +84,22 @@ fn suffix(proto: Proto) -> &'static str {
         Proto::H1Tls => "h1tls",
         Proto::H2Tls => "h2tls",
     }
+}
+
+/// Waits until `url` serves `body` to `client` (a page changed at its origin is picked up by
+/// a refresh). At most 10 s: the refreshes under test are due after 1 s, the rest is margin
+/// for a loaded 2-core machine.
+async fn wait_served(edge: &Edge, client: &common::Client, url: &str, body: &str) {
+    let served = time_until(Duration::from_secs(10), || async {
+        get(client, url).await.body == body
+    })
+    .await;
+    assert!(
+        served.is_some(),
+        "{url} never served {body:?}: last {:?}\n{}",
+        get(client, url).await,
+        log_tail(edge)
+    );
 }
 
 /// Asserts that `got` is `body` served in place with `status`, `content_type` and the exact
@@ -800,7 +817,7 @@ async fn page_changed_at_the_origin_is_picked_up_after_its_max_age() {
         page("404 v2", "text/html").header("cache-control", "max-age=1"),
     );
     origin.route("/error5xx.html", page("5xx v2", "text/html"));
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    wait_served(&edge, &h1, &edge.url(EXP, "/missing"), "404 v2").await;
 
     for proto in ALL_PROTOS {
         let client = client(&edge, proto, &[EXP]);
@@ -842,7 +859,7 @@ async fn refreshed_page_then_origin_down_keeps_the_last_good_copy() {
 
     // pages.refresh: 1s picks up a changed page.
     origin.route("/error5xx.html", page("5xx v2", "text/html"));
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    wait_served(&edge, &h1, &edge.url(EXP, "/boom"), "5xx v2").await;
     for proto in ALL_PROTOS {
         let client = client(&edge, proto, &[EXP]);
         let got = get(&client, &edge.url(EXP, "/boom")).await;
@@ -851,12 +868,8 @@ async fn refreshed_page_then_origin_down_keeps_the_last_good_copy() {
 
     // The origin goes down; refreshes fail; the last good copy answers the edge's 502.
     origin.stop();
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert!(
-        log_line(&edge, &["WARN", PAGE_5XX_URL, "keeping the last good copy"]).is_some(),
-        "a refresh should have failed by now\n{}",
-        log_tail(&edge)
-    );
+    // A refresh failed (waited for: the next one is due within pages.refresh, 1 s).
+    wait_log_line(&edge, &["WARN", PAGE_5XX_URL, "keeping the last good copy"]).await;
     for proto in ALL_PROTOS {
         let client = client(&edge, proto, &[EXP]);
         let started = Instant::now();
@@ -1098,7 +1111,8 @@ async fn stale_if_error_is_served_while_the_origin_is_known_down() {
         log_tail(&edge)
     );
 
-    // The copy expires, the origin stops answering, and a first request finds it down.
+    // The copy expires, the origin stops answering, and a first request finds it down. Time
+    // itself is the condition here: max-age=1 must pass (a request would refresh the copy).
     tokio::time::sleep(Duration::from_millis(1200)).await;
     origin.stop();
     let _hole = Blackhole::start_on(origin.addr()).await;
@@ -1280,7 +1294,8 @@ async fn a_page_missing_at_load_is_served_once_the_origin_has_it() {
     assert_default_page(&got, Proto::H1, 404, "Not Found", &edge);
 
     origin.route("/later.html", page("<p>later page</p>", "text/html"));
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // The retry (due within pages.refresh, 1 s) fetches it: the admin API shows it fresh.
+    wait_fetched(&edge, "http://exp.example.com/later.html").await;
     for proto in ALL_PROTOS {
         let client = client(&edge, proto, &[EXP]);
         let got = get(&client, &edge.url(EXP, "/missing")).await;
@@ -1313,13 +1328,9 @@ async fn a_rejected_refresh_keeps_the_last_good_copy() {
     // One page grows past max_size, the other starts failing at the origin.
     origin.route("/error404.html", page(&"y".repeat(100 * 1024), "text/html"));
     origin.route("/error5xx.html", Reply::new(503).body("page origin overloaded"));
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Both refreshes (due within pages.refresh, 1 s) are rejected, and say so.
     for needles in [["WARN", PAGE_404_URL, "max_size"], ["WARN", PAGE_5XX_URL, "503"]] {
-        assert!(
-            log_line(&edge, &needles).is_some(),
-            "no warning with {needles:?}\n{}",
-            log_tail(&edge)
-        );
+        wait_log_line(&edge, &needles).await;
     }
     for proto in ALL_PROTOS {
         let client = client(&edge, proto, &[EXP]);
@@ -1890,6 +1901,68 @@ async fn page_templates_are_filled_escaped_and_carry_the_request_id() {
             ok.header("x-request-id").is_some(),
             "{proto:?}: every response says its id"
         );
+    }
+}
+
+/// Every `Cache-Control` field line of a response.
+fn cache_control_lines(got: &Got) -> Vec<&str> {
+    got.headers
+        .get_all("cache-control")
+        .iter()
+        .map(|v| v.to_str().unwrap_or("(not text)"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_filled_template_page_is_private_and_a_plain_page_is_not() {
+    let origin = Origin::start().await;
+    origin.route(
+        "/tpl.html",
+        page("<p>{{status}} id={{request_id}}</p>", "text/html"),
+    );
+    origin.route("/error5xx.html", page("<p>plain 5xx</p>", "text/html"));
+    // The origin's errors may be cached: the filled page overrides that, the plain page keeps it.
+    origin.route(
+        "/missing",
+        Reply::new(404)
+            .header("cache-control", "max-age=60")
+            .body("origin 404"),
+    );
+    origin.route(
+        "/boom",
+        Reply::new(500)
+            .header("cache-control", "max-age=60")
+            .body("origin 500"),
+    );
+    let rules = format!("custom_pages:\n  - code: 404\n    url: http://exp.example.com/tpl.html\n{RULE_5XX}");
+    let edge = start_exp(&origin, &rules).await;
+    wait_fetched(&edge, "http://exp.example.com/tpl.html").await;
+    wait_fetched(&edge, PAGE_5XX_URL).await;
+    for proto in ALL_PROTOS {
+        let c = client(&edge, proto, &[EXP]);
+        // Twice each: from the origin, then from the cached error (one origin request).
+        let mut ids = Vec::new();
+        let missing = format!("/missing?{}", suffix(proto));
+        for _ in 0..2 {
+            let got = get(&c, &edge.url(EXP, &missing)).await;
+            let ctx = format!("{proto:?}: {got:#?}\n{}", log_tail(&edge));
+            let id = got.header("x-request-id").expect("an id").to_string();
+            assert_eq!(got.status, 404, "{ctx}");
+            assert_eq!(got.body, format!("<p>404 id={id}</p>"), "{ctx}");
+            assert_eq!(cache_control_lines(&got), ["private, no-store"], "{ctx}");
+            ids.push(id);
+        }
+        assert_ne!(ids[0], ids[1], "{proto:?}: filled per response");
+        assert_eq!(origin.hits(&missing), 1, "{proto:?}: the error was cached");
+
+        let boom = format!("/boom?{}", suffix(proto));
+        for _ in 0..2 {
+            let got = get(&c, &edge.url(EXP, &boom)).await;
+            let ctx = format!("{proto:?}: {got:#?}\n{}", log_tail(&edge));
+            assert_page(&got, proto, 500, "<p>plain 5xx</p>", "text/html", &edge);
+            assert_eq!(cache_control_lines(&got), ["max-age=60"], "the origin's; {ctx}");
+        }
+        assert_eq!(origin.hits(&boom), 1, "{proto:?}: the error was cached");
     }
 }
 
