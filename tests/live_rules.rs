@@ -1288,8 +1288,10 @@ async fn a_down_origin_stays_down_across_reloads_that_keep_it() {
                 probe_took >= CONNECT_TIMEOUT - Duration::from_millis(100),
                 "{probe_took:?}"
             );
+            // A forgotten health costs the whole connect timeout (2 s); half of it tells the two
+            // apart with room for a loaded 2-core machine.
             assert!(
-                other_took < Duration::from_millis(800),
+                other_took < CONNECT_TIMEOUT / 2,
                 "after {change}, a request waited {other_took:?}: the server's health was forgotten"
             );
         }
