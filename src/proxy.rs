@@ -137,7 +137,61 @@ fn guard_request(req: &RequestHeader, pages: &mut PageState) -> Result<(), u16> 
         // would agree with us on what it means, so nothing is forwarded.
         return Err(400);
     }
+    if !host_field_is_valid(req) {
+        return Err(400);
+    }
     pages::check_loop(req, pages)
+}
+
+/// RFC 9112 3.2: an HTTP/1.1 request without `Host` (and no authority in its target), with
+/// several, or with one that is not a host and an optional port gets 400. An empty `Host` is
+/// valid (it names no authority: the unknown-host 404 answers it).
+fn host_field_is_valid(req: &RequestHeader) -> bool {
+    let mut hosts = req.headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (None, _) => req.version != http::Version::HTTP_11 || req.uri.authority().is_some(),
+        (Some(host), None) => host.to_str().is_ok_and(is_host_and_port),
+        (Some(_), Some(_)) => false,
+    }
+}
+
+/// `uri-host [":" port]` with a name, an IPv4 address or a bracketed IPv6 address as host;
+/// empty is allowed. A comma, a slash, a space or userinfo make it something else.
+fn is_host_and_port(value: &str) -> bool {
+    if value.is_empty() {
+        return true;
+    }
+    // The name to check (none for an IPv6 literal, checked here), and the port.
+    let (name, port) = match value.strip_prefix('[') {
+        Some(rest) => {
+            let Some((ip, after)) = rest.split_once(']') else {
+                return false;
+            };
+            if ip.is_empty()
+                || !ip
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+            {
+                return false;
+            }
+            match after.strip_prefix(':') {
+                Some(port) => (None, port),
+                None if after.is_empty() => (None, ""),
+                None => return false,
+            }
+        }
+        None => {
+            let (name, port) = value.rsplit_once(':').unwrap_or((value, ""));
+            (Some(name), port)
+        }
+    };
+    let name_ok = name.is_none_or(|name| {
+        !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+    });
+    name_ok && port.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// Whether the request target, as the client sent it, is a path (origin form), a URL
@@ -229,10 +283,17 @@ impl ProxyHttp for EdgeProxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         // Pingora waits for the next request on a kept-alive HTTP/1.1 connection forever
-        // unless told otherwise.
-        session.set_keepalive(Some(KEEPALIVE_TIMEOUT_SECS));
+        // unless told otherwise. A connection it already decided to close (HTTP/1.0 without
+        // keep-alive; Content-Length with Transfer-Encoding, RFC 9112 6.1) stays closing.
+        if session.get_keepalive().is_some() {
+            session.set_keepalive(Some(KEEPALIVE_TIMEOUT_SECS));
+        }
         ctx.pages.request_id = pages::request_id_of(session.req_header());
         if let Err(status) = guard_request(session.req_header(), &mut ctx.pages) {
+            if status == 400 {
+                // What else the client sends on this connection is not to be trusted either.
+                session.set_keepalive(None);
+            }
             pages::respond_default(session, status, &ctx.pages).await?;
             return Ok(true);
         }
@@ -551,6 +612,41 @@ impl ProxyHttp for EdgeProxy {
                 request_id: &ctx.pages.request_id,
                 page: page.map(|s| (s.rule.as_str(), s.page_state)),
             });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_host_and_port;
+
+    #[test]
+    fn host_fields_are_a_host_and_an_optional_port() {
+        for valid in [
+            "",
+            "a.example.com",
+            "A.Example.Com.:80",
+            "a.example.com:",
+            "127.0.0.1:8080",
+            "[::1]",
+            "[2001:db8::1]:443",
+            "under_score.example",
+        ] {
+            assert!(is_host_and_port(valid), "{valid:?}");
+        }
+        for invalid in [
+            "a.example.com/b.example.com",
+            "a.example.com, b.example.com",
+            "a.example.com,b.example.com",
+            "user@a.example.com",
+            "a.example.com:80x",
+            ":80",
+            "[::1",
+            "[]:80",
+            "[::1]x",
+            "a example.com",
+        ] {
+            assert!(!is_host_and_port(invalid), "{invalid:?}");
         }
     }
 }
