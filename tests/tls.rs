@@ -3,17 +3,69 @@
 
 mod common;
 
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::origin::{Origin, Reply};
 use common::tls::{self, Ca, Leaf};
 use common::{domain_yaml, get, log_tail, time_until, Admin, Edge, EdgeOptions};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::AlertDescription;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 const A: &str = "a.test";
 const B: &str = "b.test";
 const WILD: &str = "*.w.test";
 const PAGE_404: &str = "<h1>custom 404 over TLS</h1>";
 const PAGE_5XX: &str = "<h1>custom 5xx over TLS</h1>";
+
+/// The rustls error inside `error`: tokio-rustls wraps it in an `io::Error`, whose `source()`
+/// skips the wrapped error itself, so the chain is walked from `get_ref()`.
+fn rustls_error(error: &std::io::Error) -> Option<&rustls::Error> {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = error.get_ref().map(|e| e as _);
+    while let Some(e) = next {
+        if let Some(found) = e.downcast_ref::<rustls::Error>() {
+            return Some(found);
+        }
+        next = e.source();
+    }
+    None
+}
+
+/// The alert the server sent to end a handshake naming `sni` (none: no SNI) from a client that
+/// trusts `ca`. Panics on anything else: a handshake that completes, or one that fails on the
+/// client's side (a refused connection, an untrusted certificate, a timeout), is not the
+/// server's refusal. (`tls::connect` keeps only the error's text, hence a handshake of its own.)
+async fn handshake_alert(addr: SocketAddr, sni: Option<&str>, ca: &Ca) -> AlertDescription {
+    let mut roots = rustls::RootCertStore::empty();
+    let root = CertificateDer::from_pem_slice(ca.pem().as_bytes()).expect("CA PEM");
+    roots.add(root).expect("CA root");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    config.enable_sni = sni.is_some();
+    let name = ServerName::try_from(sni.unwrap_or("default.test").to_string()).expect("server name");
+    let tcp = TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("{sni:?}: connect to {addr}: {e}"));
+    let handshake = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp);
+    let error = match tokio::time::timeout(Duration::from_secs(5), handshake).await {
+        Err(_) => panic!("{sni:?}: the handshake neither completed nor failed within 5 s"),
+        Ok(Ok(_)) => panic!("{sni:?}: the handshake completed"),
+        Ok(Err(error)) => error,
+    };
+    match rustls_error(&error) {
+        Some(rustls::Error::AlertReceived(alert)) => *alert,
+        other => panic!("{sni:?}: expected an alert from the server, got {error:?} (rustls: {other:?})"),
+    }
+}
 
 /// An origin serving `/` ("hello from the origin"), a 404 and the pages.
 async fn origin() -> Origin {
@@ -100,11 +152,15 @@ async fn each_name_gets_its_certificate_and_unknown_names_fail_without_a_default
             .unwrap_or_else(|e| panic!("{sni}: {e}\n{}", log_tail(&edge)));
         assert!(got == leaf.der, "{sni} got another certificate");
     }
+    // The server itself ends these handshakes: rustls answers a resolver that has no
+    // certificate with a fatal access_denied alert (the names above, on the same listener,
+    // complete theirs).
     for sni in [Some("unknown.test"), Some("w.test"), None] {
-        let result = tls::connect(edge.tls_addr(), sni, &certs.ca, &["h2"]).await;
-        assert!(
-            result.is_err(),
-            "{sni:?}: a handshake without a certificate to serve must fail"
+        let alert = handshake_alert(edge.tls_addr(), sni, &certs.ca).await;
+        assert_eq!(
+            alert,
+            AlertDescription::AccessDenied,
+            "{sni:?}: a handshake without a certificate to serve must be refused by the server"
         );
     }
 }
@@ -484,6 +540,12 @@ async fn the_cache_keeps_schemes_apart_unless_shared() {
 }
 
 /// The admin API over TLS: off loopback only with `admin.tls`, and still with its token.
+///
+/// These tests may only send traffic to loopback, so "off loopback" is shown inside 127.0.0.0/8:
+/// 127.0.0.2 is an address of this machine other than 127.0.0.1, and a connection to it reaches
+/// only a socket bound to 127.0.0.2 itself or to 0.0.0.0 (every address). The API configured
+/// on 0.0.0.0 answers there over TLS; an API on the default 127.0.0.1 refuses a connection there,
+/// so an answer at 127.0.0.2 proves the wider bind, which a check at 127.0.0.1 cannot.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_admin_api_serves_tls_and_only_then_listens_off_loopback() {
     let ca = Ca::new("admin CA");
@@ -510,6 +572,34 @@ async fn the_admin_api_serves_tls_and_only_then_listens_off_loopback() {
         "{stderr}"
     );
 
+    // The control: the default admin listener (127.0.0.1) answers there and refuses 127.0.0.2.
+    let control = common::start_edge(
+        EdgeOptions::default(),
+        vec![("a.yaml", domain_yaml(A, origin.addr(), ""))],
+    )
+    .await;
+    let local = SocketAddr::from(([127, 0, 0, 1], control.admin_port));
+    let up = time_until(Duration::from_secs(5), || async {
+        TcpStream::connect(local).await.is_ok()
+    })
+    .await;
+    assert!(
+        up.is_some(),
+        "the control's admin API never listened\n{}",
+        log_tail(&control)
+    );
+    assert_eq!(Admin::new(&control).status().await["last_reload_ok"], true);
+    let elsewhere = SocketAddr::from(([127, 0, 0, 2], control.admin_port));
+    match TcpStream::connect(elsewhere).await {
+        Err(e) => assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionRefused,
+            "a listener on 127.0.0.1 at {elsewhere}: {e}"
+        ),
+        Ok(_) => panic!("{elsewhere} accepted a connection: the default admin API is not on 127.0.0.1 only"),
+    }
+    drop(control);
+
     // With admin.tls it listens on every address, over TLS only, and still wants the token.
     let options = EdgeOptions {
         admin_ip: "0.0.0.0".into(),
@@ -517,37 +607,58 @@ async fn the_admin_api_serves_tls_and_only_then_listens_off_loopback() {
         ..EdgeOptions::default()
     };
     let edge = common::start_edge_in(dir, options).await;
-    let admin_addr = std::net::SocketAddr::from(([127, 0, 0, 1], edge.admin_port));
+    let anywhere = SocketAddr::from(([127, 0, 0, 2], edge.admin_port));
     let https = reqwest::Client::builder()
         .use_rustls_tls()
         .tls_built_in_root_certs(false)
         .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).expect("CA"))
-        .resolve("admin.test", admin_addr)
+        .resolve("admin.test", anywhere)
         .no_proxy()
+        .timeout(Duration::from_secs(10))
         .build()
         .expect("client");
     let url = format!("https://admin.test:{}/api/status", edge.admin_port);
+    // The listener comes up beside the proxy's: wait for its first answer.
     let answered = time_until(Duration::from_secs(5), || async {
         https.get(&url).send().await.is_ok()
     })
     .await;
-    assert!(answered.is_some(), "{}", log_tail(&edge));
-    let without = https.get(&url).send().await.expect("status");
+    if answered.is_none() {
+        let error = https.get(&url).send().await.err();
+        panic!("no TLS answer at {anywhere}: {error:?}\n{}", log_tail(&edge));
+    }
+    let without = https.get(&url).send().await.expect("status without a token");
     assert_eq!(without.status(), 401);
     let with = https
         .get(&url)
         .bearer_auth(common::TOKEN)
         .send()
         .await
-        .expect("status");
+        .expect("status with the token");
     assert_eq!(with.status(), 200);
-    let cleartext = reqwest::Client::new()
-        .get(format!("http://127.0.0.1:{}/api/status", edge.admin_port))
-        .bearer_auth(common::TOKEN)
-        .send()
-        .await;
-    assert!(
-        cleartext.is_err() || cleartext.is_ok_and(|r| r.status() != 200),
-        "the admin API must not answer cleartext"
-    );
+
+    // Cleartext gets no HTTP answer: the TLS listener refuses the bytes with one alert record
+    // (content type 21, version 3.3, length 2: level fatal, decode_error) and closes the
+    // connection, at either address.
+    const FATAL_DECODE_ERROR: [u8; 7] = [21, 3, 3, 0, 2, 2, 50];
+    for addr in [anywhere, SocketAddr::from(([127, 0, 0, 1], edge.admin_port))] {
+        let mut tcp = TcpStream::connect(addr)
+            .await
+            .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+        let request = format!(
+            "GET /api/status HTTP/1.1\r\nHost: admin.test\r\nAuthorization: Bearer {}\r\n\r\n",
+            common::TOKEN
+        );
+        tcp.write_all(request.as_bytes()).await.expect("write cleartext");
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer)).await;
+        // Ended by the edge (FIN or reset), not by the timeout.
+        let closed = read.is_ok();
+        assert!(
+            closed && answer == FATAL_DECODE_ERROR,
+            "cleartext at {addr}: expected the alert {FATAL_DECODE_ERROR:?} and the close, got \
+             {answer:?} = {:?} (read: {read:?})",
+            String::from_utf8_lossy(&answer)
+        );
+    }
 }
