@@ -174,6 +174,41 @@ mod tests {
         assert_eq!(chosen(&rules, 504, Source::Edge), None);
     }
 
+    fn from_yaml(yaml: &str) -> Rule {
+        let spec: RuleSpec = serde_yaml::from_str(yaml).expect("a rule spec");
+        Rule::from_spec(&spec)
+    }
+
+    #[test]
+    fn language_tags_from_the_spec_are_kept_in_lower_case() {
+        let rule = from_yaml(
+            "code: 404\nurl: http://a.com/en.html\nlanguage: EN\n\
+             languages: {FR-ca: 'http://a.com/fr.html'}\n\
+             variants:\n  application/json:\n    url: http://a.com/e.json\n    languages: {DE: 'http://a.com/de.json'}\n",
+        );
+        assert_eq!(rule.language.as_deref(), Some("en"));
+        let tags: Vec<&str> = rule.languages.iter().map(|(t, _)| t.as_str()).collect();
+        assert_eq!(tags, ["fr-ca"]);
+        let (media, variant) = &rule.variants[0];
+        assert_eq!(media, "application/json");
+        let tags: Vec<&str> = variant.languages.iter().map(|(t, _)| t.as_str()).collect();
+        assert_eq!(tags, ["de"]);
+    }
+
+    #[test]
+    fn an_in_place_rule_serves_its_pages_and_a_redirect_rule_none() {
+        let in_place = from_yaml(
+            "code: 404\nurl: http://a.com/p.html\nlanguages: {fr: 'http://a.com/fr.html'}\n\
+             variants: {application/json: 'http://a.com/p.json'}\n",
+        );
+        assert_eq!(in_place.page().map(|u| u.path()), Some("/p.html"));
+        let pages: Vec<&str> = in_place.pages().map(|u| u.path()).collect();
+        assert_eq!(pages, ["/p.html", "/fr.html", "/p.json"]);
+        let redirect = from_yaml("code: 404\nurl: http://a.com/p.html\nredirect: 302\n");
+        assert_eq!(redirect.page(), None);
+        assert_eq!(redirect.pages().count(), 0);
+    }
+
     #[test]
     fn own_page_is_recognized() {
         let r = rule("404", Source::Any, "http://exp.example.com/error404.html?v=2");
