@@ -719,12 +719,7 @@ async fn oversize_page_falls_back_to_the_default_page_and_warns() {
         "http://exp.example.com/big.html",
         "http://exp.example.com/big-chunked.html",
     ] {
-        let line = log_line(&edge, &["WARN", url, "max_size"]);
-        assert!(
-            line.is_some(),
-            "no warning naming {url} and max_size\n{}",
-            log_tail(&edge)
-        );
+        wait_log_line(&edge, &["WARN", url, "max_size"]).await;
     }
 }
 
@@ -743,11 +738,8 @@ async fn page_that_is_itself_404_gives_the_default_page_without_looping() {
             assert!(!got.body.contains("no route"), "{proto:?} {path}: {got:#?}");
         }
     }
-    assert!(
-        log_line(&edge, &["WARN", PAGE_404_URL, "404"]).is_some(),
-        "a warning names the page and why it was rejected\n{}",
-        log_tail(&edge)
-    );
+    // A warning names the page and why it was rejected.
+    wait_log_line(&edge, &["WARN", PAGE_404_URL, "404"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1051,7 +1043,9 @@ async fn a_down_origin_is_retried_by_one_request_while_the_others_get_the_page_a
         second_took >= CONNECT_TIMEOUT - Duration::from_millis(100),
         "second: {second_took:?}"
     );
-    let prompt = Duration::from_millis(800);
+    // Waiting on the retry would cost the whole connect timeout; half of it tells "at once"
+    // from that with room for a loaded 2-core machine.
+    let prompt = CONNECT_TIMEOUT / 2;
     for (got, took) in &answers {
         // One connection for all three: the answer keeps it open.
         assert_raw_page(got, 504, PAGE_5XX, PAGE_5XX_TYPE, &edge);
@@ -1138,7 +1132,8 @@ async fn stale_if_error_is_served_while_the_origin_is_known_down() {
         "{}",
         log_tail(&edge)
     );
-    // domain_yaml's connect timeout is 1 s.
+    // domain_yaml's connect timeout is 1 s: a stale copy served only after waiting it out
+    // would take that long; 700 ms leaves a loaded machine 0.7 s for a cache hit.
     assert!(
         stale_took < Duration::from_millis(700),
         "stale copy after {stale_took:?}"

@@ -863,8 +863,10 @@ async fn slowloris_does_not_delay_other_clients() {
     };
     let (slow_replies, slowest) = tokio::join!(futures::future::join_all(slow), normal);
     println!("slowest normal request during the slowloris: {slowest:?}");
+    // A worker held by the 20 slow clients would keep a normal request waiting until their
+    // heads are complete (3 s); 1 s leaves a loaded 2-core machine room for a normal one.
     assert!(
-        slowest < Duration::from_millis(500),
+        slowest < Duration::from_secs(1),
         "normal clients were delayed by slow ones: {slowest:?}"
     );
     for reply in slow_replies {
