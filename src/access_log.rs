@@ -2,15 +2,21 @@
 //! stalls a request. When the writer falls behind by more than `QUEUE` lines, lines are dropped
 //! (and counted) rather than buffered without bound.
 //!
-//! Format, space separated:
+//! Text format (the default), space separated:
 //! `time client host "method path version" status bytes duration cache id=request-id page`
 //! e.g. `2026-11-25T09:11:56.123Z 127.0.0.1:51234 exp.example.com "GET /missing HTTP/1.1" 404 758 0.412ms MISS id=3f2a… page=404:fresh`
 //! where `bytes` counts the response body, `cache` is the `X-Cache` value, `id` the request's
 //! `X-Request-Id` (the client's, or one the edge made) and `page` names the custom page rule
 //! and page state used (`-` when none).
+//!
+//! JSON format (`access_log_format: json`), one object per line with the same facts under
+//! names a log pipeline can sum by, and the custom page in full:
+//! `{"time":"…","client":"127.0.0.1:51234","domain":"exp.example.com","method":"GET","path":"/missing","version":"HTTP/1.1","status":404,"bytes":758,"duration_ms":0.412,"cache":"MISS","request_id":"3f2a…","page":{"rule":"404","url":"http://exp.example.com/error404.html","state":"fresh","bytes":758}}`
+//! (`client`, `domain` and `page` are `null` when there is none).
 
-use crate::spec::AccessLogTarget;
+use crate::spec::{AccessLogFormat, AccessLogTarget};
 use log::warn;
+use serde::Serialize;
 use std::fmt;
 use std::io::{BufWriter, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,18 +34,20 @@ pub struct AccessLog {
     /// after opening, and a thread started before the fork would not exist in the daemon.
     sender: OnceLock<Option<SyncSender<String>>>,
     enabled: bool,
+    format: AccessLogFormat,
     dropped: AtomicU64,
 }
 
 impl AccessLog {
     /// A log that writes nothing.
     pub fn off() -> AccessLog {
-        AccessLog::writing_to(None)
+        AccessLog::writing_to(None, AccessLogFormat::Text)
     }
 
-    fn writing_to(out: Option<Box<dyn Write + Send>>) -> AccessLog {
+    fn writing_to(out: Option<Box<dyn Write + Send>>, format: AccessLogFormat) -> AccessLog {
         AccessLog {
             enabled: out.is_some(),
+            format,
             out: parking_lot::Mutex::new(out),
             sender: OnceLock::new(),
             dropped: AtomicU64::new(0),
@@ -47,8 +55,8 @@ impl AccessLog {
     }
 
     /// `stderr`, or a file (appended to, created if missing, so an unwritable path is an
-    /// error at start).
-    pub fn open(target: &AccessLogTarget) -> std::io::Result<AccessLog> {
+    /// error at start), with lines in `format`.
+    pub fn open(target: &AccessLogTarget, format: AccessLogFormat) -> std::io::Result<AccessLog> {
         let out: Box<dyn Write + Send> = match target {
             AccessLogTarget::Off => return Ok(AccessLog::off()),
             AccessLogTarget::Stderr => Box::new(std::io::stderr()),
@@ -56,7 +64,7 @@ impl AccessLog {
                 Box::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?)
             }
         };
-        Ok(AccessLog::writing_to(Some(out)))
+        Ok(AccessLog::writing_to(Some(out), format))
     }
 
     fn sender(&self) -> Option<&SyncSender<String>> {
@@ -96,7 +104,11 @@ impl AccessLog {
     /// Queues the line of one request; never blocks (drops it when the writer is far behind).
     pub fn write(&self, record: &Record) {
         let Some(sender) = self.sender() else { return };
-        if let Err(TrySendError::Full(_)) = sender.try_send(record.to_string()) {
+        let line = match self.format {
+            AccessLogFormat::Text => record.to_string(),
+            AccessLogFormat::Json => record.json(),
+        };
+        if let Err(TrySendError::Full(_)) = sender.try_send(line) {
             if self
                 .dropped
                 .fetch_add(1, Ordering::Relaxed)
@@ -129,10 +141,63 @@ pub struct Record<'a> {
     pub duration: Duration,
     /// The `X-Cache` value.
     pub cache: &'a str,
-    /// The custom page rule and page state used, if any.
-    pub page: Option<(&'a str, &'a str)>,
+    /// The custom page served, if any.
+    pub page: Option<PageServed<'a>>,
     /// The request's id (`X-Request-Id`).
     pub request_id: &'a str,
+}
+
+/// The custom page a response carried.
+#[derive(Clone, Copy, Serialize)]
+pub struct PageServed<'a> {
+    /// The rule's code pattern (`404`, `5xx`).
+    pub rule: &'a str,
+    /// The page served or redirected to (`None`: the built-in page or the problem document).
+    pub url: Option<&'a str>,
+    /// `fresh`, `stale`, `default`, `redirect` or `problem`.
+    pub state: &'a str,
+    /// Bytes of the page's body.
+    pub bytes: usize,
+}
+
+/// The JSON line of a record (see the module docs).
+#[derive(Serialize)]
+struct JsonLine<'a> {
+    time: String,
+    client: Option<String>,
+    domain: Option<&'a str>,
+    method: &'a str,
+    path: &'a str,
+    version: String,
+    status: u16,
+    bytes: usize,
+    duration_ms: f64,
+    cache: &'a str,
+    request_id: Option<&'a str>,
+    page: Option<PageServed<'a>>,
+}
+
+impl Record<'_> {
+    /// The record as one JSON object (see the module docs).
+    pub fn json(&self) -> String {
+        let line = JsonLine {
+            time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            client: self.client.map(|c| c.to_string()),
+            domain: (!self.host.is_empty()).then_some(self.host),
+            method: self.method,
+            path: self.target,
+            version: format!("{:?}", self.version),
+            status: self.status,
+            bytes: self.body_bytes,
+            // Microsecond precision, as the text format's three decimals of milliseconds.
+            duration_ms: (self.duration.as_micros() as f64) / 1000.0,
+            cache: self.cache,
+            request_id: (!self.request_id.is_empty()).then_some(self.request_id),
+            page: self.page,
+        };
+        // Serializing borrowed strings and numbers cannot fail; a line is never lost to it.
+        serde_json::to_string(&line).unwrap_or_default()
+    }
 }
 
 impl fmt::Display for Record<'_> {
@@ -159,7 +224,7 @@ impl fmt::Display for Record<'_> {
             write!(f, "id={} ", self.request_id)?;
         }
         match self.page {
-            Some((rule, state)) => write!(f, "page={rule}:{state}"),
+            Some(page) => write!(f, "page={}:{}", page.rule, page.state),
             None => f.write_str("-"),
         }
     }
@@ -183,7 +248,12 @@ mod tests {
             duration: Duration::from_micros(412),
             cache: "MISS",
             request_id: "r-42",
-            page: Some(("404", "fresh")),
+            page: Some(PageServed {
+                rule: "404",
+                url: Some("http://exp.example.com/error404.html"),
+                state: "fresh",
+                bytes: 758,
+            }),
         };
         let line = record.to_string();
         let fields: Vec<&str> = line.splitn(2, ' ').collect();
@@ -201,5 +271,57 @@ mod tests {
         assert!(bare
             .to_string()
             .ends_with(" - - \"GET /missing HTTP/1.1\" 404 758 0.412ms MISS -"));
+    }
+
+    #[test]
+    fn a_json_line_is_one_object_with_every_field() {
+        let client = "127.0.0.1:51234";
+        let record = Record {
+            client: Some(&client),
+            host: "exp.example.com",
+            method: "GET",
+            target: "/missing?q=\"x\"",
+            version: http::Version::HTTP_2,
+            status: 404,
+            body_bytes: 758,
+            duration: Duration::from_micros(412),
+            cache: "MISS",
+            request_id: "r-42",
+            page: Some(PageServed {
+                rule: "4xx",
+                url: Some("http://exp.example.com/error404.html"),
+                state: "stale",
+                bytes: 758,
+            }),
+        };
+        let line = record.json();
+        assert!(!line.contains('\n'), "{line}");
+        let json: serde_json::Value = serde_json::from_str(&line).expect("JSON");
+        assert!(json["time"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("20") && t.ends_with('Z')));
+        let mut rest = json.clone();
+        rest.as_object_mut().expect("object").remove("time");
+        assert_eq!(
+            rest,
+            serde_json::json!({
+                "client": "127.0.0.1:51234", "domain": "exp.example.com", "method": "GET",
+                "path": "/missing?q=\"x\"", "version": "HTTP/2.0", "status": 404, "bytes": 758,
+                "duration_ms": 0.412, "cache": "MISS", "request_id": "r-42",
+                "page": {"rule": "4xx", "url": "http://exp.example.com/error404.html",
+                         "state": "stale", "bytes": 758}
+            })
+        );
+        let bare = Record {
+            client: None,
+            host: "",
+            page: None,
+            request_id: "",
+            ..record
+        };
+        let json: serde_json::Value = serde_json::from_str(&bare.json()).expect("JSON");
+        for field in ["client", "domain", "request_id", "page"] {
+            assert!(json[field].is_null(), "{field}: {json}");
+        }
     }
 }

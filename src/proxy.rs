@@ -2,7 +2,7 @@
 //! ([`runtime`](crate::runtime)), the request guards, filters, the cache, failover
 //! ([`upstream`](crate::upstream)) and custom pages.
 
-use crate::access_log::{AccessLog, Record};
+use crate::access_log::{AccessLog, PageServed, Record};
 use crate::cache::{self, policy};
 use crate::filters::{RequestInfo, Verdict};
 use crate::metrics::{status_class, METRICS};
@@ -593,7 +593,7 @@ impl ProxyHttp for EdgeProxy {
         if let Some(sub) = page {
             METRICS
                 .pages_served
-                .with_label_values(&[domain, &sub.rule, sub.page_state])
+                .with_label_values(&[domain, &sub.rule, sub.page_state.as_str()])
                 .inc();
         }
         if self.access_log.enabled() {
@@ -610,7 +610,12 @@ impl ProxyHttp for EdgeProxy {
                 duration: ctx.started.elapsed(),
                 cache,
                 request_id: &ctx.pages.request_id,
-                page: page.map(|s| (s.rule.as_str(), s.page_state)),
+                page: page.map(|s| PageServed {
+                    rule: &s.rule,
+                    url: s.page_url.as_deref(),
+                    state: s.page_state.as_str(),
+                    bytes: s.page_bytes,
+                }),
             });
         }
     }

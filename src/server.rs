@@ -106,7 +106,7 @@ pub fn main_with(filters: FilterRegistry) -> ExitCode {
         println!("custom-pages: configuration OK: {}", source.describe(&snapshot));
         return ExitCode::SUCCESS;
     }
-    let access_log = match AccessLog::open(&snapshot.edge.access_log) {
+    let access_log = match AccessLog::open(&snapshot.edge.access_log, snapshot.edge.access_log_format) {
         Ok(log) => log,
         Err(e) => {
             eprintln!(

@@ -311,3 +311,97 @@ async fn access_log_has_one_line_per_request() {
     );
     assert!(lines[1].starts_with("20"), "starts with the time: {}", lines[1]);
 }
+
+/// `access_log_format: json`: one object per line, which a log pipeline can sum custom-page
+/// traffic per domain from (the rule, the page URL, its state and bytes); a wrong format is
+/// refused naming the key.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_json_access_log_names_the_custom_page_served() {
+    let origin = origin_with_pages().await;
+    let options = EdgeOptions {
+        edge_extra: format!(
+            "{}access_log: access.log\naccess_log_format: json\n",
+            EdgeOptions::default().edge_extra
+        ),
+        ..Default::default()
+    };
+    let edge = Edge::start_with(
+        options,
+        &[(
+            "a.yaml",
+            domain_yaml("a.example.com", origin.addr(), &rules("a.example.com")),
+        )],
+    );
+    common::wait_fetched(&edge, "http://a.example.com/error404.html").await;
+    let c = client(&edge, Proto::H1, &["a.example.com"]);
+    assert_eq!(get(&c, &edge.url("a.example.com", "/")).await.status, 200);
+    let missing = get(&c, &edge.url("a.example.com", "/missing?x=\"1\"")).await;
+    assert_eq!((missing.status, missing.body.as_str()), (404, PAGE_404));
+    let id = missing.header("x-request-id").expect("a request id").to_string();
+
+    let path = edge.dir().join("access.log");
+    let lines = common::time_until(Duration::from_secs(10), || async {
+        std::fs::read_to_string(&path).unwrap_or_default().lines().count() >= 2
+    });
+    assert!(
+        lines.await.is_some(),
+        "{}",
+        std::fs::read_to_string(&path).unwrap_or_default()
+    );
+    let text = std::fs::read_to_string(&path).expect("access log");
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    let (home, page) = (&lines[0], &lines[1]);
+    assert_eq!(
+        (
+            &home["domain"],
+            &home["path"],
+            &home["status"],
+            &home["bytes"],
+            &home["page"]
+        ),
+        (
+            &serde_json::json!("a.example.com"),
+            &serde_json::json!("/"),
+            &serde_json::json!(200),
+            &serde_json::json!(4),
+            &serde_json::Value::Null
+        ),
+        "{home}"
+    );
+    let mut fields = page.clone();
+    let object = fields.as_object_mut().expect("an object");
+    let time = object.remove("time").expect("time");
+    let client = object.remove("client").expect("client");
+    let duration = object.remove("duration_ms").expect("duration_ms");
+    assert!(time.as_str().is_some_and(|t| t.starts_with("20")), "{page}");
+    assert!(
+        client.as_str().is_some_and(|c| c.starts_with("127.0.0.1:")),
+        "{page}"
+    );
+    assert!(duration.as_f64().is_some_and(|d| d > 0.0), "{page}");
+    assert_eq!(
+        fields,
+        serde_json::json!({
+            "domain": "a.example.com", "method": "GET", "path": "/missing?x=%221%22",
+            "version": "HTTP/1.1", "status": 404, "bytes": PAGE_404.len(), "cache": "BYPASS",
+            "request_id": id,
+            "page": {"rule": "404", "url": "http://a.example.com/error404.html",
+                     "state": "fresh", "bytes": PAGE_404.len()}
+        })
+    );
+
+    // A format the edge does not know: refused, naming the key and what it takes.
+    let dir = tempfile::tempdir().expect("dir");
+    let edge_file = dir.path().join("edge.yaml");
+    std::fs::write(&edge_file, "access_log_format: xml\n").expect("edge file");
+    let (ok, stderr) = common::dash_t(&edge_file);
+    assert!(!ok, "{stderr}");
+    assert!(
+        stderr.contains("access_log_format") && stderr.contains("`text`") && stderr.contains("`json`"),
+        "{stderr}"
+    );
+}

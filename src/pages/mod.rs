@@ -60,8 +60,47 @@ pub struct Substitution {
     pub original_status: u16,
     /// Who produced that status.
     pub cause: Source,
-    /// `fresh`, `stale` (last good copy), `default` (built-in page) or `redirect`.
-    pub page_state: &'static str,
+    /// What the client got.
+    pub page_state: Served,
+    /// The page served (the variant or translation chosen), or the redirect target; `None`
+    /// for the built-in page and the problem document.
+    pub page_url: Option<String>,
+    /// Bytes of the page's body (the filled template for a template page; 0 for a redirect).
+    pub page_bytes: usize,
+}
+
+/// What a rule's answer was made of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Served {
+    /// The stored page, fetched within its lifetime.
+    Fresh,
+    /// The last good copy of a page whose refresh is overdue or failing.
+    Stale,
+    /// The built-in page: the rule's page was never fetched, or is the failing URL itself.
+    Default,
+    /// A redirect to the rule's URL.
+    Redirect,
+    /// The problem document (`application/problem+json`) of a client asking for it.
+    Problem,
+}
+
+impl Served {
+    /// As logs and metrics label it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Served::Fresh => "fresh",
+            Served::Stale => "stale",
+            Served::Default => "default",
+            Served::Redirect => "redirect",
+            Served::Problem => "problem",
+        }
+    }
+}
+
+impl std::fmt::Display for Served {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Per-request state of the module; keep one in the proxy's `CTX`.
@@ -142,7 +181,9 @@ impl CustomPages {
             rule: rule.code.to_string(),
             original_status: status,
             cause,
-            page_state: "default",
+            page_state: Served::Default,
+            page_url: None,
+            page_bytes: 0,
         };
         if rules::is_own_page(rule, host, path) {
             // The page itself failed: answering with it (or a redirect to it) would loop.
@@ -155,7 +196,8 @@ impl CustomPages {
         }
         let answer = match rule.redirect {
             Some(code) => {
-                substitution.page_state = "redirect";
+                substitution.page_state = Served::Redirect;
+                substitution.page_url = Some(rule.url.as_str().to_string());
                 Answer::Redirect {
                     code,
                     location: rule.url.as_str().to_string(),
@@ -184,25 +226,30 @@ impl CustomPages {
         let path = req.uri.path();
         let (url, mut fit) = match choose_page(rule, req) {
             (Chosen::Problem, fit) => {
-                substitution.page_state = "problem";
+                substitution.page_state = Served::Problem;
                 let body = response::problem(status, path);
+                substitution.page_bytes = body.bytes.len();
                 return Answer::InPlace { status, body, fit };
             }
             (Chosen::Page(url), fit) => (url, fit),
         };
         // A variant or translation not (yet) fetched: the rule's own page.
         let mut page = self.store.get_or_wait(url.as_str()).await;
+        let mut served = url;
         if page.is_none() && url != &rule.url {
             page = self.store.get_or_wait(rule.url.as_str()).await;
+            served = &rule.url;
             fit.language = rule.language.clone();
         }
         let Some(page) = page else {
             fit.language = None;
             let body = response::default_page(status);
+            substitution.page_bytes = body.bytes.len();
             return Answer::InPlace { status, body, fit };
         };
         let fresh = page.is_fresh(std::time::SystemTime::now());
-        substitution.page_state = if fresh { "fresh" } else { "stale" };
+        substitution.page_state = if fresh { Served::Fresh } else { Served::Stale };
+        substitution.page_url = Some(served.as_str().to_string());
         // A page filled per request is this client's alone.
         fit.private = page.template.is_some();
         let bytes = match &page.template {
@@ -219,6 +266,7 @@ impl CustomPages {
                 template.render(&page.body, &values)
             }
         };
+        substitution.page_bytes = bytes.len();
         let body = Body {
             bytes,
             content_type: page.content_type.clone(),

@@ -38,6 +38,9 @@ pub struct EdgeFile {
     /// `stderr` (default), `off`, or a file path relative to this file.
     #[serde(default = "default_access_log")]
     pub access_log: String,
+    /// `text` (default: one line of space-separated fields) or `json` (one object per line).
+    #[serde(default)]
+    pub access_log_format: AccessLogFormat,
     /// Passed through to Pingora's `ServerConf` (pid_file, upgrade_sock, grace periods...).
     #[serde(default)]
     pub server: serde_yaml::Mapping,
@@ -262,6 +265,8 @@ pub struct EdgeSettings {
     pub admin_tls: Option<CertSpec>,
     /// Where the access log goes.
     pub access_log: AccessLogTarget,
+    /// How its lines are written.
+    pub access_log_format: AccessLogFormat,
     /// Pingora's server settings.
     pub server: pingora_core::server::configuration::ServerConf,
     /// The `server:` section as written, to compare on reload (the running edge hands `server`
@@ -295,6 +300,17 @@ impl Default for PageSettings {
             inline_budget: section.inline_budget.0 as usize,
         }
     }
+}
+
+/// How access log lines are written (`access_log_format:` in the edge file).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLogFormat {
+    /// Space-separated fields, as web servers write them.
+    #[default]
+    Text,
+    /// One JSON object per line, for log pipelines.
+    Json,
 }
 
 /// Where the access log goes (`access_log:` in the edge file).
@@ -488,6 +504,7 @@ impl EdgeSettings {
                 admin_token_file: raw.admin.token_file.map(|p| base.join(p)),
                 admin_tls: raw.admin.tls.map(resolve),
                 access_log: AccessLogTarget::parse(&raw.access_log, base),
+                access_log_format: raw.access_log_format,
                 source,
                 server_yaml: serde_yaml::to_string(&raw.server).unwrap_or_default(),
                 server,
@@ -525,6 +542,10 @@ impl EdgeSettings {
         );
         check("admin.tls", self.admin_tls != newer.admin_tls);
         check("access_log", self.access_log != newer.access_log);
+        check(
+            "access_log_format",
+            self.access_log_format != newer.access_log_format,
+        );
         check("server", self.server_yaml != newer.server_yaml);
         check("source", self.source != newer.source);
         keys

@@ -11,7 +11,7 @@ pub mod edge;
 pub mod values;
 
 pub use domain::{check_together, CertSpec, DomainSpec, OriginSpec, RuleSpec, Source, VariantSpec};
-pub use edge::{AccessLogTarget, EdgeSettings, EtcdSettings, PageSettings, SourceSettings};
+pub use edge::{AccessLogFormat, AccessLogTarget, EdgeSettings, EtcdSettings, PageSettings, SourceSettings};
 pub use values::{CodePattern, DomainName, PageUrl};
 
 use serde::de::DeserializeOwned;
