@@ -1378,3 +1378,104 @@ async fn api_adds_and_deletes_domains() {
     );
     assert_eq!(delete(NEW).await.status, 404);
 }
+
+/// `GET /api/domains` a page at a time: following `next` from the first page lists every domain
+/// exactly once, in name order, while domains are added between pages (one that sorts after
+/// the cursor is listed once, one that sorts before it is not: pages never go back); the filter
+/// is the edge's; bad parameters are refused naming themselves.
+#[tokio::test(flavor = "multi_thread")]
+async fn domains_are_listed_a_page_at_a_time_each_exactly_once() {
+    let origin = origin().await;
+    let name = |i: usize| format!("d{i:02}.example.com");
+    let files: Vec<(&'static str, String)> = (0..30)
+        .map(|i| {
+            let file: &'static str = Box::leak(format!("d{i:02}.yaml").into_boxed_str());
+            (file, domain_yaml(&name(i), origin.addr(), ""))
+        })
+        .collect();
+    let edge = start_edge(EdgeOptions::default(), files).await;
+    let admin = Admin::new(&edge);
+    let servers = json!({"origin": {"servers": [origin.addr().to_string()]}});
+    let labels = |answer: &Value| -> Vec<String> {
+        answer["domains"]
+            .as_array()
+            .map(|list| {
+                list.iter()
+                    .filter_map(|d| d["domain"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+
+    let (mut seen, mut cursor, mut pages) = (Vec::<String>::new(), None::<String>, 0);
+    loop {
+        let path = match &cursor {
+            None => "/api/domains?limit=7".to_string(),
+            Some(cursor) => format!("/api/domains?limit=7&cursor={cursor}"),
+        };
+        let answer = admin.get(&path).await;
+        assert_eq!(answer.status, 200, "{answer:?}");
+        let page = labels(&answer.json);
+        assert!(!page.is_empty() && page.len() <= 7, "{path}: {page:?}");
+        seen.extend(page.iter().cloned());
+        pages += 1;
+        if pages <= 3 {
+            for added in [format!("a{pages}.example.com"), format!("z{pages}.example.com")] {
+                let put = admin.put_domain(&added, &servers).await;
+                assert_eq!(put.status, 201, "{put:?}");
+            }
+        }
+        match answer.json["next"].as_str() {
+            Some(next) => {
+                assert_eq!(
+                    Some(next),
+                    page.last().map(String::as_str),
+                    "next is the last name"
+                );
+                cursor = Some(next.to_string());
+            }
+            None => break,
+        }
+    }
+    let mut in_order = seen.clone();
+    in_order.sort();
+    in_order.dedup();
+    assert_eq!(seen, in_order, "in name order, each once");
+    for i in 0..30 {
+        assert!(seen.contains(&name(i)), "{} missing from {seen:?}", name(i));
+    }
+    for added in 1..=3 {
+        assert!(seen.contains(&format!("z{added}.example.com")), "{seen:?}");
+        assert!(!seen.contains(&format!("a{added}.example.com")), "{seen:?}");
+    }
+    assert_eq!(
+        pages, 5,
+        "36 domains past the first page's start, 7 a page: {seen:?}"
+    );
+    assert_eq!(
+        admin.domains().await.len(),
+        36,
+        "without limit, every domain (up to 1000)"
+    );
+
+    // The filter is applied by the edge, case-insensitively, before the page is cut.
+    let answer = admin.get("/api/domains?filter=D1&limit=5").await;
+    assert_eq!(labels(&answer.json), (10..15).map(name).collect::<Vec<_>>());
+    assert_eq!(answer.json["next"], json!("d14.example.com"));
+    let answer = admin.get("/api/domains?filter=D1&cursor=d14.example.com").await;
+    assert_eq!(labels(&answer.json), (15..20).map(name).collect::<Vec<_>>());
+    assert_eq!(answer.json["next"], Value::Null);
+
+    for (query, field) in [
+        ("limit=0", "limit"),
+        ("limit=5000", "limit"),
+        ("offset=3", "offset"),
+    ] {
+        let answer = admin.get(&format!("/api/domains?{query}")).await;
+        assert_eq!(
+            (answer.status, answer.json["field"].clone()),
+            (400, json!(field)),
+            "{query}: {answer:?}"
+        );
+    }
+}

@@ -78,6 +78,61 @@ impl ApiError {
 
 type ApiResult = Result<(StatusCode, Value), ApiError>;
 
+/// The page of `GET /api/domains` a query asks for: `limit` domains (1 to [`DomainPage::MAX`],
+/// default that), those whose name sorts after `cursor` (the `next` of the page before: keyset
+/// pagination, so a domain added or removed meanwhile never shifts the others, and each is
+/// listed at most once), with `filter` in their name (case-insensitive).
+#[derive(Debug, PartialEq)]
+struct DomainPage {
+    limit: usize,
+    cursor: Option<String>,
+    filter: Option<String>,
+}
+
+impl DomainPage {
+    const MAX: usize = 1000;
+
+    fn parse(query: Option<&str>) -> Result<DomainPage, ApiError> {
+        let mut page = DomainPage {
+            limit: DomainPage::MAX,
+            cursor: None,
+            filter: None,
+        };
+        for (key, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            match key.as_ref() {
+                "limit" => {
+                    page.limit = value
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|n| (1..=DomainPage::MAX).contains(n))
+                        .ok_or_else(|| {
+                            ApiError::field(
+                                "limit",
+                                format!("{value:?} is not a number from 1 to {}", DomainPage::MAX),
+                            )
+                        })?
+                }
+                "cursor" => page.cursor = Some(value.into_owned()),
+                "filter" => page.filter = Some(value.to_lowercase()).filter(|f| !f.is_empty()),
+                other => {
+                    return Err(ApiError::field(
+                        other,
+                        "unknown parameter; expected limit, cursor or filter",
+                    ))
+                }
+            }
+        }
+        Ok(page)
+    }
+
+    /// Whether the domain labelled `label` (lower case, as every label) belongs to this page or
+    /// a later one.
+    fn admits(&self, label: &str) -> bool {
+        self.cursor.as_deref().is_none_or(|cursor| label > cursor)
+            && self.filter.as_deref().is_none_or(|filter| label.contains(filter))
+    }
+}
+
 /// A domain in `GET /api/domains`.
 #[derive(serde::Serialize)]
 struct DomainView<'a> {
@@ -173,7 +228,10 @@ impl AdminApi {
         let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
         match (&method, segments.as_slice()) {
             (&Method::GET, ["api", "status"]) => Ok((StatusCode::OK, json!(self.runtime.status()))),
-            (&Method::GET, ["api", "domains"]) => Ok((StatusCode::OK, self.list_domains())),
+            (&Method::GET, ["api", "domains"]) => {
+                let page = DomainPage::parse(session.req_header().uri.query())?;
+                Ok((StatusCode::OK, self.list_domains(&page)))
+            }
             (&Method::GET, ["api", "domains", domain, "custom-pages"]) => self.domain_rules(domain),
             (&Method::PUT, ["api", "domains", domain]) => {
                 let body = read_body(session).await?;
@@ -229,10 +287,14 @@ impl AdminApi {
         }
     }
 
-    fn list_domains(&self) -> Value {
+    /// One page of the domains, in name order, after the page's cursor and matching its filter;
+    /// `next` is the cursor of the following page (`null` on the last).
+    fn list_domains(&self, page: &DomainPage) -> Value {
         let routes = self.runtime.routes();
-        let list: Vec<Value> = routes
-            .iter()
+        let mut matching = routes.iter().filter(|d| page.admits(&d.label));
+        let list: Vec<Value> = matching
+            .by_ref()
+            .take(page.limit)
             .map(|d| {
                 let servers: Vec<ServerView> = d
                     .upstream
@@ -257,7 +319,11 @@ impl AdminApi {
                 })
             })
             .collect();
-        json!({ "domains": list })
+        let next = match matching.next() {
+            Some(_) => list.last().map(|d| d["domain"].clone()).unwrap_or(Value::Null),
+            None => Value::Null,
+        };
+        json!({ "domains": list, "next": next })
     }
 
     fn domain_rules(&self, name: &str) -> ApiResult {
@@ -786,6 +852,32 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_domain_page_is_read_from_its_query() {
+        assert_eq!(
+            DomainPage::parse(None).ok(),
+            Some(DomainPage {
+                limit: DomainPage::MAX,
+                cursor: None,
+                filter: None
+            })
+        );
+        let page = DomainPage::parse(Some("limit=2&cursor=b.example.com&filter=EXAMPLE.COM")).ok();
+        let page = page.expect("a page");
+        assert_eq!(page.limit, 2);
+        assert!(!page.admits("a.example.com") && !page.admits("b.example.com"));
+        assert!(page.admits("c.example.com") && !page.admits("c.example.org"));
+        for (query, field) in [
+            ("limit=0", "limit"),
+            ("limit=1001", "limit"),
+            ("limit=ten", "limit"),
+            ("page=2", "page"),
+        ] {
+            let error = DomainPage::parse(Some(query)).err();
+            assert_eq!(error.and_then(|e| e.field).as_deref(), Some(field), "{query}");
+        }
+    }
 
     #[test]
     fn body_errors_name_the_field() {

@@ -149,10 +149,47 @@ const tests = {
     await page.screenshot({ path: path.join(SCREENSHOTS, "view-domains.png"), fullPage: true });
     const text = await row.innerText();
     assert(/127\.\d+\.\d+\.\d+:\d+ \(up\)/.test(text), `origin servers with their state: ${text}`);
+    // The filter is asked of the edge (the table holds one page of its list).
     await page.getByLabel("Filter").fill("no-such-domain");
-    assert(!(await row.isVisible()), "the filter hides other domains");
+    await row.waitFor({ state: "detached" });
+    await page.getByRole("status").filter({ hasText: "No domain matches the filter" }).waitFor();
     await page.getByLabel("Filter").fill(DOMAIN.slice(0, 3));
-    assert(await row.isVisible(), "the filter keeps matching domains");
+    await row.waitFor();
+  },
+
+  async "the domain table pages through the edge's list, and the filter narrows it there"(page) {
+    // 55 more domains: with 50 rows a page, the list of 56 takes two pages.
+    const names = Array.from({ length: 55 }, (_, i) => `p${String(i).padStart(2, "0")}.paged.example`);
+    const call = (method, name, body) =>
+      fetch(`${ADMIN_URL}/api/domains/${name}`, {
+        method,
+        headers: { Authorization: `Bearer ${TOKEN}`, "Content-Type": "application/json" },
+        body: body && JSON.stringify(body),
+      });
+    const servers = { origin: { servers: ["127.0.0.1:9"] } };
+    for (const name of names) assert((await call("PUT", name, servers)).status === 201, `PUT ${name}`);
+    try {
+      await signIn(page);
+      const rows = page.locator("#domain-rows tr");
+      const status = page.getByRole("status").filter({ hasText: "Domains" });
+      await status.filter({ hasText: /^Domains 1–50$/ }).waitFor();
+      assert((await rows.count()) === 50, `50 rows on the first page, not ${await rows.count()}`);
+      assert(await page.getByRole("button", { name: "Previous page" }).isDisabled(), "no page before the first");
+      await page.getByRole("button", { name: "Next page" }).click();
+      await status.filter({ hasText: /^Domains 51–56$/ }).waitFor();
+      assert((await rows.count()) === 6, "the last six on the second page");
+      await page.getByRole("rowheader", { name: "p54.paged.example", exact: true }).waitFor();
+      assert(await page.getByRole("button", { name: "Next page" }).isDisabled(), "no page after the last");
+      await page.getByRole("button", { name: "Previous page" }).click();
+      await page.getByRole("rowheader", { name: DOMAIN, exact: true }).waitFor();
+      // The filter goes to the edge: five names match, across what were two pages.
+      await page.getByLabel("Filter").fill("P5");
+      await status.filter({ hasText: /^Domains 1–5$/ }).waitFor();
+      const shown = await page.locator("#domain-rows th").allInnerTexts();
+      assert(JSON.stringify(shown) === JSON.stringify(names.slice(50)), `filtered rows: ${shown}`);
+    } finally {
+      for (const name of names) await call("DELETE", name);
+    }
   },
 
   async "Customize, Modify, Refresh, Preview and Delete a 404 rule, seen through the edge"(page) {

@@ -66,12 +66,38 @@ async function signIn(event) {
 
 // ------------------------------------------------------------------ Domain Names
 
+// The Domain Names table shows one page of the server's list at a time (an edge may serve
+// 100,000 domains): the filter is asked of the server, and Next/Previous follow its cursors.
+const PAGE_SIZE = 50;
+let pageCursors = [null]; // the cursor of each page shown so far; the last is the current one
+let nextCursor = null;
+let filterTimer = null;
+
 async function showDomains() {
+  pageCursors = [null];
+  await showDomainPage();
+}
+
+async function showDomainPage() {
   show("domains-view");
-  const answer = await api("GET", "/api/domains");
+  const params = new URLSearchParams({ limit: String(PAGE_SIZE) });
+  const cursor = pageCursors[pageCursors.length - 1];
+  if (cursor !== null) params.set("cursor", cursor);
+  const filter = $("filter").value.trim().toLowerCase();
+  if (filter !== "") params.set("filter", filter);
+  const answer = await api("GET", "/api/domains?" + params.toString());
+  const domains = answer.json.domains || [];
+  nextCursor = answer.json.next || null;
+  const first = (pageCursors.length - 1) * PAGE_SIZE;
+  $("page-status").textContent = domains.length === 0
+    ? (filter === "" ? "No domains" : "No domain matches the filter")
+    : domains.length === 1 ? "Domain " + (first + 1)
+    : "Domains " + (first + 1) + "–" + (first + domains.length);
+  $("previous-page").disabled = pageCursors.length === 1;
+  $("next-page").disabled = nextCursor === null;
   const rows = $("domain-rows");
   rows.replaceChildren();
-  for (const d of answer.json.domains || []) {
+  for (const d of domains) {
     const tr = el("tr", null, { "data-domain": d.domain });
     tr.append(el("th", d.domain, { scope: "row" }));
     const servers = (d.origin && d.origin.servers) || [];
@@ -84,14 +110,23 @@ async function showDomains() {
     tr.append(actions);
     rows.append(tr);
   }
-  applyFilter();
 }
 
-function applyFilter() {
-  const wanted = $("filter").value.trim().toLowerCase();
-  for (const tr of $("domain-rows").children) {
-    tr.hidden = wanted !== "" && !tr.getAttribute("data-domain").toLowerCase().includes(wanted);
-  }
+function filterChanged() {
+  clearTimeout(filterTimer);
+  filterTimer = setTimeout(showDomains, 200);
+}
+
+async function nextPage() {
+  if (nextCursor === null) return;
+  pageCursors.push(nextCursor);
+  await showDomainPage();
+}
+
+async function previousPage() {
+  if (pageCursors.length === 1) return;
+  pageCursors.pop();
+  await showDomainPage();
 }
 
 async function addDomain(event) {
@@ -342,7 +377,9 @@ document.addEventListener("DOMContentLoaded", () => {
   $("sign-in-form").addEventListener("submit", signIn);
   $("sign-out").addEventListener("click", () => signOut(""));
   $("nav-domains").addEventListener("click", showDomains);
-  $("filter").addEventListener("input", applyFilter);
+  $("filter").addEventListener("input", filterChanged);
+  $("next-page").addEventListener("click", nextPage);
+  $("previous-page").addEventListener("click", previousPage);
   $("add-domain-form").addEventListener("submit", addDomain);
   $("customize").addEventListener("click", () => openDialog(null));
   $("rule-form").addEventListener("submit", submitRule);
