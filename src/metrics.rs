@@ -1,10 +1,41 @@
 //! Prometheus metrics, served as text at `/metrics` on the admin listener.
 //!
 //! Labels are bounded: domains are named as configured (a wildcard domain is one label value,
-//! whatever hosts it serves), status codes are grouped by class where they could be anything.
+//! whatever hosts it serves) for the first [`MAX_DOMAIN_LABELS`] domains an edge serves, and
+//! `(other)` for the rest, so the number of series never grows with the number of domains (the
+//! access log has every request's domain); status codes are grouped by class where they could
+//! be anything.
 
+use parking_lot::Mutex;
 use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
-use std::sync::LazyLock;
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock};
+
+/// How many domains get series of their own (each costs about 20 series).
+pub const MAX_DOMAIN_LABELS: usize = 256;
+
+/// The `domain` label of the domains past [`MAX_DOMAIN_LABELS`].
+pub const OTHER_DOMAINS: &str = "(other)";
+
+/// The labels given so far: a domain keeps its label for the life of the process (its series
+/// are never removed either), so the cap holds across reloads and re-added domains.
+static DOMAIN_LABELS: LazyLock<Mutex<HashMap<String, Arc<str>>>> = LazyLock::new(Mutex::default);
+
+/// The `domain` label of the domain named `name` (as written: `*.example.com`): its name while
+/// fewer than [`MAX_DOMAIN_LABELS`] domains have one, else [`OTHER_DOMAINS`]. Asked once per
+/// domain when it is compiled, never per request.
+pub fn domain_label(name: &str) -> Arc<str> {
+    let mut labels = DOMAIN_LABELS.lock();
+    if let Some(label) = labels.get(name) {
+        return label.clone();
+    }
+    if labels.len() >= MAX_DOMAIN_LABELS {
+        return Arc::from(OTHER_DOMAINS);
+    }
+    let label: Arc<str> = Arc::from(name);
+    labels.insert(name.to_string(), label.clone());
+    label
+}
 
 /// Every metric the edge exports.
 pub struct Metrics {
@@ -101,5 +132,27 @@ pub fn status_class(status: u16) -> &'static str {
         4 => "4xx",
         5 => "5xx",
         _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn domains_past_the_cap_share_one_label() {
+        // Other tests of this process may have taken labels: count from what is left.
+        let taken = DOMAIN_LABELS.lock().len();
+        let fits = MAX_DOMAIN_LABELS.saturating_sub(taken);
+        for i in 0..fits {
+            let name = format!("d{i}.cap.test");
+            assert_eq!(&*domain_label(&name), name.as_str());
+        }
+        assert_eq!(&*domain_label("past.cap.test"), OTHER_DOMAINS);
+        // A domain that has a label keeps it, whatever came after.
+        if fits > 0 {
+            assert_eq!(&*domain_label("d0.cap.test"), "d0.cap.test");
+        }
+        assert_eq!(DOMAIN_LABELS.lock().len(), MAX_DOMAIN_LABELS);
     }
 }

@@ -576,7 +576,7 @@ impl ProxyHttp for EdgeProxy {
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        let domain = ctx.domain.as_ref().map_or("-", |d| d.label.as_str());
+        let domain = ctx.domain.as_ref().map_or("-", |d| &*d.metric_label);
         let cache = cache::key::status(session.cache.phase());
         METRICS
             .requests

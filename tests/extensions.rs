@@ -405,3 +405,50 @@ async fn the_json_access_log_names_the_custom_page_served() {
         "{stderr}"
     );
 }
+
+/// Metrics do not grow with the number of domains: past the first 256, domains share
+/// `domain="(other)"` (the access log keeps every request's domain).
+#[tokio::test(flavor = "multi_thread")]
+async fn per_domain_series_are_capped() {
+    let origin = origin_with_pages().await;
+    let name = |i: usize| format!("d{i:03}.example.com");
+    let files: Vec<(String, String)> = (0..258)
+        .map(|i| (format!("d{i:03}.yaml"), domain_yaml(&name(i), origin.addr(), "")))
+        .collect();
+    let files: Vec<(&str, String)> = files.iter().map(|(f, y)| (f.as_str(), y.clone())).collect();
+    let edge = Edge::start_with(EdgeOptions::default(), &files);
+    let names: Vec<String> = (0..258).map(name).collect();
+    let hosts: Vec<&str> = names.iter().map(String::as_str).collect();
+    let c = client(&edge, Proto::H1, &hosts);
+    for host in &hosts {
+        assert_eq!(get(&c, &edge.url(host, "/")).await.status, 200, "{host}");
+    }
+    let plain = reqwest::Client::builder().no_proxy().build().unwrap();
+    let metrics_url = format!("http://127.0.0.1:{}/metrics", edge.admin_port);
+    let other = "custom_pages_requests_total{class=\"2xx\",domain=\"(other)\"}";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let got = common::send(plain.get(&metrics_url)).await;
+        assert_eq!(got.status, 200);
+        if metric(&got.body, other) == Some(2.0) || Instant::now() > deadline {
+            break got.body;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    let named: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("custom_pages_requests_total{") && !l.contains("(other)"))
+        .collect();
+    assert_eq!(named.len(), 256, "{}", named.join("\n"));
+    assert!(named.iter().all(|l| l.ends_with(" 1")), "{}", named.join("\n"));
+    assert_eq!(
+        metric(&text, other),
+        Some(2.0),
+        "two domains past the cap:\n{text}"
+    );
+    let histograms = text
+        .lines()
+        .filter(|l| l.starts_with("custom_pages_request_duration_seconds_count{"))
+        .count();
+    assert_eq!(histograms, 257, "256 named domains and (other)");
+}

@@ -349,7 +349,8 @@ impl AdminApi {
                     .map(|url| json!(store.info(url.as_str())))
                     .collect();
                 value["pages"] = json!(rule_pages);
-                let (last_hour, per_minute) = self.activity.served(&domain.label, &rule.code.to_string());
+                let (last_hour, per_minute) =
+                    self.activity.served(&domain.metric_label, &rule.code.to_string());
                 value["served_last_hour"] = json!(last_hour);
                 value["served_per_minute"] = json!(per_minute);
                 value

@@ -19,8 +19,11 @@ use std::time::SystemTime;
 pub struct Domain {
     /// The name, for routing.
     pub name: DomainName,
-    /// The name as written (`*.example.com`), for logs, metrics and filters.
+    /// The name as written (`*.example.com`), for logs and filters.
     pub label: String,
+    /// The `domain` label of its metrics: the name, or `(other)` past the cap (see
+    /// [`crate::metrics::domain_label`]).
+    pub metric_label: Arc<str>,
     /// Where requests go, and what is known of its servers.
     pub upstream: Upstream,
     /// Freshness defaults of the content cache.
@@ -270,6 +273,7 @@ fn compile_domain(
     let origin = Origin::from_spec(&spec.origin, roots);
     let domain = Domain {
         label: name.to_string(),
+        metric_label: crate::metrics::domain_label(&name.to_string()),
         upstream: Upstream {
             name: name.to_string(),
             health: health.origin(&origin.servers),
