@@ -3,7 +3,7 @@ CARGO ?= cargo
 EDGE_CONF ?= conf/edge.yaml
 DEMO_ORIGIN ?= 127.0.0.1:8080
 
-.PHONY: all deps etcd-deps browser-deps build run run-tls fleet test lint bench profile soak clean
+.PHONY: all deps etcd-deps browser-deps build run run-tls fleet test lint bench profile soak mutants clean
 
 all: build
 
@@ -92,6 +92,18 @@ profile: deps
 # Ten minutes of mixed traffic, rule changes and origin restarts (SOAK_SECONDS, default 600).
 soak: deps
 	bash soak/run.sh
+
+# Mutation testing (cargo-mutants) of the modules that decide what a client gets, against the
+# unit and property tests that cover them; figures in TESTING.md. Not part of `test`: it
+# rebuilds once per mutant (hours for all of them). MUTANTS_FILES narrows it.
+# MUTANTS_ARGS passes more options (`--iterate` tests again only what was not caught last time;
+# `--jobs 2` builds two mutants at once).
+MUTANTS_FILES ?= src/cache/policy.rs src/pages/rules.rs src/pages/negotiate.rs src/pages/template.rs src/spec/*.rs
+MUTANTS_ARGS ?=
+mutants: deps
+	@command -v cargo-mutants >/dev/null 2>&1 || $(CARGO) install cargo-mutants --locked
+	$(CARGO) mutants --profile mutants $(addprefix --file ,$(wildcard $(MUTANTS_FILES))) $(MUTANTS_ARGS) \
+	  --output target/mutants -- --lib --test parsers
 
 clean:
 	$(CARGO) clean
