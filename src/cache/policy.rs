@@ -310,6 +310,98 @@ mod tests {
         );
     }
 
+    fn with_own_field() -> TtlPolicy {
+        TtlPolicy {
+            targeted_field: Some(http::HeaderName::from_static("edge-cache-control")),
+            ..NONE
+        }
+    }
+
+    #[test]
+    fn targeted_fields_are_the_domains_own_then_cdn_cache_control() {
+        let own = with_own_field();
+        let fields: Vec<&str> = own.targeted_fields().collect();
+        assert_eq!(fields, ["edge-cache-control", "cdn-cache-control"]);
+        let fields: Vec<&str> = NONE.targeted_fields().collect();
+        assert_eq!(fields, ["cdn-cache-control"]);
+    }
+
+    #[test]
+    fn a_valid_targeted_field_replaces_cache_control_and_an_invalid_one_is_ignored() {
+        let fresh =
+            |headers: &[(&str, &str)], policy: &TtlPolicy| ttl(decide(&resp(200, headers), false, policy));
+        let both = [
+            ("cache-control", "max-age=60"),
+            ("cdn-cache-control", "max-age=600"),
+        ];
+        assert_eq!(fresh(&both, &NONE), Some(600));
+        let own = [
+            ("cache-control", "max-age=60"),
+            ("cdn-cache-control", "max-age=600"),
+            ("edge-cache-control", "max-age=6000"),
+        ];
+        assert_eq!(fresh(&own, &with_own_field()), Some(6000));
+        assert_eq!(
+            fresh(&own, &NONE),
+            Some(600),
+            "another domain's field is not ours"
+        );
+        let invalid = [
+            ("cache-control", "max-age=60"),
+            ("cdn-cache-control", "Max-Age=600"),
+        ];
+        assert_eq!(fresh(&invalid, &NONE), Some(60));
+        let no_store = [("cache-control", "max-age=60"), ("cdn-cache-control", "no-store")];
+        assert_eq!(fresh(&no_store, &NONE), None);
+        // One invalid line of several invalidates the field as a whole.
+        let lines = [
+            ("cache-control", "max-age=60"),
+            ("cdn-cache-control", "max-age=600"),
+            ("cdn-cache-control", "MAX-AGE=6"),
+        ];
+        assert_eq!(fresh(&lines, &NONE), Some(60));
+    }
+
+    #[test]
+    fn dictionaries_are_told_from_other_values() {
+        for valid in [
+            "max-age=60",
+            "no-store",
+            "max-age=60, stale-if-error=30",
+            "max-age=60,\tmust-revalidate",
+            "a=-5",
+            "a=123456789012345",
+            "a=\"quoted\"",
+            "a=\"\"",
+            "a=tok/en:1",
+            "a=*star",
+            "*key",
+            "k_1.x-y*",
+        ] {
+            assert!(is_dictionary(valid.as_bytes()), "{valid:?}");
+        }
+        for invalid in [
+            "",
+            "Max-Age=60",
+            "1a",
+            "-a",
+            "a=1234567890123456",
+            "a=-",
+            "a=",
+            "a=\"",
+            "a=\"x\"y\"",
+            "a=b c",
+            "a=(x)",
+            "a=1a",
+            "a,",
+            "a=b;c",
+            "a=b, B=c",
+        ] {
+            assert!(!is_dictionary(invalid.as_bytes()), "{invalid:?}");
+        }
+        assert!(!is_dictionary(b"a=\xff"));
+    }
+
     #[test]
     fn authorized_requests_need_explicit_permission() {
         assert_eq!(

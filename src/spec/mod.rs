@@ -163,6 +163,33 @@ mod tests {
     }
 
     #[test]
+    fn paths_resolve_next_to_their_file_or_as_written_for_a_key() {
+        let in_file = Location::File("conf/domains/a.yaml".into());
+        assert_eq!(
+            in_file.resolve(Path::new("a.pem")),
+            Path::new("conf/domains/a.pem")
+        );
+        assert_eq!(in_file.resolve(Path::new("/etc/a.pem")), Path::new("/etc/a.pem"));
+        let in_store = Location::Key("/cp/domains/a.com".into());
+        assert_eq!(in_store.resolve(Path::new("a.pem")), Path::new("a.pem"));
+    }
+
+    #[test]
+    fn several_errors_are_one_per_line() {
+        let errors = ConfigErrors(vec![
+            ConfigError::new(Path::new("a.yaml"), "origin", "missing"),
+            ConfigError::new(Path::new("b.yaml"), "domain", "bad"),
+            ConfigError::new(Path::new("c.yaml"), "", "empty"),
+        ]);
+        assert_eq!(
+            errors.to_string(),
+            "a.yaml: origin: missing\nb.yaml: domain: bad\nc.yaml: empty"
+        );
+        let one = ConfigErrors(vec![ConfigError::new(Path::new("a.yaml"), "x", "y")]);
+        assert_eq!(one.to_string(), "a.yaml: x: y");
+    }
+
+    #[test]
     fn errors_say_where_as_a_file_or_a_store_key() {
         let in_file = ConfigError::new(Path::new("d/a.yaml"), "origin", "missing");
         assert_eq!(in_file.to_string(), "d/a.yaml: origin: missing");
