@@ -234,11 +234,12 @@ impl fmt::Display for Record<'_> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_line_has_every_field_in_order() {
-        let client = "127.0.0.1:51234";
-        let record = Record {
-            client: Some(&client),
+    const CLIENT: &str = "127.0.0.1:51234";
+
+    /// The record of a custom 404 page served fresh.
+    fn sample() -> Record<'static> {
+        Record {
+            client: Some(&CLIENT),
             host: "exp.example.com",
             method: "GET",
             target: "/missing",
@@ -254,7 +255,12 @@ mod tests {
                 state: "fresh",
                 bytes: 758,
             }),
-        };
+        }
+    }
+
+    #[test]
+    fn a_line_has_every_field_in_order() {
+        let record = sample();
         let line = record.to_string();
         let fields: Vec<&str> = line.splitn(2, ' ').collect();
         assert_eq!(
@@ -275,24 +281,16 @@ mod tests {
 
     #[test]
     fn a_json_line_is_one_object_with_every_field() {
-        let client = "127.0.0.1:51234";
         let record = Record {
-            client: Some(&client),
-            host: "exp.example.com",
-            method: "GET",
             target: "/missing?q=\"x\"",
             version: http::Version::HTTP_2,
-            status: 404,
-            body_bytes: 758,
-            duration: Duration::from_micros(412),
-            cache: "MISS",
-            request_id: "r-42",
             page: Some(PageServed {
                 rule: "4xx",
                 url: Some("http://exp.example.com/error404.html"),
                 state: "stale",
                 bytes: 758,
             }),
+            ..sample()
         };
         let line = record.json();
         assert!(!line.contains('\n'), "{line}");

@@ -214,27 +214,15 @@ async fn metrics_count_requests_pages_and_fetches() {
         );
     }
     assert_eq!(get(&c, &edge.url("nowhere.example.org", "/")).await.status, 404);
-    // Loopback: no token needed for /metrics.
-    let plain = reqwest::Client::builder().no_proxy().build().unwrap();
-    let metrics_url = format!("http://127.0.0.1:{}/metrics", edge.admin_port);
-    // Counters move in the `logging` hook, after the response has gone out: scrape until the
-    // last request is counted (bounded), then check every series of that one scrape.
-    let counted = |text: &str| {
+    // Scraped until the last request is counted, then every series of that one scrape checked.
+    let text = scrape_until(&edge, |text| {
         metric(text, "custom_pages_requests_total{class=\"4xx\",domain=\"-\"}") == Some(1.0)
             && metric(
                 text,
                 "custom_pages_requests_total{class=\"4xx\",domain=\"a.example.com\"}",
             ) == Some(2.0)
-    };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let text = loop {
-        let got = common::send(plain.get(&metrics_url)).await;
-        assert_eq!(got.status, 200);
-        if counted(&got.body) || Instant::now() > deadline {
-            break got.body;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    };
+    })
+    .await;
     let value = |series: &str| metric(&text, series).unwrap_or_else(|| panic!("no {series} in\n{text}"));
     assert_eq!(
         value("custom_pages_requests_total{class=\"2xx\",domain=\"a.example.com\"}"),
@@ -256,24 +244,51 @@ async fn metrics_count_requests_pages_and_fetches() {
     assert_eq!(value("custom_pages_cache_total{result=\"BYPASS\"}"), 3.0);
     assert!(value("custom_pages_request_duration_seconds_count{domain=\"a.example.com\"}") >= 3.0);
     // The API itself still needs the token.
+    let plain = reqwest::Client::builder().no_proxy().build().expect("client");
     let api = common::send(plain.get(format!("http://127.0.0.1:{}/api/status", edge.admin_port))).await;
     assert_eq!(api.status, 401);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn access_log_has_one_line_per_request() {
-    let origin = origin_with_pages().await;
+/// An edge serving a.example.com (with its 403 and 404 pages) that writes its access log to
+/// `access.log` in its folder, with `extra` edge file keys.
+fn edge_with_access_log(origin: &Origin, extra: &str) -> Edge {
     let options = EdgeOptions {
-        edge_extra: format!("{}access_log: access.log\n", EdgeOptions::default().edge_extra),
+        edge_extra: format!(
+            "{}access_log: access.log\n{extra}",
+            EdgeOptions::default().edge_extra
+        ),
         ..Default::default()
     };
-    let edge = Edge::start_with(
+    Edge::start_with(
         options,
         &[(
             "a.yaml",
             domain_yaml("a.example.com", origin.addr(), &rules("a.example.com")),
         )],
-    );
+    )
+}
+
+/// `/metrics` of `edge`, scraped until `counted` holds (counters move in the `logging` hook,
+/// after the response has gone out), or as it is after 10 s for the caller to report.
+async fn scrape_until(edge: &Edge, counted: impl Fn(&str) -> bool) -> String {
+    let plain = reqwest::Client::builder().no_proxy().build().expect("client");
+    let url = format!("http://127.0.0.1:{}/metrics", edge.admin_port);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        // Loopback: no token needed for /metrics.
+        let got = common::send(plain.get(&url)).await;
+        assert_eq!(got.status, 200);
+        if counted(&got.body) || Instant::now() > deadline {
+            return got.body;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn access_log_has_one_line_per_request() {
+    let origin = origin_with_pages().await;
+    let edge = edge_with_access_log(&origin, "");
     let c = client(&edge, Proto::H1, &["a.example.com"]);
     get(&c, &edge.url("a.example.com", "/")).await;
     get(&c, &edge.url("a.example.com", "/missing?x=1")).await;
@@ -318,20 +333,7 @@ async fn access_log_has_one_line_per_request() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_json_access_log_names_the_custom_page_served() {
     let origin = origin_with_pages().await;
-    let options = EdgeOptions {
-        edge_extra: format!(
-            "{}access_log: access.log\naccess_log_format: json\n",
-            EdgeOptions::default().edge_extra
-        ),
-        ..Default::default()
-    };
-    let edge = Edge::start_with(
-        options,
-        &[(
-            "a.yaml",
-            domain_yaml("a.example.com", origin.addr(), &rules("a.example.com")),
-        )],
-    );
+    let edge = edge_with_access_log(&origin, "access_log_format: json\n");
     common::wait_fetched(&edge, "http://a.example.com/error404.html").await;
     let c = client(&edge, Proto::H1, &["a.example.com"]);
     assert_eq!(get(&c, &edge.url("a.example.com", "/")).await.status, 200);
@@ -423,18 +425,8 @@ async fn per_domain_series_are_capped() {
     for host in &hosts {
         assert_eq!(get(&c, &edge.url(host, "/")).await.status, 200, "{host}");
     }
-    let plain = reqwest::Client::builder().no_proxy().build().unwrap();
-    let metrics_url = format!("http://127.0.0.1:{}/metrics", edge.admin_port);
     let other = "custom_pages_requests_total{class=\"2xx\",domain=\"(other)\"}";
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let text = loop {
-        let got = common::send(plain.get(&metrics_url)).await;
-        assert_eq!(got.status, 200);
-        if metric(&got.body, other) == Some(2.0) || Instant::now() > deadline {
-            break got.body;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    };
+    let text = scrape_until(&edge, |text| metric(text, other) == Some(2.0)).await;
     let named: Vec<&str> = text
         .lines()
         .filter(|l| l.starts_with("custom_pages_requests_total{") && !l.contains("(other)"))

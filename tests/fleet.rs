@@ -58,6 +58,14 @@ async fn start_fleet_edge(etcd: &Etcd, id: &str) -> Edge {
     start_edge_in(dir, fleet_options(etcd, id)).await
 }
 
+/// Edge `id` on `etcd`, once it serves `EXP`'s custom 404.
+async fn start_serving(etcd: &Etcd, id: &str) -> Edge {
+    let edge = start_fleet_edge(etcd, id).await;
+    let served = until_served(&edge, "custom 404", Duration::from_secs(5)).await;
+    assert!(served.is_some(), "{}", edge.log());
+    edge
+}
+
 /// Edges `a` and `b` on `etcd`.
 async fn two_edges(etcd: &Etcd) -> (Edge, Edge) {
     (
@@ -520,14 +528,7 @@ async fn a_write_without_a_majority_answers_503_and_the_edge_keeps_serving() {
     let mut etcd = Etcd::start(3);
     let origin = origin_with_page("custom 404").await;
     etcd.put(&key(EXP), &exp_yaml(&origin, "/404.html"));
-    let a = start_fleet_edge(&etcd, "a").await;
-    assert!(
-        until_served(&a, "custom 404", Duration::from_secs(5))
-            .await
-            .is_some(),
-        "{}",
-        a.log()
-    );
+    let a = start_serving(&etcd, "a").await;
     let admin = Admin::new(&a);
     let url = json!({"url": format!("http://{EXP}/other.html")});
     // Control: with a majority the same kind of write is confirmed.
@@ -573,14 +574,7 @@ async fn a_write_that_keeps_losing_the_race_answers_409() {
     let origin = origin_with_page("custom 404").await;
     let spec = exp_yaml(&origin, "/404.html");
     etcd.put(&key(EXP), &spec);
-    let a = start_fleet_edge(&etcd, "a").await;
-    assert!(
-        until_served(&a, "custom 404", Duration::from_secs(5))
-            .await
-            .is_some(),
-        "{}",
-        a.log()
-    );
+    let a = start_serving(&etcd, "a").await;
     let (stop, puts) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
     let writers: Vec<_> = (0..4)
         .map(|_| {

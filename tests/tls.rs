@@ -10,8 +10,6 @@ use std::time::{Duration, Instant};
 use common::origin::{Origin, Reply};
 use common::tls::{self, Ca, Leaf};
 use common::{domain_yaml, get, log_tail, time_until, Admin, Edge, EdgeOptions};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::AlertDescription;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -40,18 +38,7 @@ fn rustls_error(error: &std::io::Error) -> Option<&rustls::Error> {
 /// client's side (a refused connection, an untrusted certificate, a timeout), is not the
 /// server's refusal. (`tls::connect` keeps only the error's text, hence a handshake of its own.)
 async fn handshake_alert(addr: SocketAddr, sni: Option<&str>, ca: &Ca) -> AlertDescription {
-    let mut roots = rustls::RootCertStore::empty();
-    let root = CertificateDer::from_pem_slice(ca.pem().as_bytes()).expect("CA PEM");
-    roots.add(root).expect("CA root");
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("protocol versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    config.enable_sni = sni.is_some();
-    let name = ServerName::try_from(sni.unwrap_or("default.test").to_string()).expect("server name");
+    let (config, name) = tls::client_config(ca, sni, &["h2"]);
     let tcp = TcpStream::connect(addr)
         .await
         .unwrap_or_else(|e| panic!("{sni:?}: connect to {addr}: {e}"));

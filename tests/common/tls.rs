@@ -118,14 +118,14 @@ pub fn client(edge: &Edge, ca: &Ca, hosts: &[&str], h1_only: bool) -> super::Cli
     }
 }
 
-/// A TLS connection to `addr` naming `sni` (none: no SNI) and trusting only `ca`, offering
-/// `alpn`: the stream and the leaf certificate the server sent, or why the handshake failed.
-pub async fn connect(
-    addr: SocketAddr,
-    sni: Option<&str>,
+/// A client trusting only `ca`, offering `alpn`, sending SNI if `sni`, and the name its
+/// handshake checks the certificate against (`sni`, or `default.test` without SNI: the
+/// certificate is still checked, for the name the test expects).
+pub fn client_config(
     ca: &Ca,
+    sni: Option<&str>,
     alpn: &[&str],
-) -> Result<(TlsStream<TcpStream>, Vec<u8>), String> {
+) -> (rustls::ClientConfig, ServerName<'static>) {
     let mut roots = rustls::RootCertStore::empty();
     roots
         .add(CertificateDer::from(ca.issuer.der().to_vec()))
@@ -137,9 +137,20 @@ pub async fn connect(
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
-    // Without SNI the certificate is still checked, for the name the test expects.
     config.enable_sni = sni.is_some();
     let name = ServerName::try_from(sni.unwrap_or("default.test").to_string()).expect("server name");
+    (config, name)
+}
+
+/// A TLS connection to `addr` naming `sni` (none: no SNI) and trusting only `ca`, offering
+/// `alpn`: the stream and the leaf certificate the server sent, or why the handshake failed.
+pub async fn connect(
+    addr: SocketAddr,
+    sni: Option<&str>,
+    ca: &Ca,
+    alpn: &[&str],
+) -> Result<(TlsStream<TcpStream>, Vec<u8>), String> {
+    let (config, name) = client_config(ca, sni, alpn);
     let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let stream = tokio::time::timeout(Duration::from_secs(5), connector.connect(name, tcp))
