@@ -55,7 +55,7 @@ use std::sync::Arc;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Substitution {
     /// The rule's code pattern, e.g. `404` or `5xx`.
-    pub rule: String,
+    pub rule: Arc<str>,
     /// The status the response had.
     pub original_status: u16,
     /// Who produced that status.
@@ -64,7 +64,7 @@ pub struct Substitution {
     pub page_state: Served,
     /// The page served (the variant or translation chosen), or the redirect target; `None`
     /// for the built-in page and the problem document.
-    pub page_url: Option<String>,
+    pub page_url: Option<Arc<str>>,
     /// Bytes of the page's body (the filled template for a template page; 0 for a redirect).
     pub page_bytes: usize,
 }
@@ -178,7 +178,7 @@ impl CustomPages {
         let path = req.uri.path();
         let rule = rules::select(rules, status, cause)?;
         let mut substitution = Substitution {
-            rule: rule.code.to_string(),
+            rule: rule.label.clone(),
             original_status: status,
             cause,
             page_state: Served::Default,
@@ -197,7 +197,7 @@ impl CustomPages {
         let answer = match rule.redirect {
             Some(code) => {
                 substitution.page_state = Served::Redirect;
-                substitution.page_url = Some(rule.url.as_str().to_string());
+                substitution.page_url = Some(rule.url.shared());
                 Answer::Redirect {
                     code,
                     location: rule.url.as_str().to_string(),
@@ -249,7 +249,7 @@ impl CustomPages {
         };
         let fresh = page.is_fresh(std::time::SystemTime::now());
         substitution.page_state = if fresh { Served::Fresh } else { Served::Stale };
-        substitution.page_url = Some(served.as_str().to_string());
+        substitution.page_url = Some(served.shared());
         // A page filled per request is this client's alone.
         fit.private = page.template.is_some();
         let bytes = match &page.template {

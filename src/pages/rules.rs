@@ -1,6 +1,7 @@
 //! The rules, and which one answers an error: pure functions, no I/O.
 
 use crate::spec::{CodePattern, PageUrl, RuleSpec, Source};
+use std::sync::Arc;
 
 /// A variant's page, and that page in other languages (by lower-case tag).
 #[derive(Debug, Clone, PartialEq)]
@@ -24,6 +25,8 @@ fn lower_tags(languages: &[(String, PageUrl)]) -> Vec<(String, PageUrl)> {
 pub struct Rule {
     /// Which statuses the rule answers.
     pub code: CodePattern,
+    /// `code` as written (`404`, `5xx`), made once for the logs and metrics of each response.
+    pub label: Arc<str>,
     /// Which source of status the rule answers.
     pub source: Source,
     /// The page, or the redirect target.
@@ -46,6 +49,7 @@ impl Rule {
     /// A rule serving `url` in place for the statuses `code` names, from any source.
     pub fn in_place(code: CodePattern, url: PageUrl) -> Rule {
         Rule {
+            label: Arc::from(code.to_string()),
             code,
             source: Source::Any,
             url,
@@ -62,6 +66,7 @@ impl Rule {
     pub fn from_spec(spec: &RuleSpec) -> Rule {
         Rule {
             code: spec.code.clone(),
+            label: Arc::from(spec.code.to_string()),
             source: spec.source,
             url: spec.url.clone(),
             status: spec.status,

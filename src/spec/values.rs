@@ -241,7 +241,8 @@ impl Serialize for CodePattern {
 /// A complete page URL: scheme, host and path, no control characters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PageUrl {
-    raw: String,
+    /// Shared, so a response can name the page it served without copying the URL.
+    raw: std::sync::Arc<str>,
     /// Lower-cased host without port.
     host: String,
     /// Path and query, as sent to the origin.
@@ -252,6 +253,11 @@ impl PageUrl {
     /// The URL as written.
     pub fn as_str(&self) -> &str {
         &self.raw
+    }
+
+    /// The URL as written, shared (a reference count, no copy).
+    pub fn shared(&self) -> std::sync::Arc<str> {
+        self.raw.clone()
     }
     /// Lower-cased host, without port.
     pub fn host(&self) -> &str {
@@ -309,7 +315,7 @@ impl FromStr for PageUrl {
             return Err(format!("URL {s:?} has no valid host"));
         }
         Ok(PageUrl {
-            raw: s.to_string(),
+            raw: std::sync::Arc::from(s),
             host,
             path_and_query: path_and_query.to_string(),
         })
