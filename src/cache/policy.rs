@@ -317,6 +317,64 @@ mod tests {
         }
     }
 
+    fn meta(r: RespCacheable) -> CacheMeta {
+        match r {
+            RespCacheable::Cacheable(meta) => meta,
+            RespCacheable::Uncacheable(why) => panic!("uncacheable: {why:?}"),
+        }
+    }
+
+    #[test]
+    fn the_origins_age_and_date_count_as_age_already_spent() {
+        let now = SystemTime::now();
+        let date = |ago: u64| httpdate::fmt_http_date(now - Duration::from_secs(ago));
+        let age = |headers: &[(&str, &str)]| initial_age(&resp(200, headers), now).as_secs();
+        assert_eq!(age(&[]), 0);
+        assert_eq!(age(&[("age", "100")]), 100);
+        assert_eq!(age(&[("date", &date(50))]), 50);
+        assert_eq!(age(&[("age", "100"), ("date", &date(50))]), 100, "the larger");
+        assert_eq!(age(&[("age", "10"), ("date", &date(50))]), 50, "the larger");
+        for ignored in ["soon", "", "-5", "1.5", "10, 20"] {
+            assert_eq!(age(&[("age", ignored)]), 0, "Age: {ignored:?}");
+        }
+        assert_eq!(age(&[("age", "10"), ("age", "20")]), 0, "two Age fields");
+        assert_eq!(age(&[("age", "99999999999999999999")]), u64::from(u32::MAX));
+        assert_eq!(age(&[("date", "yesterday")]), 0);
+        // A response already 100 s old lives 100 s less: created that long ago.
+        let aged = meta(decide(
+            &resp(200, &[("cache-control", "max-age=600"), ("age", "100")]),
+            false,
+            &NONE,
+        ));
+        assert!((100..=101).contains(&aged.age().as_secs()), "{:?}", aged.age());
+    }
+
+    #[test]
+    fn expires_counts_from_the_origins_date() {
+        let now = SystemTime::now();
+        let at = |offset: u64| httpdate::fmt_http_date(now + Duration::from_secs(offset));
+        // The origin's clock is an hour ahead; its response lives two minutes.
+        let skewed = resp(200, &[("date", &at(3600)), ("expires", &at(3720))]);
+        let fresh = meta(decide(&skewed, false, &NONE)).fresh_sec();
+        assert!((119..=120).contains(&fresh), "{fresh}");
+    }
+
+    #[test]
+    fn only_copies_that_may_be_reused_unrevalidated_are_served_stale() {
+        let stale = |cc: &str| {
+            let m = meta(decide(&resp(200, &[("cache-control", cc)]), false, &NONE));
+            (m.stale_while_revalidate_sec(), m.stale_if_error_sec())
+        };
+        assert_eq!(
+            stale("max-age=60, stale-while-revalidate=10, stale-if-error=30"),
+            (10, 30)
+        );
+        assert_eq!(
+            stale("no-cache, stale-while-revalidate=10, stale-if-error=30"),
+            (0, 0)
+        );
+    }
+
     #[test]
     fn targeted_fields_are_the_domains_own_then_cdn_cache_control() {
         let own = with_own_field();

@@ -170,6 +170,22 @@ mod tests {
     }
 
     #[test]
+    fn acceptance_is_the_weight_of_the_most_specific_matching_range() {
+        let html = |accept: Option<&str>| acceptance(accept, "text/html");
+        assert_eq!(html(None), 1000, "no Accept accepts everything");
+        assert_eq!(html(Some("text/html;q=0.5, */*;q=0.1")), 500);
+        assert_eq!(html(Some("text/*;q=0.3")), 300);
+        assert_eq!(html(Some("*/*;q=0.1")), 100);
+        assert_eq!(html(Some("TEXT/HTML;Q=0.4")), 400, "case does not matter");
+        // A range matches only its own type: another subtype, another type's wildcard, no.
+        assert_eq!(html(Some("text/plain")), 0);
+        assert_eq!(html(Some("image/*")), 0);
+        assert_eq!(html(Some("application/json, image/*")), 0);
+        // Of two ranges as specific, the first counts.
+        assert_eq!(html(Some("text/html;q=0.2, text/html;q=0.9")), 200);
+    }
+
+    #[test]
     fn language_lookup_truncates_and_weighs() {
         let offered = ["zh", "fr"];
         let pick = |al: &str| choose_language(Some(al), &offered);
@@ -179,6 +195,17 @@ mod tests {
         assert_eq!(pick("*"), None);
         assert_eq!(pick("fr;q=0, zh;q=0.1"), Some(0));
         assert_eq!(pick("fr-x-private"), Some(1));
+        assert_eq!(pick("fr;q=0"), None, "q=0 is not acceptable");
         assert_eq!(choose_language(None, &offered), None);
+        // Truncation drops a single-letter subtag with the one after it (RFC 4647 §3.4).
+        assert_eq!(
+            choose_language(Some("de-a-bc"), &["de-a", "de"]),
+            Some(1),
+            "de-a-bc → de, never the dangling de-a"
+        );
+        assert_eq!(
+            choose_language(Some("zh-hant-x-yz"), &["zh-hant-x", "zh-hant"]),
+            Some(1)
+        );
     }
 }

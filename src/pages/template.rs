@@ -253,6 +253,37 @@ mod tests {
     }
 
     #[test]
+    fn xml_pages_are_escaped_as_html_and_time_is_rfc_3339() {
+        for media in ["application/xml", "text/xml", "application/atom+xml"] {
+            let body = Bytes::from_static(b"<p>{{path}}</p>");
+            let (template, _) = Template::parse(&body, media);
+            let out = template.expect(media).render(&body, &values());
+            assert_eq!(&out[..], b"<p>/x/&lt;script&gt;&quot;</p>", "{media}");
+        }
+        let body = Bytes::from_static(b"{{time}}");
+        let out = Template::parse(&body, "text/plain")
+            .0
+            .expect("a template")
+            .render(&body, &values());
+        let time = std::str::from_utf8(&out).expect("text");
+        let parsed = humantime::parse_rfc3339(time).expect("RFC 3339");
+        let off = parsed
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_else(|e| e.duration());
+        assert!(off < std::time::Duration::from_secs(5), "{time}");
+    }
+
+    #[test]
+    fn an_empty_placeholder_is_text_and_the_next_one_is_filled() {
+        let body = Bytes::from_static(b"{{}}{{status}}{{}}");
+        let out = Template::parse(&body, "text/plain")
+            .0
+            .expect("a template")
+            .render(&body, &values());
+        assert_eq!(&out[..], b"{{}}404{{}}");
+    }
+
+    #[test]
     fn pages_without_known_placeholders_have_no_template() {
         assert!(Template::parse(b"<p>plain {{unknown}} {{ and {{", "text/html")
             .0
