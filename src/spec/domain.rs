@@ -595,6 +595,96 @@ mod tests {
         all.iter().map(|e| format!("{}: {}", e.at, e.key)).collect()
     }
 
+    /// A spec as the admin API writes it back (its YAML), read again.
+    fn written_and_read(spec: &DomainSpec) -> (String, DomainSpec) {
+        let yaml = serde_yaml::to_string(spec).expect("serializes");
+        let read = parse_yaml(Path::new("w.yaml"), &yaml).expect("reads back");
+        (yaml, read)
+    }
+
+    #[test]
+    fn flags_survive_a_write_and_defaults_are_left_out() {
+        let plain: DomainSpec = parse_yaml(Path::new("a.yaml"), EXP).unwrap();
+        let (yaml, read) = written_and_read(&plain);
+        assert_eq!(read, plain);
+        for default in [
+            "custom_pages_opt_out",
+            "https_redirect",
+            "tls",
+            "verify",
+            "share_schemes",
+            "inline",
+        ] {
+            assert!(
+                !yaml.contains(default),
+                "{default} written at its default:\n{yaml}"
+            );
+        }
+        let flagged: DomainSpec = parse_yaml(
+            Path::new("a.yaml"),
+            "domain: exp.example.com\n\
+             origin: {servers: [\"127.0.0.1:8080\"], tls: true, verify: false}\n\
+             cache: {share_schemes: true}\n\
+             custom_pages_opt_out: false\nhttps_redirect: true\n\
+             custom_pages:\n  - {code: 404, url: \"http://exp.example.com/e.html\", inline: false}\n",
+        )
+        .unwrap();
+        let (yaml, read) = written_and_read(&flagged);
+        assert_eq!(read, flagged, "{yaml}");
+        for (key, value) in [
+            ("custom_pages_opt_out", false),
+            ("https_redirect", true),
+            ("tls", true),
+            ("verify", false),
+            ("share_schemes", true),
+            ("inline", false),
+        ] {
+            assert!(yaml.contains(&format!("{key}: {value}")), "{key}:\n{yaml}");
+        }
+    }
+
+    #[test]
+    fn a_variant_or_languages_of_the_wrong_shape_say_what_they_take() {
+        let rule = |rest: &str| {
+            let yaml = format!(
+                "{EXP}custom_pages:\n  - {{code: 404, url: \"http://exp.example.com/e.html\", {rest}}}\n"
+            );
+            parse_yaml::<DomainSpec>(Path::new("a.yaml"), &yaml)
+                .map(|_| ())
+                .unwrap_err()
+                .to_string()
+        };
+        let e = rule("variants: {application/json: 5}");
+        assert!(e.contains("a page URL, or a map with url and languages"), "{e}");
+        let e = rule("languages: [fr]");
+        assert!(e.contains("a map of names to page URLs"), "{e}");
+    }
+
+    #[test]
+    fn variants_are_named_by_plain_media_types() {
+        for valid in [
+            "application/json",
+            "application/problem+json",
+            "text/plain",
+            "image/svg+xml",
+            "a.b/c-d_1",
+        ] {
+            assert!(is_media_type(valid), "{valid}");
+        }
+        for invalid in [
+            "application",
+            "Application/json",
+            "*/*",
+            "text/*",
+            "/json",
+            "text/",
+            "application/json; q=1",
+            "a/b/c",
+        ] {
+            assert!(!is_media_type(invalid), "{invalid}");
+        }
+    }
+
     #[test]
     fn two_specs_for_one_domain_is_an_error() {
         assert_eq!(errors(&[("a.yaml", EXP), ("b.yaml", EXP)]), ["b.yaml: domain"]);
