@@ -96,14 +96,15 @@ soak: deps
 # Mutation testing (cargo-mutants) of the modules that decide what a client gets, against the
 # unit and property tests that cover them; figures in TESTING.md. Not part of `test`: it
 # rebuilds once per mutant (hours for all of them). MUTANTS_FILES narrows it.
-# MUTANTS_ARGS passes more options (`--iterate` tests again only what was not caught last time;
-# `--jobs 2` builds two mutants at once).
+# MUTANTS_ARGS passes more options (`--iterate` tests again only what was not caught last time);
+# MUTANTS_TESTS says which tests run against each mutant.
 MUTANTS_FILES ?= src/cache/policy.rs src/pages/rules.rs src/pages/negotiate.rs src/pages/template.rs src/spec/*.rs
 MUTANTS_ARGS ?=
+MUTANTS_TESTS ?= --lib --test parsers
 mutants: deps
 	@command -v cargo-mutants >/dev/null 2>&1 || $(CARGO) install cargo-mutants --locked
 	$(CARGO) mutants --profile mutants $(addprefix --file ,$(wildcard $(MUTANTS_FILES))) $(MUTANTS_ARGS) \
-	  --output target/mutants -- --lib --test parsers
+	  --output target/mutants -- $(MUTANTS_TESTS)
 
 clean:
 	$(CARGO) clean
