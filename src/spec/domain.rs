@@ -604,7 +604,9 @@ mod tests {
 
     #[test]
     fn flags_survive_a_write_and_defaults_are_left_out() {
-        let plain: DomainSpec = parse_yaml(Path::new("a.yaml"), EXP).unwrap();
+        let plain =
+            format!("{EXP}custom_pages:\n  - {{code: 404, url: \"http://exp.example.com/e.html\"}}\n");
+        let plain: DomainSpec = parse_yaml(Path::new("a.yaml"), &plain).unwrap();
         let (yaml, read) = written_and_read(&plain);
         assert_eq!(read, plain);
         for default in [
@@ -626,7 +628,7 @@ mod tests {
              origin: {servers: [\"127.0.0.1:8080\"], tls: true, verify: false}\n\
              cache: {share_schemes: true}\n\
              custom_pages_opt_out: false\nhttps_redirect: true\n\
-             custom_pages:\n  - {code: 404, url: \"http://exp.example.com/e.html\", inline: false}\n",
+             custom_pages:\n  - {code: 404, url: \"http://exp.example.com/e.html\", inline: false, source: edge}\n",
         )
         .unwrap();
         let (yaml, read) = written_and_read(&flagged);
@@ -641,6 +643,7 @@ mod tests {
         ] {
             assert!(yaml.contains(&format!("{key}: {value}")), "{key}:\n{yaml}");
         }
+        assert!(yaml.contains("source: edge"), "{yaml}");
     }
 
     #[test]
@@ -756,6 +759,57 @@ mod tests {
                 "a.yaml: custom_pages[2].code"
             ]
         );
+    }
+
+    #[test]
+    fn a_redirect_rule_has_no_variants_and_language_tags_have_sane_subtags() {
+        let yaml = format!(
+            "{EXP}custom_pages:\n  - {{code: 404, url: \"http://exp.example.com/e.html\", redirect: 302, variants: {{application/json: \"http://exp.example.com/e.json\"}}}}\n"
+        );
+        assert_eq!(errors(&[("a.yaml", &yaml)]), ["a.yaml: custom_pages[0].redirect"]);
+        for tag in ["fr", "zh-hant", "pt-BR", "de-CH-1901", "x-private1"] {
+            assert!(is_language_tag(tag), "{tag}");
+        }
+        for tag in [
+            "",
+            "fr-",
+            "-fr",
+            "zh-abcdefghi",
+            "abcdefghi",
+            "f_r",
+            "1fr",
+            "fr--ch",
+        ] {
+            assert!(!is_language_tag(tag), "{tag}");
+        }
+    }
+
+    #[test]
+    fn the_origin_host_and_the_targeted_field_are_checked() {
+        for (host, ok) in [
+            ("exp.example.com", true),
+            ("", false),
+            ("a b", false),
+            ("a/b", false),
+        ] {
+            let yaml = format!("domain: a.com\norigin: {{servers: [\"h:80\"], host: {host:?}}}\n");
+            let expected: &[&str] = if ok { &[] } else { &["a.yaml: origin.host"] };
+            assert_eq!(errors(&[("a.yaml", &yaml)]), expected, "host {host:?}");
+        }
+        for (field, ok) in [
+            ("Edge-Cache-Control", true),
+            ("Cache-Control", false),
+            ("cdn-cache-control", false),
+            ("Bad Field", false),
+        ] {
+            let yaml = format!("{EXP}cache: {{targeted_field: {field:?}}}\n");
+            let expected: &[&str] = if ok {
+                &[]
+            } else {
+                &["a.yaml: cache.targeted_field"]
+            };
+            assert_eq!(errors(&[("a.yaml", &yaml)]), expected, "field {field:?}");
+        }
     }
 
     #[test]
