@@ -610,6 +610,78 @@ mod tests {
     }
 
     #[test]
+    fn cache_and_page_defaults_are_the_documented_ones() {
+        let s = settings("threads: 1\n").unwrap();
+        assert_eq!(s.cache_memory, 256 << 20);
+        assert_eq!(s.cache_max_object, (256 << 20) / 10, "a tenth of the memory");
+        assert_eq!(s.cache_lock_timeout, Duration::from_secs(5));
+        assert_eq!(s.pages.inline_budget, 256 << 10);
+        assert_eq!(s.pages.max_size, 1 << 20);
+        let s = settings("cache: {memory: 10MiB, max_object: 10MiB}\n").unwrap();
+        assert_eq!(s.cache_max_object, 10 << 20, "as large as the memory is allowed");
+        let e = settings("cache: {memory: 10MiB, max_object: 11MiB}\n").unwrap_err();
+        assert_eq!(e.0[0].key, "cache.max_object");
+    }
+
+    #[test]
+    fn etcd_settings_have_defaults_and_every_bad_one_is_named() {
+        let s = settings("source: {etcd: {endpoints: [\"http://127.0.0.1:2379\"], edge_id: a}}\n").unwrap();
+        let SourceSettings::Etcd(etcd) = s.source else {
+            panic!("etcd settings");
+        };
+        assert_eq!(etcd.prefix, "/custom-pages/");
+        assert_eq!(etcd.snapshot, Path::new("conf/etcd-snapshot.json"));
+        let s = settings("source: {etcd: {endpoints: [\"http://h:1\"], prefix: /cp, edge_id: a}}\n").unwrap();
+        let SourceSettings::Etcd(etcd) = s.source else {
+            panic!("etcd settings");
+        };
+        assert_eq!(etcd.prefix, "/cp/", "a prefix is a folder of keys");
+        let keys = |yaml: &str| -> Vec<String> {
+            settings(yaml)
+                .err()
+                .map(|e| e.0.into_iter().map(|e| e.key).collect())
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            keys("source: {etcd: {endpoints: [], edge_id: a}}\n"),
+            ["source.etcd.endpoints"]
+        );
+        for endpoint in ["127.0.0.1:2379", "http://", "http://h:1/path", "https://h:1"] {
+            assert_eq!(
+                keys(&format!(
+                    "source: {{etcd: {{endpoints: [\"http://ok:1\", \"{endpoint}\"], edge_id: a}}}}\n"
+                )),
+                ["source.etcd.endpoints[1]"],
+                "{endpoint}"
+            );
+        }
+        for prefix in ["cp/", "/c p/", "\"/c\\tp/\""] {
+            assert_eq!(
+                keys(&format!(
+                    "source: {{etcd: {{endpoints: [\"http://h:1\"], prefix: {prefix}, edge_id: a}}}}\n"
+                )),
+                ["source.etcd.prefix"],
+                "{prefix}"
+            );
+        }
+        let long = "e".repeat(65);
+        for edge_id in ["\"\"", "a/b", "a b", long.as_str()] {
+            assert_eq!(
+                keys(&format!(
+                    "source: {{etcd: {{endpoints: [\"http://h:1\"], edge_id: {edge_id}}}}}\n"
+                )),
+                ["source.etcd.edge_id"],
+                "{edge_id}"
+            );
+        }
+        let longest = "e".repeat(64);
+        assert!(keys(&format!(
+            "source: {{etcd: {{endpoints: [\"http://h:1\"], edge_id: {longest}}}}}\n"
+        ))
+        .is_empty());
+    }
+
+    #[test]
     fn every_bad_value_is_named() {
         let e = settings("listen: [\"nowhere\"]\nthreads: 0\ncache: {memory: 0}\nserver: {colour: red}\n")
             .unwrap_err();
