@@ -464,6 +464,24 @@ mod tests {
     }
 
     #[test]
+    fn classes_one_code_ranges_and_wrong_types_say_what_they_are() {
+        assert_eq!("4xx".parse::<CodePattern>(), Ok(CodePattern::Class(4)));
+        assert_eq!(" 4XX ".parse::<CodePattern>(), Ok(CodePattern::Class(4)));
+        assert_eq!(
+            "500-500".parse::<CodePattern>(),
+            Ok(CodePattern::Range(500, 500)),
+            "a range of one code"
+        );
+        // A narrower range ranks before a wider one wherever they lie.
+        let (narrow, wide) = (CodePattern::Range(450, 460), CodePattern::Range(400, 499));
+        assert!(narrow.specificity() < wide.specificity());
+        let e = serde_yaml::from_str::<Dur>("[5]").unwrap_err().to_string();
+        assert!(e.contains("expected a duration like 500ms, 2s or 5m"), "{e}");
+        let e = serde_yaml::from_str::<Size>("{a: 1}").unwrap_err().to_string();
+        assert!(e.contains("expected a size like 64KiB or 1MiB"), "{e}");
+    }
+
+    #[test]
     fn code_patterns_reject_non_error_codes() {
         for bad in ["200", "600", "3xx", "504-500", "abc", "4044", "", "-"] {
             assert!(bad.parse::<CodePattern>().is_err(), "{bad} should be rejected");
