@@ -521,8 +521,15 @@ mod tests {
             "http://exp.example.com",
             "http://exp.example.com/a\nb",
             "http://exp.example.com/a b",
+            "http://a..b/e.html",
+            "http://-a.com/e.html",
         ] {
             assert!(bad.parse::<PageUrl>().is_err(), "{bad:?} should be rejected");
+        }
+        let e = "http://exp.example.com/a b".parse::<PageUrl>().unwrap_err();
+        assert!(e.contains("contains the character ' '"), "{e}");
+        for ip in ["http://127.0.0.1:8080/e.html", "http://[::1]/e.html"] {
+            assert!(ip.parse::<PageUrl>().is_ok(), "{ip}");
         }
     }
 
