@@ -616,6 +616,7 @@ mod tests {
             "verify",
             "share_schemes",
             "inline",
+            "source",
         ] {
             assert!(
                 !yaml.contains(default),

@@ -621,6 +621,9 @@ mod tests {
         assert_eq!(s.cache_max_object, 10 << 20, "as large as the memory is allowed");
         let e = settings("cache: {memory: 10MiB, max_object: 11MiB}\n").unwrap_err();
         assert_eq!(e.0[0].key, "cache.max_object");
+        assert_eq!(settings("threads: 1024\n").map(|s| s.threads).ok(), Some(1024));
+        let e = settings("threads: 1025\n").unwrap_err();
+        assert_eq!(e.0[0].key, "threads");
     }
 
     #[test]
