@@ -48,8 +48,11 @@ pub struct Metrics {
     pub pages_served: IntCounterVec,
     /// Page fetches by result (`ok`, or the failure reason class).
     pub page_fetches: IntCounterVec,
-    /// Configuration reloads by result (`ok`, `error`).
+    /// Configuration reloads by result (`ok`, `error`): full loads and single changes alike.
     pub reloads: IntCounterVec,
+    /// Domain specs compiled (`kind`: `change` for a spec a change named, `full` for a full
+    /// load or reload): a change of one domain compiles one.
+    pub compiled: IntCounterVec,
     /// Request duration by domain.
     pub latency: HistogramVec,
 }
@@ -107,6 +110,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "custom_pages_config_reloads_total",
             "Configuration reloads by result",
             &["result"],
+        ),
+        compiled: counter(
+            &registry,
+            "custom_pages_domains_compiled_total",
+            "Domain specs compiled, by kind of change",
+            &["kind"],
         ),
         latency,
         registry,

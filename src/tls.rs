@@ -15,7 +15,6 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -183,12 +182,13 @@ pub fn covers(names: &[String], domain: &DomainName) -> bool {
     })
 }
 
-/// Which certificate each server name gets.
-#[derive(Default)]
+/// Which certificate each server name gets: persistent maps, so the route table changes one
+/// domain's certificate without copying the others.
+#[derive(Default, Clone)]
 pub struct CertTable {
-    exact: HashMap<String, Arc<CertifiedKey>>,
-    /// Longest suffix first, as the route table orders wildcard domains.
-    wildcards: Vec<(String, Arc<CertifiedKey>)>,
+    exact: imbl::HashMap<String, Arc<CertifiedKey>>,
+    /// By suffix with its leading dot (`.example.com`).
+    wildcards: imbl::HashMap<String, Arc<CertifiedKey>>,
     default: Option<Arc<CertifiedKey>>,
 }
 
@@ -196,10 +196,7 @@ impl fmt::Debug for CertTable {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.debug_struct("CertTable")
             .field("exact", &self.exact.keys().collect::<Vec<_>>())
-            .field(
-                "wildcards",
-                &self.wildcards.iter().map(|(s, _)| s).collect::<Vec<_>>(),
-            )
+            .field("wildcards", &self.wildcards.keys().collect::<Vec<_>>())
             .field("default", &self.default.is_some())
             .finish()
     }
@@ -213,11 +210,22 @@ impl CertTable {
                 self.exact.insert(host.clone(), cert);
             }
             DomainName::Wildcard(suffix) => {
-                self.wildcards.push((suffix.clone(), cert));
-                self.wildcards
-                    .sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
+                self.wildcards.insert(suffix.clone(), cert);
             }
         }
+    }
+
+    /// Forgets the certificate of a domain.
+    pub fn remove(&mut self, domain: &DomainName) {
+        match domain {
+            DomainName::Exact(host) => self.exact.remove(host),
+            DomainName::Wildcard(suffix) => self.wildcards.remove(suffix),
+        };
+    }
+
+    /// No default certificate any more.
+    pub fn clear_default(&mut self) {
+        self.default = None;
     }
 
     /// The certificate for clients without SNI or naming no domain with one.
@@ -233,13 +241,8 @@ impl CertTable {
                 self.exact.get(&name).cloned().or_else(|| {
                     // A wildcard certificate covers one label (RFC 6125): deeper names get
                     // the default certificate.
-                    self.wildcards
-                        .iter()
-                        .find(|(suffix, _)| {
-                            name.strip_suffix(suffix.as_str())
-                                .is_some_and(|label| !label.is_empty() && !label.contains('.'))
-                        })
-                        .map(|(_, cert)| cert.clone())
+                    let dot = name.find('.').filter(|&at| at > 0)?;
+                    self.wildcards.get(&name[dot..]).cloned()
                 })
             });
         by_name.or_else(|| self.default.clone())

@@ -4,7 +4,7 @@
 mod common;
 
 use common::origin::{Origin, Reply};
-use common::{client, domain_yaml, example, get, Edge, EdgeOptions, Proto, PROTOS};
+use common::{client, domain_yaml, example, get, metric, scrape_until, Edge, EdgeOptions, Proto, PROTOS};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -188,13 +188,6 @@ async fn embed_example_serves_custom_pages_from_its_own_proxy() {
     );
 }
 
-fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
-    text.lines()
-        .find(|line| line.starts_with(name_and_labels))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_count_requests_pages_and_fetches() {
     let origin = origin_with_pages().await;
@@ -266,23 +259,6 @@ fn edge_with_access_log(origin: &Origin, extra: &str) -> Edge {
             domain_yaml("a.example.com", origin.addr(), &rules("a.example.com")),
         )],
     )
-}
-
-/// `/metrics` of `edge`, scraped until `counted` holds (counters move in the `logging` hook,
-/// after the response has gone out), or as it is after 10 s for the caller to report.
-async fn scrape_until(edge: &Edge, counted: impl Fn(&str) -> bool) -> String {
-    let plain = reqwest::Client::builder().no_proxy().build().expect("client");
-    let url = format!("http://127.0.0.1:{}/metrics", edge.admin_port);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        // Loopback: no token needed for /metrics.
-        let got = common::send(plain.get(&url)).await;
-        assert_eq!(got.status, 200);
-        if counted(&got.body) || Instant::now() > deadline {
-            return got.body;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

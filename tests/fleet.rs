@@ -717,3 +717,76 @@ async fn missed_operations_are_replayed_after_a_reconnect_and_skipped_by_a_later
     );
     assert!(!c.log().contains("prefetch from edge a"), "{}", c.log());
 }
+
+/// Every domain name of `edge`'s `/api/domains`, page by page (`limit` per page).
+async fn all_domains(admin: &Admin, limit: usize) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/api/domains?limit={limit}&cursor={c}"),
+            None => format!("/api/domains?limit={limit}"),
+        };
+        let answer = admin.get(&path).await;
+        assert_eq!(answer.status, 200, "{answer:#?}");
+        for d in answer.json["domains"].as_array().expect("a list") {
+            names.push(d["domain"].as_str().expect("a name").to_string());
+        }
+        match answer.json["next"].as_str() {
+            Some(next) => cursor = Some(next.to_string()),
+            None => return names,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_prefix_larger_than_four_mib_loads_in_pages_and_changes_still_apply() {
+    let etcd = Etcd::start(1);
+    let origin = origin_with_page("custom 404").await;
+    // 4,500 specs of about 1.1 KiB: 4.9 MB under the prefix, more than gRPC's 4 MiB answer
+    // limit that one read of the whole prefix would hit.
+    const N: usize = 4500;
+    let padding = format!("# {}\n", "x".repeat(1050));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let files = dir.path().join("in");
+    std::fs::create_dir(&files).expect("folder");
+    for i in 0..N {
+        let spec = format!("{padding}domain: d{i:04}.example.net\norigin: {{servers: [\"127.0.0.1:9\"]}}\n");
+        std::fs::write(files.join(format!("d{i:04}.yaml")), spec).expect("file");
+    }
+    std::fs::write(files.join("exp.yaml"), exp_yaml(&origin, "/404.html")).expect("file");
+    let options = fleet_options(&etcd, "a");
+    let edge_file = dir.path().join("edge.yaml");
+    std::fs::write(&edge_file, format!("domains: in\n{}", options.edge_extra)).expect("edge file");
+    let import = std::process::Command::new(env!("CARGO_BIN_EXE_custom-pages"))
+        .args(["etcd", "import"])
+        .arg(&files)
+        .arg("-c")
+        .arg(&edge_file)
+        .output()
+        .expect("custom-pages runs");
+    assert!(
+        import.status.success(),
+        "{}",
+        String::from_utf8_lossy(&import.stderr)
+    );
+    let sizes = etcd.ctl(&["get", PREFIX, "--prefix", "--print-value-only"]);
+    assert!(
+        sizes.stdout.len() > 4 * 1024 * 1024,
+        "{} bytes",
+        sizes.stdout.len()
+    );
+
+    let (ok, stderr) = common::dash_t(&edge_file);
+    assert!(ok, "-t: {stderr}");
+    let edge = start_serving(&etcd, "a").await;
+    let admin = Admin::new(&edge);
+    let names = all_domains(&admin, 1000).await;
+    assert_eq!(names.len(), N + 1);
+    assert_eq!(names.first().map(String::as_str), Some("d0000.example.net"));
+    assert_eq!(names.last().map(String::as_str), Some(EXP));
+    // The watch goes on from the revision the pages were read at.
+    etcd.put(&key(EXP), &exp_yaml(&origin, "/other.html"));
+    let served = until_served(&edge, "other page", Duration::from_secs(3)).await;
+    assert!(served.is_some(), "{}", edge.log());
+}

@@ -1479,3 +1479,138 @@ async fn domains_are_listed_a_page_at_a_time_each_exactly_once() {
         );
     }
 }
+
+/// `custom_pages_domains_compiled_total{kind="…"}` of `edge` (0 before the first).
+async fn compiled(edge: &Edge, kind: &str) -> f64 {
+    let text = common::scrape_until(edge, |_| true).await;
+    common::metric(
+        &text,
+        &format!("custom_pages_domains_compiled_total{{kind=\"{kind}\"}}"),
+    )
+    .unwrap_or(0.0)
+}
+
+/// Files `dNN.yaml` for `n` domains `dNN.example.com` on `origin`, each with its own 404 page.
+fn many_domains(origin: &Origin, n: usize) -> Vec<(&'static str, String)> {
+    (0..n)
+        .map(|i| {
+            let name = format!("d{i:02}.example.com");
+            let rules = format!("custom_pages:\n  - code: 404\n    url: http://{name}/error404.html\n");
+            let file: &'static str = Box::leak(format!("d{i:02}.yaml").into_boxed_str());
+            (file, domain_yaml(&name, origin.addr(), &rules))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_change_of_one_domain_among_many_compiles_that_domain_only() {
+    let origin = origin().await;
+    origin.route("/page-b.html", page(PAGE_B));
+    let edge = start_edge(EdgeOptions::default(), many_domains(&origin, 40)).await;
+    let admin = Admin::new(&edge);
+    assert_eq!(compiled(&edge, "full").await, 40.0, "{}", log_tail(&edge));
+    assert_eq!(compiled(&edge, "change").await, 0.0);
+    let hosts = ["d07.example.com", "d03.example.com", "d08.example.com"];
+    let c = client(&edge, Proto::H1, &hosts);
+    let missing = |host: &str| edge.url(host, "/missing");
+
+    // One file edited: that domain's page changes, and one spec is compiled.
+    let d07 = "custom_pages:\n  - code: 404\n    url: http://d07.example.com/page-b.html\n";
+    std::fs::write(
+        edge.domains_dir().join("d07.yaml"),
+        domain_yaml("d07.example.com", origin.addr(), d07),
+    )
+    .expect("write d07.yaml");
+    let applied = time_until(VISIBLE_WITHIN, || async {
+        get(&c, &missing("d07.example.com")).await.body == PAGE_B
+    });
+    assert!(applied.await.is_some(), "{}", log_tail(&edge));
+    assert_eq!(compiled(&edge, "change").await, 1.0, "only d07 was compiled");
+    assert_eq!(compiled(&edge, "full").await, 40.0);
+    assert_eq!(
+        get(&c, &missing("d03.example.com")).await.body,
+        PAGE_A,
+        "the others serve as before"
+    );
+
+    // One rule put through the admin API: one more, and the file watcher's report of that
+    // same write compiles nothing again.
+    let put = admin
+        .put_rule(
+            "d08.example.com",
+            "410",
+            &json!({"url": "http://d08.example.com/page-b.html"}),
+        )
+        .await;
+    assert_eq!(put.status, 201, "{put:#?}");
+    assert_eq!(compiled(&edge, "change").await, 2.0);
+    let recompiled = time_until(Duration::from_secs(1), || async {
+        compiled(&edge, "change").await != 2.0
+    });
+    assert_eq!(
+        recompiled.await,
+        None,
+        "the watcher's echo of the write was compiled"
+    );
+    assert_eq!(compiled(&edge, "full").await, 40.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pages_of_the_domain_list_hold_every_domain_once_while_domains_are_added() {
+    let origin = origin().await;
+    let files: Vec<(&'static str, String)> = (0..25)
+        .map(|i| {
+            let file: &'static str = Box::leak(format!("p{i:02}.yaml").into_boxed_str());
+            (
+                file,
+                domain_yaml(&format!("p{i:02}.example.com"), origin.addr(), ""),
+            )
+        })
+        .collect();
+    let edge = start_edge(EdgeOptions::default(), files).await;
+    let admin = Admin::new(&edge);
+    let body = json!({"origin": {"servers": [origin.addr().to_string()]}});
+    let mut seen: Vec<String> = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut added = 0;
+    for round in 0.. {
+        let path = match &cursor {
+            Some(c) => format!("/api/domains?limit=4&cursor={c}"),
+            None => "/api/domains?limit=4".to_string(),
+        };
+        let answer = admin.get(&path).await;
+        assert_eq!(answer.status, 200, "{answer:#?}");
+        let names = answer.json["domains"].as_array().expect("a list");
+        assert!(names.len() <= 4);
+        seen.extend(
+            names
+                .iter()
+                .map(|d| d["domain"].as_str().expect("a name").to_string()),
+        );
+        // Between two pages, a domain sorting before the cursor and one after it.
+        for name in [
+            format!("a{round:02}.example.com"),
+            format!("p{round:02}-new.example.com"),
+        ] {
+            let put = admin.put_domain(&name, &body).await;
+            assert_eq!(put.status, 201, "{put:#?}");
+            added += 1;
+        }
+        match answer.json["next"].as_str() {
+            Some(next) => cursor = Some(next.to_string()),
+            None => break,
+        }
+    }
+    let unique: BTreeSet<&String> = seen.iter().collect();
+    assert_eq!(unique.len(), seen.len(), "a domain listed twice: {seen:?}");
+    for i in 0..25 {
+        let name = format!("p{i:02}.example.com");
+        assert!(unique.contains(&name), "{name} missing from {seen:?}");
+    }
+    assert!(
+        !seen.iter().any(|n| n.starts_with('a')),
+        "added before the cursor: on no later page"
+    );
+    // Everything added is there for a new listing.
+    assert_eq!(admin.domains().await.len(), 25 + added);
+}

@@ -7,7 +7,7 @@
 
 use crate::metrics::METRICS;
 use crate::runtime::{Domain, Runtime};
-use crate::source::{FleetOp, WriteFailure};
+use crate::source::{DomainChange, FleetOp, WriteFailure};
 use crate::spec::values::percent_decode;
 use crate::spec::{
     CodePattern, ConfigError, ConfigErrors, DomainName, Location, PageUrl, RuleSpec, Source, VariantSpec,
@@ -291,7 +291,9 @@ impl AdminApi {
     /// `next` is the cursor of the following page (`null` on the last).
     fn list_domains(&self, page: &DomainPage) -> Value {
         let routes = self.runtime.routes();
-        let mut matching = routes.iter().filter(|d| page.admits(&d.label));
+        let mut matching = routes
+            .iter_after(page.cursor.as_deref())
+            .filter(|d| page.admits(&d.label));
         let list: Vec<Value> = matching
             .by_ref()
             .take(page.limit)
@@ -424,10 +426,9 @@ impl AdminApi {
         ))
     }
 
-    /// Read-modify-write of one domain's rules: the specs are loaded from the source, the
-    /// domain's is changed, all are checked together (the same code as `-t` and reloads), the
-    /// domain's spec is written back atomically, and the result applied. A rejected change
-    /// writes nothing.
+    /// Read-modify-write of one domain's rules: the domain's spec in use is changed, checked
+    /// against the table in use as applying it would (the same code as `-t` and reloads),
+    /// written back atomically, and applied. A rejected change writes nothing.
     async fn change_rules<T>(
         &self,
         domain: &str,
@@ -435,24 +436,20 @@ impl AdminApi {
     ) -> Result<T, ApiError> {
         let wanted = parse_name(domain).ok_or_else(|| unknown_domain(domain))?;
         let (at, outcome) = self
-            .write(|snapshot| {
-                let Some(index) = snapshot
-                    .domains
-                    .iter()
-                    .position(|entry| entry.spec.domain.parse::<DomainName>().is_ok_and(|n| n == wanted))
-                else {
+            .write(&wanted, |current| {
+                let Some(before) = current else {
                     // The domain's own spec may be among the broken ones: say so rather than
                     // "unknown".
-                    return Err(if snapshot.errors.is_empty() {
+                    let errors = self.runtime.status().errors;
+                    return Err(if errors.is_empty() {
                         unknown_domain(domain)
                     } else {
-                        conflict(ConfigErrors(snapshot.errors.clone()))
+                        conflict(ConfigErrors(errors))
                     });
                 };
-                let before = snapshot.domains[index].clone();
-                let outcome = change(&mut snapshot.domains[index].spec.custom_pages)?;
-                let entry = snapshot.domains[index].clone();
-                self.check_change(snapshot, &entry.at)?;
+                let mut entry = before.clone();
+                let outcome = change(&mut entry.spec.custom_pages)?;
+                self.check_change(&[DomainChange::Upsert(Box::new(entry.clone()))], &entry.at)?;
                 Ok((Write::Put(entry, Some(Box::new(before))), outcome))
             })
             .await?;
@@ -466,16 +463,12 @@ impl AdminApi {
         let body: DomainBody = parse_json_body(body)?;
         let wanted: DomainName = name.parse().map_err(|e: String| ApiError::field("domain", e))?;
         let (at, existed) = self
-            .write(|snapshot| {
-                let existing = snapshot
-                    .domains
-                    .iter()
-                    .position(|entry| entry.spec.domain.parse::<DomainName>().is_ok_and(|n| n == wanted));
-                let (entry, before) = match existing {
-                    Some(index) => {
-                        let before = snapshot.domains[index].clone();
-                        snapshot.domains[index].spec.origin = body.origin.clone();
-                        (snapshot.domains[index].clone(), Some(Box::new(before)))
+            .write(&wanted, |current| {
+                let (entry, before) = match current {
+                    Some(before) => {
+                        let mut entry = before.clone();
+                        entry.spec.origin = body.origin.clone();
+                        (entry, Some(Box::new(before)))
                     }
                     None => {
                         let entry = crate::source::DomainEntry {
@@ -492,11 +485,10 @@ impl AdminApi {
                             },
                             revision: 0,
                         };
-                        snapshot.domains.push(entry.clone());
                         (entry, None)
                     }
                 };
-                self.check_change(snapshot, &entry.at)?;
+                self.check_change(&[DomainChange::Upsert(Box::new(entry.clone()))], &entry.at)?;
                 let existed = before.is_some();
                 Ok((Write::Put(entry, before), existed))
             })
@@ -513,14 +505,12 @@ impl AdminApi {
     /// `DELETE /api/domains/{domain}`: refused while another domain's page lives on it.
     async fn delete_domain(&self, name: &str) -> ApiResult {
         let wanted = parse_name(name).ok_or_else(|| unknown_domain(name))?;
-        self.write(|snapshot| {
-            let index = snapshot
-                .domains
-                .iter()
-                .position(|entry| entry.spec.domain.parse::<DomainName>().is_ok_and(|n| n == wanted))
-                .ok_or_else(|| unknown_domain(name))?;
-            let entry = snapshot.domains.remove(index);
-            if let Err(errors) = self.runtime.check_snapshot(snapshot) {
+        self.write(&wanted, |current| {
+            let entry = current.ok_or_else(|| unknown_domain(name))?;
+            if let Err(errors) = self
+                .runtime
+                .check_changes(&[DomainChange::Remove(entry.at.clone())])
+            {
                 return Err(conflict(errors));
             }
             Ok((Write::Delete(wanted.clone(), entry), ()))
@@ -530,39 +520,54 @@ impl AdminApi {
         Ok((StatusCode::OK, json!({"deleted": wanted.to_string()})))
     }
 
-    /// One change through the source: `plan` makes it from a fresh snapshot, the source writes
-    /// it (refusing it if the domain changed meanwhile, in a store that can tell: then it is
-    /// planned again from a newer snapshot), and the result is applied before this returns.
+    /// One change of the domain `name` through the source: `plan` makes it from the domain's
+    /// spec in use (none: no such domain), the source writes it (one file or one key),
+    /// refusing it if the domain changed meanwhile in a store that can tell: then it is planned
+    /// again from the version the source holds now. The change is applied before this returns.
     async fn write<T>(
         &self,
-        mut plan: impl FnMut(&mut crate::source::Snapshot) -> Result<(Write, T), ApiError>,
+        name: &DomainName,
+        mut plan: impl FnMut(Option<crate::source::DomainEntry>) -> Result<(Write, T), ApiError>,
     ) -> Result<(String, T), ApiError> {
         let _one_writer = self.writes.lock().await;
         let source = self.runtime.source();
+        let mut current = self.runtime.routes().by_name(name).map(|d| d.entry());
+        // The spec on the source's side is broken (the table serves its last good version):
+        // writing over it would lose what the operator is fixing.
+        if let Some(entry) = &current {
+            if let Some(errors) = self.runtime.waiting_at(&entry.at).await {
+                return Err(conflict(ConfigErrors(errors)));
+            }
+        }
         let mut attempt = 1;
         loop {
-            let mut snapshot = source.load().await.map_err(conflict)?;
-            let (write, outcome) = plan(&mut snapshot)?;
+            let (write, outcome) = plan(current.clone())?;
             let written = match &write {
                 Write::Put(entry, before) => source
                     .put_domain(&entry.spec, before.as_deref())
                     .await
-                    .map(|at| at.to_string()),
+                    .map(|written| (written.at.to_string(), DomainChange::Upsert(Box::new(written)))),
                 Write::Delete(name, entry) => match source.delete_domain(name, Some(entry)).await {
-                    Ok(true) => Ok(entry.at.to_string()),
+                    Ok(true) => Ok((entry.at.to_string(), DomainChange::Remove(entry.at.clone()))),
                     Ok(false) => return Err(unknown_domain(&name.to_string())),
                     Err(e) => Err(e),
                 },
             };
             match written {
-                Ok(at) => {
-                    self.runtime.reload().await.map_err(conflict)?;
-                    source
-                        .settled()
-                        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
+                Ok((at, change)) => {
+                    self.runtime.apply_changes(vec![change]).await.map_err(conflict)?;
                     return Ok((at, outcome));
                 }
-                Err(e) if e.kind == WriteFailure::Conflict && attempt < WRITE_ATTEMPTS => attempt += 1,
+                Err(e) if e.kind == WriteFailure::Conflict && attempt < WRITE_ATTEMPTS => {
+                    // Another edge wrote the domain meanwhile: back off a little (more each
+                    // time, with jitter so two edges do not collide in step), then plan again.
+                    tokio::time::sleep(conflict_backoff(attempt)).await;
+                    attempt += 1;
+                    current = source
+                        .get_domain(name)
+                        .await
+                        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.message))?;
+                }
                 Err(e) => {
                     let status = match e.kind {
                         WriteFailure::Conflict => StatusCode::CONFLICT,
@@ -575,10 +580,10 @@ impl AdminApi {
         }
     }
 
-    /// Checks a changed snapshot: errors of the changed spec (at `at`) are the request's fault
-    /// (400, naming the field); others mean the configuration is broken (409).
-    fn check_change(&self, snapshot: &crate::source::Snapshot, at: &Location) -> Result<(), ApiError> {
-        let Err(errors) = self.runtime.check_snapshot(snapshot) else {
+    /// Checks changes against the table in use: errors of the changed spec (at `at`) are the
+    /// request's fault (400, naming the field); others mean the configuration is broken (409).
+    fn check_change(&self, changes: &[DomainChange], at: &Location) -> Result<(), ApiError> {
+        let Err(errors) = self.runtime.check_changes(changes) else {
             return Ok(());
         };
         let (ours, others): (Vec<ConfigError>, Vec<ConfigError>) =
@@ -827,6 +832,15 @@ fn parse_json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Api
 }
 
 /// A domain name from a path, as specs write it.
+/// How long to wait after losing the `attempt`th race for a write: 10 ms to 20 ms times the
+/// attempt, the jitter taken from the clock.
+fn conflict_backoff(attempt: usize) -> std::time::Duration {
+    let jitter = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() % 10_000_000);
+    std::time::Duration::from_nanos((10_000_000 + u64::from(jitter)) * attempt as u64)
+}
+
 fn parse_name(name: &str) -> Option<DomainName> {
     name.parse().ok()
 }

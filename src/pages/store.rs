@@ -20,7 +20,6 @@ use log::{debug, warn};
 use parking_lot::Mutex;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
@@ -141,7 +140,8 @@ impl Drop for Slot {
 
 /// Every page in use, by URL (see the module docs).
 pub struct PageStore {
-    slots: ArcSwap<HashMap<String, Arc<Slot>>>,
+    /// A persistent map: a page added or dropped costs that page, not a copy of all.
+    slots: ArcSwap<imbl::HashMap<String, Arc<Slot>>>,
     settings: ArcSwap<PageSettings>,
     fetcher: Arc<dyn PageFetcher>,
     observer: Arc<dyn PageObserver>,
@@ -149,6 +149,64 @@ pub struct PageStore {
     sites: Mutex<Arc<dyn Sites>>,
     /// Serializes `sync` calls (reloads and admin changes may overlap).
     syncing: tokio::sync::Mutex<()>,
+    /// Bounds the fetches under way, overall and per origin.
+    limits: FetchLimits,
+}
+
+/// Bounds of the fetches under way (`pages.fetch_concurrency`, `pages.fetch_per_origin`), so
+/// an edge registering many pages at once (at start, or a template put on many domains) does
+/// not stampede the origins: fetches beyond the bounds wait their turn.
+#[derive(Default)]
+struct FetchLimits {
+    /// The overall bound as configured, and its semaphore (made at the first fetch).
+    overall: Mutex<Option<(usize, Arc<tokio::sync::Semaphore>)>>,
+    /// One semaphore per origin (its servers, lower case), with the bound it was made for.
+    per_origin: Mutex<std::collections::HashMap<String, (usize, Arc<tokio::sync::Semaphore>)>>,
+}
+
+/// A turn to fetch: both permits, held until the fetch ends.
+type FetchTurn = (
+    tokio::sync::OwnedSemaphorePermit,
+    tokio::sync::OwnedSemaphorePermit,
+);
+
+impl FetchLimits {
+    /// Waits for a turn to fetch through `origin`. A changed setting takes effect for the
+    /// fetches that ask after it.
+    async fn turn(&self, origin: &Origin, settings: &PageSettings) -> Option<FetchTurn> {
+        let overall = {
+            let mut overall = self.overall.lock();
+            let n = settings.fetch_concurrency;
+            match &*overall {
+                Some((bound, semaphore)) if *bound == n => semaphore.clone(),
+                _ => overall
+                    .insert((n, Arc::new(tokio::sync::Semaphore::new(n))))
+                    .1
+                    .clone(),
+            }
+        };
+        let key = origin.servers.join(",").to_ascii_lowercase();
+        let per_origin = {
+            let mut all = self.per_origin.lock();
+            if all.len() > 4096 {
+                // Origins no fetch holds any more.
+                all.retain(|_, (_, semaphore)| Arc::strong_count(semaphore) > 1);
+            }
+            let entry = all.entry(key).or_insert_with(|| {
+                let n = settings.fetch_per_origin;
+                (n, Arc::new(tokio::sync::Semaphore::new(n)))
+            });
+            if entry.0 != settings.fetch_per_origin {
+                let n = settings.fetch_per_origin;
+                *entry = (n, Arc::new(tokio::sync::Semaphore::new(n)));
+            }
+            entry.1.clone()
+        };
+        // Per origin first: a fetch waiting for a busy origin holds no overall permit.
+        let origin_turn = per_origin.acquire_owned().await.ok()?;
+        let overall_turn = overall.acquire_owned().await.ok()?;
+        Some((origin_turn, overall_turn))
+    }
 }
 
 impl PageStore {
@@ -171,6 +229,7 @@ impl PageStore {
             observer,
             sites: Mutex::new(Arc::new(NoSites)),
             syncing: tokio::sync::Mutex::new(()),
+            limits: FetchLimits::default(),
         })
     }
 
@@ -178,17 +237,17 @@ impl PageStore {
     /// of the configuration uses). Pages already
     /// held keep their copy; new ones are fetched now, and this returns once each has been
     /// tried (bounded by `pages.fetch_timeout`), so a configuration is applied with its pages
-    /// ready. Pages no longer used stay until [`retain`](Self::retain), so requests still
+    /// ready. Pages no longer used stay until [`retain_used`](Self::retain_used), so requests still
     /// routed by the previous configuration keep theirs. Must run inside a Tokio runtime that
     /// lives as long as the store: refresh tasks are spawned on it.
     pub async fn sync(self: &Arc<Self>, pages: &[WantedPage], settings: &PageSettings) {
         let _one_at_a_time = self.syncing.lock().await;
         self.settings.store(Arc::new(settings.clone()));
         self.register(pages);
-        let idle: Vec<Arc<Slot>> = self
-            .slots
-            .load()
-            .values()
+        let held = self.slots.load();
+        let idle: Vec<Arc<Slot>> = pages
+            .iter()
+            .filter_map(|page| held.get(page.url.as_str()))
             .filter(|slot| slot.refresher.lock().is_none())
             .cloned()
             .collect();
@@ -196,17 +255,25 @@ impl PageStore {
             let task = tokio::spawn(refresh_loop(Arc::downgrade(self), Arc::downgrade(slot)));
             *slot.refresher.lock() = Some(task);
         }
+        // One bound for the whole set: pages past the fetch limits arrive later, and requests
+        // get the built-in page until they do.
         let wait = settings.fetch_timeout + Duration::from_millis(100);
-        for slot in &idle {
-            let _ = tokio::time::timeout(wait, slot.attempts.subscribe().wait_for(|n| *n > 0)).await;
-        }
+        let first_attempts = idle.iter().map(|slot| async move {
+            let _ = slot.attempts.subscribe().wait_for(|n| *n > 0).await;
+        });
+        let _ = tokio::time::timeout(wait, futures::future::join_all(first_attempts)).await;
+    }
+
+    /// The page settings in use.
+    pub fn settings(&self) -> PageSettings {
+        PageSettings::clone(&self.settings.load())
     }
 
     /// Adds a slot for every page of `pages` that has none, without fetching: a request that
     /// needs the page before [`sync`](Self::sync) fetched it waits for that first fetch
     /// instead of getting the default page.
     pub fn register(&self, pages: &[WantedPage]) {
-        let mut slots = HashMap::clone(&self.slots.load());
+        let mut slots = imbl::HashMap::clone(&self.slots.load());
         for page in pages {
             match slots.get(page.url.as_str()) {
                 Some(slot) => {
@@ -228,11 +295,14 @@ impl PageStore {
         *self.sites.lock() = sites;
     }
 
-    /// Drops every page not in `pages` (their refresh stops).
-    pub async fn retain(&self, pages: &[WantedPage]) {
+    /// Drops every page of `candidates` that `in_use` says no rule uses (their refresh
+    /// stops): a page dropped by one change and added back by a later one stays.
+    pub async fn retain_used(&self, candidates: &[PageUrl], in_use: impl Fn(&str) -> bool) {
         let _one_at_a_time = self.syncing.lock().await;
-        let mut slots = HashMap::clone(&self.slots.load());
-        slots.retain(|url, _| pages.iter().any(|page| page.url.as_str() == url));
+        let mut slots = imbl::HashMap::clone(&self.slots.load());
+        for url in candidates.iter().filter(|url| !in_use(url.as_str())) {
+            slots.remove(url.as_str());
+        }
         self.slots.store(Arc::new(slots));
     }
 
@@ -305,8 +375,16 @@ impl PageStore {
             };
         }
         let settings = self.settings.load_full();
-        let origin = slot.origin.load_full();
-        // One bound for the page and what it names.
+        // Through the origin of the domain serving the page's host now (a change of that
+        // domain's origin applies at the next fetch); the registered one without a table.
+        let origin = self
+            .sites
+            .lock()
+            .origin(slot.url.host())
+            .unwrap_or_else(|| slot.origin.load_full());
+        // Semaphores are never closed: no turn only if that changes.
+        let _turn = self.limits.turn(&origin, &settings).await;
+        // One bound for the page and what it names, from its turn on.
         let deadline = tokio::time::Instant::now() + settings.fetch_timeout;
         let fetch = self.fetcher.fetch(&slot.url, &origin, &settings);
         let mut result = tokio::time::timeout_at(deadline, fetch)
@@ -440,12 +518,24 @@ async fn refresh_loop(store: Weak<PageStore>, slot: Weak<Slot>) {
         };
         let refresh = store.settings.load().refresh;
         let delay = match store.fetch_into(&slot).await {
-            Ok(page) => page.max_age,
+            Ok(page) => jittered(page.max_age),
             Err(_) => RETRY_AFTER_FAILURE.min(refresh),
         };
         drop((store, slot));
         tokio::time::sleep(delay).await;
     }
+}
+
+/// `delay` give or take a tenth, at random: pages fetched together at start (or from one
+/// template) do not all come back to their origins in the same second.
+fn jittered(delay: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    // A fresh `RandomState` is keyed differently each time: a random number without a crate.
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let factor = 0.9 + 0.2 * (random % 10_000) as f64 / 10_000.0;
+    delay.mul_f64(factor)
 }
 
 /// A Pingora background service that fetches a fixed set of pages and keeps them refreshed
@@ -616,7 +706,10 @@ mod tests {
         let fetcher = Scripted::new(&[Ok("page")], Duration::ZERO);
         let (store, pages, settings) = store(&fetcher, Duration::from_secs(600));
         store.sync(&pages, &settings).await;
-        store.retain(&[]).await;
+        let urls: Vec<PageUrl> = pages.iter().map(|p| p.url.clone()).collect();
+        store.retain_used(&urls, |_| true).await;
+        assert!(store.get(URL).is_some(), "still in use: kept");
+        store.retain_used(&urls, |_| false).await;
         assert!(store.get(URL).is_none());
         assert!(store.refresh(URL).await.is_err());
     }

@@ -1,31 +1,34 @@
-//! The running edge: the live route table compiled from a config source (swapped atomically on
-//! every reload, whoever asks), and what lives across reloads — origin health, the page store,
-//! the content cache — with the reload status the admin API reports.
+//! The running edge: the live route table, patched by every change a config source reports
+//! (one domain's spec written or removed compiles that domain only; a full load is diffed
+//! against the table, so it also compiles only what differs) and swapped atomically, whoever
+//! asks; and what lives across changes — origin health, the page store, the content cache —
+//! with the status the admin API reports.
 
 pub mod routes;
 
-pub use routes::{Domain, RouteTable};
+pub use routes::{Domain, Patched, RouteTable};
 
 use crate::cache::EdgeCache;
 use crate::filters::FilterRegistry;
 use crate::metrics::METRICS;
-use crate::pages::{CustomPages, PageObserver, PageStore, WantedPage};
-use crate::source::{Applied, ConfigSource, Snapshot};
-use crate::spec::{ConfigError, ConfigErrors, EdgeSettings, PageSettings, PageUrl};
+use crate::pages::{CustomPages, PageObserver, PageStore};
+use crate::source::{Applied, Changes, ConfigSource, DomainChange, Snapshot};
+use crate::spec::{ConfigError, ConfigErrors, DomainName, EdgeSettings, Location, PageSettings, PageUrl};
 use crate::tls::{CertResolver, FileStamp};
 use crate::upstream::HealthTable;
 use arc_swap::ArcSwap;
 use log::{error, info, warn};
 use parking_lot::Mutex;
 use pingora_core::server::ShutdownWatch;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-/// Added to the longest origin read timeout before unused pages are dropped after a reload.
+/// Added to the longest origin read timeout before unused pages are dropped after a change.
 const RETIRE_SLACK: Duration = Duration::from_secs(10);
 
 /// How often certificate, key and CA files are looked at: a file replaced (renamed over, as
-/// certbot and cert-manager do) reloads the configuration within this.
+/// certbot and cert-manager do) compiles its domain again within this.
 const FILE_CHECK_INTERVAL: Duration = Duration::from_millis(250);
 
 /// A running edge: what the proxy, the admin API and the control service share.
@@ -46,8 +49,27 @@ pub struct Runtime {
     /// The content cache.
     pub cache: EdgeCache,
     status: Mutex<ReloadStatus>,
-    /// Serializes reloads, whoever asks (the source's changes, the admin API).
-    reloading: tokio::sync::Mutex<()>,
+    /// Serializes changes, whoever asks (the source, the admin API, certificate files), and
+    /// holds what lies between them.
+    control: tokio::sync::Mutex<Control>,
+}
+
+/// What the runtime holds between changes.
+#[derive(Default)]
+struct Control {
+    /// Changes not applied because their batch failed: tried again with the next batch (a
+    /// fix of the broken spec then applies everything), by location.
+    pending: Vec<DomainChange>,
+    /// Errors of specs whose source keeps their last good version, by location: reported
+    /// until the spec is fixed or removed.
+    kept: BTreeMap<Location, Vec<ConfigError>>,
+}
+
+impl Control {
+    /// Every kept error, in location order.
+    fn kept_errors(&self) -> Vec<ConfigError> {
+        self.kept.values().flatten().cloned().collect()
+    }
 }
 
 /// What `GET /api/status` reports.
@@ -77,6 +99,16 @@ impl PageObserver for FetchMetrics {
     }
 }
 
+/// How a batch of changes came: a full load diffed against the table (with the edge file
+/// as loaded and where the specs came from), or single changes.
+enum Batch {
+    Full {
+        edge: Box<EdgeSettings>,
+        from: &'static str,
+    },
+    Changes,
+}
+
 impl Runtime {
     /// Checks a snapshot as a reload would, without applying anything: the one validation
     /// path of `custom-pages -t`, reloads and the admin API.
@@ -94,6 +126,14 @@ impl Runtime {
     ) -> Result<Arc<Runtime>, ConfigErrors> {
         let health = HealthTable::new();
         let routes = RouteTable::compile(&snapshot, &filters, &health)?;
+        METRICS
+            .compiled
+            .with_label_values(&["full"])
+            .inc_by(routes.len() as u64);
+        let control = Control {
+            pending: Vec::new(),
+            kept: by_location(&snapshot.kept),
+        };
         let (snapshot_kept, snapshot_from) = (snapshot.kept, snapshot.from);
         let settings = snapshot.edge;
         let store = PageStore::with(
@@ -128,7 +168,7 @@ impl Runtime {
                 restart_required: Vec::new(),
                 source: snapshot_from,
             }),
-            reloading: tokio::sync::Mutex::new(()),
+            control: tokio::sync::Mutex::new(control),
         }))
     }
 
@@ -145,12 +185,15 @@ impl Runtime {
             }
         };
         self.source.applied(&report).await;
-        // Errors of either reload are logged and reported by /api/status; the last good
-        // configuration stays. (Both loops run side by side: a source's `changed` is not
-        // cancelled halfway by a file check.)
+        // Errors are logged and reported by /api/status; the last good configuration stays.
+        // (Both loops run side by side: a source's wait is not cancelled halfway by a file
+        // check.)
         let from_source = async {
-            while self.source.changed().await {
-                let _ = self.reload().await;
+            while let Some(changes) = self.source.changes().await {
+                let _ = match changes {
+                    Changes::Domains(changes) => self.apply_changes(changes).await,
+                    Changes::Resync => self.resync().await,
+                };
             }
             std::future::pending::<()>().await
         };
@@ -161,26 +204,42 @@ impl Runtime {
         }
     }
 
-    /// Reloads whenever a certificate, key or CA file of the table in use changes.
+    /// Compiles a domain again whenever one of its certificate, key or CA files changes (the
+    /// edge's default certificate: a full reload).
     async fn watch_files(&self) {
         // The files of the table in use as last seen: as read for it, then as seen at the
         // last check (so a broken file is tried once, not at every check).
         let mut files_of = self.routes.load_full();
-        let mut files_seen = files_of.files().to_vec();
+        let mut files_seen = files_of.files();
         let mut check = tokio::time::interval(FILE_CHECK_INTERVAL);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             check.tick().await;
             let table = self.routes.load_full();
             if !Arc::ptr_eq(&table, &files_of) {
-                files_seen = table.files().to_vec();
+                files_seen = table.files();
                 files_of = table;
             }
-            let files_now: Vec<FileStamp> = files_seen.iter().map(FileStamp::now).collect();
-            if files_now != files_seen {
-                files_seen = files_now;
-                let _ = self.reload().await;
+            let files_now: Vec<(Option<DomainName>, FileStamp)> = files_seen
+                .iter()
+                .map(|(owner, file)| (owner.clone(), file.now()))
+                .collect();
+            if files_now == files_seen {
+                continue;
             }
+            let owners: Vec<Option<DomainName>> = files_now
+                .iter()
+                .zip(&files_seen)
+                .filter(|(now, seen)| now != seen)
+                .map(|(now, _)| now.0.clone())
+                .collect();
+            files_seen = files_now;
+            let _ = if owners.contains(&None) {
+                self.reload().await
+            } else {
+                let names: Vec<DomainName> = owners.into_iter().flatten().collect();
+                self.recompile(&names).await
+            };
         }
     }
 
@@ -199,9 +258,39 @@ impl Runtime {
         &self.source
     }
 
-    /// Checks a snapshot against this edge's filters, as [`Runtime::check`] does.
-    pub fn check_snapshot(&self, snapshot: &Snapshot) -> Result<RouteTable, ConfigErrors> {
-        Runtime::check(snapshot, &self.filters)
+    /// Checks changes against the table in use as applying them would, without applying
+    /// anything (the admin API's check of a change before it is written).
+    pub fn check_changes(&self, changes: &[DomainChange]) -> Result<(), ConfigErrors> {
+        self.routes
+            .load()
+            .patch(changes, &self.filters, &HealthTable::new())
+            .map(|_| ())
+    }
+
+    /// The errors of a change of the spec at `at` that waits to be applied (it, or another
+    /// change of its batch, is broken); none when no change of it waits.
+    pub async fn waiting_at(&self, at: &Location) -> Option<Vec<ConfigError>> {
+        let control = self.control.lock().await;
+        let waiting = control.pending.iter().find(|change| change.at() == at)?;
+        let mut errors: Vec<ConfigError> = match waiting {
+            DomainChange::Broken { errors, .. } => errors.clone(),
+            _ => self
+                .status
+                .lock()
+                .errors
+                .iter()
+                .filter(|e| e.at == *at)
+                .cloned()
+                .collect(),
+        };
+        if errors.is_empty() {
+            errors.push(ConfigError::new(
+                at.clone(),
+                "",
+                "a change of this spec waits until the other errors of its batch are fixed",
+            ));
+        }
+        Some(errors)
     }
 
     /// Whether `server` of the configuration in use is known to be down.
@@ -214,90 +303,253 @@ impl Runtime {
         self.status.lock().clone()
     }
 
-    /// Loads the source again and applies it if it is valid, with the same checks as
-    /// `custom-pages -t`. An invalid configuration changes nothing: the last good one keeps
-    /// serving and the errors are logged and kept for `/api/status`.
+    /// Loads the source again and applies everything it holds, every domain compiled again
+    /// (certificates read again too), with the same checks as `custom-pages -t`. An invalid
+    /// configuration changes nothing: the last good one keeps serving and the errors are
+    /// logged and kept for `/api/status`.
     pub async fn reload(&self) -> Result<u64, ConfigErrors> {
-        let _one_at_a_time = self.reloading.lock().await;
-        let loaded = match self.source.load().await {
-            Ok(snapshot) => RouteTable::compile(&snapshot, &self.filters, &self.health)
-                .map(|routes| (routes, snapshot.edge, snapshot.kept, snapshot.from)),
-            Err(errors) => Err(errors),
+        self.load_all(true).await
+    }
+
+    /// Loads the source again and applies what differs from the table in use (a source that
+    /// lost track of its changes asks for this).
+    pub async fn resync(&self) -> Result<u64, ConfigErrors> {
+        self.load_all(false).await
+    }
+
+    async fn load_all(&self, every_domain: bool) -> Result<u64, ConfigErrors> {
+        let mut control = self.control.lock().await;
+        let snapshot = match self.source.load().await {
+            Ok(snapshot) => snapshot,
+            Err(errors) => return Err(self.refused(errors)),
         };
-        let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
-        match loaded {
-            Ok((routes, newer, kept, from)) => {
-                let kept_count = kept.len();
-                let restart_required = self.settings.restart_needed_for(&newer);
+        let table = self.routes.load_full();
+        let mut changes: Vec<DomainChange> = Vec::new();
+        for (at, errors) in by_location(&snapshot.errors) {
+            changes.push(DomainChange::Broken {
+                at,
+                errors,
+                kept: false,
+            });
+        }
+        let mut present = HashSet::new();
+        for entry in &snapshot.domains {
+            present.insert(&entry.at);
+            let same = table
+                .at(&entry.at)
+                .is_some_and(|d| d.spec == entry.spec && d.revision == entry.revision);
+            if every_domain || !same {
+                changes.push(DomainChange::Upsert(Box::new(entry.clone())));
+            }
+        }
+        for domain in table.iter() {
+            let broken = snapshot.errors.iter().any(|e| e.at == domain.at);
+            if !present.contains(&domain.at) && !broken {
+                changes.push(DomainChange::Remove(domain.at.clone()));
+            }
+        }
+        // The load replaces everything waiting or reported.
+        control.pending.clear();
+        control.kept = by_location(&snapshot.kept);
+        let batch = Batch::Full {
+            edge: Box::new(snapshot.edge),
+            from: snapshot.from,
+        };
+        self.apply(&mut control, changes, batch, false).await
+    }
+
+    /// Applies changes a source reported (with the changes still waiting for a fix). A change
+    /// the table already holds (the admin API applied its own write) is skipped.
+    pub async fn apply_changes(&self, changes: Vec<DomainChange>) -> Result<u64, ConfigErrors> {
+        let mut control = self.control.lock().await;
+        self.apply(&mut control, changes, Batch::Changes, false).await
+    }
+
+    /// Compiles the domains `names` again from their specs in use (their files changed).
+    async fn recompile(&self, names: &[DomainName]) -> Result<u64, ConfigErrors> {
+        let mut control = self.control.lock().await;
+        let table = self.routes.load_full();
+        let changes = names
+            .iter()
+            .filter_map(|name| table.by_name(name))
+            .map(|domain| DomainChange::Upsert(Box::new(domain.entry())))
+            .collect();
+        self.apply(&mut control, changes, Batch::Changes, true).await
+    }
+
+    /// Applies a batch on top of the changes waiting: all of it, or nothing (then it all
+    /// waits for the next batch, and the errors are reported).
+    async fn apply(
+        &self,
+        control: &mut Control,
+        changes: Vec<DomainChange>,
+        batch: Batch,
+        force: bool,
+    ) -> Result<u64, ConfigErrors> {
+        let table = self.routes.load_full();
+        let mut merged = std::mem::take(&mut control.pending);
+        for change in changes {
+            merged.retain(|waiting| waiting.at() != change.at());
+            merged.push(change);
+        }
+        let mut todo = Vec::new();
+        for change in merged {
+            if let DomainChange::Broken {
+                at,
+                errors,
+                kept: true,
+            } = change
+            {
+                control.kept.insert(at, errors);
+                continue;
+            }
+            control.kept.remove(change.at());
+            if force || !already_applied(&table, &change) {
+                todo.push(change);
+            }
+        }
+        let is_full = matches!(batch, Batch::Full { .. });
+        if todo.is_empty() && !is_full {
+            self.status.lock().errors = control.kept_errors();
+            return Ok(self.status.lock().version);
+        }
+        let mut base = (*table).clone();
+        let mut errors = Vec::new();
+        if let Batch::Full { edge, .. } = &batch {
+            if let Err(e) = base.load_default_cert(edge) {
+                errors.push(e);
+            }
+        }
+        let patched = base.patch(&todo, &self.filters, &self.health);
+        let patched = match patched {
+            Ok(patched) if errors.is_empty() => patched,
+            result => {
+                errors.extend(result.err().into_iter().flat_map(|e| e.0));
+                control.pending = todo;
+                let mut all = errors;
+                all.extend(control.kept_errors());
+                return Err(self.refused(ConfigErrors(all)));
+            }
+        };
+        let kind = if is_full { "full" } else { "change" };
+        METRICS
+            .compiled
+            .with_label_values(&[kind])
+            .inc_by(patched.compiled as u64);
+        let (pages_settings, from, restart_required) = match &batch {
+            Batch::Full { edge, from } => {
+                let restart_required = self.settings.restart_needed_for(edge);
                 if !restart_required.is_empty() {
                     warn!(
                         "edge file changes need a restart to apply: {}",
                         restart_required.join(", ")
                     );
                 }
-                let version = self.apply(routes, &newer.pages).await;
-                info!("configuration {version} applied (from {from})");
-                METRICS.reloads.with_label_values(&["ok"]).inc();
-                {
-                    let mut status = self.status.lock();
-                    status.version = version;
-                    status.last_reload_at = Some(now);
-                    status.last_reload_ok = true;
-                    status.errors = kept;
-                    status.restart_required = restart_required;
-                    status.source = from;
-                }
-                self.source
-                    .applied(&Applied {
-                        version,
-                        errors: kept_count,
-                    })
-                    .await;
-                Ok(version)
+                (edge.pages.clone(), Some(*from), Some(restart_required))
             }
-            Err(errors) => {
-                METRICS.reloads.with_label_values(&["error"]).inc();
-                for e in &errors.0 {
-                    error!("configuration not applied: {e}");
-                }
-                let mut status = self.status.lock();
-                status.last_reload_at = Some(now);
-                status.last_reload_ok = false;
-                status.errors = errors.0.clone();
-                Err(errors)
+            Batch::Changes => (self.pages.store().settings(), None, None),
+        };
+        let version = self.swap_in(patched, &pages_settings).await;
+        info!(
+            "configuration {version} applied ({} change(s){})",
+            todo.len(),
+            from.map(|f| format!(", full load from {f}")).unwrap_or_default()
+        );
+        METRICS.reloads.with_label_values(&["ok"]).inc();
+        let kept = control.kept_errors();
+        {
+            let mut status = self.status.lock();
+            status.version = version;
+            status.last_reload_at = Some(now_rfc3339());
+            status.last_reload_ok = true;
+            status.errors = kept.clone();
+            if let Some(restart_required) = restart_required {
+                status.restart_required = restart_required;
+            }
+            if let Some(from) = from {
+                status.source = from;
             }
         }
+        self.source
+            .applied(&Applied {
+                version,
+                errors: kept.len(),
+            })
+            .await;
+        Ok(version)
     }
 
-    /// Applies a compiled route table: its new pages are fetched first, then it replaces the
+    /// Records a refused change: logged, counted and reported; nothing changes.
+    fn refused(&self, errors: ConfigErrors) -> ConfigErrors {
+        METRICS.reloads.with_label_values(&["error"]).inc();
+        for e in &errors.0 {
+            error!("configuration not applied: {e}");
+        }
+        let mut status = self.status.lock();
+        status.last_reload_at = Some(now_rfc3339());
+        status.last_reload_ok = false;
+        status.errors = errors.0.clone();
+        errors
+    }
+
+    /// Puts a patched table in use: its new pages are fetched first, then it replaces the
     /// old one in one atomic swap. Servers it no longer uses are forgotten by the health
     /// table; pages no rule uses any more are dropped later, once requests routed by the old
     /// table have finished with them.
-    async fn apply(&self, routes: RouteTable, pages: &PageSettings) -> u64 {
+    async fn swap_in(&self, patched: Patched, pages: &PageSettings) -> u64 {
         let store = self.pages.store();
-        let routes = Arc::new(routes);
+        let routes = Arc::new(patched.table);
         store.set_sites(routes.clone());
-        store.sync(&routes.pages(), pages).await;
-        self.health.retain(routes.servers());
+        store.sync(&patched.pages_added, pages).await;
+        self.health.forget(&patched.servers_dropped);
         self.certs.set(routes.certs());
         let old = self.routes.swap(routes);
-        // The longest a request can still be using the old table: its origin's read timeout
-        // plus slack for connecting and waiting on the cache lock.
-        let longest_read = old
-            .iter()
-            .map(|d| d.upstream.origin.read_timeout)
-            .max()
-            .unwrap_or_default();
-        let in_flight_bound = longest_read + self.settings.cache_lock_timeout + RETIRE_SLACK;
-        let (store, current) = (store.clone(), self.routes.clone());
-        tokio::spawn(async move {
-            tokio::time::sleep(in_flight_bound).await;
-            let wanted: Vec<WantedPage> = current.load().pages();
-            store.retain(&wanted).await;
-        });
+        if !patched.pages_dropped.is_empty() {
+            // The longest a request can still be using the old table: its origin's read
+            // timeout plus slack for connecting and waiting on the cache lock.
+            let longest_read = old
+                .iter()
+                .map(|d| d.upstream.origin.read_timeout)
+                .max()
+                .unwrap_or_default();
+            let in_flight_bound = longest_read + self.settings.cache_lock_timeout + RETIRE_SLACK;
+            let (store, current, dropped) = (store.clone(), self.routes.clone(), patched.pages_dropped);
+            tokio::spawn(async move {
+                tokio::time::sleep(in_flight_bound).await;
+                store
+                    .retain_used(&dropped, |url| current.load().uses_page(url))
+                    .await;
+            });
+        }
         let version = self.status.lock().version + 1;
         version
     }
+}
+
+/// Whether the table already holds what `change` says (a write the admin API applied
+/// itself, reported again by the source; or an older version than the one in use).
+fn already_applied(table: &RouteTable, change: &DomainChange) -> bool {
+    match change {
+        DomainChange::Upsert(entry) => table.at(&entry.at).is_some_and(|d| {
+            (d.spec == entry.spec && d.revision == entry.revision)
+                || (entry.revision > 0 && entry.revision < d.revision)
+        }),
+        DomainChange::Remove(at) => table.at(at).is_none(),
+        DomainChange::Broken { .. } => false,
+    }
+}
+
+/// Errors grouped by the location they name, in location order.
+fn by_location(errors: &[ConfigError]) -> BTreeMap<Location, Vec<ConfigError>> {
+    let mut grouped: BTreeMap<Location, Vec<ConfigError>> = BTreeMap::new();
+    for e in errors {
+        grouped.entry(e.at.clone()).or_default().push(e.clone());
+    }
+    grouped
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
 
 #[cfg(test)]

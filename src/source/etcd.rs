@@ -1,14 +1,16 @@
 //! Domain specs in etcd (v3 API), shared by a fleet of edges. The edge file stays on disk;
 //! `{prefix}domains/{domain}` holds the same YAML as a domain file.
 //!
-//! - **Load:** the whole `domains/` range at one revision, each key parsed and checked alone.
-//!   A key that fails keeps its last good version (reported with its revision), so one broken
-//!   key never holds back the others. Every load is complete, so compaction, a new cluster or
-//!   a revision going backwards need nothing special: the next load replaces everything.
-//! - **Watch:** from the loaded revision + 1; any event (after [`SETTLE`]) means "load again".
-//!   A lost or cancelled watch is re-created from the last loaded revision, with backoff.
-//!   Connections use HTTP/2 keep-alives and require a leader, so a partitioned member cannot
-//!   hold a silent watch.
+//! - **Load:** the whole `domains/` range at one revision, read in pages of at most [`PAGE`]
+//!   keys (no answer near gRPC's 4 MiB limit, whatever the number of domains), each key parsed
+//!   and checked alone. A key that fails keeps its last good version (reported with its
+//!   revision), so one broken key never holds back the others. A load is complete, so it is
+//!   the answer to compaction, a new cluster or a revision going backwards.
+//! - **Watch:** from the loaded revision + 1; its events are the changes, key by key (events
+//!   [`SETTLE`] apart come as one report). A lost watch is re-created from the last revision
+//!   seen, with backoff; a watch cancelled by compaction asks for a full load. Connections use
+//!   HTTP/2 keep-alives and require a leader, so a partitioned member cannot hold a silent
+//!   watch.
 //! - **Snapshot:** after each applied load the state is written to `snapshot` (temp, fsync,
 //!   rename). An edge started while etcd is unreachable serves it, then catches up.
 //! - **Writes:** one transaction comparing the key's `mod_revision` with the one its change was
@@ -25,14 +27,14 @@
 //! was created on, and the edge loads its configuration on a short-lived one before Pingora
 //! starts (and, with `-d`, forks).
 
-use super::{Applied, ConfigSource, DomainEntry, FleetOp, Snapshot, WriteError};
+use super::{Applied, Changes, ConfigSource, DomainChange, DomainEntry, FleetOp, Snapshot, WriteError};
 use crate::spec::{
     parse_yaml, ConfigError, ConfigErrors, DomainName, DomainSpec, EdgeSettings, EtcdSettings, Location,
 };
 use async_trait::async_trait;
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
-    WatchStream,
+    Client, Compare, CompareOp, ConnectOptions, Event, EventType, GetOptions, PutOptions, Txn, TxnOp,
+    WatchOptions, WatchStream,
 };
 use log::{info, warn};
 use parking_lot::Mutex;
@@ -51,6 +53,9 @@ const BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::fro
 const PRESENCE_TTL: i64 = 10;
 /// An operation under `ops/` expires after this long (an edge started later skips it anyway).
 const OP_TTL: i64 = 300;
+/// Keys per read of a full load: 256 specs of 1 KiB are a quarter of a MiB. A page that still
+/// exceeds the client's message limit (huge specs) is read again in halves.
+const PAGE: i64 = 256;
 
 /// Domain specs in etcd (see the module docs).
 pub struct EtcdSource {
@@ -66,8 +71,6 @@ pub struct EtcdSource {
     /// Operations are replayed from after this revision: the first load's (so an edge skips
     /// what was broadcast before it started), then the last operation seen.
     ops_after: Mutex<i64>,
-    /// The revision of this edge's latest write.
-    written: Mutex<i64>,
 }
 
 /// A key's last good version.
@@ -112,7 +115,6 @@ impl EtcdSource {
             report: Mutex::new(Applied::default()),
             reported: tokio::sync::Notify::new(),
             ops_after: Mutex::new(0),
-            written: Mutex::new(0),
         }
     }
 
@@ -229,23 +231,44 @@ impl EtcdSource {
         connect(&self.settings).await
     }
 
-    /// Reads every domain key at one revision.
+    /// Reads every domain key at one revision, page by page.
     async fn read(&self) -> Result<(i64, Vec<(String, String, i64)>), String> {
         let mut client = self.client().await?;
         let prefix = self.domains_prefix();
-        let read = client.get(prefix.as_str(), Some(GetOptions::new().with_prefix()));
-        let answer = tokio::time::timeout(REQUEST_TIMEOUT, read)
-            .await
-            .map_err(|_| format!("no answer within {REQUEST_TIMEOUT:?}"))?
-            .map_err(|e| e.to_string())?;
-        let revision = answer.header().map_or(0, |h| h.revision());
+        let end = prefix_end(prefix.as_bytes());
+        let mut from = prefix.into_bytes();
+        let (mut revision, mut limit) = (0, PAGE);
         let mut keys = Vec::new();
-        for kv in answer.kvs() {
-            let key = String::from_utf8_lossy(kv.key()).into_owned();
-            let text = String::from_utf8_lossy(kv.value()).into_owned();
-            keys.push((key, text, kv.mod_revision()));
+        loop {
+            let mut options = GetOptions::new().with_range(end.clone()).with_limit(limit);
+            if revision > 0 {
+                options = options.with_revision(revision);
+            }
+            let answer = match within(client.get(from.clone(), Some(options))).await {
+                Ok(answer) => answer,
+                Err(e) if e.contains("message length too large") && limit > 1 => {
+                    limit /= 2;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if revision == 0 {
+                revision = answer.header().map_or(0, |h| h.revision());
+            }
+            for kv in answer.kvs() {
+                let key = String::from_utf8_lossy(kv.key()).into_owned();
+                let text = String::from_utf8_lossy(kv.value()).into_owned();
+                keys.push((key, text, kv.mod_revision()));
+            }
+            match answer.kvs().last() {
+                Some(last) if answer.more() => {
+                    // The next page starts right after the last key read.
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => return Ok((revision, keys)),
+            }
         }
-        Ok((revision, keys))
     }
 
     /// A key's spec, checked alone: it parses, its values are valid, and it claims the domain
@@ -286,15 +309,7 @@ impl EtcdSource {
                 }
                 Err(found) => {
                     let last_good = state.kept.get(&key).cloned();
-                    let outcome = match &last_good {
-                        Some(good) => format!("the version of revision {} stays", good.mod_revision),
-                        None => "the domain is not served".into(),
-                    };
-                    for e in found {
-                        warn!("etcd key {key} (revision {mod_revision}) not applied: {e}; {outcome}");
-                        let message = format!("revision {mod_revision}: {}; {outcome}", e.message);
-                        errors.push(ConfigError::new(e.at, e.key, message));
-                    }
+                    errors.extend(not_applied(&key, mod_revision, found, last_good.as_ref()));
                     if let Some(good) = last_good {
                         kept.insert(key, good);
                     }
@@ -365,13 +380,60 @@ impl EtcdSource {
         }
     }
 
-    /// Waits for the next change under the domains prefix, from the state's revision on.
-    async fn next_change(&self, backoff: &mut Duration) -> Result<(), String> {
+    /// Applies watch events to the state: each key's new version (or its error, its last
+    /// good version kept) and each key deleted, as changes.
+    fn take_events(&self, events: &[Event], revision: i64) -> Vec<DomainChange> {
+        let mut state = self.state.lock();
+        let mut changes = Vec::new();
+        for event in events {
+            let Some(kv) = event.kv() else { continue };
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            let at = Location::Key(key.clone());
+            state.errors.retain(|e| e.at != at);
+            if event.event_type() == EventType::Delete {
+                state.kept.remove(&key);
+                changes.push(DomainChange::Remove(at));
+                continue;
+            }
+            let text = String::from_utf8_lossy(kv.value()).into_owned();
+            match self.check_key(&key, &text) {
+                Ok(spec) => {
+                    let good = Kept {
+                        text,
+                        mod_revision: kv.mod_revision(),
+                        spec: Some(spec.clone()),
+                    };
+                    state.kept.insert(key, good);
+                    changes.push(DomainChange::Upsert(Box::new(DomainEntry {
+                        at,
+                        spec,
+                        revision: kv.mod_revision(),
+                    })));
+                }
+                Err(found) => {
+                    let errors = not_applied(&key, kv.mod_revision(), found, state.kept.get(&key));
+                    state.errors.extend(errors.iter().cloned());
+                    changes.push(DomainChange::Broken {
+                        at,
+                        errors,
+                        kept: true,
+                    });
+                }
+            }
+        }
+        state.revision = state.revision.max(revision);
+        changes
+    }
+
+    /// Waits for the next changes under the domains prefix, from the state's revision on.
+    async fn next_changes(&self, backoff: &mut Duration) -> Result<Changes, String> {
         let revision = self.state.lock().revision;
         if revision == 0 {
-            // Serving the snapshot: etcd answering at all is the change.
-            self.read().await?;
-            return Ok(());
+            // Serving the snapshot: etcd answering a read (a majority is up) is the change.
+            let mut client = self.client().await?;
+            let probe = GetOptions::new().with_prefix().with_count_only();
+            within(client.get(self.domains_prefix(), Some(probe))).await?;
+            return Ok(Changes::Resync);
         }
         let mut watch = self.watch.lock().await;
         if watch.as_ref().is_none_or(|(after, _)| *after != revision) {
@@ -379,22 +441,26 @@ impl EtcdSource {
             let options = WatchOptions::new()
                 .with_prefix()
                 .with_start_revision(revision + 1);
-            let started = tokio::time::timeout(
-                REQUEST_TIMEOUT,
-                client.watch(self.domains_prefix(), Some(options)),
-            )
-            .await
-            .map_err(|_| format!("no answer within {REQUEST_TIMEOUT:?}"))?
-            .map_err(|e| e.to_string())?;
+            let started = within(client.watch(self.domains_prefix(), Some(options))).await?;
             *watch = Some((revision, started));
         }
         let Some((_, stream)) = watch.as_mut() else {
             return Err("no watch".into());
         };
+        let mut events = Vec::new();
+        let mut seen_revision = revision;
+        let mut settle: Option<tokio::time::Instant> = None;
         loop {
-            let message = stream.message().await;
+            let message = match settle {
+                None => stream.message().await,
+                Some(deadline) => match tokio::time::timeout_at(deadline, stream.message()).await {
+                    Ok(message) => message,
+                    Err(_) => break,
+                },
+            };
             let answer = match message {
                 Ok(Some(answer)) => answer,
+                Ok(None) | Err(_) if !events.is_empty() => break,
                 Ok(None) => {
                     *watch = None;
                     return Err("the watch ended".into());
@@ -409,20 +475,30 @@ impl EtcdSource {
                 *watch = None;
                 if answer.compact_revision() > 0 {
                     warn!(
-                        "etcd compacted past revision {revision} (to {}): loading everything again",
+                        "etcd compacted past revision {seen_revision} (to {}): loading everything again",
                         answer.compact_revision()
                     );
-                    return Ok(());
+                    return Ok(Changes::Resync);
+                }
+                if !events.is_empty() {
+                    break;
                 }
                 return Err(format!("the watch was cancelled: {}", answer.cancel_reason()));
             }
+            if let Some(header) = answer.header() {
+                seen_revision = seen_revision.max(header.revision());
+            }
             if !answer.events().is_empty() {
-                // The next wait watches again from the revision loaded by then: if that load
-                // fails (a member just died), the same events come again, and nothing is missed.
-                *watch = None;
-                return Ok(());
+                events.extend(answer.events().iter().cloned());
+                settle.get_or_insert_with(|| tokio::time::Instant::now() + SETTLE);
             }
         }
+        let changes = self.take_events(&events, seen_revision);
+        // The same watch goes on from here.
+        if let Some((after, _)) = watch.as_mut() {
+            *after = self.state.lock().revision;
+        }
+        Ok(Changes::Domains(changes))
     }
 
     /// Writes the state to the snapshot file: a temporary file beside it, flushed, renamed.
@@ -456,19 +532,15 @@ impl EtcdSource {
         std::fs::File::open(dir).and_then(|d| d.sync_all())
     }
 
-    /// Commits `op` on `key` if the key is still at `based_on` (0: absent).
-    async fn commit(&self, key: &str, based_on: i64, op: TxnOp) -> Result<(), WriteError> {
+    /// Commits `op` on `key` if the key is still at `based_on` (0: absent); returns the
+    /// revision of the change.
+    async fn commit(&self, key: &str, based_on: i64, op: TxnOp) -> Result<i64, WriteError> {
         let mut client = self.client().await.map_err(WriteError::failed)?;
         let txn = Txn::new()
             .when([Compare::mod_revision(key, CompareOp::Equal, based_on)])
             .and_then([op]);
         match tokio::time::timeout(REQUEST_TIMEOUT, client.txn(txn)).await {
-            Ok(Ok(answer)) if answer.succeeded() => {
-                let revision = answer.header().map_or(0, |h| h.revision());
-                let mut written = self.written.lock();
-                *written = (*written).max(revision);
-                Ok(())
-            }
+            Ok(Ok(answer)) if answer.succeeded() => Ok(answer.header().map_or(0, |h| h.revision())),
             Ok(Ok(_)) => Err(WriteError::conflict(format!(
                 "{key} was changed by someone else since revision {based_on}"
             ))),
@@ -509,6 +581,40 @@ pub async fn export(settings: &EtcdSettings) -> Result<Vec<(DomainName, String)>
         .into_iter()
         .filter_map(|(key, text, _)| Some((key.strip_prefix(&prefix)?.parse().ok()?, text)))
         .collect())
+}
+
+/// The errors of a key that cannot be applied, saying which version stays.
+fn not_applied(
+    key: &str,
+    revision: i64,
+    found: Vec<ConfigError>,
+    last_good: Option<&Kept>,
+) -> Vec<ConfigError> {
+    let outcome = match last_good {
+        Some(good) => format!("the version of revision {} stays", good.mod_revision),
+        None => "the domain is not served".into(),
+    };
+    found
+        .into_iter()
+        .map(|e| {
+            warn!("etcd key {key} (revision {revision}) not applied: {e}; {outcome}");
+            let message = format!("revision {revision}: {}; {outcome}", e.message);
+            ConfigError::new(e.at, e.key, message)
+        })
+        .collect()
+}
+
+/// The end of the range of keys starting with `prefix`: the prefix with its last byte that
+/// is not 0xff incremented (etcd's own rule; "\0" when every byte is 0xff: to the end).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
 }
 
 /// `request`, bounded by [`REQUEST_TIMEOUT`], its error as text.
@@ -567,14 +673,11 @@ impl ConfigSource for EtcdSource {
         Ok(self.snapshot(edge))
     }
 
-    async fn changed(&self) -> bool {
+    async fn changes(&self) -> Option<Changes> {
         let mut backoff = BACKOFF.0;
         loop {
-            match self.next_change(&mut backoff).await {
-                Ok(()) => {
-                    tokio::time::sleep(SETTLE).await;
-                    return true;
-                }
+            match self.next_changes(&mut backoff).await {
+                Ok(changes) => return Some(changes),
                 Err(e) => {
                     warn!("etcd watch: {e}; retrying in {backoff:?}");
                     tokio::time::sleep(backoff).await;
@@ -588,14 +691,40 @@ impl ConfigSource for EtcdSource {
         &self,
         spec: &DomainSpec,
         based_on: Option<&DomainEntry>,
-    ) -> Result<Location, WriteError> {
+    ) -> Result<DomainEntry, WriteError> {
         let name: DomainName = spec.domain.parse().map_err(WriteError::failed)?;
         let key = self.key_of(&name);
         let yaml = serde_yaml::to_string(spec).map_err(|e| WriteError::failed(e.to_string()))?;
-        let revision = based_on.map_or(0, |entry| entry.revision);
-        self.commit(&key, revision, TxnOp::put(key.as_str(), yaml, None))
+        let based_on = based_on.map_or(0, |entry| entry.revision);
+        let revision = self
+            .commit(&key, based_on, TxnOp::put(key.as_str(), yaml, None))
             .await?;
-        Ok(Location::Key(key))
+        Ok(DomainEntry {
+            at: Location::Key(key),
+            spec: spec.clone(),
+            revision,
+        })
+    }
+
+    /// One key read (a linearizable read: the latest version the cluster agreed on).
+    async fn get_domain(&self, name: &DomainName) -> Result<Option<DomainEntry>, WriteError> {
+        let key = self.key_of(name);
+        let mut client = self.client().await.map_err(WriteError::failed)?;
+        let answer = within(client.get(key.as_str(), None))
+            .await
+            .map_err(WriteError::failed)?;
+        let Some(kv) = answer.kvs().first() else {
+            return Ok(None);
+        };
+        let text = String::from_utf8_lossy(kv.value());
+        let spec = self
+            .check_key(&key, &text)
+            .map_err(|e| WriteError::failed(ConfigErrors(e).to_string()))?;
+        Ok(Some(DomainEntry {
+            at: Location::Key(key),
+            spec,
+            revision: kv.mod_revision(),
+        }))
     }
 
     async fn delete_domain(
@@ -621,16 +750,6 @@ impl ConfigSource for EtcdSource {
         }
         *self.report.lock() = report.clone();
         self.reported.notify_one();
-    }
-
-    fn settled(&self) -> Result<(), String> {
-        let (written, loaded) = (*self.written.lock(), self.state.lock().revision);
-        if written > loaded {
-            return Err(format!(
-                "written to etcd at revision {written}, but this edge could not read it back yet (it holds revision {loaded}); it applies once etcd answers"
-            ));
-        }
-        Ok(())
     }
 
     async fn broadcast(&self, op: &FleetOp) -> Result<bool, WriteError> {

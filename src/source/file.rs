@@ -5,7 +5,7 @@
 //! temporary file renamed over the old one, and readers never see half a file.
 
 use super::watch::ConfigWatcher;
-use super::{ConfigSource, DomainEntry, Snapshot, WriteError};
+use super::{Changes, ConfigSource, DomainChange, DomainEntry, Snapshot, WriteError};
 use crate::spec::{parse_yaml, ConfigError, ConfigErrors, DomainName, DomainSpec, EdgeSettings, Location};
 use async_trait::async_trait;
 use std::path::{Path, PathBuf};
@@ -42,15 +42,46 @@ impl FileSource {
             .ok_or_else(|| WriteError::failed("the edge file was never loaded"))
     }
 
-    /// The file holding the spec of `name`, if one parses and claims it.
-    fn file_of(&self, dir: &Path, name: &DomainName) -> Result<Option<PathBuf>, WriteError> {
-        let files = read_dir_files(dir).map_err(|e| WriteError::failed(e.to_string()))?;
-        Ok(files.into_iter().find_map(|(file, parsed)| {
-            parsed
-                .ok()
-                .filter(|spec| spec.domain.parse::<DomainName>().is_ok_and(|n| n == *name))
-                .map(|_| file)
-        }))
+    /// The file a spec of `name` is written to when no entry says where it lives: its own
+    /// name in the folder (`file_name`), or, if that file holds another domain's spec, the
+    /// first free `name-2.yaml`, `name-3.yaml`…
+    fn new_file(dir: &Path, name: &DomainName) -> PathBuf {
+        let base = file_name(name);
+        let stem = base.trim_end_matches(".yaml");
+        (1..)
+            .map(|n| match n {
+                1 => dir.join(&base),
+                n => dir.join(format!("{stem}-{n}.yaml")),
+            })
+            .find(|file| claims(file).is_none_or(|claimed| claimed == *name))
+            .unwrap_or_else(|| dir.join(base.clone()))
+    }
+}
+
+/// The name the domain file `file` claims, if it exists and parses.
+fn claims(file: &Path) -> Option<DomainName> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let spec: DomainSpec = parse_yaml(file, &text).ok()?;
+    spec.domain.parse().ok()
+}
+
+/// What became of a domain file named by a change event.
+fn change_of(file: &Path) -> DomainChange {
+    let at = Location::File(file.to_path_buf());
+    if !file.exists() {
+        return DomainChange::Remove(at);
+    }
+    match read_file(file).and_then(|text| parse_yaml::<DomainSpec>(file, &text)) {
+        Ok(spec) => DomainChange::Upsert(Box::new(DomainEntry {
+            at,
+            spec,
+            revision: 0,
+        })),
+        Err(e) => DomainChange::Broken {
+            at,
+            errors: vec![e],
+            kept: false,
+        },
     }
 }
 
@@ -63,52 +94,73 @@ impl ConfigSource for FileSource {
         load_folder(edge, &dir)
     }
 
-    async fn changed(&self) -> bool {
+    /// The files named by change events, each read again (only those); the edge file or
+    /// lost events ask for a full load.
+    async fn changes(&self) -> Option<Changes> {
         let mut watcher = self.watcher.lock().await;
         if watcher.is_none() {
-            let Some(dir) = self.domains_dir() else {
-                return false;
-            };
+            let dir = self.domains_dir()?;
             match ConfigWatcher::start(&self.edge_file, dir) {
                 Ok(started) => *watcher = Some(started),
                 Err(e) => {
                     log::error!("cannot watch the configuration, changes need a restart: {e}");
-                    return false;
+                    return None;
                 }
             }
         }
-        match watcher.as_mut() {
-            Some(watching) => watching.next_change().await,
-            None => false,
+        let watching = watcher.as_mut()?;
+        loop {
+            let seen = watching.next_change().await?;
+            if seen.rescan {
+                return Some(Changes::Resync);
+            }
+            let changes: Vec<DomainChange> = seen
+                .paths
+                .iter()
+                .filter(|path| has_domain_file_name(path) && !path.is_dir())
+                .map(|path| change_of(path))
+                .collect();
+            if !changes.is_empty() {
+                return Some(Changes::Domains(changes));
+            }
         }
     }
 
-    /// One writer at a time is the admin API's business: files carry no revision.
+    /// One writer at a time is the admin API's business: files carry no revision. Touches
+    /// one file: the one `based_on` came from, or the new domain's own.
     async fn put_domain(
         &self,
         spec: &DomainSpec,
-        _based_on: Option<&DomainEntry>,
-    ) -> Result<Location, WriteError> {
+        based_on: Option<&DomainEntry>,
+    ) -> Result<DomainEntry, WriteError> {
         let dir = self.loaded_dir()?;
         let name: DomainName = spec.domain.parse().map_err(WriteError::failed)?;
-        let file = match self.file_of(dir, &name)? {
-            Some(file) => file,
-            None => dir.join(file_name(&name)),
+        let file = match based_on.map(|entry| &entry.at) {
+            Some(Location::File(file)) => file.clone(),
+            _ => FileSource::new_file(dir, &name),
         };
         write_domain_file(&file, spec)
             .map_err(|e| WriteError::failed(format!("cannot write {}: {e}", file.display())))?;
-        Ok(Location::File(file))
+        Ok(DomainEntry {
+            at: Location::File(file),
+            spec: spec.clone(),
+            revision: 0,
+        })
     }
 
     async fn delete_domain(
         &self,
         name: &DomainName,
-        _based_on: Option<&DomainEntry>,
+        based_on: Option<&DomainEntry>,
     ) -> Result<bool, WriteError> {
         let dir = self.loaded_dir()?;
-        let Some(file) = self.file_of(dir, name)? else {
-            return Ok(false);
+        let file = match based_on.map(|entry| &entry.at) {
+            Some(Location::File(file)) => file.clone(),
+            _ => dir.join(file_name(name)),
         };
+        if claims(&file).as_ref() != Some(name) {
+            return Ok(false);
+        }
         std::fs::remove_file(&file)
             .map_err(|e| WriteError::failed(format!("cannot remove {}: {e}", file.display())))?;
         Ok(true)
@@ -197,8 +249,13 @@ fn write_domain_file(file: &Path, spec: &DomainSpec) -> std::io::Result<()> {
 }
 
 fn is_domain_file(path: &Path) -> bool {
+    has_domain_file_name(path) && path.is_file()
+}
+
+/// `*.yaml` or `*.yml`, not hidden (temporary files of writers and editors are).
+fn has_domain_file_name(path: &Path) -> bool {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    !name.starts_with('.') && (name.ends_with(".yaml") || name.ends_with(".yml")) && path.is_file()
+    !name.starts_with('.') && (name.ends_with(".yaml") || name.ends_with(".yml"))
 }
 
 #[cfg(test)]
@@ -236,15 +293,16 @@ mod tests {
         let domains = dir.path().join("domains");
         std::fs::write(domains.join("mine.yaml"), EXP).unwrap();
         let mut snapshot = source.load().await.unwrap();
-        let mut spec = snapshot.domains.remove(0).spec;
+        let before = snapshot.domains.remove(0);
+        let mut spec = before.spec.clone();
         spec.origin.servers = vec!["127.0.0.1:9".into()];
-        let at = source.put_domain(&spec, None).await.unwrap();
+        let at = source.put_domain(&spec, Some(&before)).await.unwrap().at;
         assert_eq!(at, Location::File(domains.join("mine.yaml")));
         let reloaded = source.load().await.unwrap();
         assert_eq!(reloaded.domains[0].spec, spec);
 
         spec.domain = "*.example.org".into();
-        let at = source.put_domain(&spec, None).await.unwrap();
+        let at = source.put_domain(&spec, None).await.unwrap().at;
         assert_eq!(at, Location::File(domains.join("wildcard.example.org.yaml")));
         assert_eq!(source.load().await.unwrap().domains.len(), 2);
         let leftovers: Vec<_> = std::fs::read_dir(&domains)

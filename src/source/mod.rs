@@ -1,6 +1,7 @@
 //! Where specs come from and where changes go: a [`ConfigSource`] gives a [`Snapshot`] of the
-//! edge settings and every domain spec, says when it may have changed, and writes one domain's
-//! spec at a time. [`FileSource`] is the edge file with its folder of drop-in domain files;
+//! edge settings and every domain spec, then reports what changed as [`Changes`] (one spec
+//! written or removed, each with where it lives; a full load only when nothing less is safe),
+//! and writes one domain's spec at a time. [`FileSource`] is the edge file with its folder of drop-in domain files;
 //! [`EtcdSource`] the edge file with domain specs in etcd, shared by a fleet.
 //!
 //! A source only reads, parses and writes: what a snapshot means (validation across domains,
@@ -31,6 +32,46 @@ pub struct DomainEntry {
     /// The store's revision of this version, which a write based on it must still find (0
     /// where the source has none).
     pub revision: i64,
+}
+
+/// One change of a domain spec, as a source saw it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DomainChange {
+    /// The spec at `entry.at` was created or replaced.
+    Upsert(Box<DomainEntry>),
+    /// The spec at this location is gone.
+    Remove(Location),
+    /// The spec at `at` cannot be used (it does not parse, or fails its checks alone). With
+    /// `kept`, the source keeps serving its last good version and this is only reported;
+    /// without, the change waits until the spec is fixed.
+    Broken {
+        /// Where the spec lives.
+        at: Location,
+        /// What is wrong with it.
+        errors: Vec<ConfigError>,
+        /// Whether the source keeps the last good version.
+        kept: bool,
+    },
+}
+
+impl DomainChange {
+    /// Where the changed spec lives.
+    pub fn at(&self) -> &Location {
+        match self {
+            DomainChange::Upsert(entry) => &entry.at,
+            DomainChange::Remove(at) | DomainChange::Broken { at, .. } => at,
+        }
+    }
+}
+
+/// What a source saw change since its last load or its last report.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Changes {
+    /// These specs changed; nothing else did.
+    Domains(Vec<DomainChange>),
+    /// Only a full load is safe: the edge file changed, change events were lost (a file
+    /// watcher's overflow, etcd compacted past the revision watched, a new cluster).
+    Resync,
 }
 
 /// Everything a source holds at one moment.
@@ -151,19 +192,26 @@ pub trait ConfigSource: Send + Sync {
     /// used; a single domain spec that does not parse is in [`Snapshot::errors`] instead.
     async fn load(&self) -> Result<Snapshot, ConfigErrors>;
 
-    /// Waits until the specs may have changed; changes close together come as one. False
-    /// when no change will be seen any more (watching is impossible or has ended).
-    async fn changed(&self) -> bool;
+    /// Waits for the next changes; changes close together come as one report. None when no
+    /// change will be seen any more (watching is impossible or has ended).
+    async fn changes(&self) -> Option<Changes>;
 
     /// Creates or replaces the spec of the domain it names, atomically: readers see the old
     /// spec or the new one, never a mix. `based_on` is the entry the change was made from
     /// (none: the domain is new); a source that can tell refuses the write as a conflict when
-    /// the domain changed since. Returns where it was written.
+    /// the domain changed since. Returns the entry written: where, and at which revision.
     async fn put_domain(
         &self,
         spec: &DomainSpec,
         based_on: Option<&DomainEntry>,
-    ) -> Result<Location, WriteError>;
+    ) -> Result<DomainEntry, WriteError>;
+
+    /// The spec of the domain claimed under exactly `name` as the source holds it now (the
+    /// admin API reads it again after a conflict). The default loads everything.
+    async fn get_domain(&self, name: &DomainName) -> Result<Option<DomainEntry>, WriteError> {
+        let snapshot = self.load().await.map_err(|e| WriteError::failed(e.to_string()))?;
+        Ok(snapshot.domain(name).cloned())
+    }
 
     /// Removes the spec of the domain claimed under exactly `name`, as `based_on` (from the
     /// latest load) has it. False if there was none.
@@ -176,12 +224,6 @@ pub trait ConfigSource: Send + Sync {
     /// Told after a snapshot of this source was applied (etcd keeps a copy on disk and tells
     /// the fleet).
     async fn applied(&self, _report: &Applied) {}
-
-    /// Whether this source's latest write is in what it last loaded (a store that can lag
-    /// says so; the admin API then answers that the change is written but not applied yet).
-    fn settled(&self) -> Result<(), String> {
-        Ok(())
-    }
 
     /// Sends an operation to every other edge of the fleet. False: this edge is not in one.
     async fn broadcast(&self, _op: &FleetOp) -> Result<bool, WriteError> {

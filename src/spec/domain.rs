@@ -372,6 +372,32 @@ impl RuleSpec {
 }
 
 impl DomainSpec {
+    /// Every page its rules serve in place, with the key naming it (`custom_pages[0].url`,
+    /// `custom_pages[1].variants.application/json.languages.fr`): the pages fetched through
+    /// their domain's origin, so their hosts must be domains the edge serves.
+    pub fn in_place_pages(&self) -> impl Iterator<Item = (String, &PageUrl)> {
+        self.custom_pages
+            .iter()
+            .enumerate()
+            .filter(|(_, rule)| rule.redirect.is_none())
+            .flat_map(|(i, rule)| {
+                let variants = rule.variants.iter().flat_map(move |(m, v)| {
+                    let translations = v
+                        .languages
+                        .iter()
+                        .map(move |(l, u)| (format!("custom_pages[{i}].variants.{m}.languages.{l}"), u));
+                    std::iter::once((format!("custom_pages[{i}].variants.{m}"), &v.url)).chain(translations)
+                });
+                std::iter::once((format!("custom_pages[{i}].url"), &rule.url))
+                    .chain(variants)
+                    .chain(
+                        rule.languages
+                            .iter()
+                            .map(move |(l, u)| (format!("custom_pages[{i}].languages.{l}"), u)),
+                    )
+            })
+    }
+
     /// Checks what the types alone cannot, on this spec alone. Returns the domain's name, or
     /// every error found, each located at `at`.
     pub fn check(&self, at: &Location) -> Result<DomainName, Vec<ConfigError>> {
@@ -497,33 +523,25 @@ pub fn check_together(specs: &[(&Location, &DomainSpec, &DomainName)]) -> Vec<Co
         claimed.contains_key(&DomainName::Exact(host.to_string())) || wildcards.iter().any(|w| w.covers(host))
     };
     for (at, spec, _) in specs {
-        for (i, rule) in spec.custom_pages.iter().enumerate() {
-            let in_place = rule.redirect.is_none();
-            let pages = std::iter::once(("url".to_string(), &rule.url))
-                .chain(rule.variants.iter().flat_map(|(m, v)| {
-                    let translations = v
-                        .languages
-                        .iter()
-                        .map(move |(l, u)| (format!("variants.{m}.languages.{l}"), u));
-                    std::iter::once((format!("variants.{m}"), &v.url)).chain(translations)
-                }))
-                .chain(rule.languages.iter().map(|(l, u)| (format!("languages.{l}"), u)));
-            for (key, url) in pages.filter(|_| in_place) {
-                if served(url.host()) {
-                    continue;
-                }
-                errors.push(ConfigError::new(
-                    (*at).clone(),
-                    format!("custom_pages[{i}].{key}"),
-                    format!(
-                        "host {:?} is not a domain this edge serves; a page served in place is fetched through its domain's origin (add redirect: 302 to send clients to another site)",
-                        url.host()
-                    ),
-                ));
+        for (key, url) in spec.in_place_pages() {
+            if !served(url.host()) {
+                errors.push(not_served(at, key, url.host()));
             }
         }
     }
     errors
+}
+
+/// The error of a page served in place (named by `key` in the spec at `at`) on a host no
+/// domain of the edge serves.
+pub fn not_served(at: &Location, key: String, host: &str) -> ConfigError {
+    ConfigError::new(
+        at.clone(),
+        key,
+        format!(
+            "host {host:?} is not a domain this edge serves; a page served in place is fetched through its domain's origin (add redirect: 302 to send clients to another site)"
+        ),
+    )
 }
 
 /// A name to send as SNI: DNS labels of letters, digits and `-`, dot-separated.

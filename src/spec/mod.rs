@@ -10,7 +10,9 @@ pub mod domain;
 pub mod edge;
 pub mod values;
 
-pub use domain::{check_together, CertSpec, DomainSpec, OriginSpec, RuleSpec, Source, VariantSpec};
+pub use domain::{
+    check_together, not_served, CertSpec, DomainSpec, OriginSpec, RuleSpec, Source, VariantSpec,
+};
 pub use edge::{AccessLogFormat, AccessLogTarget, EdgeSettings, EtcdSettings, PageSettings, SourceSettings};
 pub use values::{CodePattern, DomainName, PageUrl};
 
@@ -19,7 +21,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 /// Where a spec came from: a file, or a key of a configuration store.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 pub enum Location {
     /// A file on disk.
     #[serde(rename = "file")]

@@ -40,11 +40,13 @@ impl HealthTable {
         OriginHealth { servers }
     }
 
-    /// Forgets every server not in `in_use`: called once a configuration is applied, so a
-    /// server it dropped starts up if a later one adds it again.
-    pub fn retain<'a>(&self, in_use: impl IntoIterator<Item = &'a str>) {
-        let in_use: std::collections::HashSet<String> = in_use.into_iter().map(key).collect();
-        self.servers.lock().retain(|server, _| in_use.contains(server));
+    /// Forgets `servers`: called with the servers a change left unused, so a server dropped
+    /// starts up if a later change adds it again.
+    pub fn forget(&self, servers: &[String]) {
+        let mut known = self.servers.lock();
+        for server in servers {
+            known.remove(&key(server));
+        }
     }
 
     /// Whether `server` is known and down (for status pages).
@@ -237,11 +239,11 @@ mod tests {
         assert!(first.failed(1, 502));
         // A new configuration: the same server, written in another case, under another domain.
         let next = table.origin(&servers(&["B:80"]));
-        table.retain(["a:80", "B:80"]);
+        table.forget(&servers(&["c:80"]));
         assert!(table.is_down("b:80"));
         assert!(matches!(next.pick(0), Pick::Probe(_)), "still down: {next:?}");
         // A configuration without it forgets it; adding it back starts it up.
-        table.retain(["a:80"]);
+        table.forget(&servers(&["B:80"]));
         assert!(!table.is_down("b:80"));
         let again = table.origin(&servers(&["b:80"]));
         assert!(matches!(again.pick(0), Pick::Up(0)));

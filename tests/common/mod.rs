@@ -461,3 +461,27 @@ pub fn log_line(edge: &Edge, needles: &[&str]) -> Option<String> {
         .find(|line| needles.iter().all(|n| line.contains(n)))
         .map(str::to_string)
 }
+
+/// `/metrics` of `edge`, scraped until `counted` holds (counters move in the `logging` hook,
+/// after the response has gone out), or as it is after 10 s for the caller to report.
+pub async fn scrape_until(edge: &Edge, counted: impl Fn(&str) -> bool) -> String {
+    let plain = reqwest::Client::builder().no_proxy().build().expect("client");
+    let url = format!("http://127.0.0.1:{}/metrics", edge.admin_port);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        // Loopback: no token needed for /metrics.
+        let got = send(plain.get(&url)).await;
+        assert_eq!(got.status, 200);
+        if counted(&got.body) || Instant::now() > deadline {
+            return got.body;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+pub fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines()
+        .find(|line| line.starts_with(name_and_labels))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
