@@ -3,7 +3,7 @@ CARGO ?= cargo
 EDGE_CONF ?= conf/edge.yaml
 DEMO_ORIGIN ?= 127.0.0.1:8080
 
-.PHONY: all deps etcd-deps browser-deps build run run-tls fleet test lint bench profile soak mutants clean
+.PHONY: all deps etcd-deps browser-deps build run run-tls fleet test lint bench bench-scale profile soak mutants clean
 
 all: build
 
@@ -83,6 +83,11 @@ lint: deps
 # Side by side with nginx (installs nginx-light and wrk); writes BENCHMARKS.md. Not part of `test`.
 bench: deps
 	bash bench/run.sh
+
+# The control plane with 1,000 to 100,000 domains, files and etcd (issue 22); writes the Scale
+# section of BENCHMARKS.md. Not part of `test`. SCALE_N="1000 10000" SCALE_MODES=files to narrow.
+bench-scale: deps etcd-deps
+	python3 bench/scale.py
 
 # perf + flame graph of our edge on one bench case: make profile CASE=3 (writes target/profile/).
 CASE ?= 1

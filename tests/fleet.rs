@@ -243,26 +243,32 @@ async fn edges_keep_serving_without_etcd_start_from_their_snapshot_and_catch_up(
             .await
             .is_some());
     }
+    // A change after the first load: the snapshot keeps it in its log of changes.
+    etcd.put(&key(EXP), &exp_yaml(&origin, "/other.html"));
+    for edge in [&a, &b] {
+        let took = until_served(edge, "other page", Duration::from_secs(5)).await;
+        assert!(took.is_some(), "{}", edge.log());
+    }
     etcd.kill(0);
     tokio::time::sleep(Duration::from_millis(500)).await;
     for edge in [&a, &b] {
-        assert_eq!(gone(edge).await, "custom 404", "{}", edge.log());
+        assert_eq!(gone(edge).await, "other page", "{}", edge.log());
     }
-    // An edge restarted while etcd is down serves its snapshot, and says so.
+    // An edge restarted while etcd is down serves its snapshot with the change, and says so.
     let b = tokio::task::spawn_blocking({
         let options = fleet_options(&etcd, "b");
         move || b.restart(options)
     })
     .await
     .expect("restart");
-    assert_eq!(gone(&b).await, "custom 404", "{}", b.log());
+    assert_eq!(gone(&b).await, "other page", "{}", b.log());
     assert_eq!(Admin::new(&b).status().await["source"], "snapshot");
 
     // etcd back: a change made then reaches both.
     etcd.restart(0, true);
-    etcd.put(&key(EXP), &exp_yaml(&origin, "/other.html"));
+    etcd.put(&key(EXP), &exp_yaml(&origin, "/404.html"));
     for edge in [&a, &b] {
-        let took = until_served(edge, "other page", Duration::from_secs(6)).await;
+        let took = until_served(edge, "custom 404", Duration::from_secs(6)).await;
         assert!(took.is_some(), "{}", edge.log());
     }
     assert_eq!(Admin::new(&b).status().await["source"], "etcd");

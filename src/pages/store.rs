@@ -654,7 +654,8 @@ mod tests {
         store.sync(&pages, &settings).await;
         assert_eq!(body(&store).as_deref(), Some(&b"one"[..]));
         assert_eq!(store.info(URL).map(|i| i.state), Some("fresh"));
-        tokio::time::sleep(Duration::from_secs(61)).await;
+        // Refreshed after its max-age give or take a tenth (54 s to 66 s), once.
+        tokio::time::sleep(Duration::from_secs(67)).await;
         assert_eq!(body(&store).as_deref(), Some(&b"two"[..]), "refreshed");
         assert_eq!(fetcher.calls(), 2);
         assert_eq!(*fetcher.seen.lock(), ["ok", "ok"]);
@@ -712,5 +713,97 @@ mod tests {
         store.retain_used(&urls, |_| false).await;
         assert!(store.get(URL).is_none());
         assert!(store.refresh(URL).await.is_err());
+    }
+
+    /// Fetches every page after `delay`, counting how many are under way, overall and per
+    /// origin (its first server).
+    #[derive(Default)]
+    struct Counting {
+        delay: Duration,
+        now: Mutex<(usize, std::collections::HashMap<String, usize>)>,
+        most: Mutex<(usize, std::collections::HashMap<String, usize>)>,
+        done: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl PageFetcher for Counting {
+        async fn fetch(
+            &self,
+            _: &PageUrl,
+            origin: &Origin,
+            settings: &PageSettings,
+        ) -> Result<Page, FetchError> {
+            let server = origin.servers[0].clone();
+            {
+                let mut now = self.now.lock();
+                now.0 += 1;
+                *now.1.entry(server.clone()).or_default() += 1;
+                let mut most = self.most.lock();
+                most.0 = most.0.max(now.0);
+                let here = now.1[&server];
+                let top = most.1.entry(server.clone()).or_default();
+                *top = (*top).max(here);
+            }
+            tokio::time::sleep(self.delay).await;
+            {
+                let mut now = self.now.lock();
+                now.0 -= 1;
+                *now.1.entry(server).or_default() -= 1;
+            }
+            self.done.fetch_add(1, Ordering::SeqCst);
+            Ok(Page::new(
+                Bytes::from_static(b"page"),
+                HeaderValue::from_static("text/plain"),
+                settings.refresh,
+            ))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fetches_wait_their_turn_overall_and_per_origin() {
+        let fetcher = Arc::new(Counting {
+            delay: Duration::from_millis(50),
+            ..Counting::default()
+        });
+        let settings = PageSettings {
+            fetch_concurrency: 3,
+            fetch_per_origin: 2,
+            ..PageSettings::default()
+        };
+        let store = PageStore::with(settings.clone(), fetcher.clone(), Arc::new(NoObserver));
+        let (a, b) = (
+            Arc::new(Origin::new(["127.0.0.1:1"])),
+            Arc::new(Origin::new(["127.0.0.1:2"])),
+        );
+        let pages: Vec<WantedPage> = (0..24)
+            .map(|i| {
+                let origin = if i % 2 == 0 { a.clone() } else { b.clone() };
+                WantedPage::new(format!("http://d{i}.example.com/e.html").parse().unwrap(), origin)
+            })
+            .collect();
+        store.sync(&pages, &settings).await;
+        assert_eq!(
+            fetcher.done.load(Ordering::SeqCst),
+            24,
+            "every page fetched, in turn"
+        );
+        let most = fetcher.most.lock();
+        assert_eq!(most.0, 3, "overall bound: {:?}", most);
+        assert_eq!(
+            (most.1["127.0.0.1:1"], most.1["127.0.0.1:2"]),
+            (2, 2),
+            "per origin bound"
+        );
+    }
+
+    #[test]
+    fn refresh_delays_are_spread_by_a_tenth() {
+        let delays: Vec<Duration> = (0..200).map(|_| jittered(Duration::from_secs(100))).collect();
+        assert!(
+            delays.iter().all(|d| (90.0..=110.0).contains(&d.as_secs_f64())),
+            "{delays:?}"
+        );
+        let distinct: std::collections::BTreeSet<u128> = delays.iter().map(|d| d.as_millis()).collect();
+        assert!(distinct.len() > 100, "spread, not one value: {}", distinct.len());
     }
 }

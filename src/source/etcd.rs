@@ -11,8 +11,9 @@
 //!   seen, with backoff; a watch cancelled by compaction asks for a full load. Connections use
 //!   HTTP/2 keep-alives and require a leader, so a partitioned member cannot hold a silent
 //!   watch.
-//! - **Snapshot:** after each applied load the state is written to `snapshot` (temp, fsync,
-//!   rename). An edge started while etcd is unreachable serves it, then catches up.
+//! - **Snapshot:** after each applied change the keys it changed are appended to the snapshot's
+//!   log; a full load writes the whole state (see [`super::snapshot`]). An edge started while
+//!   etcd is unreachable serves it, then catches up.
 //! - **Writes:** one transaction comparing the key's `mod_revision` with the one its change was
 //!   based on: a concurrent change makes it a conflict (the caller reads again and retries),
 //!   never a lost update.
@@ -27,6 +28,7 @@
 //! was created on, and the edge loads its configuration on a short-lived one before Pingora
 //! starts (and, with `-d`, forks).
 
+use super::snapshot::{SnapshotFiles, StoredKey};
 use super::{Applied, Changes, ConfigSource, DomainChange, DomainEntry, FleetOp, Snapshot, WriteError};
 use crate::spec::{
     parse_yaml, ConfigError, ConfigErrors, DomainName, DomainSpec, EdgeSettings, EtcdSettings, Location,
@@ -40,7 +42,7 @@ use log::{info, warn};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Changes closer together than this are loaded as one.
@@ -61,6 +63,8 @@ const PAGE: i64 = 256;
 pub struct EtcdSource {
     edge_file: PathBuf,
     settings: EtcdSettings,
+    /// The last applied state on disk.
+    snapshot: SnapshotFiles,
     state: Mutex<State>,
     /// The watch in use, and the revision it started after.
     watch: tokio::sync::Mutex<Option<(i64, WatchStream)>>,
@@ -87,6 +91,10 @@ struct Kept {
 /// What the source holds between loads.
 #[derive(Debug, Default)]
 struct State {
+    /// Keys changed since the snapshot was last written, with the revision of the change.
+    dirty: BTreeMap<String, i64>,
+    /// Whether the next snapshot write is a whole new base (after a full load).
+    rewrite: bool,
     /// The last good version of every key, by key.
     kept: BTreeMap<String, Kept>,
     /// The errors of the last load (keys that keep their last good version, or have none).
@@ -97,18 +105,12 @@ struct State {
     from_snapshot: bool,
 }
 
-/// The snapshot file's content.
-#[derive(Serialize, Deserialize)]
-struct SnapshotFile {
-    revision: i64,
-    domains: BTreeMap<String, Kept>,
-}
-
 impl EtcdSource {
     /// The source of the edge file `edge_file`, whose `source.etcd` section is `settings`.
     pub fn new(edge_file: impl Into<PathBuf>, settings: EtcdSettings) -> EtcdSource {
         EtcdSource {
             edge_file: edge_file.into(),
+            snapshot: SnapshotFiles::new(&settings.snapshot),
             settings,
             state: Mutex::new(State::default()),
             watch: tokio::sync::Mutex::new(None),
@@ -321,6 +323,8 @@ impl EtcdSource {
             errors,
             revision,
             from_snapshot: false,
+            dirty: BTreeMap::new(),
+            rewrite: true,
         };
         let mut ops_after = self.ops_after.lock();
         if *ops_after == 0 {
@@ -328,20 +332,20 @@ impl EtcdSource {
         }
     }
 
-    /// Reads the snapshot file into the state.
+    /// Reads the snapshot files into the state.
     fn take_snapshot_file(&self) -> Result<(), String> {
-        let path = &self.settings.snapshot;
-        let text =
-            std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let file: SnapshotFile =
-            serde_json::from_str(&text).map_err(|e| format!("{} is not a snapshot: {e}", path.display()))?;
+        let (revision, domains) = self.snapshot.read()?;
         let mut state = self.state.lock();
         state.kept.clear();
         state.errors.clear();
-        for (key, mut kept) in file.domains {
-            match self.check_key(&key, &kept.text) {
+        for (key, stored) in domains {
+            match self.check_key(&key, &stored.text) {
                 Ok(spec) => {
-                    kept.spec = Some(spec);
+                    let kept = Kept {
+                        text: stored.text,
+                        mod_revision: stored.mod_revision,
+                        spec: Some(spec),
+                    };
                     state.kept.insert(key, kept);
                 }
                 Err(errors) => state.errors.extend(errors),
@@ -350,9 +354,8 @@ impl EtcdSource {
         state.from_snapshot = true;
         state.revision = 0;
         info!(
-            "serving the snapshot {} of revision {}",
-            path.display(),
-            file.revision
+            "serving the snapshot {} of revision {revision}",
+            self.snapshot.path().display()
         );
         Ok(())
     }
@@ -390,6 +393,7 @@ impl EtcdSource {
             let key = String::from_utf8_lossy(kv.key()).into_owned();
             let at = Location::Key(key.clone());
             state.errors.retain(|e| e.at != at);
+            state.dirty.insert(key.clone(), kv.mod_revision());
             if event.event_type() == EventType::Delete {
                 state.kept.remove(&key);
                 changes.push(DomainChange::Remove(at));
@@ -501,35 +505,39 @@ impl EtcdSource {
         Ok(Changes::Domains(changes))
     }
 
-    /// Writes the state to the snapshot file: a temporary file beside it, flushed, renamed.
+    /// Brings the snapshot up to the state: the keys changed since the last write appended to
+    /// its log, or a new base after a full load or when the log is full.
     fn write_snapshot_file(&self) -> std::io::Result<()> {
-        use std::io::Write;
-        let content = {
-            let state = self.state.lock();
-            if state.from_snapshot {
-                return Ok(());
-            }
-            let file = SnapshotFile {
-                revision: state.revision,
-                domains: state.kept.clone(),
-            };
-            serde_json::to_vec_pretty(&file).map_err(std::io::Error::other)?
+        let stored = |kept: &Kept| StoredKey {
+            text: kept.text.clone(),
+            mod_revision: kept.mod_revision,
         };
-        let path = &self.settings.snapshot;
-        let dir = path.parent().unwrap_or(Path::new("."));
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("etcd-snapshot.json");
-        let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-        let mut out = std::fs::File::create(&tmp)?;
-        out.write_all(&content)?;
-        out.sync_all()?;
-        std::fs::rename(&tmp, path).inspect_err(|_| {
-            let _ = std::fs::remove_file(&tmp);
-        })?;
-        // The rename itself is on disk once the folder is.
-        std::fs::File::open(dir).and_then(|d| d.sync_all())
+        let mut state = self.state.lock();
+        if state.from_snapshot {
+            return Ok(());
+        }
+        let dirty = std::mem::take(&mut state.dirty);
+        let rewrite = std::mem::take(&mut state.rewrite) || !self.snapshot.log_has_room(dirty.len());
+        let written = if rewrite {
+            let all = state
+                .kept
+                .iter()
+                .map(|(key, kept)| (key.clone(), stored(kept)))
+                .collect();
+            self.snapshot.write_base(state.revision, all)
+        } else {
+            let changes = dirty
+                .into_iter()
+                .map(|(key, revision)| {
+                    let value = state.kept.get(&key).map(stored);
+                    (key, revision, value)
+                })
+                .collect();
+            self.snapshot.append(changes)
+        };
+        // What failed to be written is written whole next time.
+        state.rewrite |= written.is_err();
+        written
     }
 
     /// Commits `op` on `key` if the key is still at `based_on` (0: absent); returns the

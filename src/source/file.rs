@@ -5,7 +5,7 @@
 //! temporary file renamed over the old one, and readers never see half a file.
 
 use super::watch::ConfigWatcher;
-use super::{Changes, ConfigSource, DomainChange, DomainEntry, Snapshot, WriteError};
+use super::{write_atomically, Changes, ConfigSource, DomainChange, DomainEntry, Snapshot, WriteError};
 use crate::spec::{parse_yaml, ConfigError, ConfigErrors, DomainName, DomainSpec, EdgeSettings, Location};
 use async_trait::async_trait;
 use std::path::{Path, PathBuf};
@@ -232,20 +232,11 @@ fn read_dir_files(dir: &Path) -> Result<Vec<ParsedFile>, ConfigErrors> {
         .collect())
 }
 
-/// Replaces a domain file atomically: a hidden temporary file in the same folder (which the
-/// loader ignores), flushed to disk, then renamed over the old one.
+/// Replaces a domain file atomically (see [`write_atomically`]): the temporary file is hidden,
+/// so the loader ignores it.
 fn write_domain_file(file: &Path, spec: &DomainSpec) -> std::io::Result<()> {
-    use std::io::Write;
     let yaml = serde_yaml::to_string(spec).map_err(std::io::Error::other)?;
-    let dir = file.parent().unwrap_or(Path::new("."));
-    let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("domain.yaml");
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let mut out = std::fs::File::create(&tmp)?;
-    out.write_all(yaml.as_bytes())?;
-    out.sync_all()?;
-    std::fs::rename(&tmp, file).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })
+    write_atomically(file, yaml.as_bytes())
 }
 
 fn is_domain_file(path: &Path) -> bool {
@@ -311,6 +302,24 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
             .collect();
         assert!(leftovers.is_empty(), "no temporary file is left behind");
+
+        // The new domain's own file name taken by another domain's spec: the next free one.
+        std::fs::write(
+            domains.join("new.example.org.yaml"),
+            EXP.replace("exp.example.com", "other.example.org"),
+        )
+        .unwrap();
+        spec.domain = "new.example.org".into();
+        let at = source.put_domain(&spec, None).await.unwrap().at;
+        assert_eq!(at, Location::File(domains.join("new.example.org-2.yaml")));
+        let new: DomainName = "new.example.org".parse().unwrap();
+        let entry = DomainEntry {
+            at,
+            spec: spec.clone(),
+            revision: 0,
+        };
+        assert!(source.delete_domain(&new, Some(&entry)).await.unwrap());
+        std::fs::remove_file(domains.join("new.example.org.yaml")).unwrap();
 
         let wildcard: DomainName = "*.example.org".parse().unwrap();
         assert!(source.delete_domain(&wildcard, None).await.unwrap());
