@@ -241,7 +241,7 @@ def run(mode, n, folder):
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         source = lambda i: (
-            f"source:\n  etcd:\n    endpoints: [\"127.0.0.1:{client}\"]\n    prefix: /scale/\n"
+            f"source:\n  etcd:\n    endpoints: [\"http://127.0.0.1:{client}\"]\n    prefix: /scale/\n"
             f"    snapshot: snapshot{i}.json\n    edge_id: edge{i}\n"
         )
         edges = [Edge(folder, 0, source(0)), Edge(folder, 1, source(1))]

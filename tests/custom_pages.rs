@@ -2083,3 +2083,49 @@ async fn pages_arrive_self_contained_at_any_path_with_their_origin_down() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refresh_revalidates_and_a_304_keeps_the_stored_page() {
+    let origin = origin_with_pages().await;
+    origin.route(
+        "/error404.html",
+        page(PAGE_404, PAGE_404_TYPE)
+            .header("etag", "\"v1\"")
+            .header("last-modified", "Tue, 01 Dec 2026 10:00:00 GMT"),
+    );
+    let edge = start_exp(&origin, &format!("custom_pages:\n{RULE_404}")).await;
+    wait_fetched(&edge, PAGE_404_URL).await;
+    let first = origin.requests("/error404.html");
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!(
+        first[0].header("if-none-match"),
+        None,
+        "nothing to revalidate yet"
+    );
+
+    // The page is unchanged at the origin: it answers 304 to the validators it gave.
+    origin.route("/error404.html", Reply::new(304).header("etag", "\"v1\""));
+    let admin = Admin::new(&edge);
+    let refreshed = admin.refresh(EXP, "404").await;
+    assert_eq!(refreshed.status, 200, "{refreshed:#?}");
+    assert_eq!(refreshed.json["state"], "fresh", "{refreshed:#?}");
+    let asked = origin.requests("/error404.html");
+    let last = asked.last().expect("a revalidation");
+    assert_eq!(last.header("if-none-match"), Some("\"v1\""));
+    assert_eq!(
+        last.header("if-modified-since"),
+        Some("Tue, 01 Dec 2026 10:00:00 GMT")
+    );
+    let text = common::scrape_until(&edge, |text| {
+        common::metric(text, "custom_pages_page_fetches_total{result=\"not_modified\"}").is_some()
+    })
+    .await;
+    assert_eq!(
+        common::metric(&text, "custom_pages_page_fetches_total{result=\"not_modified\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    let c = client(&edge, Proto::H1, &[EXP]);
+    let got = get(&c, &edge.url(EXP, "/missing")).await;
+    assert_page(&got, Proto::H1, 404, PAGE_404, PAGE_404_TYPE, &edge);
+}

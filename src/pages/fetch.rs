@@ -35,6 +35,35 @@ impl FetchError {
     }
 }
 
+/// What a fetch sends to be told a page did not change: the `ETag` and `Last-Modified` of the
+/// copy held.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Validators {
+    /// The copy's `ETag`, sent as `If-None-Match`.
+    pub etag: Option<HeaderValue>,
+    /// The copy's `Last-Modified`, sent as `If-Modified-Since`.
+    pub last_modified: Option<HeaderValue>,
+}
+
+impl Validators {
+    /// Whether there is nothing to send.
+    pub fn is_empty(&self) -> bool {
+        self.etag.is_none() && self.last_modified.is_none()
+    }
+}
+
+/// What a revalidation found.
+#[derive(Debug)]
+pub enum Fetched {
+    /// A new copy.
+    Changed(Page),
+    /// The copy held is still the page (`304`), fresh for this long.
+    NotModified {
+        /// The freshness the `304` gave.
+        max_age: Duration,
+    },
+}
+
 /// Fetches pages for the store. The store bounds each call by `pages.fetch_timeout`, keeps the
 /// last good copy when one fails, and makes concurrent refreshes of one page share one call.
 #[async_trait]
@@ -46,6 +75,19 @@ pub trait PageFetcher: Send + Sync {
         origin: &Origin,
         settings: &PageSettings,
     ) -> Result<Page, FetchError>;
+
+    /// Like [`fetch`](Self::fetch), but the origin may answer that the copy with `known`
+    /// validators is still the page. The default fetches the page whole.
+    async fn revalidate(
+        &self,
+        url: &PageUrl,
+        origin: &Origin,
+        settings: &PageSettings,
+        known: &Validators,
+    ) -> Result<Fetched, FetchError> {
+        let _ = known;
+        self.fetch(url, origin, settings).await.map(Fetched::Changed)
+    }
 }
 
 /// Fetches a page with a `GET` through its origin's servers, tried in order: without client
@@ -72,6 +114,34 @@ impl PageFetcher for HttpFetcher {
         origin: &Origin,
         settings: &PageSettings,
     ) -> Result<Page, FetchError> {
+        match self.get(url, origin, settings, None).await? {
+            Fetched::Changed(page) => Ok(page),
+            Fetched::NotModified { .. } => {
+                Err(FetchError::new("status", "origin answered 304 to a plain GET"))
+            }
+        }
+    }
+
+    async fn revalidate(
+        &self,
+        url: &PageUrl,
+        origin: &Origin,
+        settings: &PageSettings,
+        known: &Validators,
+    ) -> Result<Fetched, FetchError> {
+        self.get(url, origin, settings, Some(known)).await
+    }
+}
+
+impl HttpFetcher {
+    /// One `GET` of the page, conditional on `known` validators if given.
+    async fn get(
+        &self,
+        url: &PageUrl,
+        origin: &Origin,
+        settings: &PageSettings,
+        known: Option<&Validators>,
+    ) -> Result<Fetched, FetchError> {
         let mut last_error = String::from("the domain has no origin server");
         let mut connected = None;
         for server in &origin.servers {
@@ -93,7 +163,7 @@ impl PageFetcher for HttpFetcher {
         }
         let (mut session, peer) = connected.ok_or_else(|| FetchError::new("connect", last_error))?;
         let host = origin.host.as_deref().unwrap_or_else(|| url.host());
-        let request = page_request(url, host)
+        let request = page_request(url, host, known)
             .map_err(|e| FetchError::new("internal", format!("cannot build the request: {e}")))?;
         let io = |e: Box<pingora_error::Error>| FetchError::new("origin_io", format!("origin error: {e}"));
         upstream::send_bodiless(&mut session, request).await.map_err(io)?;
@@ -101,6 +171,15 @@ impl PageFetcher for HttpFetcher {
             .response_header()
             .ok_or_else(|| FetchError::new("origin_io", "origin sent no response header"))?;
         let status = response.status.as_u16();
+        if status == 304 && known.is_some() {
+            let max_age = max_age(response).unwrap_or(settings.refresh).max(MIN_REFRESH);
+            // A 304 has no body: the connection is ready for the next request.
+            while session.read_response_body().await.map_err(io)?.is_some() {}
+            self.connector
+                .release_http_session(session, &peer, peer.options.idle_timeout)
+                .await;
+            return Ok(Fetched::NotModified { max_age });
+        }
         if status != 200 {
             return Err(FetchError::new(
                 "status",
@@ -123,6 +202,10 @@ impl PageFetcher for HttpFetcher {
         let content_type = header(http::header::CONTENT_TYPE)
             .unwrap_or_else(|| HeaderValue::from_static("text/html; charset=utf-8"));
         let max_age = max_age(response).unwrap_or(settings.refresh).max(MIN_REFRESH);
+        let validators = Validators {
+            etag: header(http::header::ETAG),
+            last_modified: header(http::header::LAST_MODIFIED),
+        };
         let mut body = BytesMut::with_capacity(declared_len.unwrap_or(0));
         while let Some(chunk) = session.read_response_body().await.map_err(io)? {
             if body.len() + chunk.len() > settings.max_size {
@@ -134,15 +217,29 @@ impl PageFetcher for HttpFetcher {
         self.connector
             .release_http_session(session, &peer, peer.options.idle_timeout)
             .await;
-        Ok(Page::new(body.freeze(), content_type, max_age))
+        let mut page = Page::new(body.freeze(), content_type, max_age);
+        page.validators = validators;
+        Ok(Fetched::Changed(page))
     }
 }
 
-fn page_request(url: &PageUrl, host: &str) -> pingora_error::Result<RequestHeader> {
+fn page_request(
+    url: &PageUrl,
+    host: &str,
+    known: Option<&Validators>,
+) -> pingora_error::Result<RequestHeader> {
     let mut request = RequestHeader::build("GET", url.path_and_query().as_bytes(), None)?;
     request.insert_header(http::header::HOST, host)?;
     request.insert_header(http::header::USER_AGENT, CDN_LOOP_TOKEN)?;
     request.insert_header(http::header::ACCEPT, "text/html, */*")?;
+    if let Some(known) = known {
+        if let Some(etag) = &known.etag {
+            request.insert_header(http::header::IF_NONE_MATCH, etag)?;
+        }
+        if let Some(date) = &known.last_modified {
+            request.insert_header(http::header::IF_MODIFIED_SINCE, date)?;
+        }
+    }
     guard::mark(&mut request)?;
     Ok(request)
 }

@@ -8,6 +8,7 @@
 //! memory pressure and outages: it is exactly what is needed when everything else fails.
 
 use super::fetch::{FetchError, HttpFetcher, PageFetcher};
+use super::fetch::{Fetched, Validators};
 use super::inline::{self, NoSites, Sites};
 use super::template::Template;
 use crate::spec::{PageSettings, PageUrl};
@@ -78,6 +79,8 @@ pub struct Page {
     /// The page's placeholders, parsed when the store takes the page (`None`: none, and
     /// the page is served as it is).
     pub template: Option<Arc<Template>>,
+    /// What a refresh sends to be told the page did not change.
+    pub validators: Validators,
 }
 
 impl Page {
@@ -89,6 +92,20 @@ impl Page {
             fetched_at: SystemTime::now(),
             max_age,
             template: None,
+            validators: Validators::default(),
+        }
+    }
+
+    /// This copy, fetched again now without change (its origin answered `304`): fresh for
+    /// `max_age` more, the same bytes shared.
+    pub fn renewed(&self, max_age: Duration) -> Page {
+        Page {
+            body: self.body.clone(),
+            content_type: self.content_type.clone(),
+            fetched_at: SystemTime::now(),
+            max_age,
+            template: self.template.clone(),
+            validators: self.validators.clone(),
         }
     }
 
@@ -151,6 +168,42 @@ pub struct PageStore {
     syncing: tokio::sync::Mutex<()>,
     /// Bounds the fetches under way, overall and per origin.
     limits: FetchLimits,
+    /// Every page body held, once.
+    bodies: Bodies,
+}
+
+/// The bodies of the pages held, by content, so identical pages (one page template served by
+/// many domains) share one copy in memory.
+#[derive(Default)]
+struct Bodies {
+    by_hash: Mutex<std::collections::HashMap<u64, Bytes>>,
+}
+
+impl Bodies {
+    /// `body`, or the identical body already held.
+    fn share(&self, body: Bytes, slots: &imbl::HashMap<String, Arc<Slot>>) -> Bytes {
+        let hash = content_hash(&body);
+        let mut by_hash = self.by_hash.lock();
+        if let Some(held) = by_hash.get(&hash).filter(|held| **held == body) {
+            return held.clone();
+        }
+        // Past twice the pages held, forget the bodies no page holds any more.
+        if by_hash.len() >= 2 * slots.len() + 64 {
+            let in_use: std::collections::HashSet<u64> = slots
+                .values()
+                .filter_map(|slot| slot.page.load_full())
+                .map(|page| content_hash(&page.body))
+                .collect();
+            by_hash.retain(|hash, _| in_use.contains(hash));
+        }
+        by_hash.insert(hash, body.clone());
+        body
+    }
+}
+
+fn content_hash(body: &[u8]) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(body)
 }
 
 /// Bounds of the fetches under way (`pages.fetch_concurrency`, `pages.fetch_per_origin`), so
@@ -230,6 +283,7 @@ impl PageStore {
             sites: Mutex::new(Arc::new(NoSites)),
             syncing: tokio::sync::Mutex::new(()),
             limits: FetchLimits::default(),
+            bodies: Bodies::default(),
         })
     }
 
@@ -386,8 +440,28 @@ impl PageStore {
         let _turn = self.limits.turn(&origin, &settings).await;
         // One bound for the page and what it names, from its turn on.
         let deadline = tokio::time::Instant::now() + settings.fetch_timeout;
-        let fetch = self.fetcher.fetch(&slot.url, &origin, &settings);
-        let mut result = tokio::time::timeout_at(deadline, fetch)
+        // A good copy with validators is revalidated: a `304` keeps it (and its inlined
+        // resources) as it is. A copy taken without some of its resources is fetched whole.
+        let held = slot.page.load_full();
+        let known = held
+            .as_ref()
+            .map(|page| page.validators.clone())
+            .filter(|v| !v.is_empty() && slot.last_error.lock().is_none());
+        let fetch = async {
+            match &known {
+                Some(known) => {
+                    self.fetcher
+                        .revalidate(&slot.url, &origin, &settings, known)
+                        .await
+                }
+                None => self
+                    .fetcher
+                    .fetch(&slot.url, &origin, &settings)
+                    .await
+                    .map(Fetched::Changed),
+            }
+        };
+        let fetched = tokio::time::timeout_at(deadline, fetch)
             .await
             .unwrap_or_else(|_| {
                 Err(FetchError::new(
@@ -395,6 +469,22 @@ impl PageStore {
                     format!("no complete answer within {:?}", settings.fetch_timeout),
                 ))
             });
+        let mut result = match (fetched, &held) {
+            (Ok(Fetched::NotModified { max_age }), Some(held)) => {
+                self.observer.fetched(&slot.url, "not_modified");
+                debug!("custom page {} not modified", slot.url.as_str());
+                let page = Arc::new(held.renewed(max_age));
+                slot.page.store(Some(page.clone()));
+                slot.attempts.send_modify(|n| *n += 1);
+                return Ok(page);
+            }
+            (Ok(Fetched::NotModified { .. }), None) => Err(FetchError::new(
+                "status",
+                "origin answered 304 to a fetch without validators",
+            )),
+            (Ok(Fetched::Changed(page)), _) => Ok(page),
+            (Err(e), _) => Err(e),
+        };
         let mut degraded = None;
         if let Ok(page) = &mut result {
             if slot.inline.load(Ordering::Relaxed) && is_html(&page.content_type) {
@@ -450,6 +540,7 @@ impl PageStore {
                     );
                 }
                 page.template = template.map(Arc::new);
+                page.body = self.bodies.share(page.body, &self.slots.load());
                 let page = Arc::new(page);
                 slot.page.store(Some(page.clone()));
                 match degraded {
@@ -805,5 +896,23 @@ mod tests {
         );
         let distinct: std::collections::BTreeSet<u128> = delays.iter().map(|d| d.as_millis()).collect();
         assert!(distinct.len() > 100, "spread, not one value: {}", distinct.len());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn identical_pages_share_one_body() {
+        let fetcher = Scripted::new(&[Ok("same template")], Duration::ZERO);
+        let (store, _, settings) = store(&fetcher, Duration::from_secs(600));
+        let origin = Arc::new(Origin::new(["127.0.0.1:1"]));
+        let pages: Vec<WantedPage> = ["http://a.example.com/e.html", "http://b.example.com/e.html"]
+            .iter()
+            .map(|url| WantedPage::new(url.parse().unwrap(), origin.clone()))
+            .collect();
+        store.sync(&pages, &settings).await;
+        let (a, b) = (
+            store.get("http://a.example.com/e.html").unwrap(),
+            store.get("http://b.example.com/e.html").unwrap(),
+        );
+        assert_eq!(a.body, b.body);
+        assert_eq!(a.body.as_ptr(), b.body.as_ptr(), "one copy in memory");
     }
 }

@@ -45,8 +45,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Changes closer together than this are loaded as one.
-const SETTLE: Duration = Duration::from_millis(100);
+/// Watch events closer together than this are applied as one batch (a put is whole, unlike a
+/// file being written, so this only groups bursts).
+const SETTLE: Duration = Duration::from_millis(20);
 /// Bound of one read or write; also how long a start waits for etcd before using the snapshot.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 /// Retry delays after a failed watch: from the first to the longest.
