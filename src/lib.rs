@@ -68,6 +68,7 @@ pub mod access_log;
 pub mod admin;
 pub mod cache;
 pub mod filters;
+pub mod fleet;
 pub mod metrics;
 pub mod pages;
 pub mod proxy;

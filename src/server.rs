@@ -5,7 +5,7 @@ use crate::access_log::AccessLog;
 use crate::admin::{self, AdminApi};
 use crate::filters::FilterRegistry;
 use crate::proxy::EdgeProxy;
-use crate::runtime::Runtime;
+use crate::runtime::{Checked, Runtime};
 use crate::source::{self, ConfigSource, Snapshot};
 use crate::tls::{self, OneCert};
 use clap::Parser;
@@ -71,8 +71,8 @@ pub fn main_with(filters: FilterRegistry) -> ExitCode {
         return etcd_files(&cli.conf, action, &filters);
     }
     let source = source::open(&cli.conf);
-    let snapshot = match load_checked(source.as_ref(), &filters) {
-        Ok(snapshot) => snapshot,
+    let (snapshot, checked) = match load_checked(source.as_ref(), &filters) {
+        Ok(loaded) => loaded,
         Err(message) => {
             eprintln!("{message}");
             return ExitCode::FAILURE;
@@ -121,7 +121,19 @@ pub fn main_with(filters: FilterRegistry) -> ExitCode {
         token: admin_token,
         cert: admin_cert,
     };
-    run(cli, source, snapshot, admin, Arc::new(filters), access_log)
+    let loaded = Loaded {
+        source,
+        snapshot,
+        checked,
+    };
+    run(cli, loaded, admin, Arc::new(filters), access_log)
+}
+
+/// The configuration as loaded and checked at start.
+struct Loaded {
+    source: Arc<dyn ConfigSource>,
+    snapshot: Snapshot,
+    checked: Checked,
 }
 
 /// `custom-pages etcd import|export`: prints what it did, or what is wrong.
@@ -201,7 +213,7 @@ struct Admin {
 }
 
 /// Loads the source and checks it as a reload would.
-fn load_checked(source: &dyn ConfigSource, filters: &FilterRegistry) -> Result<Snapshot, String> {
+fn load_checked(source: &dyn ConfigSource, filters: &FilterRegistry) -> Result<(Snapshot, Checked), String> {
     // A runtime of its own, gone before Pingora starts (and, with `-d`, forks).
     let loader = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -209,7 +221,7 @@ fn load_checked(source: &dyn ConfigSource, filters: &FilterRegistry) -> Result<S
         .map_err(|e| format!("custom-pages: cannot start a runtime to load the configuration: {e}"))?;
     let checked = loader
         .block_on(source.load())
-        .and_then(|snapshot| Runtime::check(&snapshot, filters).map(|_| snapshot));
+        .and_then(|snapshot| Runtime::check(&snapshot, filters).map(|checked| (snapshot, checked)));
     checked.map_err(|errors| {
         format!(
             "{errors}\ncustom-pages: the configuration has {} error(s)",
@@ -220,8 +232,7 @@ fn load_checked(source: &dyn ConfigSource, filters: &FilterRegistry) -> Result<S
 
 fn run(
     cli: Cli,
-    source: Arc<dyn ConfigSource>,
-    mut snapshot: Snapshot,
+    loaded: Loaded,
     admin: Admin,
     filters: Arc<FilterRegistry>,
     access_log: AccessLog,
@@ -233,19 +244,17 @@ fn run(
         test: false,
         conf: None,
     };
+    let Loaded {
+        source,
+        mut snapshot,
+        checked,
+    } = loaded;
     let mut server = Server::new_with_opt_and_conf(opt, std::mem::take(&mut snapshot.edge.server));
     server.bootstrap();
 
     let listen = snapshot.edge.listen.clone();
     let tls_listen = snapshot.edge.tls_listen.clone();
-    let runtime = match Runtime::new(source, snapshot, filters) {
-        Ok(runtime) => runtime,
-        Err(errors) => {
-            // Checked above; only a change between the check and now gets here.
-            eprintln!("{errors}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let runtime = Runtime::new(source, snapshot, checked, filters);
     let proxy = EdgeProxy::new(runtime.clone(), access_log);
     let mut app = pingora_proxy::http_proxy(&server.configuration, proxy);
     // Every listener also speaks HTTP/2 cleartext with prior knowledge.

@@ -14,8 +14,9 @@ use syn::visit::Visit;
 const LAYERS: &[&[&str]] = &[
     // The YAML contract as plain data.
     &["spec"],
-    // Feature modules, each owning its own types.
-    &["metrics", "access_log", "filters", "cache", "tls"],
+    // Feature modules, each owning its own types (`fleet`: the typed operations and reports
+    // edges exchange).
+    &["metrics", "access_log", "filters", "cache", "tls", "fleet"],
     // Origins: peers read their CA roots through `tls`.
     &["upstream"],
     // Custom pages fetch their pages through `upstream`.

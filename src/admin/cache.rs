@@ -5,14 +5,14 @@
 //! below it, through the storage's index (no scan of the cache). A prefetch requests the URLs
 //! from this edge's own listener, so they enter the cache exactly as a client's request would.
 
-use super::{parse_json_body, ApiError, ApiResult};
+use super::{ApiError, ApiResult};
 use crate::cache::storage::Scope;
+use crate::fleet::{PrefetchRequest, PurgeRequest};
 use crate::runtime::{Domain, Runtime};
 use http::StatusCode;
 use pingora_core::connectors::http::Connector;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_http::RequestHeader;
-use serde::Deserialize;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,30 +27,8 @@ const PREFETCH_CONCURRENCY: usize = 8;
 /// Bound of one prefetch, head and body.
 const PREFETCH_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The JSON body of `POST .../purge`: exactly one of `urls`, `prefix`, `all`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PurgeBody {
-    #[serde(default)]
-    urls: Option<Vec<String>>,
-    #[serde(default)]
-    prefix: Option<String>,
-    #[serde(default)]
-    all: Option<bool>,
-    #[serde(default)]
-    soft: bool,
-}
-
-/// The JSON body of `POST .../prefetch`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PrefetchBody {
-    urls: Vec<String>,
-}
-
 /// `POST /api/domains/{domain}/purge`.
-pub async fn purge(runtime: &Runtime, domain: &Domain, body: &[u8]) -> ApiResult {
-    let body: PurgeBody = parse_json_body(body)?;
+pub async fn purge(runtime: &Runtime, domain: &Domain, body: &PurgeRequest) -> ApiResult {
     let targets;
     let (scope, named) = match (&body.urls, &body.prefix, body.all) {
         (Some(urls), None, None) => {
@@ -84,8 +62,8 @@ pub async fn purge(runtime: &Runtime, domain: &Domain, body: &[u8]) -> ApiResult
     let store = runtime.pages.store();
     let mut pages = Vec::new();
     let mut refreshes = tokio::task::JoinSet::new();
-    for url in runtime.routes().pages().into_iter().map(|page| page.url) {
-        if covers(&scope, url.path_and_query()) && domain.name.covers(url.host()) {
+    for url in runtime.routes().pages_on(&domain.name) {
+        if covers(&scope, url.path_and_query()) {
             let store = store.clone();
             // All at once: each is bounded by pages.fetch_timeout.
             refreshes.spawn(async move {
@@ -123,8 +101,7 @@ fn covers(scope: &Scope<'_>, target: &str) -> bool {
 /// listener, with the URL's host as SNI; `http` through the first cleartext one, unless the
 /// domain redirects it to `https`), at most [`PREFETCH_CONCURRENCY`] at a time; each result
 /// reported.
-pub async fn prefetch(runtime: &Runtime, domain: &Domain, body: &[u8]) -> ApiResult {
-    let body: PrefetchBody = parse_json_body(body)?;
+pub async fn prefetch(runtime: &Runtime, domain: &Domain, body: &PrefetchRequest) -> ApiResult {
     let requests = requests_of(domain, &body.urls)?;
     let settings = &runtime.settings;
     let https = settings.tls_listen.first().map(|a| ("https", loopback(*a)));

@@ -5,9 +5,10 @@
 //! reload path as any other change, so the source stays the one source of truth: what the API
 //! set is what a restart serves.
 
+use crate::fleet::{FleetOp, Operation};
 use crate::metrics::METRICS;
 use crate::runtime::{Domain, Runtime};
-use crate::source::{DomainChange, FleetOp, WriteFailure};
+use crate::source::{DomainChange, WriteFailure};
 use crate::spec::values::percent_decode;
 use crate::spec::{
     CodePattern, ConfigError, ConfigErrors, DomainName, Location, PageUrl, RuleSpec, Source, VariantSpec,
@@ -248,14 +249,19 @@ impl AdminApi {
             (&Method::GET, ["api", "domains", domain, "custom-pages", code, "page"]) => {
                 self.stored_page(domain, code)
             }
-            (
-                &Method::POST,
-                ["api", "domains", _, "purge" | "prefetch"]
-                | ["api", "domains", _, "custom-pages", _, "refresh"],
-            ) => {
-                let body = read_body(session).await?;
-                let answer = self.operation(&segments, &body).await;
-                self.tell_fleet(&path, &body, answer).await
+            (&Method::POST, ["api", "domains", domain, "purge"]) => {
+                let request = parse_json_body(&read_body(session).await?)?;
+                let domain = domain.to_string();
+                self.operate(Operation::Purge { domain, request }).await
+            }
+            (&Method::POST, ["api", "domains", domain, "prefetch"]) => {
+                let request = parse_json_body(&read_body(session).await?)?;
+                let domain = domain.to_string();
+                self.operate(Operation::Prefetch { domain, request }).await
+            }
+            (&Method::POST, ["api", "domains", domain, "custom-pages", code, "refresh"]) => {
+                let (domain, code) = (domain.to_string(), code.to_string());
+                self.operate(Operation::RefreshPage { domain, code }).await
             }
             (&Method::GET, ["api", "fleet"]) => match self.runtime.source().fleet().await {
                 None => Err(ApiError::new(
@@ -648,27 +654,12 @@ impl AdminApi {
         ))
     }
 
-    /// A purge, prefetch or page refresh on this edge (`segments` of its API path).
-    async fn operation(&self, segments: &[&str], body: &[u8]) -> ApiResult {
-        match segments {
-            ["api", "domains", domain, "purge"] => {
-                cache::purge(&self.runtime, &*self.domain(domain)?, body).await
-            }
-            ["api", "domains", domain, "prefetch"] => {
-                cache::prefetch(&self.runtime, &*self.domain(domain)?, body).await
-            }
-            ["api", "domains", domain, "custom-pages", code, "refresh"] => self.refresh(domain, code).await,
-            _ => Err(ApiError::new(StatusCode::NOT_FOUND, "not an operation")),
-        }
-    }
-
-    /// After an operation succeeded here, sends it to every other edge of the fleet (if this
-    /// edge is in one); the answer says whether it was sent.
-    async fn tell_fleet(&self, path: &str, body: &[u8], answer: ApiResult) -> ApiResult {
-        let (status, mut json) = answer?;
+    /// Performs a purge, prefetch or page refresh here, then sends it to every other edge of
+    /// the fleet (if this edge is in one); the answer says whether it was sent.
+    async fn operate(&self, op: Operation) -> ApiResult {
+        let (status, mut json) = self.perform(&op).await?;
         let op = FleetOp {
-            path: path.to_string(),
-            body: String::from_utf8_lossy(body).into_owned(),
+            op,
             from: String::new(),
         };
         json["fleet"] = match self.runtime.source().broadcast(&op).await {
@@ -679,15 +670,26 @@ impl AdminApi {
         Ok((status, json))
     }
 
+    /// Performs an operation on this edge.
+    async fn perform(&self, op: &Operation) -> ApiResult {
+        match op {
+            Operation::Purge { domain, request } => {
+                cache::purge(&self.runtime, &*self.domain(domain)?, request).await
+            }
+            Operation::Prefetch { domain, request } => {
+                cache::prefetch(&self.runtime, &*self.domain(domain)?, request).await
+            }
+            Operation::RefreshPage { domain, code } => self.refresh(domain, code).await,
+        }
+    }
+
     /// Performs an operation another edge of the fleet received.
     pub async fn replay(&self, op: &FleetOp) {
-        let segments: Vec<String> = op.path.trim_matches('/').split('/').map(percent_decode).collect();
-        let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
-        match self.operation(&segments, op.body.as_bytes()).await {
-            Ok(_) => info!("fleet: {} from edge {} done", op.path, op.from),
+        match self.perform(&op.op).await {
+            Ok(_) => info!("fleet: {} from edge {} done", op.op, op.from),
             Err(e) => warn!(
                 "fleet: {} from edge {} failed here: {}",
-                op.path, op.from, e.message
+                op.op, op.from, e.message
             ),
         }
     }

@@ -608,7 +608,12 @@ async fn refresh_loop(store: Weak<PageStore>, slot: Weak<Slot>) {
             return;
         };
         let refresh = store.settings.load().refresh;
-        let delay = match store.fetch_into(&slot).await {
+        // Boxed: a fetch's state (the page, its resources, the connection) is large, and a
+        // task that waits for its next refresh should not keep room for it. One waiting task
+        // per page, so this is most of a page's memory at rest.
+        let fetch: std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send + '_>> =
+            Box::pin(store.fetch_into(&slot));
+        let delay = match fetch.await {
             Ok(page) => jittered(page.max_age),
             Err(_) => RETRY_AFTER_FAILURE.min(refresh),
         };

@@ -90,6 +90,19 @@ pub struct ReloadStatus {
     pub source: &'static str,
 }
 
+/// A snapshot checked and compiled (see [`Runtime::check`]).
+pub struct Checked {
+    routes: RouteTable,
+    health: HealthTable,
+}
+
+impl Checked {
+    /// The route table compiled.
+    pub fn routes(&self) -> &RouteTable {
+        &self.routes
+    }
+}
+
 /// Counts page fetches in the edge's Prometheus metrics.
 struct FetchMetrics;
 
@@ -111,21 +124,24 @@ enum Batch {
 
 impl Runtime {
     /// Checks a snapshot as a reload would, without applying anything: the one validation
-    /// path of `custom-pages -t`, reloads and the admin API.
-    pub fn check(snapshot: &Snapshot, filters: &FilterRegistry) -> Result<RouteTable, ConfigErrors> {
-        RouteTable::compile(snapshot, filters, &HealthTable::new())
+    /// path of `custom-pages -t`, reloads and the admin API. What it compiled is what
+    /// [`Runtime::new`] starts with (a start compiles every domain once).
+    pub fn check(snapshot: &Snapshot, filters: &FilterRegistry) -> Result<Checked, ConfigErrors> {
+        let health = HealthTable::new();
+        let routes = RouteTable::compile(snapshot, filters, &health)?;
+        Ok(Checked { routes, health })
     }
 
     /// The runtime of a checked snapshot (see [`Runtime::check`]). Pages are registered (so
-    /// early errors wait for their first fetch) but not fetched: call [`Runtime::start`] from
+    /// early errors wait for their first fetch) but not fetched: call [`Runtime::run`] from
     /// a long-lived runtime for that.
     pub fn new(
         source: Arc<dyn ConfigSource>,
         snapshot: Snapshot,
+        checked: Checked,
         filters: Arc<FilterRegistry>,
-    ) -> Result<Arc<Runtime>, ConfigErrors> {
-        let health = HealthTable::new();
-        let routes = RouteTable::compile(&snapshot, &filters, &health)?;
+    ) -> Arc<Runtime> {
+        let Checked { routes, health } = checked;
         METRICS
             .compiled
             .with_label_values(&["full"])
@@ -151,7 +167,7 @@ impl Runtime {
             settings.cache_max_object,
             settings.cache_lock_timeout,
         );
-        Ok(Arc::new(Runtime {
+        Arc::new(Runtime {
             settings,
             source,
             filters,
@@ -169,7 +185,7 @@ impl Runtime {
                 source: snapshot_from,
             }),
             control: tokio::sync::Mutex::new(control),
-        }))
+        })
     }
 
     /// Fetches the pages of the current configuration, then applies every change the source
@@ -574,7 +590,9 @@ mod tests {
         }
         let source = Arc::new(FileSource::new(dir.path().join("edge.yaml")));
         let snapshot = source.load().await.unwrap();
-        let runtime = Runtime::new(source, snapshot, Arc::new(FilterRegistry::with_builtins())).unwrap();
+        let filters = Arc::new(FilterRegistry::with_builtins());
+        let checked = Runtime::check(&snapshot, &filters).unwrap();
+        let runtime = Runtime::new(source, snapshot, checked, filters);
         (dir, runtime)
     }
 

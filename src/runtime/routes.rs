@@ -493,6 +493,20 @@ impl RouteTable {
         pages
     }
 
+    /// Every page an in-place rule uses on a host the domain `name` covers, once.
+    pub fn pages_on(&self, name: &DomainName) -> Vec<PageUrl> {
+        let mut pages: Vec<PageUrl> = self
+            .referrers_of(name)
+            .iter()
+            .filter_map(|referrer| self.by_name(referrer))
+            .flat_map(|domain| domain.pages().map(|(url, _)| url.clone()))
+            .filter(|url| name.covers(url.host()))
+            .collect();
+        pages.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        pages.dedup_by(|a, b| a.as_str() == b.as_str());
+        pages
+    }
+
     /// Whether an in-place rule uses the page `url`.
     pub fn uses_page(&self, url: &str) -> bool {
         self.pages.contains_key(url)
@@ -927,6 +941,17 @@ mod tests {
             revision: 0,
         }));
         let table = patched.table.patch(&[referrer], &filters, &health).unwrap().table;
+        let d9 = DomainName::Exact("d9.test".into());
+        let on_d9: Vec<String> = table
+            .pages_on(&d9)
+            .iter()
+            .map(|u| u.as_str().to_string())
+            .collect();
+        assert_eq!(
+            on_d9,
+            ["http://d9.test/e.html"],
+            "used by d9 and r.test, listed once"
+        );
         let e = table
             .patch(
                 &[DomainChange::Remove(Location::File("d9.yaml".into()))],

@@ -29,7 +29,8 @@
 //! starts (and, with `-d`, forks).
 
 use super::snapshot::{SnapshotFiles, StoredKey};
-use super::{Applied, Changes, ConfigSource, DomainChange, DomainEntry, FleetOp, Snapshot, WriteError};
+use super::{Applied, Changes, ConfigSource, DomainChange, DomainEntry, Snapshot, WriteError};
+use crate::fleet::{EdgeReport, FleetOp};
 use crate::spec::{
     parse_yaml, ConfigError, ConfigErrors, DomainName, DomainSpec, EdgeSettings, EtcdSettings, Location,
 };
@@ -132,20 +133,17 @@ impl EtcdSource {
             let report = {
                 let applied = self.report.lock().clone();
                 let state = self.state.lock();
-                serde_json::json!({
-                    "edge_id": self.settings.edge_id,
-                    "revision": state.revision,
-                    "version": applied.version,
-                    "errors": applied.errors,
-                    "source": if state.from_snapshot { "snapshot" } else { "etcd" },
-                    "updated_at": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-                })
+                EdgeReport {
+                    edge_id: self.settings.edge_id.clone(),
+                    revision: state.revision,
+                    version: applied.version,
+                    errors: applied.errors,
+                    source: if state.from_snapshot { "snapshot" } else { "etcd" }.to_string(),
+                    updated_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+                }
             };
-            let put = client.put(
-                key.as_str(),
-                report.to_string(),
-                Some(PutOptions::new().with_lease(lease)),
-            );
+            let report = serde_json::to_string(&report).map_err(|e| e.to_string())?;
+            let put = client.put(key.as_str(), report, Some(PutOptions::new().with_lease(lease)));
             within(put).await?;
             loop {
                 tokio::select! {
@@ -802,7 +800,7 @@ impl ConfigSource for EtcdSource {
         tokio::join!(presence, relay);
     }
 
-    async fn fleet(&self) -> Option<Result<Vec<serde_json::Value>, String>> {
+    async fn fleet(&self) -> Option<Result<Vec<EdgeReport>, String>> {
         let listing = async {
             let mut client = self.client().await?;
             let prefix = format!("{}edges/", self.settings.prefix);

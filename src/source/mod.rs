@@ -16,6 +16,7 @@ mod watch;
 pub use etcd::EtcdSource;
 pub use file::FileSource;
 
+use crate::fleet::{EdgeReport, FleetOp};
 use crate::spec::{
     ConfigError, ConfigErrors, DomainName, DomainSpec, EdgeSettings, Location, SourceSettings,
 };
@@ -162,18 +163,6 @@ pub struct Applied {
     pub errors: usize,
 }
 
-/// An operation every edge of a fleet performs (a purge, a prefetch, a page refresh): the
-/// admin API request that asked for it, replayed by each edge.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct FleetOp {
-    /// The admin API path (`/api/domains/exp.example.com/purge`).
-    pub path: String,
-    /// The request's JSON body.
-    pub body: String,
-    /// The edge that received it (it has acted already).
-    pub from: String,
-}
-
 /// Replaces `path` with `content` so that a reader (or a crash) sees the old file or the new
 /// one, never a mix: a hidden temporary file beside it, flushed, renamed over it, and the
 /// folder flushed so the rename is on disk too.
@@ -258,7 +247,7 @@ pub trait ConfigSource: Send + Sync {
     async fn follow_fleet(&self, _ops: tokio::sync::mpsc::Sender<FleetOp>) {}
 
     /// What every edge of the fleet last reported, if this edge is in one.
-    async fn fleet(&self) -> Option<Result<Vec<serde_json::Value>, String>> {
+    async fn fleet(&self) -> Option<Result<Vec<EdgeReport>, String>> {
         None
     }
 
