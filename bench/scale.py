@@ -169,7 +169,8 @@ def start_timings(edges, n):
             if k not in api and request(edge.admin, "GET", "/api/status", timeout=1)[0] == 200:
                 api[k] = now - edge.started
             if k in api and k not in serving and edge.serves(n - 1, body):
-                serving[k] = now - edge.started
+                # Once it answered: a request for a page not fetched yet waits for it.
+                serving[k] = time.monotonic() - edge.started
             if k in serving and k not in pages and now - last_scrape > 0.1:
                 if fetched_pages(edge.admin) >= 2 * n:
                     pages[k] = time.monotonic() - edge.started

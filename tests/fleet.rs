@@ -749,10 +749,11 @@ async fn all_domains(admin: &Admin, limit: usize) -> Vec<String> {
 async fn a_prefix_larger_than_four_mib_loads_in_pages_and_changes_still_apply() {
     let etcd = Etcd::start(1);
     let origin = origin_with_page("custom 404").await;
-    // 4,500 specs of about 1.1 KiB: 4.9 MB under the prefix, more than gRPC's 4 MiB answer
-    // limit that one read of the whole prefix would hit.
-    const N: usize = 4500;
-    let padding = format!("# {}\n", "x".repeat(1050));
+    // 1,000 specs of about 5 KiB: 5 MB under the prefix, more than gRPC's 4 MiB answer limit
+    // that one read of the whole prefix would hit, and more than one page of 1,000 keys can
+    // carry (it is read again in halves).
+    const N: usize = 1000;
+    let padding = format!("# {}\n", "x".repeat(5000));
     let dir = tempfile::tempdir().expect("temp dir");
     let files = dir.path().join("in");
     std::fs::create_dir(&files).expect("folder");

@@ -1614,3 +1614,61 @@ async fn pages_of_the_domain_list_hold_every_domain_once_while_domains_are_added
     // Everything added is there for a new listing.
     assert_eq!(admin.domains().await.len(), 25 + added);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_load_after_lost_events_applies_every_change_and_compiles_only_those() {
+    let origin = origin().await;
+    origin.route("/page-b.html", page(PAGE_B));
+    let edge = start_edge(EdgeOptions::default(), many_domains(&origin, 10)).await;
+    let admin = Admin::new(&edge);
+    assert_eq!(compiled(&edge, "full").await, 10.0, "{}", log_tail(&edge));
+    let version = admin.version().await;
+    // One burst: three files edited, one removed, one added, and the edge file rewritten (a
+    // change of the edge file is one of the events after which the edge reads everything
+    // again, as after events lost by the platform).
+    let dir = edge.domains_dir();
+    let to_b = "custom_pages:\n  - code: 404\n    url: http://{name}/page-b.html\n";
+    for i in [1, 4, 7] {
+        let name = format!("d{i:02}.example.com");
+        let yaml = domain_yaml(&name, origin.addr(), &to_b.replace("{name}", &name));
+        std::fs::write(dir.join(format!("d{i:02}.yaml")), yaml).expect("write");
+    }
+    std::fs::remove_file(dir.join("d09.yaml")).expect("remove");
+    let new_rules = "custom_pages:\n  - code: 404\n    url: http://d10.example.com/page-b.html\n";
+    std::fs::write(
+        dir.join("d10.yaml"),
+        domain_yaml("d10.example.com", origin.addr(), new_rules),
+    )
+    .expect("write");
+    let edge_file = edge.dir().join("edge.yaml");
+    let text = std::fs::read_to_string(&edge_file).expect("edge file");
+    std::fs::write(&edge_file, format!("{text}# touched\n")).expect("edge file");
+
+    let hosts = [
+        "d01.example.com",
+        "d04.example.com",
+        "d07.example.com",
+        "d09.example.com",
+        "d10.example.com",
+        "d02.example.com",
+    ];
+    let c = client(&edge, Proto::H1, &hosts);
+    let body = |host: &'static str| {
+        let (c, url) = (&c, edge.url(host, "/missing"));
+        async move { get(c, &url).await }
+    };
+    let applied = time_until(VISIBLE_WITHIN, || async {
+        body("d01.example.com").await.body == PAGE_B
+            && body("d07.example.com").await.body == PAGE_B
+            && body("d10.example.com").await.body == PAGE_B
+    });
+    assert!(applied.await.is_some(), "{}", log_tail(&edge));
+    assert_eq!(body("d04.example.com").await.body, PAGE_B);
+    assert!(is_default_404(&body("d09.example.com").await), "d09 is gone");
+    assert_eq!(body("d02.example.com").await.body, PAGE_A, "untouched");
+    // Whatever batches the events came in, only what changed was compiled: 3 edited + 1 new.
+    let recompiled = compiled(&edge, "full").await + compiled(&edge, "change").await - 10.0;
+    assert_eq!(recompiled, 4.0, "{}", log_tail(&edge));
+    assert!(admin.version().await > version);
+    assert_eq!(admin.status().await["errors"], json!([]));
+}

@@ -97,8 +97,9 @@ pub struct RouteTable {
     claims: PMap<Location, DomainName>,
     /// Every page an in-place rule uses, by URL.
     pages: PMap<Arc<str>, PageUse>,
-    /// For each host with pages served in place, the domains whose rules use them.
-    page_hosts: PMap<String, PSet<DomainName>>,
+    /// For each host with pages served in place, the domains whose rules use them (mostly
+    /// one: a list, not a set, costs a few bytes where a persistent set costs a node).
+    page_hosts: PMap<String, Vec<DomainName>>,
     /// How many domains use each origin server (lower case).
     servers: PMap<String, usize>,
     /// The domains that read files.
@@ -284,7 +285,7 @@ impl RouteTable {
             DomainName::Exact(host) => self
                 .page_hosts
                 .get(host)
-                .map(|users| users.iter().cloned().collect())
+                .map(|users| users.to_vec())
                 .unwrap_or_default(),
             // Rare enough (and few hosts per domain) to scan the page hosts.
             DomainName::Wildcard(_) => self
@@ -322,10 +323,10 @@ impl RouteTable {
             });
             used.rules += 1;
             used.not_inline += usize::from(!inline);
-            self.page_hosts
-                .entry(url.host().to_string())
-                .or_default()
-                .insert(name.clone());
+            let users = self.page_hosts.entry(url.host().to_string()).or_default();
+            if !users.contains(&name) {
+                users.push(name.clone());
+            }
         }
         for server in &domain.upstream.origin.servers {
             let server = server.to_ascii_lowercase();
@@ -358,7 +359,7 @@ impl RouteTable {
             }
             touched.pages.insert(key);
             if let Some(users) = self.page_hosts.get_mut(url.host()) {
-                users.remove(name);
+                users.retain(|user| user != name);
                 if users.is_empty() {
                     self.page_hosts.remove(url.host());
                 }
@@ -546,7 +547,7 @@ struct Touched {
 impl Sites for RouteTable {
     fn origin(&self, host: &str) -> Option<Arc<Origin>> {
         self.route_normalized(host)
-            .map(|domain| Arc::new(domain.upstream.origin.clone()))
+            .map(|domain| domain.upstream.origin.clone())
     }
 }
 
@@ -617,7 +618,7 @@ fn compile_domain(
             Some(Roots::load(&path).map_err(|m| ConfigError::new(at.clone(), "origin.ca_file", m))?)
         }
     };
-    let origin = Origin::from_spec(&spec.origin, roots);
+    let origin = Arc::new(Origin::from_spec(&spec.origin, roots));
     let domain = Domain {
         label: name.to_string(),
         metric_label: crate::metrics::domain_label(&name.to_string()),

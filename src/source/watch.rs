@@ -26,9 +26,21 @@ pub struct Seen {
 }
 
 /// One event as the watcher thread passes it on.
+#[derive(Debug, PartialEq, Eq)]
 enum Event {
     Paths(Vec<PathBuf>),
     Rescan,
+}
+
+/// What a notification means: nothing (a file was only read), these paths changed, or events
+/// were lost (the platform's queue overflowed, or it cannot say what changed).
+fn classify(event: notify::Result<notify::Event>) -> Option<Event> {
+    match event {
+        Ok(e) if e.kind.is_access() => None,
+        Ok(e) if e.need_rescan() || e.kind.is_other() || e.paths.is_empty() => Some(Event::Rescan),
+        Ok(e) => Some(Event::Paths(e.paths)),
+        Err(_) => Some(Event::Rescan),
+    }
 }
 
 /// Watches the edge file itself (not its folder, where logs may be written many times a
@@ -44,11 +56,8 @@ impl ConfigWatcher {
     pub fn start(edge_file: &Path, domains_dir: &Path) -> notify::Result<ConfigWatcher> {
         let (tx, events) = mpsc::channel(QUEUE);
         let handler = move |event: notify::Result<notify::Event>| {
-            let event = match event {
-                Ok(e) if e.kind.is_access() => return,
-                Ok(e) if e.need_rescan() || e.kind.is_other() || e.paths.is_empty() => Event::Rescan,
-                Ok(e) => Event::Paths(e.paths),
-                Err(_) => Event::Rescan,
+            let Some(event) = classify(event) else {
+                return;
             };
             // A full queue: events are being lost, so the next report is a full load.
             if tx.try_send(event).is_err() {
@@ -96,5 +105,31 @@ impl ConfigWatcher {
             warn!("cannot watch {} any more: {e}", self.edge_file.display());
         }
         Some(seen)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{AccessKind, CreateKind, EventKind, Flag};
+
+    #[test]
+    fn lost_events_ask_for_a_full_load_and_reads_are_ignored() {
+        let path = PathBuf::from("/d/a.yaml");
+        let created = notify::Event::new(EventKind::Create(CreateKind::File)).add_path(path.clone());
+        assert_eq!(
+            classify(Ok(created.clone())),
+            Some(Event::Paths(vec![path.clone()]))
+        );
+        // inotify's queue overflowed: the kernel dropped events.
+        let overflow = notify::Event::new(EventKind::Other).set_flag(Flag::Rescan);
+        assert_eq!(classify(Ok(overflow)), Some(Event::Rescan));
+        assert_eq!(classify(Ok(created.set_flag(Flag::Rescan))), Some(Event::Rescan));
+        assert_eq!(
+            classify(Err(notify::Error::generic("watch lost"))),
+            Some(Event::Rescan)
+        );
+        let read = notify::Event::new(EventKind::Access(AccessKind::Read)).add_path(path);
+        assert_eq!(classify(Ok(read)), None);
     }
 }

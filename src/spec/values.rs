@@ -238,15 +238,17 @@ impl Serialize for CodePattern {
     }
 }
 
-/// A complete page URL: scheme, host and path, no control characters.
+/// A complete page URL: scheme, host and path, no control characters. Its parts are shared,
+/// so a copy (the spec, its compiled rule, the page store's index) costs reference counts,
+/// not allocations.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PageUrl {
     /// Shared, so a response can name the page it served without copying the URL.
     raw: std::sync::Arc<str>,
     /// Lower-cased host without port.
-    host: String,
+    host: std::sync::Arc<str>,
     /// Path and query, as sent to the origin.
-    path_and_query: String,
+    path_and_query: std::sync::Arc<str>,
 }
 
 impl PageUrl {
@@ -316,8 +318,8 @@ impl FromStr for PageUrl {
         }
         Ok(PageUrl {
             raw: std::sync::Arc::from(s),
-            host,
-            path_and_query: path_and_query.to_string(),
+            host: std::sync::Arc::from(host),
+            path_and_query: std::sync::Arc::from(path_and_query),
         })
     }
 }

@@ -130,8 +130,8 @@ impl Origin {
 pub struct Upstream {
     /// The domain's name, for log lines.
     pub name: String,
-    /// Its settings.
-    pub origin: Origin,
+    /// Its settings, shared with the pages fetched through it.
+    pub origin: Arc<Origin>,
     /// Its servers' health, shared through a [`HealthTable`] by every configuration using them.
     pub health: OriginHealth,
 }
