@@ -186,9 +186,9 @@ pub fn covers(names: &[String], domain: &DomainName) -> bool {
 /// domain's certificate without copying the others.
 #[derive(Default, Clone)]
 pub struct CertTable {
-    exact: imbl::HashMap<String, Arc<CertifiedKey>>,
+    exact: imbl::OrdMap<String, Arc<CertifiedKey>>,
     /// By suffix with its leading dot (`.example.com`).
-    wildcards: imbl::HashMap<String, Arc<CertifiedKey>>,
+    wildcards: imbl::OrdMap<String, Arc<CertifiedKey>>,
     default: Option<Arc<CertifiedKey>>,
 }
 

@@ -25,7 +25,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 /// A page to keep.
 #[derive(Debug, Clone)]
@@ -144,13 +143,81 @@ struct Slot {
     attempts: watch::Sender<u64>,
     /// Serializes fetches of this page so a storm of refreshes makes one fetch.
     fetching: tokio::sync::Mutex<()>,
-    refresher: Mutex<Option<JoinHandle<()>>>,
+    /// Whether the page was put on the schedule (it stays there while it is held).
+    scheduled: AtomicBool,
 }
 
-impl Drop for Slot {
-    fn drop(&mut self) {
-        if let Some(task) = self.refresher.get_mut().take() {
-            task.abort();
+/// When each page is fetched next. One task walks the queue for the whole store and spawns a
+/// fetch when a page is due, so a page waiting for its refresh costs an entry here rather than
+/// a task and a timer of its own (with many domains, most of a page's memory at rest).
+#[derive(Default)]
+struct Schedule {
+    queue: Mutex<std::collections::BinaryHeap<Due>>,
+    /// Told of an entry earlier than the others, and of the store's end.
+    changed: tokio::sync::Notify,
+    /// Whether the walking task was started.
+    walking: AtomicBool,
+    /// Set when the store is dropped: the walking task ends.
+    closed: AtomicBool,
+    /// Orders entries due at the same instant.
+    added: std::sync::atomic::AtomicU64,
+    /// Bounds the fetches the schedule started and that are under way, to
+    /// `pages.fetch_concurrency` (with the bound it was made for).
+    fetches: Mutex<Option<(usize, Arc<tokio::sync::Semaphore>)>>,
+}
+
+/// A page due at `at`.
+struct Due {
+    at: tokio::time::Instant,
+    order: u64,
+    slot: Weak<Slot>,
+}
+
+impl PartialEq for Due {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.order) == (other.at, other.order)
+    }
+}
+impl Eq for Due {}
+impl PartialOrd for Due {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+/// Earliest first in a `BinaryHeap` (a max-heap).
+impl Ord for Due {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (other.at, other.order).cmp(&(self.at, self.order))
+    }
+}
+
+impl Schedule {
+    /// The semaphore of the fetches the schedule starts, for the settings in use.
+    fn in_flight(&self, store: &PageStore) -> Arc<tokio::sync::Semaphore> {
+        let n = store.settings.load().fetch_concurrency;
+        let mut fetches = self.fetches.lock();
+        match &*fetches {
+            Some((bound, semaphore)) if *bound == n => semaphore.clone(),
+            _ => fetches
+                .insert((n, Arc::new(tokio::sync::Semaphore::new(n))))
+                .1
+                .clone(),
+        }
+    }
+
+    /// Puts `slot` on the queue, due at `at`.
+    fn add(&self, slot: &Arc<Slot>, at: tokio::time::Instant) {
+        let order = self.added.fetch_add(1, Ordering::Relaxed);
+        let mut queue = self.queue.lock();
+        let earliest = queue.peek().is_none_or(|first| at < first.at);
+        queue.push(Due {
+            at,
+            order,
+            slot: Arc::downgrade(slot),
+        });
+        drop(queue);
+        if earliest {
+            self.changed.notify_one();
         }
     }
 }
@@ -158,7 +225,7 @@ impl Drop for Slot {
 /// Every page in use, by URL (see the module docs).
 pub struct PageStore {
     /// A persistent map: a page added or dropped costs that page, not a copy of all.
-    slots: ArcSwap<imbl::HashMap<String, Arc<Slot>>>,
+    slots: ArcSwap<imbl::OrdMap<String, Arc<Slot>>>,
     settings: ArcSwap<PageSettings>,
     fetcher: Arc<dyn PageFetcher>,
     observer: Arc<dyn PageObserver>,
@@ -170,6 +237,15 @@ pub struct PageStore {
     limits: FetchLimits,
     /// Every page body held, once.
     bodies: Bodies,
+    /// When each page is fetched next.
+    schedule: Arc<Schedule>,
+}
+
+impl Drop for PageStore {
+    fn drop(&mut self) {
+        self.schedule.closed.store(true, Ordering::Relaxed);
+        self.schedule.changed.notify_one();
+    }
 }
 
 /// The bodies of the pages held, by content, so identical pages (one page template served by
@@ -181,7 +257,7 @@ struct Bodies {
 
 impl Bodies {
     /// `body`, or the identical body already held.
-    fn share(&self, body: Bytes, slots: &imbl::HashMap<String, Arc<Slot>>) -> Bytes {
+    fn share(&self, body: Bytes, slots: &imbl::OrdMap<String, Arc<Slot>>) -> Bytes {
         let hash = content_hash(&body);
         let mut by_hash = self.by_hash.lock();
         if let Some(held) = by_hash.get(&hash).filter(|held| **held == body) {
@@ -284,6 +360,7 @@ impl PageStore {
             syncing: tokio::sync::Mutex::new(()),
             limits: FetchLimits::default(),
             bodies: Bodies::default(),
+            schedule: Arc::new(Schedule::default()),
         })
     }
 
@@ -302,12 +379,15 @@ impl PageStore {
         let idle: Vec<Arc<Slot>> = pages
             .iter()
             .filter_map(|page| held.get(page.url.as_str()))
-            .filter(|slot| slot.refresher.lock().is_none())
+            .filter(|slot| !slot.scheduled.swap(true, Ordering::Relaxed))
             .cloned()
             .collect();
+        let now = tokio::time::Instant::now();
         for slot in &idle {
-            let task = tokio::spawn(refresh_loop(Arc::downgrade(self), Arc::downgrade(slot)));
-            *slot.refresher.lock() = Some(task);
+            self.schedule.add(slot, now);
+        }
+        if !self.schedule.walking.swap(true, Ordering::Relaxed) {
+            tokio::spawn(walk_schedule(Arc::downgrade(self), self.schedule.clone()));
         }
         // One bound for the whole set: pages past the fetch limits arrive later, and requests
         // get the built-in page until they do.
@@ -327,7 +407,7 @@ impl PageStore {
     /// needs the page before [`sync`](Self::sync) fetched it waits for that first fetch
     /// instead of getting the default page.
     pub fn register(&self, pages: &[WantedPage]) {
-        let mut slots = imbl::HashMap::clone(&self.slots.load());
+        let mut slots = imbl::OrdMap::clone(&self.slots.load());
         for page in pages {
             match slots.get(page.url.as_str()) {
                 Some(slot) => {
@@ -353,7 +433,7 @@ impl PageStore {
     /// stops): a page dropped by one change and added back by a later one stays.
     pub async fn retain_used(&self, candidates: &[PageUrl], in_use: impl Fn(&str) -> bool) {
         let _one_at_a_time = self.syncing.lock().await;
-        let mut slots = imbl::HashMap::clone(&self.slots.load());
+        let mut slots = imbl::OrdMap::clone(&self.slots.load());
         for url in candidates.iter().filter(|url| !in_use(url.as_str())) {
             slots.remove(url.as_str());
         }
@@ -596,29 +676,67 @@ impl Slot {
             last_error: Mutex::new(None),
             attempts: watch::channel(0).0,
             fetching: tokio::sync::Mutex::new(()),
-            refresher: Mutex::new(None),
+            scheduled: AtomicBool::new(false),
         }
     }
 }
 
-/// Fetches a page, then again whenever its copy expires, for as long as the page is in use.
-async fn refresh_loop(store: Weak<PageStore>, slot: Weak<Slot>) {
+/// Fetches each page when it is due, then puts it back on the schedule for when its copy
+/// expires, for as long as the store holds it.
+async fn walk_schedule(store: Weak<PageStore>, schedule: Arc<Schedule>) {
     loop {
-        let (Some(store), Some(slot)) = (store.upgrade(), slot.upgrade()) else {
+        let changed = schedule.changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        if schedule.closed.load(Ordering::Relaxed) {
             return;
+        }
+        let now = tokio::time::Instant::now();
+        let (due, next) = {
+            let mut queue = schedule.queue.lock();
+            match queue.peek() {
+                Some(first) if first.at <= now => (queue.pop(), None),
+                Some(first) => (None, Some(first.at)),
+                None => (None, None),
+            }
         };
-        let refresh = store.settings.load().refresh;
-        // Boxed: a fetch's state (the page, its resources, the connection) is large, and a
-        // task that waits for its next refresh should not keep room for it. One waiting task
-        // per page, so this is most of a page's memory at rest.
-        let fetch: std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send + '_>> =
-            Box::pin(store.fetch_into(&slot));
-        let delay = match fetch.await {
-            Ok(page) => jittered(page.max_age),
-            Err(_) => RETRY_AFTER_FAILURE.min(refresh),
-        };
-        drop((store, slot));
-        tokio::time::sleep(delay).await;
+        if let Some(due) = due {
+            let (Some(store), Some(slot)) = (store.upgrade(), due.slot.upgrade()) else {
+                continue;
+            };
+            // A page dropped from the store (and only still referenced elsewhere) is done.
+            let held = store
+                .slots
+                .load()
+                .get(slot.url.as_str())
+                .is_some_and(|current| Arc::ptr_eq(current, &slot));
+            if held {
+                // Fetches beyond the overall bound would only wait for it (each holding a
+                // fetch's state): wait here instead.
+                let Ok(turn) = schedule.in_flight(&store).acquire_owned().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let _turn = turn;
+                    let refresh = store.settings.load().refresh;
+                    let delay = match store.fetch_into(&slot).await {
+                        Ok(page) => jittered(page.max_age),
+                        Err(_) => RETRY_AFTER_FAILURE.min(refresh),
+                    };
+                    store.schedule.add(&slot, tokio::time::Instant::now() + delay);
+                });
+            }
+            continue;
+        }
+        match next {
+            Some(at) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at) => {}
+                    _ = &mut changed => {}
+                }
+            }
+            None => changed.await,
+        }
     }
 }
 

@@ -19,7 +19,7 @@ use crate::spec::{
 };
 use crate::tls::{self, CertTable, FileStamp};
 use crate::upstream::{HealthTable, Origin, Roots, Upstream};
-use imbl::{HashMap as PMap, HashSet as PSet, OrdMap};
+use imbl::{OrdMap, OrdMap as PMap, OrdSet as PSet};
 use std::collections::HashSet;
 use std::ops::Bound;
 use std::sync::Arc;

@@ -378,7 +378,7 @@ pub fn normalize_host(host: &str) -> String {
 
 /// The name a domain file claims: `exp.example.com`, or a wildcard `*.example.com` that matches
 /// any name below `example.com` (not `example.com` itself).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum DomainName {
     /// A single name.
     Exact(String),
