@@ -11,7 +11,8 @@ RSS (and per domain) once they are; latency from a change (a domain file written
 `etcd put`, an admin `PUT`) until every edge serves it (p50/p99 over SCALE_CHANGES changes);
 admin write latency. Results go to the "Scale" section of BENCHMARKS.md (SCALE_OUT).
 
-Environment: SCALE_N, SCALE_MODES (files etcd), SCALE_CHANGES (default 50), SCALE_PORT_BASE
+Environment: SCALE_N, SCALE_MODES (files etcd), SCALE_CHANGES (default 50), SCALE_PAD (bytes
+of comment added to each spec, 0 by default; 830 makes specs of 1 KiB), SCALE_PORT_BASE
 (default 18600), SCALE_BUILD (1: cargo build --release first), SCALE_KEEP (1: keep the
 temporary folder). Only 127.0.0.1 is used. Python 3 standard library only.
 """
@@ -35,6 +36,7 @@ TOKEN = "scale-token"
 SIZES = [int(n) for n in os.environ.get("SCALE_N", "1000 10000 100000").split()]
 MODES = os.environ.get("SCALE_MODES", "files etcd").split()
 CHANGES = int(os.environ.get("SCALE_CHANGES", "50"))
+PAD = int(os.environ.get("SCALE_PAD", "0"))
 PORT = int(os.environ.get("SCALE_PORT_BASE", "18600"))
 OUT = os.environ.get("SCALE_OUT", os.path.join(ROOT, "BENCHMARKS.md"))
 START_MARK, END_MARK = "<!-- scale:start -->", "<!-- scale:end -->"
@@ -46,8 +48,10 @@ def name(i):
 
 def spec(i, page404="/e404.html"):
     d = name(i)
+    # SCALE_PAD: a comment of this many bytes, for specs of a given size (1 KiB: 830).
+    pad = f"# {'x' * PAD}\n" if PAD else ""
     return (
-        f"domain: {d}\norigin: {{servers: [\"127.0.0.1:{PORT}\"]}}\n"
+        f"{pad}domain: {d}\norigin: {{servers: [\"127.0.0.1:{PORT}\"]}}\n"
         f"custom_pages:\n  - {{code: 404, url: \"http://{d}{page404}\"}}\n"
         f"  - {{code: 500, url: \"http://{d}/e500.html\"}}\n"
     )

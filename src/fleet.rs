@@ -3,8 +3,24 @@
 //! typed: an edge replays exactly the request the admin API took, parsed and checked once,
 //! never a path and a body to parse again.
 
+use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use std::fmt;
+
+/// The fleet an edge belongs to: where it says what it applied, and how operations reach the
+/// other edges (etcd: `{prefix}edges/` and `{prefix}ops/`). An edge outside a fleet has none.
+#[async_trait]
+pub trait Fleet: Send + Sync {
+    /// Sends an operation this edge performed to every other edge.
+    async fn broadcast(&self, op: &FleetOp) -> Result<(), String>;
+
+    /// Keeps this edge known to the fleet and sends every operation other edges broadcast to
+    /// `ops`, once each, for as long as the edge runs.
+    async fn follow(&self, ops: tokio::sync::mpsc::Sender<FleetOp>);
+
+    /// What every edge of the fleet last reported.
+    async fn edges(&self) -> Result<Vec<EdgeReport>, String>;
+}
 
 /// What `POST /api/domains/{domain}/purge` takes: exactly one of `urls`, `prefix`, `all`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,6 +4,7 @@
 use crate::access_log::AccessLog;
 use crate::admin::{self, AdminApi};
 use crate::filters::FilterRegistry;
+use crate::fleet::Fleet;
 use crate::proxy::EdgeProxy;
 use crate::runtime::{Checked, Runtime};
 use crate::source::{self, ConfigSource, Snapshot};
@@ -70,7 +71,8 @@ pub fn main_with(filters: FilterRegistry) -> ExitCode {
     if let Some(Command::Etcd { action }) = &cli.command {
         return etcd_files(&cli.conf, action, &filters);
     }
-    let source = source::open(&cli.conf);
+    let opened = source::open(&cli.conf);
+    let source = opened.specs;
     let (snapshot, checked) = match load_checked(source.as_ref(), &filters) {
         Ok(loaded) => loaded,
         Err(message) => {
@@ -123,6 +125,7 @@ pub fn main_with(filters: FilterRegistry) -> ExitCode {
     };
     let loaded = Loaded {
         source,
+        fleet: opened.fleet,
         snapshot,
         checked,
     };
@@ -132,6 +135,7 @@ pub fn main_with(filters: FilterRegistry) -> ExitCode {
 /// The configuration as loaded and checked at start.
 struct Loaded {
     source: Arc<dyn ConfigSource>,
+    fleet: Option<Arc<dyn Fleet>>,
     snapshot: Snapshot,
     checked: Checked,
 }
@@ -246,6 +250,7 @@ fn run(
     };
     let Loaded {
         source,
+        fleet,
         mut snapshot,
         checked,
     } = loaded;
@@ -254,7 +259,7 @@ fn run(
 
     let listen = snapshot.edge.listen.clone();
     let tls_listen = snapshot.edge.tls_listen.clone();
-    let runtime = Runtime::new(source, snapshot, checked, filters);
+    let runtime = Runtime::new(source, fleet, snapshot, checked, filters);
     let proxy = EdgeProxy::new(runtime.clone(), access_log);
     let mut app = pingora_proxy::http_proxy(&server.configuration, proxy);
     // Every listener also speaks HTTP/2 cleartext with prior knowledge.
@@ -439,7 +444,9 @@ impl BackgroundService for Control {
             std::future::pending::<()>().await
         };
         let fleet = async {
-            self.runtime.source().follow_fleet(ops).await;
+            if let Some(fleet) = self.runtime.fleet() {
+                fleet.follow(ops).await;
+            }
             std::future::pending::<()>().await
         };
         tokio::select! {

@@ -263,16 +263,18 @@ impl AdminApi {
                 let (domain, code) = (domain.to_string(), code.to_string());
                 self.operate(Operation::RefreshPage { domain, code }).await
             }
-            (&Method::GET, ["api", "fleet"]) => match self.runtime.source().fleet().await {
+            (&Method::GET, ["api", "fleet"]) => match self.runtime.fleet() {
                 None => Err(ApiError::new(
                     StatusCode::NOT_FOUND,
                     "this edge is not part of a fleet: its domains come from its own files",
                 )),
-                Some(Ok(edges)) => Ok((StatusCode::OK, json!({"edges": edges}))),
-                Some(Err(e)) => Err(ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("the fleet cannot be listed: {e}"),
-                )),
+                Some(fleet) => match fleet.edges().await {
+                    Ok(edges) => Ok((StatusCode::OK, json!({"edges": edges}))),
+                    Err(e) => Err(ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("the fleet cannot be listed: {e}"),
+                    )),
+                },
             },
             (
                 _,
@@ -662,10 +664,12 @@ impl AdminApi {
             op,
             from: String::new(),
         };
-        json["fleet"] = match self.runtime.source().broadcast(&op).await {
-            Ok(true) => json!("sent to every edge"),
-            Ok(false) => Value::Null,
-            Err(e) => json!(format!("not sent to the other edges: {e}")),
+        json["fleet"] = match self.runtime.fleet() {
+            None => Value::Null,
+            Some(fleet) => match fleet.broadcast(&op).await {
+                Ok(()) => json!("sent to every edge"),
+                Err(e) => json!(format!("not sent to the other edges: {e}")),
+            },
         };
         Ok((status, json))
     }

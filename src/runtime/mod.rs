@@ -10,6 +10,7 @@ pub use routes::{Domain, Patched, RouteTable};
 
 use crate::cache::EdgeCache;
 use crate::filters::FilterRegistry;
+use crate::fleet::Fleet;
 use crate::metrics::METRICS;
 use crate::pages::{CustomPages, PageObserver, PageStore};
 use crate::source::{Applied, Changes, ConfigSource, DomainChange, Snapshot};
@@ -37,6 +38,8 @@ pub struct Runtime {
     /// page store; the rest needs a restart).
     pub settings: EdgeSettings,
     source: Arc<dyn ConfigSource>,
+    /// The fleet the edge is in (etcd mode).
+    fleet: Option<Arc<dyn Fleet>>,
     filters: Arc<FilterRegistry>,
     /// Shared with the page store's delayed clean-up, which must see the table of its time.
     routes: Arc<ArcSwap<RouteTable>>,
@@ -137,6 +140,7 @@ impl Runtime {
     /// a long-lived runtime for that.
     pub fn new(
         source: Arc<dyn ConfigSource>,
+        fleet: Option<Arc<dyn Fleet>>,
         snapshot: Snapshot,
         checked: Checked,
         filters: Arc<FilterRegistry>,
@@ -170,6 +174,7 @@ impl Runtime {
         Arc::new(Runtime {
             settings,
             source,
+            fleet,
             filters,
             routes: Arc::new(ArcSwap::new(routes)),
             health,
@@ -272,6 +277,11 @@ impl Runtime {
     /// The config source, to write changes to.
     pub fn source(&self) -> &Arc<dyn ConfigSource> {
         &self.source
+    }
+
+    /// The fleet the edge is in, if any (etcd mode).
+    pub fn fleet(&self) -> Option<&Arc<dyn Fleet>> {
+        self.fleet.as_ref()
     }
 
     /// Checks changes against the table in use as applying them would, without applying
@@ -592,7 +602,7 @@ mod tests {
         let snapshot = source.load().await.unwrap();
         let filters = Arc::new(FilterRegistry::with_builtins());
         let checked = Runtime::check(&snapshot, &filters).unwrap();
-        let runtime = Runtime::new(source, snapshot, checked, filters);
+        let runtime = Runtime::new(source, None, snapshot, checked, filters);
         (dir, runtime)
     }
 

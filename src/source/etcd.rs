@@ -30,7 +30,7 @@
 
 use super::snapshot::{SnapshotFiles, StoredKey};
 use super::{Applied, Changes, ConfigSource, DomainChange, DomainEntry, Snapshot, WriteError};
-use crate::fleet::{EdgeReport, FleetOp};
+use crate::fleet::{EdgeReport, Fleet, FleetOp};
 use crate::spec::{
     parse_yaml, ConfigError, ConfigErrors, DomainName, DomainSpec, EdgeSettings, EtcdSettings, Location,
 };
@@ -760,12 +760,22 @@ impl ConfigSource for EtcdSource {
         self.reported.notify_one();
     }
 
-    async fn broadcast(&self, op: &FleetOp) -> Result<bool, WriteError> {
-        let mut client = self.client().await.map_err(WriteError::failed)?;
-        let lease = within(client.lease_grant(OP_TTL, None))
-            .await
-            .map_err(WriteError::failed)?
-            .id();
+    fn describe(&self, snapshot: &Snapshot) -> String {
+        format!(
+            "{} and {} domain(s) under {} in etcd ({})",
+            self.edge_file.display(),
+            snapshot.domains.len(),
+            self.domains_prefix(),
+            self.settings.endpoints.join(", ")
+        )
+    }
+}
+
+#[async_trait]
+impl Fleet for EtcdSource {
+    async fn broadcast(&self, op: &FleetOp) -> Result<(), String> {
+        let mut client = self.client().await?;
+        let lease = within(client.lease_grant(OP_TTL, None)).await?.id();
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
@@ -774,14 +784,12 @@ impl ConfigSource for EtcdSource {
             from: self.settings.edge_id.clone(),
             ..op.clone()
         };
-        let value = serde_json::to_string(&op).map_err(|e| WriteError::failed(e.to_string()))?;
-        within(client.put(key, value, Some(PutOptions::new().with_lease(lease))))
-            .await
-            .map_err(WriteError::unknown)?;
-        Ok(true)
+        let value = serde_json::to_string(&op).map_err(|e| e.to_string())?;
+        within(client.put(key, value, Some(PutOptions::new().with_lease(lease)))).await?;
+        Ok(())
     }
 
-    async fn follow_fleet(&self, ops: tokio::sync::mpsc::Sender<FleetOp>) {
+    async fn follow(&self, ops: tokio::sync::mpsc::Sender<FleetOp>) {
         let presence = async {
             loop {
                 if let Err(e) = self.keep_presence().await {
@@ -801,7 +809,7 @@ impl ConfigSource for EtcdSource {
         tokio::join!(presence, relay);
     }
 
-    async fn fleet(&self) -> Option<Result<Vec<EdgeReport>, String>> {
+    async fn edges(&self) -> Result<Vec<EdgeReport>, String> {
         let listing = async {
             let mut client = self.client().await?;
             let prefix = format!("{}edges/", self.settings.prefix);
@@ -812,16 +820,6 @@ impl ConfigSource for EtcdSource {
                 .filter_map(|kv| serde_json::from_slice(kv.value()).ok())
                 .collect())
         };
-        Some(listing.await)
-    }
-
-    fn describe(&self, snapshot: &Snapshot) -> String {
-        format!(
-            "{} and {} domain(s) under {} in etcd ({})",
-            self.edge_file.display(),
-            snapshot.domains.len(),
-            self.domains_prefix(),
-            self.settings.endpoints.join(", ")
-        )
+        listing.await
     }
 }

@@ -16,7 +16,7 @@ mod watch;
 pub use etcd::EtcdSource;
 pub use file::FileSource;
 
-use crate::fleet::{EdgeReport, FleetOp};
+use crate::fleet::Fleet;
 use crate::spec::{
     ConfigError, ConfigErrors, DomainName, DomainSpec, EdgeSettings, Location, SourceSettings,
 };
@@ -187,14 +187,32 @@ pub fn write_atomically(path: &Path, content: &[u8]) -> std::io::Result<()> {
 
 /// The source the edge file names: etcd with a `source.etcd` section, else its domains
 /// folder (also when the edge file cannot be read: loading it then reports why).
-pub fn open(edge_file: &Path) -> Arc<dyn ConfigSource> {
+pub fn open(edge_file: &Path) -> Opened {
     let settings = std::fs::read_to_string(edge_file)
         .ok()
         .and_then(|text| EdgeSettings::from_yaml(edge_file, &text).ok());
     match settings.map(|s| s.source) {
-        Some(SourceSettings::Etcd(etcd)) => Arc::new(EtcdSource::new(edge_file, etcd)),
-        _ => Arc::new(FileSource::new(edge_file)),
+        Some(SourceSettings::Etcd(etcd)) => {
+            let etcd = Arc::new(EtcdSource::new(edge_file, etcd));
+            Opened {
+                specs: etcd.clone(),
+                fleet: Some(etcd),
+            }
+        }
+        _ => Opened {
+            specs: Arc::new(FileSource::new(edge_file)),
+            fleet: None,
+        },
     }
+}
+
+/// What the edge file names: where the domain specs are, and the fleet the edge is in (etcd
+/// mode; none with a domains folder).
+pub struct Opened {
+    /// The domain specs.
+    pub specs: Arc<dyn ConfigSource>,
+    /// The fleet.
+    pub fleet: Option<Arc<dyn Fleet>>,
 }
 
 /// A place specs come from (see the module docs).
@@ -236,20 +254,6 @@ pub trait ConfigSource: Send + Sync {
     /// Told after a snapshot of this source was applied (etcd keeps a copy on disk and tells
     /// the fleet).
     async fn applied(&self, _report: &Applied) {}
-
-    /// Sends an operation to every other edge of the fleet. False: this edge is not in one.
-    async fn broadcast(&self, _op: &FleetOp) -> Result<bool, WriteError> {
-        Ok(false)
-    }
-
-    /// Keeps this edge known to the fleet and sends every operation other edges broadcast to
-    /// `ops`, once each, for as long as the edge runs. Returns at once when not in a fleet.
-    async fn follow_fleet(&self, _ops: tokio::sync::mpsc::Sender<FleetOp>) {}
-
-    /// What every edge of the fleet last reported, if this edge is in one.
-    async fn fleet(&self) -> Option<Result<Vec<EdgeReport>, String>> {
-        None
-    }
 
     /// One line saying what a snapshot of this source holds, for `custom-pages -t`.
     fn describe(&self, snapshot: &Snapshot) -> String;
