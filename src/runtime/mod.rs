@@ -436,8 +436,11 @@ impl Runtime {
         }
         let is_full = matches!(batch, Batch::Full { .. });
         if todo.is_empty() && !is_full {
-            self.status.lock().errors = control.kept_errors();
-            return Ok(self.status.lock().version);
+            // Nothing to compile, and nothing waits any more (a broken file was removed, say).
+            let mut status = self.status.lock();
+            status.errors = control.kept_errors();
+            status.last_reload_ok = true;
+            return Ok(status.version);
         }
         let mut base = (*table).clone();
         let mut errors = Vec::new();
@@ -681,5 +684,32 @@ mod tests {
         assert!(!runtime.server_down("127.0.0.1:1"));
         let a = runtime.routes().route("a.com").cloned().unwrap();
         assert!(a.upstream.health.any_up());
+    }
+
+    #[tokio::test]
+    async fn a_broken_file_removed_before_it_was_fixed_leaves_nothing_waiting() {
+        let (dir, runtime) = start(&[("a.yaml", domain("a.com", "\"127.0.0.1:1\""))]).await;
+        let at = Location::File(dir.path().join("domains").join("b.yaml"));
+        let broken = DomainChange::Broken {
+            at: at.clone(),
+            errors: vec![ConfigError::new(at.clone(), "orign", "unknown field")],
+            kept: false,
+        };
+        assert!(runtime.apply_changes(vec![broken]).await.is_err());
+        let status = runtime.status();
+        assert!(!status.last_reload_ok);
+        assert_eq!(status.errors.len(), 1);
+        assert_eq!(runtime.waiting_at(&at).await.map(|e| e.len()), Some(1));
+        // The file is deleted instead of fixed: nothing was served from it, nothing waits.
+        assert_eq!(
+            runtime
+                .apply_changes(vec![DomainChange::Remove(at.clone())])
+                .await,
+            Ok(1)
+        );
+        let status = runtime.status();
+        assert!(status.last_reload_ok && status.errors.is_empty(), "{status:?}");
+        assert_eq!(runtime.waiting_at(&at).await, None);
+        assert_eq!(served(&runtime, "a.com"), Some(vec!["127.0.0.1:1".to_string()]));
     }
 }
