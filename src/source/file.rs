@@ -219,28 +219,48 @@ fn read_dir_files(dir: &Path) -> Result<Vec<ParsedFile>, ConfigErrors> {
     let entries = std::fs::read_dir(dir)
         .map_err(|e| ConfigError::new(dir, "", format!("cannot read the domains folder: {e}")))?;
     let mut files: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| is_domain_file(p))
+        .filter_map(|e| e.ok())
+        // The folder listing says what each entry is; only a link needs a look at its target.
+        .filter(|e| match e.file_type() {
+            Ok(kind) if kind.is_symlink() => e.path().is_file(),
+            Ok(kind) => kind.is_file(),
+            Err(_) => false,
+        })
+        .map(|e| e.path())
+        .filter(|p| has_domain_file_name(p))
         .collect();
     files.sort();
-    Ok(files
-        .into_iter()
-        .map(|file| {
-            let parsed = read_file(&file).and_then(|text| parse_yaml::<DomainSpec>(file.as_path(), &text));
-            (file, parsed)
-        })
-        .collect())
+    let parse = |file: &PathBuf| {
+        let parsed = read_file(file).and_then(|text| parse_yaml::<DomainSpec>(file.as_path(), &text));
+        (file.clone(), parsed)
+    };
+    // Reading and parsing is most of a start with many domains: on every core, in order.
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+    if files.len() < PARALLEL_FROM || workers < 2 {
+        return Ok(files.iter().map(parse).collect());
+    }
+    let chunk = files.len().div_ceil(workers);
+    Ok(std::thread::scope(|scope| {
+        let parts: Vec<_> = files
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || part.iter().map(parse).collect::<Vec<_>>()))
+            .collect();
+        parts
+            .into_iter()
+            // Parsing never panics on input; a panic here is a bug, raised as it was.
+            .flat_map(|part| part.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    }))
 }
+
+/// Folders with fewer domain files than this are read on one thread.
+const PARALLEL_FROM: usize = 512;
 
 /// Replaces a domain file atomically (see [`write_atomically`]): the temporary file is hidden,
 /// so the loader ignores it.
 fn write_domain_file(file: &Path, spec: &DomainSpec) -> std::io::Result<()> {
     let yaml = serde_yaml::to_string(spec).map_err(std::io::Error::other)?;
     write_atomically(file, yaml.as_bytes())
-}
-
-fn is_domain_file(path: &Path) -> bool {
-    has_domain_file_name(path) && path.is_file()
 }
 
 /// `*.yaml` or `*.yml`, not hidden (temporary files of writers and editors are).
@@ -325,6 +345,35 @@ mod tests {
         assert!(source.delete_domain(&wildcard, None).await.unwrap());
         assert!(!source.delete_domain(&wildcard, None).await.unwrap());
         assert_eq!(source.load().await.unwrap().domains.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_large_folder_is_read_on_every_core_in_file_order() {
+        let (dir, source) = folder();
+        let domains = dir.path().join("domains");
+        let n = PARALLEL_FROM + 100;
+        for i in 0..n {
+            let yaml = if i == 300 {
+                "domain: broken.example.com\norign: {}\n".to_string()
+            } else {
+                EXP.replace("exp.example.com", &format!("d{i:04}.example.com"))
+            };
+            std::fs::write(domains.join(format!("d{i:04}.yaml")), yaml).unwrap();
+        }
+        // A link to a domain file counts; a folder named like one does not.
+        std::os::unix::fs::symlink(domains.join("d0000.yaml"), domains.join("link.yaml")).unwrap();
+        std::fs::create_dir(domains.join("dir.yaml")).unwrap();
+        let snapshot = source.load().await.unwrap();
+        assert_eq!(snapshot.domains.len(), n);
+        assert_eq!(snapshot.errors.len(), 1);
+        assert_eq!(snapshot.errors[0].at, Location::File(domains.join("d0300.yaml")));
+        let names: Vec<&str> = snapshot.domains.iter().map(|d| d.spec.domain.as_str()).collect();
+        assert_eq!(
+            names[..3],
+            ["d0000.example.com", "d0001.example.com", "d0002.example.com"]
+        );
+        assert_eq!(names[n - 2], format!("d{:04}.example.com", n - 1));
+        assert_eq!(names[n - 1], "d0000.example.com", "link.yaml, last in file order");
     }
 
     #[tokio::test]
