@@ -2,7 +2,7 @@
 //! page through its domain's origin servers.
 
 use super::guard::{self, CDN_LOOP_TOKEN};
-use super::store::Page;
+use super::page::{Page, Validators};
 use crate::spec::{PageSettings, PageUrl};
 use crate::upstream::{self, Origin};
 use async_trait::async_trait;
@@ -32,23 +32,6 @@ impl FetchError {
             kind,
             reason: reason.into(),
         }
-    }
-}
-
-/// What a fetch sends to be told a page did not change: the `ETag` and `Last-Modified` of the
-/// copy held.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Validators {
-    /// The copy's `ETag`, sent as `If-None-Match`.
-    pub etag: Option<HeaderValue>,
-    /// The copy's `Last-Modified`, sent as `If-Modified-Since`.
-    pub last_modified: Option<HeaderValue>,
-}
-
-impl Validators {
-    /// Whether there is nothing to send.
-    pub fn is_empty(&self) -> bool {
-        self.etag.is_none() && self.last_modified.is_none()
     }
 }
 

@@ -13,8 +13,8 @@
 //! tokenizer (`cssparser`): comments, strings and escapes are theirs to get right.
 
 use super::fetch::PageFetcher;
+use super::page::Page;
 use super::response::{escape_html, essence};
-use super::store::Page;
 use crate::spec::{PageSettings, PageUrl};
 use crate::upstream::Origin;
 use base64::Engine;

@@ -7,9 +7,9 @@
 //! Pages are kept here rather than in the evicting content cache because a page must survive
 //! memory pressure and outages: it is exactly what is needed when everything else fails.
 
-use super::fetch::{FetchError, HttpFetcher, PageFetcher};
-use super::fetch::{Fetched, Validators};
+use super::fetch::{FetchError, Fetched, HttpFetcher, PageFetcher};
 use super::inline::{self, NoSites, Sites};
+use super::page::Page;
 use super::template::Template;
 use crate::spec::{PageSettings, PageUrl};
 use crate::upstream::Origin;
@@ -63,57 +63,6 @@ impl PageObserver for NoObserver {
 
 /// Retry delay after a failed fetch, capped by `pages.refresh`.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
-
-/// A fetched page, ready to send.
-#[derive(Debug)]
-pub struct Page {
-    /// The page as fetched.
-    pub body: Bytes,
-    /// The page's `Content-Type` (HTML if it sent none).
-    pub content_type: HeaderValue,
-    /// When this copy was fetched.
-    pub fetched_at: SystemTime,
-    /// How long this copy is fresh: the page's max-age, or `pages.refresh`.
-    pub max_age: Duration,
-    /// The page's placeholders, parsed when the store takes the page (`None`: none, and
-    /// the page is served as it is).
-    pub template: Option<Arc<Template>>,
-    /// What a refresh sends to be told the page did not change.
-    pub validators: Validators,
-}
-
-impl Page {
-    /// A page as fetched (its template is parsed when the store takes it).
-    pub fn new(body: Bytes, content_type: HeaderValue, max_age: Duration) -> Page {
-        Page {
-            body,
-            content_type,
-            fetched_at: SystemTime::now(),
-            max_age,
-            template: None,
-            validators: Validators::default(),
-        }
-    }
-
-    /// This copy, fetched again now without change (its origin answered `304`): fresh for
-    /// `max_age` more, the same bytes shared.
-    pub fn renewed(&self, max_age: Duration) -> Page {
-        Page {
-            body: self.body.clone(),
-            content_type: self.content_type.clone(),
-            fetched_at: SystemTime::now(),
-            max_age,
-            template: self.template.clone(),
-            validators: self.validators.clone(),
-        }
-    }
-
-    /// Whether this copy is within its max-age at `now`.
-    pub fn is_fresh(&self, now: SystemTime) -> bool {
-        now.duration_since(self.fetched_at)
-            .is_ok_and(|age| age <= self.max_age)
-    }
-}
 
 /// What the admin API shows of a page.
 #[derive(Debug, Clone, serde::Serialize)]

@@ -1,8 +1,9 @@
 //! Where specs come from and where changes go: a [`ConfigSource`] gives a [`Snapshot`] of the
 //! edge settings and every domain spec, then reports what changed as [`Changes`] (one spec
 //! written or removed, each with where it lives; a full load only when nothing less is safe),
-//! and writes one domain's spec at a time. [`FileSource`] is the edge file with its folder of drop-in domain files;
-//! [`EtcdSource`] the edge file with domain specs in etcd, shared by a fleet.
+//! and writes one domain's spec at a time. [`FileSource`] is the edge file with its folder of
+//! drop-in domain files; [`EtcdSource`] the edge file with domain specs in etcd, shared by a
+//! fleet (it is also that fleet's [`Fleet`]: see [`open`]).
 //!
 //! A source only reads, parses and writes: what a snapshot means (validation across domains,
 //! filters, the live route table) is decided by the runtime, with the same code for every
