@@ -99,13 +99,6 @@ pub struct Checked {
     health: HealthTable,
 }
 
-impl Checked {
-    /// The route table compiled.
-    pub fn routes(&self) -> &RouteTable {
-        &self.routes
-    }
-}
-
 /// Counts page fetches in the edge's Prometheus metrics.
 struct FetchMetrics;
 

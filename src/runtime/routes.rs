@@ -529,11 +529,6 @@ impl RouteTable {
             .flat_map(|d| d.files.iter().map(|f| (Some(d.name.clone()), f.clone())));
         defaults.chain(domains).collect()
     }
-
-    /// Whether an origin server is in use.
-    pub fn uses_server(&self, server: &str) -> bool {
-        self.servers.contains_key(&server.to_ascii_lowercase())
-    }
 }
 
 /// What a patch added or removed, to compare before and after.
