@@ -76,5 +76,6 @@ pub mod runtime;
 pub mod server;
 pub mod source;
 pub mod spec;
+pub mod state;
 pub mod tls;
 pub mod upstream;

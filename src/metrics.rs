@@ -122,12 +122,47 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     }
 });
 
+/// A metric whose values another part counts itself (the disk tier's atomics), read when the
+/// metrics are served.
+pub struct Sampled {
+    /// Its name.
+    pub name: &'static str,
+    /// What it measures.
+    pub help: &'static str,
+    /// `true` for a counter, `false` for a gauge.
+    pub counter: bool,
+    /// Its values, each with at most one label (name, value).
+    pub values: Vec<(Option<(&'static str, &'static str)>, u64)>,
+}
+
 impl Metrics {
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> Vec<u8> {
+        self.render_with(&[])
+    }
+
+    /// The Prometheus text exposition of every metric, and of `sampled`.
+    pub fn render_with(&self, sampled: &[Sampled]) -> Vec<u8> {
         let mut out = Vec::new();
         // Encoding into a Vec cannot fail for text format.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        for metric in sampled {
+            let kind = if metric.counter { "counter" } else { "gauge" };
+            out.extend_from_slice(
+                format!(
+                    "# HELP {} {}\n# TYPE {} {kind}\n",
+                    metric.name, metric.help, metric.name
+                )
+                .as_bytes(),
+            );
+            for (label, value) in &metric.values {
+                let line = match label {
+                    Some((name, label)) => format!("{}{{{name}=\"{label}\"}} {value}\n", metric.name),
+                    None => format!("{} {value}\n", metric.name),
+                };
+                out.extend_from_slice(line.as_bytes());
+            }
+        }
         out
     }
 }

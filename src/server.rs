@@ -6,7 +6,7 @@ use crate::admin::{self, AdminApi};
 use crate::filters::FilterRegistry;
 use crate::fleet::Fleet;
 use crate::proxy::EdgeProxy;
-use crate::runtime::{Checked, Runtime};
+use crate::runtime::{Checked, Folders, Runtime};
 use crate::source::{self, ConfigSource, Snapshot};
 use crate::tls::{self, OneCert};
 use clap::Parser;
@@ -254,12 +254,20 @@ fn run(
         mut snapshot,
         checked,
     } = loaded;
+    // Before Pingora binds or takes over anything: a second edge on the same folders stops here.
+    let folders = match Folders::open(&snapshot.edge, cli.upgrade) {
+        Ok(folders) => folders,
+        Err(e) => {
+            eprintln!("{}: {e}", cli.conf.display());
+            return ExitCode::FAILURE;
+        }
+    };
     let mut server = Server::new_with_opt_and_conf(opt, std::mem::take(&mut snapshot.edge.server));
     server.bootstrap();
 
     let listen = snapshot.edge.listen.clone();
     let tls_listen = snapshot.edge.tls_listen.clone();
-    let runtime = Runtime::new(source, fleet, snapshot, checked, filters);
+    let runtime = Runtime::new(source, fleet, snapshot, checked, filters, Some(folders));
     let proxy = EdgeProxy::new(runtime.clone(), access_log);
     let mut app = pingora_proxy::http_proxy(&server.configuration, proxy);
     // Every listener also speaks HTTP/2 cleartext with prior knowledge.

@@ -14,6 +14,8 @@ use syn::visit::Visit;
 const LAYERS: &[&[&str]] = &[
     // The YAML contract as plain data.
     &["spec"],
+    // What survives restarts: folders with one writer, files checked when read back.
+    &["state"],
     // Feature modules, each owning its own types (`fleet`: the typed operations and reports
     // edges exchange).
     &["metrics", "access_log", "filters", "cache", "tls", "fleet"],

@@ -6,7 +6,7 @@
 //! from this edge's own listener, so they enter the cache exactly as a client's request would.
 
 use super::{ApiError, ApiResult};
-use crate::cache::storage::Scope;
+use crate::cache::Scope;
 use crate::fleet::{PrefetchRequest, PurgeRequest};
 use crate::runtime::{Domain, Runtime};
 use http::StatusCode;
@@ -57,13 +57,14 @@ pub async fn purge(runtime: &Runtime, domain: &Domain, body: &PurgeRequest) -> A
     let affected = runtime
         .cache
         .storage
-        .purge_scope(&domain.label, None, scope, body.soft);
+        .purge_scope(&domain.label, None, scope, body.soft)
+        .await;
     // Pages of this domain the purge covers are fetched again now, so a changed page is seen.
     let store = runtime.pages.store();
     let mut pages = Vec::new();
     let mut refreshes = tokio::task::JoinSet::new();
     for url in runtime.routes().pages_on(&domain.name) {
-        if covers(&scope, url.path_and_query()) {
+        if scope.covers(url.path_and_query()) {
             let store = store.clone();
             // All at once: each is bounded by pages.fetch_timeout.
             refreshes.spawn(async move {
@@ -85,15 +86,6 @@ pub async fn purge(runtime: &Runtime, domain: &Domain, body: &PurgeRequest) -> A
             "pages": pages,
         }),
     ))
-}
-
-/// Whether a purge of `scope` covers request target `target`.
-fn covers(scope: &Scope<'_>, target: &str) -> bool {
-    match scope {
-        Scope::Targets(list) => list.iter().any(|t| t == target),
-        Scope::Prefix(prefix) => target.starts_with(prefix),
-        Scope::All => true,
-    }
 }
 
 /// `POST /api/domains/{domain}/prefetch`: each URL requested through this edge's own

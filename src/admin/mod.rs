@@ -228,7 +228,18 @@ impl AdminApi {
         let segments: Vec<String> = path.trim_matches('/').split('/').map(percent_decode).collect();
         let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
         match (&method, segments.as_slice()) {
-            (&Method::GET, ["api", "status"]) => Ok((StatusCode::OK, json!(self.runtime.status()))),
+            (&Method::GET, ["api", "status"]) => {
+                let mut status = json!(self.runtime.status());
+                status["state"] = json!(self.runtime.state_status());
+                status["cache"] = json!({
+                    "memory": {
+                        "used": self.runtime.cache.storage.memory.used_bytes(),
+                        "size": self.runtime.cache.storage.memory.capacity_bytes(),
+                    },
+                    "disk": self.runtime.cache.disk().map(|disk| disk.stats()),
+                });
+                Ok((StatusCode::OK, status))
+            }
             (&Method::GET, ["api", "domains"]) => {
                 let page = DomainPage::parse(session.req_header().uri.query())?;
                 Ok((StatusCode::OK, self.list_domains(&page)))
@@ -723,7 +734,7 @@ impl ServeHttp for AdminApi {
         if req.uri.path() == "/metrics" && req.method == Method::GET {
             // Scrapers on the same machine need no token; anywhere else they do.
             if self.runtime.settings.admin_listen.ip().is_loopback() || self.authorized(session) {
-                return metrics_response();
+                return metrics_response(&self.runtime);
             }
         }
         if !self.authorized(session) {
@@ -753,8 +764,8 @@ impl ServeHttp for AdminApi {
     }
 }
 
-fn metrics_response() -> Response<Vec<u8>> {
-    let body = METRICS.render();
+fn metrics_response(runtime: &Runtime) -> Response<Vec<u8>> {
+    let body = METRICS.render_with(&runtime.sampled_metrics());
     let mut resp = Response::new(Vec::new());
     let headers = resp.headers_mut();
     headers.insert(

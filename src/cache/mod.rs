@@ -8,12 +8,18 @@
 //! one-hit wonders from flushing popular entries) and weighted eviction (S3-FIFO), so the cache
 //! stays within a byte budget without a separate Pingora eviction manager.
 
+pub mod disk;
+pub mod index;
 pub mod key;
 pub mod policy;
 pub mod storage;
+pub mod tiered;
 
+pub use disk::DiskStorage;
+pub use index::Scope;
 pub use policy::TtlPolicy;
-pub use storage::{MemoryStorage, Scope};
+pub use storage::MemoryStorage;
+pub use tiered::TieredStorage;
 
 use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
 use pingora_cache::predictor::{CacheablePredictor, Predictor};
@@ -37,8 +43,8 @@ fn is_per_request_reason(reason: &'static str) -> bool {
 /// The storage, the lock and the predictor a proxy enables the cache with. Pingora's cache
 /// takes them `&'static`: one of each lives for the process.
 pub struct EdgeCache {
-    /// The bounded storage.
-    pub storage: &'static MemoryStorage,
+    /// The bounded storage: memory, over the disk tier if there is one.
+    pub storage: &'static TieredStorage,
     /// Makes concurrent misses of one key wait for one origin request.
     lock: &'static CacheKeyLockImpl,
     /// Remembers keys whose responses were uncacheable, so their next requests skip the cache
@@ -49,15 +55,23 @@ pub struct EdgeCache {
 }
 
 impl EdgeCache {
-    /// A cache of `memory` bytes keeping objects up to `max_object` bytes, whose concurrent
-    /// misses wait up to `lock_timeout` for the first.
-    pub fn new(memory: usize, max_object: usize, lock_timeout: Duration) -> EdgeCache {
+    /// A cache of `memory` bytes (over `disk`, if given) keeping objects up to `max_object`
+    /// bytes, whose concurrent misses wait up to `lock_timeout` for the first.
+    pub fn new(
+        memory: usize,
+        disk: Option<DiskStorage>,
+        max_object: usize,
+        lock_timeout: Duration,
+    ) -> EdgeCache {
         let predictor: &'static Predictor<PREDICTOR_SHARDS> = Box::leak(Box::new(Predictor::new(
             PREDICTOR_KEYS_PER_SHARD,
             Some(is_per_request_reason),
         )));
         EdgeCache {
-            storage: Box::leak(Box::new(MemoryStorage::new(memory))),
+            storage: Box::leak(Box::new(TieredStorage {
+                memory: Box::leak(Box::new(MemoryStorage::new(memory))),
+                disk: disk.map(|disk| &*Box::leak(Box::new(disk))),
+            })),
             lock: Box::leak(Box::new(CacheLock::new(lock_timeout))),
             predictor,
             max_object,
@@ -124,8 +138,22 @@ pub fn invalidated_targets(req: &RequestHeader, resp: &ResponseHeader, host: &st
 impl EdgeCache {
     /// Removes what `targets` on `host` of `domain` hold in the cache (every variant and
     /// scheme; other hosts of a wildcard domain keep theirs).
-    pub fn invalidate(&self, domain: &str, host: &str, targets: &[String]) -> usize {
+    /// The disk's part runs in the background: a request never waits for the disk.
+    pub fn invalidate(&self, domain: &str, host: &str, targets: &[String]) {
         self.storage
-            .purge_scope(domain, Some(host), Scope::Targets(targets), false)
+            .memory
+            .purge_scope(domain, Some(host), Scope::Targets(targets), false);
+        if let Some(disk) = self.storage.disk {
+            let (domain, host, targets) = (domain.to_string(), host.to_string(), targets.to_vec());
+            tokio::spawn(async move {
+                disk.purge_scope(&domain, Some(&host), Scope::Targets(&targets), false)
+                    .await
+            });
+        }
+    }
+
+    /// The disk tier, if configured.
+    pub fn disk(&self) -> Option<&'static DiskStorage> {
+        self.storage.disk
     }
 }

@@ -13,7 +13,6 @@
 
 use pingora_http::ResponseHeader;
 use std::any::Any;
-use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -30,6 +29,8 @@ use pingora_cache::trace::SpanHandle;
 use pingora_cache::{CacheKey, CacheMeta};
 use pingora_error::{Error, ErrorType, Result};
 use tinyufo::TinyUfo;
+
+use super::index::{Place, PurgeIndex, Scope};
 
 /// Rough per-entry memory beyond body and meta bytes: the entry and its `Arc`, TinyUFO's bucket
 /// and queue slot, and the key. Counting it keeps many tiny entries from overshooting the budget.
@@ -140,36 +141,7 @@ pub struct MemoryStorage {
     capacity_blocks: usize,
     /// The stored keys by domain and target. Changed only under the `used_bytes` lock, with
     /// the slots.
-    index: Mutex<Index>,
-}
-
-/// Domain → target → stored keys (one per scheme and Vary variant).
-type Index = HashMap<Arc<str>, BTreeMap<Arc<str>, HashSet<HashBinary>>>;
-
-/// What a purge covers, within one domain.
-#[derive(Debug, Clone, Copy)]
-pub enum Scope<'a> {
-    /// These request targets (path and query), exactly.
-    Targets(&'a [String]),
-    /// Every target starting with this.
-    Prefix(&'a str),
-    /// Everything.
-    All,
-}
-
-/// Where an entry is listed in the index.
-#[derive(Debug, Clone)]
-struct Place {
-    domain: Arc<str>,
-    host: Arc<str>,
-    target: Arc<str>,
-}
-
-impl Place {
-    /// What the place costs in memory: held by the entry and by the index.
-    fn size(&self) -> usize {
-        2 * (self.domain.len() + self.host.len() + self.target.len())
-    }
+    index: Mutex<PurgeIndex>,
 }
 
 /// What TinyUFO holds under a key.
@@ -229,24 +201,8 @@ fn entry_weight(meta: &StoredMeta, body_len: usize) -> usize {
     meta.size + body_len + ENTRY_OVERHEAD_BYTES
 }
 
-/// Takes `key` off the index at `place`, dropping emptied levels.
-fn unlist(index: &mut Index, place: &Place, key: &HashBinary) {
-    let Some(targets) = index.get_mut(&place.domain) else {
-        return;
-    };
-    if let Some(keys) = targets.get_mut(&place.target) {
-        keys.remove(key);
-        if keys.is_empty() {
-            targets.remove(&place.target);
-        }
-    }
-    if targets.is_empty() {
-        index.remove(&place.domain);
-    }
-}
-
 /// The stored key a purge or expire targets, or `None` if it cannot be one of ours.
-fn target_key(target: PurgeTarget<'_>) -> Option<HashBinary> {
+pub(super) fn target_key(target: PurgeTarget<'_>) -> Option<HashBinary> {
     match target {
         // This storage never hands out entry IDs, so an entry identified by one is not ours.
         PurgeTarget::Exact(entry) if entry.entry_id().is_some() => None,
@@ -270,7 +226,7 @@ impl MemoryStorage {
             capacity_bytes,
             block_bytes,
             capacity_blocks,
-            index: Mutex::new(Index::new()),
+            index: Mutex::new(PurgeIndex::default()),
         }
     }
 
@@ -280,26 +236,7 @@ impl MemoryStorage {
     pub fn purge_scope(&self, domain: &str, host: Option<&str>, scope: Scope<'_>, soft: bool) -> usize {
         // The keys are listed under the index lock alone, then handled in batches, each under
         // the write lock: purging a large domain never holds up cache fills for long.
-        let keys: Vec<HashBinary> = {
-            let index = self.index.lock();
-            let Some(targets) = index.get(domain) else {
-                return 0;
-            };
-            match scope {
-                Scope::Targets(list) => list
-                    .iter()
-                    .filter_map(|t| targets.get(t.as_str()))
-                    .flatten()
-                    .copied()
-                    .collect(),
-                Scope::Prefix(prefix) => targets
-                    .range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
-                    .take_while(|(target, _)| target.starts_with(prefix))
-                    .flat_map(|(_, keys)| keys.iter().copied())
-                    .collect(),
-                Scope::All => targets.values().flatten().copied().collect(),
-            }
-        };
+        let keys = self.index.lock().keys(domain, host, scope);
         let now = SystemTime::now();
         let mut affected = 0;
         for batch in keys.chunks(PURGE_BATCH) {
@@ -308,7 +245,6 @@ impl MemoryStorage {
             let prepared: Vec<(Arc<Entry>, Option<StoredMeta>)> = batch
                 .iter()
                 .filter_map(|key| self.find(key))
-                .filter(|entry| host.is_none_or(|host| entry.place.as_ref().is_none_or(|p| &*p.host == host)))
                 .map(|entry| {
                     let stale = soft.then(|| {
                         let mut meta = entry.meta();
@@ -342,12 +278,7 @@ impl MemoryStorage {
     /// How many keys the index lists (tests check it never outlives the entries).
     #[cfg(test)]
     fn indexed(&self) -> usize {
-        self.index
-            .lock()
-            .values()
-            .flat_map(|targets| targets.values())
-            .map(|keys| keys.len())
-            .sum()
+        self.index.lock().len()
     }
 
     /// Approximate bytes currently held (sum of weights of live entries).
@@ -390,6 +321,23 @@ impl MemoryStorage {
         true
     }
 
+    /// Keeps an object read from a lower tier (if it fits, and TinyUFO admits it) and returns a
+    /// hit handler serving it either way.
+    pub fn promote(
+        &self,
+        key: HashBinary,
+        place: Option<Place>,
+        meta: &CacheMeta,
+        body: Bytes,
+    ) -> Result<HitHandler> {
+        let entry = Arc::new(Entry::new(key, place, StoredMeta::new(meta)?, body));
+        if let Some(blocks) = self.blocks_for(entry.weight) {
+            let mut used_bytes = self.used_bytes.lock();
+            self.put_locked(&mut used_bytes, key, Slot::Stored(entry.clone()), blocks);
+        }
+        Ok(Box::new(MemoryHitHandler::new(entry)))
+    }
+
     /// Puts `slot` under `key` and keeps `used_bytes` and the index exact. The caller holds
     /// the `used_bytes` lock, which is passed in.
     fn put_locked(&self, used_bytes: &mut usize, key: HashBinary, slot: Slot, blocks: u16) {
@@ -411,18 +359,13 @@ impl MemoryStorage {
                 if admitted.as_ref().is_some_and(|new| Arc::ptr_eq(new, &entry)) {
                     admitted = None;
                 } else if let Some(place) = &entry.place {
-                    unlist(&mut index, place, &entry.key);
+                    index.unlist(place, &entry.key);
                 }
             }
         }
         if let Some(entry) = admitted {
             if let Some(place) = &entry.place {
-                index
-                    .entry(place.domain.clone())
-                    .or_default()
-                    .entry(place.target.clone())
-                    .or_default()
-                    .insert(entry.key);
+                index.list(place, entry.key);
             }
         }
     }
@@ -465,11 +408,7 @@ impl Storage for MemoryStorage {
         meta: &CacheMeta,
         _trace: &SpanHandle,
     ) -> Result<MissHandler> {
-        let place = super::key::place_of(key).map(|(host, target)| Place {
-            domain: Arc::from(key.user_tag.as_str()),
-            host: Arc::from(host),
-            target: Arc::from(target),
-        });
+        let place = Place::of(key);
         Ok(Box::new(MemoryMissHandler {
             storage: self,
             key: key.combined_bin(),

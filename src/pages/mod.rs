@@ -26,6 +26,7 @@
 pub mod fetch;
 pub mod guard;
 pub mod inline;
+pub mod kept;
 pub mod negotiate;
 pub mod page;
 mod replace;

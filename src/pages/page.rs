@@ -24,6 +24,9 @@ pub struct Page {
     pub template: Option<Arc<Template>>,
     /// What a refresh sends to be told the page did not change.
     pub validators: Validators,
+    /// Read back from the state folder at start rather than fetched by this process: served
+    /// as stale until a fetch succeeds.
+    pub restored: bool,
 }
 
 impl Page {
@@ -36,6 +39,7 @@ impl Page {
             max_age,
             template: None,
             validators: Validators::default(),
+            restored: false,
         }
     }
 
@@ -49,13 +53,17 @@ impl Page {
             max_age,
             template: self.template.clone(),
             validators: self.validators.clone(),
+            restored: false,
         }
     }
 
-    /// Whether this copy is within its max-age at `now`.
+    /// Whether this copy is within its max-age at `now` (a copy read back at start is not,
+    /// until a fetch confirms it).
     pub fn is_fresh(&self, now: SystemTime) -> bool {
-        now.duration_since(self.fetched_at)
-            .is_ok_and(|age| age <= self.max_age)
+        !self.restored
+            && now
+                .duration_since(self.fetched_at)
+                .is_ok_and(|age| age <= self.max_age)
     }
 }
 

@@ -9,6 +9,7 @@
 
 use super::fetch::{FetchError, Fetched, HttpFetcher, PageFetcher};
 use super::inline::{self, NoSites, Sites};
+use super::kept::KeptPages;
 use super::page::Page;
 use super::template::Template;
 use crate::spec::{PageSettings, PageUrl};
@@ -188,6 +189,8 @@ pub struct PageStore {
     bodies: Bodies,
     /// When each page is fetched next.
     schedule: Arc<Schedule>,
+    /// Where fetched pages are kept across restarts, if anywhere.
+    kept: ArcSwapOption<KeptPages>,
 }
 
 impl Drop for PageStore {
@@ -310,7 +313,58 @@ impl PageStore {
             limits: FetchLimits::default(),
             bodies: Bodies::default(),
             schedule: Arc::new(Schedule::default()),
+            kept: ArcSwapOption::empty(),
         })
+    }
+
+    /// Keeps every fetched page in `kept` from now on, and takes the copies it holds of the
+    /// pages registered and not yet fetched (blocking: call it at start, before the listeners
+    /// serve). Returns how many pages were read back.
+    pub fn keep_in(&self, kept: Arc<KeptPages>) -> usize {
+        let slots = self.slots.load_full();
+        let mut restored = 0;
+        for slot in slots.values().filter(|slot| slot.page.load().is_none()) {
+            let Some(mut page) = kept.load(slot.url.as_str()) else {
+                continue;
+            };
+            let content_type = page.content_type.to_str().unwrap_or("").to_string();
+            page.template = Template::parse(&page.body, &content_type).0.map(Arc::new);
+            page.body = self.bodies.share(page.body, &slots);
+            slot.page.store(Some(Arc::new(page)));
+            restored += 1;
+        }
+        self.kept.store(Some(kept));
+        restored
+    }
+
+    /// Writes every page held that the state folder does not hold yet (after a takeover: the
+    /// pages this process fetched while the process it replaced still wrote the folder).
+    pub async fn keep_all(&self) {
+        let Some(kept) = self.kept.load_full() else {
+            return;
+        };
+        kept.writable();
+        let pages: Vec<(String, Arc<Page>)> = self
+            .slots
+            .load()
+            .values()
+            .filter_map(|slot| Some((slot.url.as_str().to_string(), slot.page.load_full()?)))
+            .filter(|(_, page)| !page.restored)
+            .collect();
+        let _ = tokio::task::spawn_blocking(move || {
+            for (url, page) in pages {
+                kept.save(&url, &page);
+            }
+        })
+        .await;
+    }
+
+    /// Writes `page` as the kept copy of `url` in the background, if pages are kept.
+    fn keep(&self, url: &PageUrl, page: &Arc<Page>) {
+        if let Some(kept) = self.kept.load_full() {
+            let (url, page) = (url.as_str().to_string(), page.clone());
+            tokio::task::spawn_blocking(move || kept.save(&url, &page));
+        }
     }
 
     /// Makes the store hold every page of `pages` (typically, every page that an in-place rule
@@ -383,10 +437,21 @@ impl PageStore {
     pub async fn retain_used(&self, candidates: &[PageUrl], in_use: impl Fn(&str) -> bool) {
         let _one_at_a_time = self.syncing.lock().await;
         let mut slots = imbl::OrdMap::clone(&self.slots.load());
+        let mut dropped = Vec::new();
         for url in candidates.iter().filter(|url| !in_use(url.as_str())) {
-            slots.remove(url.as_str());
+            if slots.remove(url.as_str()).is_some() {
+                dropped.push(url.as_str().to_string());
+            }
         }
         self.slots.store(Arc::new(slots));
+        if let (Some(kept), false) = (self.kept.load_full(), dropped.is_empty()) {
+            let _ = tokio::task::spawn_blocking(move || {
+                for url in dropped {
+                    kept.remove(&url);
+                }
+            })
+            .await;
+        }
     }
 
     /// The current copy of a page, if it was ever fetched. Never waits.
@@ -504,6 +569,7 @@ impl PageStore {
                 debug!("custom page {} not modified", slot.url.as_str());
                 let page = Arc::new(held.renewed(max_age));
                 slot.page.store(Some(page.clone()));
+                self.keep(&slot.url, &page);
                 slot.attempts.send_modify(|n| *n += 1);
                 return Ok(page);
             }
@@ -572,6 +638,7 @@ impl PageStore {
                 page.body = self.bodies.share(page.body, &self.slots.load());
                 let page = Arc::new(page);
                 slot.page.store(Some(page.clone()));
+                self.keep(&slot.url, &page);
                 match degraded {
                     None => {
                         *slot.last_error.lock() = None;

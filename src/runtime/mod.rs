@@ -5,10 +5,12 @@
 //! with the status the admin API reports.
 
 pub mod routes;
+pub mod state;
 
 pub use routes::{Domain, Patched, RouteTable};
+pub use state::Folders;
 
-use crate::cache::EdgeCache;
+use crate::cache::{DiskStorage, EdgeCache};
 use crate::filters::FilterRegistry;
 use crate::fleet::Fleet;
 use crate::metrics::METRICS;
@@ -51,6 +53,10 @@ pub struct Runtime {
     pub pages: CustomPages,
     /// The content cache.
     pub cache: EdgeCache,
+    /// The folders state is kept in (none: nothing is kept across restarts).
+    folders: Option<Folders>,
+    /// Pages read back from the state folder at start.
+    pages_restored: usize,
     status: Mutex<ReloadStatus>,
     /// Serializes changes, whoever asks (the source, the admin API, certificate files), and
     /// holds what lies between them.
@@ -129,14 +135,16 @@ impl Runtime {
     }
 
     /// The runtime of a checked snapshot (see [`Runtime::check`]). Pages are registered (so
-    /// early errors wait for their first fetch) but not fetched: call [`Runtime::run`] from
-    /// a long-lived runtime for that.
+    /// early errors wait for their first fetch) and read back from the state folder if
+    /// `folders` are given, but not fetched: call [`Runtime::run`] from a long-lived runtime
+    /// for that.
     pub fn new(
         source: Arc<dyn ConfigSource>,
         fleet: Option<Arc<dyn Fleet>>,
         snapshot: Snapshot,
         checked: Checked,
         filters: Arc<FilterRegistry>,
+        folders: Option<Folders>,
     ) -> Arc<Runtime> {
         let Checked { routes, health } = checked;
         METRICS
@@ -155,12 +163,29 @@ impl Runtime {
             Arc::new(FetchMetrics),
         );
         store.register(&routes.pages());
+        let pages_restored = folders.as_ref().map_or(0, |folders| {
+            let kept = Arc::new(crate::pages::kept::KeptPages::new(folders.state.clone()));
+            let restored = store.keep_in(kept);
+            if restored > 0 {
+                info!(
+                    "{restored} custom page(s) read back from {}: served as stale until refreshed",
+                    folders.state.path().display()
+                );
+            }
+            restored
+        });
         let routes = Arc::new(routes);
         store.set_sites(routes.clone());
         let certs = Arc::new(CertResolver::new());
         certs.set(routes.certs());
+        let disk = folders
+            .as_ref()
+            .and_then(|folders| folders.disk.clone())
+            .zip(settings.cache_disk.as_ref())
+            .map(|(folder, disk)| DiskStorage::open(folder, disk.size));
         let cache = EdgeCache::new(
             settings.cache_memory,
+            disk,
             settings.cache_max_object,
             settings.cache_lock_timeout,
         );
@@ -174,6 +199,8 @@ impl Runtime {
             certs,
             pages: CustomPages::new(store),
             cache,
+            folders,
+            pages_restored,
             status: Mutex::new(ReloadStatus {
                 version: 1,
                 last_reload_at: None,
@@ -189,6 +216,18 @@ impl Runtime {
     /// Fetches the pages of the current configuration, then applies every change the source
     /// reports until shutdown. Runs on a long-lived runtime (the page refreshes live on it).
     pub async fn run(&self, mut shutdown: ShutdownWatch) {
+        if let Some(disk) = self.cache.disk() {
+            tokio::spawn(disk.prepare());
+        }
+        if let Some(folders) = &self.folders {
+            let (state, store) = (folders.state.clone(), self.pages.store().clone());
+            if state.role() == crate::state::Role::Waiting {
+                tokio::spawn(async move {
+                    state.take_over().await;
+                    store.keep_all().await;
+                });
+            }
+        }
         let pages = self.routes.load().pages();
         self.pages.store().sync(&pages, &self.settings.pages).await;
         let report = {
@@ -216,6 +255,38 @@ impl Runtime {
             _ = self.watch_files() => {}
             _ = shutdown.changed() => {}
         }
+        self.let_go().await;
+    }
+
+    /// At shutdown: finishes the disk writes under way, saves the disk tier's index and lets
+    /// go of the folders, so a process taking over (a graceful upgrade) writes from here on.
+    async fn let_go(&self) {
+        if let Some(disk) = self.cache.disk() {
+            disk.drain().await;
+            disk.close();
+            disk.folder().release();
+        }
+        if let Some(folders) = &self.folders {
+            folders.state.release();
+        }
+    }
+
+    /// What `/api/status` shows of the state folder (none if nothing is kept).
+    pub fn state_status(&self) -> Option<state::StateStatus> {
+        let folders = self.folders.as_ref()?;
+        Some(state::StateStatus {
+            dir: folders.state.path().display().to_string(),
+            role: folders.state.role(),
+            pages_restored: self.pages_restored,
+        })
+    }
+
+    /// The metrics the runtime's parts count themselves (the disk tier's).
+    pub fn sampled_metrics(&self) -> Vec<crate::metrics::Sampled> {
+        self.cache
+            .disk()
+            .map(|disk| state::disk_metrics(&disk.stats()))
+            .unwrap_or_default()
     }
 
     /// Compiles a domain again whenever one of its certificate, key or CA files changes (the
@@ -598,7 +669,7 @@ mod tests {
         let snapshot = source.load().await.unwrap();
         let filters = Arc::new(FilterRegistry::with_builtins());
         let checked = Runtime::check(&snapshot, &filters).unwrap();
-        let runtime = Runtime::new(source, None, snapshot, checked, filters);
+        let runtime = Runtime::new(source, None, snapshot, checked, filters, None);
         (dir, runtime)
     }
 

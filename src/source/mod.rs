@@ -164,27 +164,7 @@ pub struct Applied {
     pub errors: usize,
 }
 
-/// Replaces `path` with `content` so that a reader (or a crash) sees the old file or the new
-/// one, never a mix: a hidden temporary file beside it, flushed, renamed over it, and the
-/// folder flushed so the rename is on disk too.
-pub fn write_atomically(path: &Path, content: &[u8]) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let written = std::fs::File::create(&tmp).and_then(|mut out| {
-        std::io::Write::write_all(&mut out, content)?;
-        out.sync_all()
-    });
-    let renamed = written.and_then(|()| std::fs::rename(&tmp, path));
-    if let Err(e) = renamed {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    std::fs::File::open(dir).and_then(|d| d.sync_all())
-}
+pub use crate::state::write_atomically;
 
 /// The source the edge file names: etcd with a `source.etcd` section, else its domains
 /// folder (also when the edge file cannot be read: loading it then reports why).

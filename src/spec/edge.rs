@@ -47,6 +47,13 @@ pub struct EdgeFile {
     /// Where domain specs come from: the domains folder (default), or etcd.
     #[serde(default)]
     pub source: SourceSection,
+    /// What the edge keeps across restarts (fetched pages), relative to this file.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("state")
 }
 
 /// The `source:` section of the edge file.
@@ -144,6 +151,29 @@ pub struct CacheSection {
     /// How long concurrent misses for one key wait for the first one before going to the origin.
     #[serde(default = "default_lock_timeout")]
     pub lock_timeout: Dur,
+    /// A second tier on disk, under the memory one (off unless configured).
+    #[serde(default)]
+    pub disk: Option<DiskSection>,
+}
+
+/// The `cache.disk:` section: the disk tier of the content cache.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskSection {
+    /// Its folder, relative to the edge file (default: `cache/` in the state folder).
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Bound of the stored objects' bytes.
+    pub size: Size,
+}
+
+/// The disk tier's settings, validated (its folder resolved).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskSettings {
+    /// Its folder.
+    pub path: PathBuf,
+    /// Bound of the stored objects' bytes.
+    pub size: u64,
 }
 
 impl Default for CacheSection {
@@ -152,6 +182,7 @@ impl Default for CacheSection {
             memory: default_memory(),
             max_object: None,
             lock_timeout: default_lock_timeout(),
+            disk: None,
         }
     }
 }
@@ -273,6 +304,10 @@ pub struct EdgeSettings {
     pub cache_max_object: usize,
     /// How long concurrent misses wait for the first.
     pub cache_lock_timeout: Duration,
+    /// The disk tier, if configured.
+    pub cache_disk: Option<DiskSettings>,
+    /// The state folder (resolved against the edge file's folder).
+    pub state_dir: PathBuf,
     /// Page store settings.
     pub pages: PageSettings,
     /// The domains folder (resolved against the edge file's folder).
@@ -412,8 +447,32 @@ impl EdgeSettings {
         // TinyUFO admits new entries through a probation queue of a tenth of its capacity, so
         // a larger object would be evicted on arrival: by default it is not even buffered.
         let cache_max_object = raw.cache.max_object.map_or(cache_memory / 10, |s| s.0 as usize);
-        if cache_max_object > cache_memory {
-            err("cache.max_object", "is larger than cache.memory".into());
+        let base = file.parent().unwrap_or(Path::new("."));
+        let state_dir = base.join(&raw.state_dir);
+        let cache_disk = raw.cache.disk.as_ref().map(|disk| DiskSettings {
+            path: disk
+                .path
+                .as_ref()
+                .map_or_else(|| state_dir.join("cache"), |path| base.join(path)),
+            size: disk.size.0,
+        });
+        match &cache_disk {
+            None if cache_max_object > cache_memory => {
+                err("cache.max_object", "is larger than cache.memory".into());
+            }
+            Some(disk) if disk.size == 0 => {
+                err(
+                    "cache.disk.size",
+                    "the disk tier needs some room; expected a size like 10GiB".into(),
+                );
+            }
+            Some(disk) if cache_max_object as u64 > disk.size.max(cache_memory as u64) => {
+                err(
+                    "cache.max_object",
+                    "is larger than both cache.memory and cache.disk.size".into(),
+                );
+            }
+            _ => {}
         }
         if raw.pages.max_size.0 == 0 {
             err("pages.max_size", "must be more than 0 bytes".into());
@@ -458,7 +517,6 @@ impl EdgeSettings {
                 );
             }
         }
-        let base = file.parent().unwrap_or(Path::new("."));
         let resolve = |spec: CertSpec| CertSpec {
             cert: base.join(spec.cert),
             key: base.join(spec.key),
@@ -530,6 +588,8 @@ impl EdgeSettings {
                 cache_memory,
                 cache_max_object,
                 cache_lock_timeout: raw.cache.lock_timeout.0,
+                cache_disk,
+                state_dir,
                 pages: PageSettings {
                     max_size: raw.pages.max_size.0 as usize,
                     refresh: raw.pages.refresh.0,
@@ -573,6 +633,8 @@ impl EdgeSettings {
             "cache.lock_timeout",
             self.cache_lock_timeout != newer.cache_lock_timeout,
         );
+        check("cache.disk", self.cache_disk != newer.cache_disk);
+        check("state_dir", self.state_dir != newer.state_dir);
         check("domains", self.domains_dir != newer.domains_dir);
         check("admin.listen", self.admin_listen != newer.admin_listen);
         check(

@@ -13,7 +13,9 @@ pub mod values;
 pub use domain::{
     check_together, not_served, CertSpec, DomainSpec, OriginSpec, RuleSpec, Source, VariantSpec,
 };
-pub use edge::{AccessLogFormat, AccessLogTarget, EdgeSettings, EtcdSettings, PageSettings, SourceSettings};
+pub use edge::{
+    AccessLogFormat, AccessLogTarget, DiskSettings, EdgeSettings, EtcdSettings, PageSettings, SourceSettings,
+};
 pub use values::{CodePattern, DomainName, PageUrl};
 
 use serde::de::DeserializeOwned;
