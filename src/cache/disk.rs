@@ -111,6 +111,7 @@ pub struct DiskStats {
     /// Whether the index lists everything stored (false while it is rebuilt after a crash).
     pub indexed: bool,
     /// What this process may do with the folder.
+    #[serde(flatten)]
     pub role: crate::state::Role,
 }
 
@@ -492,6 +493,11 @@ impl DiskStorage {
             let _turn = turn;
             self.write(head, &body);
         });
+    }
+
+    /// Counts a write skipped before it was asked for (see [`DiskStats::writes_skipped`]).
+    pub fn skipped(&self) {
+        self.counters.writes_skipped.fetch_add(1, Ordering::Relaxed);
     }
 
     fn write(&self, head: Head, body: &[Bytes]) {

@@ -82,9 +82,15 @@ impl Storage for TieredStorage {
         trace: &SpanHandle,
     ) -> Result<MissHandler> {
         let memory = self.memory.get_miss_handler(key, meta, trace).await?;
-        let Some(disk) = self.disk.filter(|disk| disk.folder().writes()) else {
+        let Some(disk) = self.disk else {
             return Ok(memory);
         };
+        if !disk.folder().writes() {
+            // Not buffered for a disk that cannot take it (read-only, or not this process's
+            // yet), only counted.
+            disk.skipped();
+            return Ok(memory);
+        }
         let (internal, header) = meta.serialize()?;
         Ok(Box::new(TieredMissHandler {
             memory,

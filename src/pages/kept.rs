@@ -30,6 +30,8 @@ struct Head {
     content_type: String,
     etag: Option<String>,
     last_modified: Option<String>,
+    #[serde(default)]
+    incomplete: bool,
 }
 
 /// The pages folder of a state folder.
@@ -91,6 +93,7 @@ impl KeptPages {
             content_type: text(&page.content_type).unwrap_or_default(),
             etag: page.validators.etag.as_ref().and_then(text),
             last_modified: page.validators.last_modified.as_ref().and_then(text),
+            incomplete: page.incomplete,
         };
         let written = serde_json::to_vec(&head)
             .map_err(std::io::Error::other)
@@ -151,6 +154,7 @@ impl KeptPages {
                 last_modified: value(head.last_modified),
             },
             restored: true,
+            incomplete: head.incomplete,
         })
     }
 

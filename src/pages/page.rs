@@ -27,6 +27,8 @@ pub struct Page {
     /// Read back from the state folder at start rather than fetched by this process: served
     /// as stale until a fetch succeeds.
     pub restored: bool,
+    /// Taken without some of its sub-resources: fetched whole next time, not revalidated.
+    pub incomplete: bool,
 }
 
 impl Page {
@@ -40,6 +42,7 @@ impl Page {
             template: None,
             validators: Validators::default(),
             restored: false,
+            incomplete: false,
         }
     }
 
@@ -54,6 +57,7 @@ impl Page {
             template: self.template.clone(),
             validators: self.validators.clone(),
             restored: false,
+            incomplete: self.incomplete,
         }
     }
 

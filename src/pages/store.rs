@@ -539,8 +539,9 @@ impl PageStore {
         let held = slot.page.load_full();
         let known = held
             .as_ref()
+            .filter(|page| !page.incomplete)
             .map(|page| page.validators.clone())
-            .filter(|v| !v.is_empty() && slot.last_error.lock().is_none());
+            .filter(|v| !v.is_empty());
         let fetch = async {
             match &known {
                 Some(known) => {
@@ -636,6 +637,7 @@ impl PageStore {
                 }
                 page.template = template.map(Arc::new);
                 page.body = self.bodies.share(page.body, &self.slots.load());
+                page.incomplete = degraded.is_some();
                 let page = Arc::new(page);
                 slot.page.store(Some(page.clone()));
                 self.keep(&slot.url, &page);

@@ -202,12 +202,38 @@ impl Edge {
     pub fn running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
-    /// Stops the edge and starts it again in its folder (on new ports) with `options`.
+    /// Kills the edge (`kill -9`) and starts it again in its folder (on new ports) with
+    /// `options`.
     pub fn restart(mut self, options: EdgeOptions) -> Edge {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
         Edge::start_in(dir, options)
+    }
+
+    /// Stops the edge as an operator does (`SIGTERM`, then waits for it to exit, within 10 s)
+    /// and starts it again in its folder (on new ports) with `options`.
+    pub fn restart_gracefully(mut self, options: EdgeOptions) -> Edge {
+        self.terminate();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
+        Edge::start_in(dir, options)
+    }
+
+    /// Sends `SIGTERM` and waits for the process to exit (within 10 s, else it is killed and
+    /// this panics).
+    pub fn terminate(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        panic!("the edge did not stop within 10 s of SIGTERM:\n{}", self.log());
     }
 }
 
