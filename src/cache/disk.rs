@@ -800,6 +800,24 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_soft_purge_keeps_the_object_but_stale() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let disk = open(dir.path(), 1 << 20);
+        disk.prepare().await;
+        put(disk, 1, "/docs/a", b"body").await;
+        put(disk, 2, "/other", b"body").await;
+        let purged = disk
+            .purge_scope("a.example.com", None, Scope::Prefix("/docs/"), true)
+            .await;
+        assert_eq!(purged, 1);
+        let found = disk.lookup(key(1)).await.expect("kept");
+        assert!(found.meta.fresh_until() <= SystemTime::now(), "stale");
+        assert_eq!(&found.body[..], b"body");
+        let other = disk.lookup(key(2)).await.expect("kept");
+        assert!(other.meta.fresh_until() > SystemTime::now(), "untouched");
+    }
+
+    #[tokio::test]
     async fn writes_that_fail_are_counted_and_requests_go_on() {
         let dir = tempfile::tempdir().expect("tempdir");
         let disk = open(dir.path(), 1 << 20);

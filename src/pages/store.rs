@@ -956,6 +956,45 @@ mod tests {
         assert!(store.refresh(URL).await.is_err());
     }
 
+    #[tokio::test]
+    async fn kept_pages_are_read_back_stale_and_removed_with_their_rule() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let folder = crate::state::Folder::open(dir.path(), false).expect("folder");
+        let kept = Arc::new(KeptPages::new(folder.clone()));
+        let fetcher = Scripted::new(&[Ok("kept page")], Duration::ZERO);
+        let (first, pages, settings) = store(&fetcher, Duration::from_secs(600));
+        assert_eq!(first.keep_in(kept.clone()), 0, "nothing kept yet");
+        first.sync(&pages, &settings).await;
+        let file = || {
+            std::fs::read_dir(dir.path().join("pages"))
+                .expect("pages")
+                .count()
+        };
+        for _ in 0..100 {
+            if file() == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(file(), 1, "the fetched page is kept");
+
+        // Another store (a restart) reads it back before fetching anything: stale.
+        let failing = Scripted::new(&[Err("connect")], Duration::ZERO);
+        let (restarted, pages, _) = store(&failing, Duration::from_secs(600));
+        restarted.register(&pages);
+        assert_eq!(restarted.keep_in(kept), 1);
+        assert_eq!(
+            restarted.get(URL).map(|p| p.body.clone()),
+            Some(Bytes::from("kept page"))
+        );
+        assert_eq!(restarted.info(URL).map(|i| i.state), Some("stale"));
+        assert_eq!(failing.calls(), 0);
+
+        let urls: Vec<PageUrl> = pages.iter().map(|p| p.url.clone()).collect();
+        restarted.retain_used(&urls, |_| false).await;
+        assert_eq!(file(), 0, "removed from disk with the rule");
+    }
+
     /// Fetches every page after `delay`, counting how many are under way, overall and per
     /// origin (its first server).
     #[derive(Default)]
