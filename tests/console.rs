@@ -4,18 +4,19 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::origin::{Origin, Reply};
-use common::{domain_yaml, start_edge, EdgeOptions, TOKEN};
+use common::{domain_yaml, start_edge, Edge, EdgeOptions, TOKEN};
 
 const DOMAIN: &str = "exp.example.com";
 const TEXT_A: &str = "Console page A: not here";
 const TEXT_B: &str = "Console page B: moved on";
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_console_manages_custom_pages_in_a_browser() {
+/// Checks that the browser and Playwright are installed; returns the tests' folder and the
+/// browser.
+fn browser() -> (PathBuf, String) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/console");
     assert!(
         dir.join("node_modules/playwright-core").exists(),
@@ -26,33 +27,23 @@ async fn the_console_manages_custom_pages_in_a_browser() {
         Path::new(&chromium).exists(),
         "{chromium} is missing: run `make test` (it installs Debian's chromium)"
     );
-    let origin = Origin::start().await;
-    let page = |text: &str| {
-        Reply::new(200)
-            .header("content-type", "text/html")
-            .body(format!("<h1>{text}</h1>"))
-    };
-    origin.route("/a.html", page(TEXT_A));
-    origin.route("/b.html", page(TEXT_B));
-    origin.route(
-        "/a.json",
-        Reply::new(200)
-            .header("content-type", "application/json")
-            .body(format!("{{\"error\": \"{TEXT_A}\"}}")),
-    );
-    origin.route("/boom", Reply::new(500).body("origin 500"));
-    let edge = start_edge(
-        EdgeOptions::default(),
-        vec![("exp.yaml", domain_yaml(DOMAIN, origin.addr(), ""))],
-    )
-    .await;
+    (dir, chromium)
+}
+
+/// An HTML page with `text` as its heading.
+fn page(text: &str) -> Reply {
+    Reply::new(200)
+        .header("content-type", "text/html")
+        .body(format!("<h1>{text}</h1>"))
+}
+
+/// Runs `console.test.mjs` against `edge` (with `after_restart`, its after-restart tests) and
+/// checks that at least `expected` tests passed.
+async fn run_browser_tests(edge: &Edge, after_restart: bool, expected: usize) {
+    let (dir, chromium) = browser();
     let screenshots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
     let out = tokio::task::spawn_blocking({
-        let (dir, edge_addr, admin) = (
-            dir.clone(),
-            edge.addr(),
-            format!("http://127.0.0.1:{}", edge.admin_port),
-        );
+        let (edge_addr, admin) = (edge.addr(), format!("http://127.0.0.1:{}", edge.admin_port));
         let screenshots = screenshots.clone();
         move || {
             Command::new("node")
@@ -68,6 +59,7 @@ async fn the_console_manages_custom_pages_in_a_browser() {
                 .env("TEXT_B", TEXT_B)
                 .env("SCREENSHOTS", screenshots)
                 .env("CHROMIUM", chromium)
+                .env("AFTER_RESTART", if after_restart { "1" } else { "0" })
                 .output()
         }
     })
@@ -81,7 +73,52 @@ async fn the_console_manages_custom_pages_in_a_browser() {
         "browser tests failed (screenshots in {}):\n{stdout}\n{}\n{}",
         screenshots.display(),
         String::from_utf8_lossy(&out.stderr),
-        common::log_tail(&edge)
+        common::log_tail(edge)
     );
-    assert!(stdout.matches("ok: ").count() >= 7, "{stdout}");
+    assert!(stdout.matches("ok: ").count() >= expected, "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_console_manages_custom_pages_in_a_browser() {
+    browser();
+    let origin = Origin::start().await;
+    origin.route("/a.html", page(TEXT_A));
+    origin.route("/b.html", page(TEXT_B));
+    origin.route(
+        "/a.json",
+        Reply::new(200)
+            .header("content-type", "application/json")
+            .body(format!("{{\"error\": \"{TEXT_A}\"}}")),
+    );
+    origin.route("/boom", Reply::new(500).body("origin 500"));
+    let edge = start_edge(
+        EdgeOptions::default(),
+        vec![("exp.yaml", domain_yaml(DOMAIN, origin.addr(), ""))],
+    )
+    .await;
+    run_browser_tests(&edge, false, 7).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_restart_with_the_origin_down_the_console_shows_the_kept_page_as_stale() {
+    browser();
+    let origin = Origin::start().await;
+    origin.route("/a.html", page(TEXT_A));
+    let rules = format!("custom_pages:\n  - code: 502\n    url: http://{DOMAIN}/a.html\n");
+    let edge = start_edge(
+        EdgeOptions::default(),
+        vec![("exp.yaml", domain_yaml(DOMAIN, origin.addr(), &rules))],
+    )
+    .await;
+    common::wait_fetched(&edge, &format!("http://{DOMAIN}/a.html")).await;
+    let kept = edge.dir().join("state/pages");
+    common::wait_until("the page is kept on disk", || {
+        std::future::ready(std::fs::read_dir(&kept).is_ok_and(|mut d| d.next().is_some()))
+    })
+    .await;
+    origin.stop();
+    let edge = tokio::task::spawn_blocking(move || edge.restart(EdgeOptions::default()))
+        .await
+        .expect("restart");
+    run_browser_tests(&edge, true, 1).await;
 }

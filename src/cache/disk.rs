@@ -18,13 +18,13 @@
 //! both are counted and logged once per episode ([`Trouble`]).
 
 use super::index::{Place, PurgeIndex, Scope};
+use super::meta::{MetaFields, StoredFields};
 use crate::state::record::{self, ReadError};
 use crate::state::{Folder, Trouble};
 use bytes::Bytes;
 use log::{info, warn};
 use parking_lot::Mutex;
 use pingora_cache::key::HashBinary;
-use pingora_cache::CacheMeta;
 use pingora_lru::Lru;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -44,9 +44,11 @@ const OBJECTS: &str = "objects";
 /// from a shard picked at random among two, which is LRU only on average), and the lock it
 /// costs a disk hit is nothing next to the file it reads.
 const SHARDS: usize = 1;
-/// Objects written at once; a miss finishing past this is not written (counted as skipped):
-/// a slow disk never holds more than this many bodies in memory.
-const PENDING_WRITES: usize = 64;
+/// Bytes of bodies waiting to be written; an object finishing past this is not written
+/// (counted as skipped): a slow disk never holds more than this in memory.
+const PENDING_BYTES: usize = 64 << 20;
+/// Objects written at once (each on a blocking thread): more only queue for the same disk.
+const WRITERS: usize = 4;
 
 /// What the LRU holds per object.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -60,9 +62,7 @@ struct Item {
 struct Head {
     key: HashBinary,
     place: Option<Place>,
-    /// `CacheMeta::serialize`'s two parts.
-    internal: Vec<u8>,
-    header: Vec<u8>,
+    meta: StoredFields,
 }
 
 /// The saved index: per shard, its items from most to least recently used, with weights.
@@ -74,7 +74,7 @@ struct SavedIndex {
 /// An object read back.
 pub struct Found {
     /// Its meta.
-    pub meta: CacheMeta,
+    pub meta: MetaFields,
     /// Where the purge index lists it.
     pub place: Option<Place>,
     /// Its body.
@@ -136,12 +136,20 @@ pub struct DiskStorage {
     index: Mutex<PurgeIndex>,
     /// True once the index lists everything the folder holds.
     indexed: watch::Sender<bool>,
+    /// Bytes of bodies waiting to be written, bounded by [`PENDING_BYTES`].
     pending: Arc<tokio::sync::Semaphore>,
+    /// Writes under way, bounded by [`WRITERS`].
+    writers: Arc<tokio::sync::Semaphore>,
     counters: Counters,
     write_trouble: Trouble,
     read_trouble: Trouble,
     /// Set at shutdown: nothing more is written.
     closed: AtomicBool,
+}
+
+/// Makes `meta` stale at `now` at the latest (as `CacheMeta::expire_at` does).
+pub fn expire_at(meta: &mut MetaFields, now: SystemTime) {
+    meta.fresh_until = meta.fresh_until.min(now);
 }
 
 fn lru_key(key: &HashBinary) -> u64 {
@@ -179,7 +187,8 @@ impl DiskStorage {
             lru: Lru::with_capacity(usize::try_from(size).unwrap_or(usize::MAX), estimated / SHARDS),
             index: Mutex::new(PurgeIndex::default()),
             indexed: watch::channel(false).0,
-            pending: Arc::new(tokio::sync::Semaphore::new(PENDING_WRITES)),
+            pending: Arc::new(tokio::sync::Semaphore::new(PENDING_BYTES)),
+            writers: Arc::new(tokio::sync::Semaphore::new(WRITERS)),
             counters: Counters::default(),
             write_trouble: Trouble::default(),
             read_trouble: Trouble::default(),
@@ -419,23 +428,26 @@ impl DiskStorage {
     fn read(&self, key: &HashBinary) -> Option<Found> {
         let path = self.path_of(key);
         let read = record::read(&path, OBJECT).and_then(|record| {
+            let size = record::PREFIX_LEN + record.head.len() + record.body.len();
             let head: Head = rmp_serde::from_slice(&record.head)
                 .map_err(|e| ReadError::Corrupt(format!("head unreadable: {e}")))?;
             if head.key != *key {
                 return Err(ReadError::Corrupt("holds another key than its name".into()));
             }
-            let meta = CacheMeta::deserialize(&head.internal, &head.header)
+            let meta = head
+                .meta
+                .fields()
                 .map_err(|e| ReadError::Corrupt(format!("meta unreadable: {e}")))?;
-            Ok(Found {
+            let found = Found {
                 meta,
                 place: head.place,
                 body: record.body,
-            })
+            };
+            Ok((found, size))
         });
         match read {
-            Ok(found) => {
+            Ok((found, size)) => {
                 self.read_trouble.worked("disk cache: reading");
-                let size = std::fs::metadata(&path).map_or(found.body.len(), |m| m.len() as usize);
                 if !self.lru.promote(lru_key(key)) && self.folder.writes() {
                     // Found by path before the index knew it (a rebuild under way).
                     self.admit(key, &found.place, size);
@@ -464,13 +476,11 @@ impl DiskStorage {
     /// Writes a complete object in the background: skipped (and counted) when the folder is
     /// not this process's to write, the object is larger than the tier, or too many writes
     /// are pending.
-    /// The meta is given as `CacheMeta::serialize`'s two parts.
     pub fn write_behind(
         &'static self,
         key: HashBinary,
         place: Option<Place>,
-        internal: Vec<u8>,
-        header: Vec<u8>,
+        meta: StoredFields,
         body: Vec<Bytes>,
     ) {
         let body_len: usize = body.iter().map(Bytes::len).sum();
@@ -480,18 +490,22 @@ impl DiskStorage {
         if !self.folder.writes() || self.closed.load(Ordering::Relaxed) || body_len as u64 > self.size {
             return skip();
         }
-        let Ok(turn) = self.pending.clone().try_acquire_owned() else {
+        // An object larger than the whole budget waits for the budget to be free.
+        let budget = u32::try_from(body_len.clamp(1, PENDING_BYTES)).unwrap_or(u32::MAX);
+        let Ok(pending) = self.pending.clone().try_acquire_many_owned(budget) else {
             return skip();
         };
-        let head = Head {
-            key,
-            place,
-            internal,
-            header,
-        };
-        tokio::task::spawn_blocking(move || {
-            let _turn = turn;
-            self.write(head, &body);
+        let head = Head { key, place, meta };
+        let writers = self.writers.clone();
+        tokio::spawn(async move {
+            let Ok(writer) = writers.acquire_owned().await else {
+                return;
+            };
+            let _ = tokio::task::spawn_blocking(move || {
+                let _held = (pending, writer);
+                self.write(head, &body);
+            })
+            .await;
         });
     }
 
@@ -542,19 +556,15 @@ impl DiskStorage {
 
     /// Rewrites the meta of the object stored under `key` with `change` applied, keeping its
     /// body. Returns whether there was one.
-    pub fn change_meta(&self, key: &HashBinary, change: impl FnOnce(&mut CacheMeta)) -> bool {
+    pub fn change_meta(&self, key: &HashBinary, change: impl FnOnce(&mut MetaFields)) -> bool {
         let Some(mut found) = self.read(key) else {
             return false;
         };
         change(&mut found.meta);
-        let Ok((internal, header)) = found.meta.serialize() else {
-            return false;
-        };
         let head = Head {
             key: *key,
             place: found.place,
-            internal,
-            header,
+            meta: found.meta.stored(),
         };
         self.write(head, &[found.body]);
         true
@@ -577,7 +587,7 @@ impl DiskStorage {
             keys.iter()
                 .filter(|key| {
                     if soft {
-                        self.change_meta(key, |meta| meta.expire_at(now))
+                        self.change_meta(key, |meta| expire_at(meta, now))
                     } else {
                         self.remove(key)
                     }
@@ -588,9 +598,12 @@ impl DiskStorage {
         .unwrap_or(0)
     }
 
-    /// Stops writing and saves the index for the next start (at shutdown).
-    pub fn close(&self) {
+    /// Stops writing, waits for the writes under way, and saves the index for the next start
+    /// (at shutdown).
+    pub async fn close(&self) {
         self.closed.store(true, Ordering::Relaxed);
+        // Held to the end: no write starts while the index is saved.
+        let _all = self.pending.acquire_many(PENDING_BYTES as u32).await;
         if !self.folder.writes() || !*self.indexed.borrow() {
             return;
         }
@@ -613,11 +626,6 @@ impl DiskStorage {
                 path.display()
             ),
         }
-    }
-
-    /// Waits for the writes under way (at shutdown, before [`close`](Self::close)).
-    pub async fn drain(&self) {
-        let _ = self.pending.acquire_many(PENDING_WRITES as u32).await;
     }
 
     /// What the tier counts.
@@ -654,10 +662,10 @@ mod tests {
     use pingora_http::ResponseHeader;
     use std::time::Duration;
 
-    fn meta() -> CacheMeta {
+    fn meta() -> pingora_cache::CacheMeta {
         let header = ResponseHeader::build(200, None).expect("header");
         let now = SystemTime::now();
-        CacheMeta::new(now + Duration::from_secs(3600), now, 0, 0, header)
+        pingora_cache::CacheMeta::new(now + Duration::from_secs(3600), now, 0, 0, header)
     }
 
     fn key(n: u8) -> HashBinary {
@@ -681,15 +689,9 @@ mod tests {
 
     /// Writes one object and waits until the index lists it.
     async fn put(disk: &'static DiskStorage, n: u8, target: &str, body: &[u8]) {
-        let (internal, header) = meta().serialize().expect("meta");
         let before = disk.stats().writes + disk.stats().write_errors;
-        disk.write_behind(
-            key(n),
-            place(target),
-            internal,
-            header,
-            vec![Bytes::copy_from_slice(body)],
-        );
+        let stored = MetaFields::of(&meta()).stored();
+        disk.write_behind(key(n), place(target), stored, vec![Bytes::copy_from_slice(body)]);
         for _ in 0..200 {
             if disk.stats().writes + disk.stats().write_errors > before {
                 return;
@@ -707,7 +709,7 @@ mod tests {
         put(disk, 1, "/a", b"hello").await;
         let found = disk.lookup(key(1)).await.expect("stored");
         assert_eq!(&found.body[..], b"hello");
-        assert_eq!(found.meta.response_header().status, 200);
+        assert_eq!(found.meta.header.status, 200);
         assert_eq!(found.place, place("/a"));
         assert!(disk.lookup(key(2)).await.is_none());
         let stats = disk.stats();
@@ -762,8 +764,7 @@ mod tests {
             put(disk, 1, "/docs/a", b"a").await;
             put(disk, 2, "/docs/b", b"b").await;
             put(disk, 3, "/other", b"c").await;
-            disk.drain().await;
-            disk.close();
+            disk.close().await;
             disk.folder().release();
         }
         // A clean stop: the saved index is loaded, then removed.
@@ -811,10 +812,10 @@ mod tests {
             .await;
         assert_eq!(purged, 1);
         let found = disk.lookup(key(1)).await.expect("kept");
-        assert!(found.meta.fresh_until() <= SystemTime::now(), "stale");
+        assert!(found.meta.fresh_until <= SystemTime::now(), "stale");
         assert_eq!(&found.body[..], b"body");
         let other = disk.lookup(key(2)).await.expect("kept");
-        assert!(other.meta.fresh_until() > SystemTime::now(), "untouched");
+        assert!(other.meta.fresh_until > SystemTime::now(), "untouched");
     }
 
     #[tokio::test]

@@ -11,6 +11,7 @@
 pub mod disk;
 pub mod index;
 pub mod key;
+pub mod meta;
 pub mod policy;
 pub mod storage;
 pub mod tiered;

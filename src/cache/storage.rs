@@ -11,7 +11,6 @@
 //! its entries — every Vary variant and both schemes — without scanning the cache; hits never
 //! touch the index.
 
-use pingora_http::ResponseHeader;
 use std::any::Any;
 use std::ops::Range;
 use std::sync::Arc;
@@ -31,6 +30,7 @@ use pingora_error::{Error, ErrorType, Result};
 use tinyufo::TinyUfo;
 
 use super::index::{Place, PurgeIndex, Scope};
+use super::meta::MetaFields;
 
 /// Rough per-entry memory beyond body and meta bytes: the entry and its `Arc`, TinyUFO's bucket
 /// and queue slot, and the key. Counting it keeps many tiny entries from overshooting the budget.
@@ -52,66 +52,28 @@ const ESTIMATED_AVERAGE_ENTRY_BYTES: usize = 16 * 1024;
 const MIN_ESTIMATED_ENTRIES: usize = 1024;
 const MAX_ESTIMATED_ENTRIES: usize = 1 << 20;
 
-/// A [`CacheMeta`] kept as fields. `CacheMeta` cannot be cloned, and deserializing its stored
-/// form on every hit (zstd-decompressing and re-parsing the header) cost about 15% of a cache
-/// hit's CPU in `make bench`; rebuilding it from fields costs a header clone.
+/// A [`CacheMeta`] kept as its fields (see [`super::meta`]), with what it costs in memory.
 struct StoredMeta {
-    fresh_until: SystemTime,
-    /// What age and freshness are counted from; it stands for `created` too when rebuilt,
-    /// which no client-visible header depends on.
-    updated: SystemTime,
-    stale_while_revalidate_sec: u32,
-    stale_if_error_sec: u32,
-    variance: Option<HashBinary>,
-    epoch_override: Option<SystemTime>,
-    header: ResponseHeader,
+    fields: MetaFields,
     /// What the meta costs in memory, which the entry's weight counts.
     size: usize,
 }
 
-/// Rough memory of a parsed header: names, values and the map's per-entry bookkeeping.
-fn parsed_size(header: &ResponseHeader) -> usize {
-    const PER_HEADER: usize = 64;
-    const BASE: usize = 256;
-    BASE + header
-        .headers
-        .iter()
-        .map(|(name, value)| name.as_str().len() + value.len() + PER_HEADER)
-        .sum::<usize>()
-}
+/// The fields of a `CacheMeta` besides its header, in memory.
+const META_FIELDS_BYTES: usize = 64;
 
 impl StoredMeta {
-    fn new(meta: &CacheMeta) -> Result<StoredMeta> {
-        let (internal, header) = meta
-            .serialize()
-            .map_err(|e| e.more_context("memory cache: serializing cache meta"))?;
-        Ok(StoredMeta {
-            fresh_until: meta.fresh_until(),
-            updated: meta.updated(),
-            stale_while_revalidate_sec: meta.stale_while_revalidate_sec(),
-            stale_if_error_sec: meta.stale_if_error_sec(),
-            variance: meta.variance(),
-            epoch_override: meta.epoch_override(),
-            header: meta.response_header_copy(),
-            size: internal.len() + header.len() + parsed_size(meta.response_header()),
-        })
+    fn new(meta: &CacheMeta) -> StoredMeta {
+        StoredMeta::of(MetaFields::of(meta))
+    }
+
+    fn of(fields: MetaFields) -> StoredMeta {
+        let size = META_FIELDS_BYTES + fields.header_size();
+        StoredMeta { fields, size }
     }
 
     fn to_meta(&self) -> CacheMeta {
-        let mut meta = CacheMeta::new(
-            self.fresh_until,
-            self.updated,
-            self.stale_while_revalidate_sec,
-            self.stale_if_error_sec,
-            self.header.clone(),
-        );
-        if let Some(variance) = self.variance {
-            meta.set_variance(variance);
-        }
-        if let Some(epoch) = self.epoch_override {
-            meta.set_epoch_override(epoch);
-        }
-        meta
+        self.fields.to_meta()
     }
 }
 
@@ -249,9 +211,9 @@ impl MemoryStorage {
                     let stale = soft.then(|| {
                         let mut meta = entry.meta();
                         meta.expire_at(now);
-                        StoredMeta::new(&meta).ok()
+                        StoredMeta::new(&meta)
                     });
-                    (entry, stale.flatten())
+                    (entry, stale)
                 })
                 .collect();
             let mut used_bytes = self.used_bytes.lock();
@@ -327,15 +289,15 @@ impl MemoryStorage {
         &self,
         key: HashBinary,
         place: Option<Place>,
-        meta: &CacheMeta,
+        meta: MetaFields,
         body: Bytes,
-    ) -> Result<HitHandler> {
-        let entry = Arc::new(Entry::new(key, place, StoredMeta::new(meta)?, body));
+    ) -> HitHandler {
+        let entry = Arc::new(Entry::new(key, place, StoredMeta::of(meta), body));
         if let Some(blocks) = self.blocks_for(entry.weight) {
             let mut used_bytes = self.used_bytes.lock();
             self.put_locked(&mut used_bytes, key, Slot::Stored(entry.clone()), blocks);
         }
-        Ok(Box::new(MemoryHitHandler::new(entry)))
+        Box::new(MemoryHitHandler::new(entry))
     }
 
     /// Puts `slot` under `key` and keeps `used_bytes` and the index exact. The caller holds
@@ -413,7 +375,7 @@ impl Storage for MemoryStorage {
             storage: self,
             key: key.combined_bin(),
             place,
-            meta: StoredMeta::new(meta)?,
+            meta: StoredMeta::new(meta),
             chunks: Vec::new(),
             body_len: 0,
             too_large: false,
@@ -451,7 +413,7 @@ impl Storage for MemoryStorage {
         };
         let mut meta = entry.meta();
         meta.expire_at(SystemTime::now());
-        if self.replace_meta_locked(&mut used_bytes, &entry, StoredMeta::new(&meta)?) {
+        if self.replace_meta_locked(&mut used_bytes, &entry, StoredMeta::new(&meta)) {
             Ok(PurgeOutcome::Expired)
         } else {
             Ok(PurgeOutcome::Purged(None))
@@ -464,7 +426,7 @@ impl Storage for MemoryStorage {
         meta: &CacheMeta,
         _trace: &SpanHandle,
     ) -> Result<bool> {
-        let meta = StoredMeta::new(meta)?;
+        let meta = StoredMeta::new(meta);
         let mut used_bytes = self.used_bytes.lock();
         match self.find(&key.combined_bin()) {
             Some(entry) => Ok(self.replace_meta_locked(&mut used_bytes, &entry, meta)),

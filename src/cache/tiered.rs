@@ -6,8 +6,9 @@
 //! both tiers (the disk in the background, after the response), so a restart keeps everything
 //! the disk has room for. Purges, expiries and meta updates apply to both.
 
-use super::disk::DiskStorage;
+use super::disk::{expire_at, DiskStorage};
 use super::index::{Place, Scope};
+use super::meta::{MetaFields, StoredFields};
 use super::storage::{target_key, MemoryStorage};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -69,10 +70,11 @@ impl Storage for TieredStorage {
         let Some(found) = disk.lookup(key.combined_bin()).await else {
             return Ok(None);
         };
+        let meta = found.meta.to_meta();
         let hit = self
             .memory
-            .promote(key.combined_bin(), found.place, &found.meta, found.body)?;
-        Ok(Some((found.meta, hit)))
+            .promote(key.combined_bin(), found.place, found.meta, found.body);
+        Ok(Some((meta, hit)))
     }
 
     async fn get_miss_handler(
@@ -91,13 +93,12 @@ impl Storage for TieredStorage {
             disk.skipped();
             return Ok(memory);
         }
-        let (internal, header) = meta.serialize()?;
         Ok(Box::new(TieredMissHandler {
             memory,
             disk,
             key: key.combined_bin(),
             place: Place::of(key),
-            meta: (internal, header),
+            meta: MetaFields::of(meta).stored(),
             chunks: Vec::new(),
         }))
     }
@@ -126,7 +127,7 @@ impl Storage for TieredStorage {
         let on_disk = match key {
             Some(key) => {
                 let now = SystemTime::now();
-                self.on_disk(move |disk| disk.change_meta(&key, |meta| meta.expire_at(now)))
+                self.on_disk(move |disk| disk.change_meta(&key, |meta| expire_at(meta, now)))
                     .await
             }
             None => false,
@@ -144,16 +145,10 @@ impl Storage for TieredStorage {
         trace: &SpanHandle,
     ) -> Result<bool> {
         let in_memory = self.memory.update_meta(key, meta, trace).await?;
-        let (internal, header) = meta.serialize()?;
+        let updated = MetaFields::of(meta);
         let hash: HashBinary = key.combined_bin();
         let on_disk = self
-            .on_disk(move |disk| {
-                disk.change_meta(&hash, |held| {
-                    if let Ok(updated) = CacheMeta::deserialize(&internal, &header) {
-                        *held = updated;
-                    }
-                })
-            })
+            .on_disk(move |disk| disk.change_meta(&hash, |held| *held = updated))
             .await;
         Ok(in_memory || on_disk)
     }
@@ -174,8 +169,7 @@ struct TieredMissHandler {
     disk: &'static DiskStorage,
     key: HashBinary,
     place: Option<Place>,
-    /// `CacheMeta::serialize`'s two parts.
-    meta: (Vec<u8>, Vec<u8>),
+    meta: StoredFields,
     chunks: Vec<Bytes>,
 }
 
@@ -190,9 +184,8 @@ impl HandleMiss for TieredMissHandler {
         let this = *self;
         let finished = this.memory.finish().await?;
         // Only a complete body gets here: a response cut short drops the handler instead.
-        let (internal, header) = this.meta;
         this.disk
-            .write_behind(this.key, this.place, internal, header, this.chunks);
+            .write_behind(this.key, this.place, this.meta, this.chunks);
         Ok(finished)
     }
 }

@@ -80,6 +80,8 @@ pub struct PageInfo {
     pub content_type: Option<String>,
     /// Why the last fetch failed, if it did.
     pub last_error: Option<String>,
+    /// Whether the copy was read back from the state folder at start (no fetch since).
+    pub restored: bool,
 }
 
 /// One page URL and its current copy.
@@ -503,6 +505,7 @@ impl PageStore {
                 .as_ref()
                 .and_then(|p| p.content_type.to_str().ok().map(str::to_string)),
             last_error: slot.last_error.lock().clone(),
+            restored: page.as_ref().is_some_and(|p| p.restored),
         });
         info
     }

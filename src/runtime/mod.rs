@@ -262,8 +262,7 @@ impl Runtime {
     /// go of the folders, so a process taking over (a graceful upgrade) writes from here on.
     async fn let_go(&self) {
         if let Some(disk) = self.cache.disk() {
-            disk.drain().await;
-            disk.close();
+            disk.close().await;
             disk.folder().release();
         }
         if let Some(folders) = &self.folders {

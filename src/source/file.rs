@@ -5,8 +5,9 @@
 //! temporary file renamed over the old one, and readers never see half a file.
 
 use super::watch::ConfigWatcher;
-use super::{write_atomically, Changes, ConfigSource, DomainChange, DomainEntry, Snapshot, WriteError};
+use super::{Changes, ConfigSource, DomainChange, DomainEntry, Snapshot, WriteError};
 use crate::spec::{parse_yaml, ConfigError, ConfigErrors, DomainName, DomainSpec, EdgeSettings, Location};
+use crate::state::write_atomically;
 use async_trait::async_trait;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;

@@ -164,8 +164,6 @@ pub struct Applied {
     pub errors: usize,
 }
 
-pub use crate::state::write_atomically;
-
 /// The source the edge file names: etcd with a `source.etcd` section, else its domains
 /// folder (also when the edge file cannot be read: loading it then reports why).
 pub fn open(edge_file: &Path) -> Opened {

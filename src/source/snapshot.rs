@@ -7,7 +7,7 @@
 //! newer than a log left by a crash between the two), and a torn last line (a crash while
 //! appending) is ignored.
 
-use super::write_atomically;
+use crate::state::write_atomically;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

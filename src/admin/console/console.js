@@ -213,6 +213,7 @@ async function loadRules() {
     const page = el("td");
     if (rule.page) {
       page.append(el("div", rule.page.state));
+      if (rule.page.restored) page.append(el("div", "kept from before the restart", { class: "muted" }));
       page.append(el("div", "fetched at " + (rule.page.fetched_at || "never"), { class: "muted fetched-at" }));
       if (rule.page.size !== null && rule.page.size !== undefined)
         page.append(el("div", rule.page.size + " bytes, " + (rule.page.content_type || ""), { class: "muted" }));
