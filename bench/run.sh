@@ -14,6 +14,9 @@
 #   BENCH_MICRO        1 (default) also runs the criterion micro-benchmark (benches/page_path.rs)
 #   BENCH_SCALE        1 also runs the scale cases (idle connections, 1000 connections, two threads
 #                      against two workers); default 1 when BENCH_CASES is unset, else 0
+#   BENCH_DISK         1 also runs the disk tier cases (bench/disk.py: disk-tier hits beside nginx's
+#                      proxy_cache, restart to first hit with 100,000 stored objects); default 1 when
+#                      BENCH_CASES is unset, else 0 (its DISK_* variables apply)
 #   BENCH_IDLE         idle keep-alive connections held in the scale case (default 10000)
 #   BENCH_MANY         connections of the many-connections scale case (default 1000)
 #   BENCH_OUT          the report written (default BENCHMARKS.md at the repository root)
@@ -43,6 +46,9 @@ MICRO=${BENCH_MICRO:-1}
 if [[ -n ${BENCH_SCALE:-} ]]; then SCALE=$BENCH_SCALE
 elif [[ -n ${BENCH_CASES:-} ]]; then SCALE=0
 else SCALE=1; fi
+if [[ -n ${BENCH_DISK:-} ]]; then DISK=$BENCH_DISK
+elif [[ -n ${BENCH_CASES:-} ]]; then DISK=0
+else DISK=1; fi
 IDLE=${BENCH_IDLE:-10000}
 MANY=${BENCH_MANY:-1000}
 [[ $IDLE =~ ^[0-9]+$ && $MANY =~ ^[0-9]+$ ]] && ((IDLE <= 30000 && MANY <= 4096)) ||
@@ -1048,6 +1054,11 @@ $(strip "$WORK/origin/nginx.conf")
 </details>
 EOF
 } >"$OUT.tmp"
+# What other scripts added after this script's part (bench/scale.py, bench/disk.py: from the
+# first of their marked sections on, with the notes written beside them) is carried over.
+if [[ -f $OUT ]]; then
+  { echo; awk '/^<!-- [a-z]+:start -->$/ {keep = 1} keep {print}' "$OUT"; } >>"$OUT.tmp"
+fi
 mv "$OUT.tmp" "$OUT"
 
 echo
@@ -1056,3 +1067,8 @@ echo
 printf '%s' "$ANALYSIS"
 echo
 log "wrote $OUT"
+
+if [[ $DISK == 1 ]]; then
+  log "disk tier cases (bench/disk.py)"
+  DISK_BUILD=0 DISK_OUT="$OUT" python3 "$ROOT/bench/disk.py"
+fi

@@ -118,7 +118,13 @@ async fn a_restart_with_the_origin_down_serves_the_kept_page_and_the_cached_obje
         .await
         .expect("restart");
     assert_served_from_state(&edge, &origin).await;
-    assert!(disk(&Admin::new(&edge), "hits").await >= 1);
+    let admin = Admin::new(&edge);
+    assert!(disk(&admin, "hits").await >= 1);
+    wait_until("the saved index is loaded", || async {
+        admin.status().await["cache"]["disk"]["index"] == "saved"
+    })
+    .await;
+    assert_eq!(disk(&admin, "objects").await, 1);
 
     // A crash saves nothing: the index is rebuilt from the files; served all the same.
     let edge = tokio::task::spawn_blocking(move || edge.restart(with_disk("64MiB")))
@@ -127,7 +133,7 @@ async fn a_restart_with_the_origin_down_serves_the_kept_page_and_the_cached_obje
     assert_served_from_state(&edge, &origin).await;
     let admin = Admin::new(&edge);
     wait_until("the index is rebuilt", || async {
-        admin.status().await["cache"]["disk"]["indexed"] == true
+        admin.status().await["cache"]["disk"]["index"] == "files"
     })
     .await;
     assert_eq!(disk(&admin, "objects").await, 1);

@@ -105,6 +105,15 @@ pub struct Checked {
     health: HealthTable,
 }
 
+/// Lets go of the runtime's folders when dropped (see [`Runtime::run`]).
+struct LetGo<'a>(&'a Runtime);
+
+impl Drop for LetGo<'_> {
+    fn drop(&mut self) {
+        self.0.let_go();
+    }
+}
+
 /// Counts page fetches in the edge's Prometheus metrics.
 struct FetchMetrics;
 
@@ -216,6 +225,9 @@ impl Runtime {
     /// Fetches the pages of the current configuration, then applies every change the source
     /// reports until shutdown. Runs on a long-lived runtime (the page refreshes live on it).
     pub async fn run(&self, mut shutdown: ShutdownWatch) {
+        // Pingora drops the tasks of its runtimes once `grace_period_seconds` have passed after
+        // a stop: the folders are let go when this future ends or is dropped, whichever comes.
+        let _let_go = LetGo(self);
         if let Some(disk) = self.cache.disk() {
             tokio::spawn(disk.prepare());
         }
@@ -255,14 +267,14 @@ impl Runtime {
             _ = self.watch_files() => {}
             _ = shutdown.changed() => {}
         }
-        self.let_go().await;
     }
 
     /// At shutdown: finishes the disk writes under way, saves the disk tier's index and lets
     /// go of the folders, so a process taking over (a graceful upgrade) writes from here on.
-    async fn let_go(&self) {
+    /// Blocking; the second call does nothing.
+    fn let_go(&self) {
         if let Some(disk) = self.cache.disk() {
-            disk.close().await;
+            disk.close();
             disk.folder().release();
         }
         if let Some(folders) = &self.folders {
