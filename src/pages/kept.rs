@@ -165,6 +165,26 @@ impl KeptPages {
         }
     }
 
+    /// Removes the kept copies of pages other than `wanted` (blocking; at start, for pages
+    /// whose rules went while the edge was stopped), and leftovers of interrupted writes. Files
+    /// are told apart by name, without reading them.
+    pub fn retain<'a>(&self, wanted: impl Iterator<Item = &'a str>) {
+        if !self.folder.writes() {
+            return;
+        }
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        let names: std::collections::HashSet<std::ffi::OsString> = wanted
+            .filter_map(|url| self.path_of(url).file_name().map(|n| n.to_os_string()))
+            .collect();
+        for entry in entries.flatten() {
+            if !names.contains(&entry.file_name()) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+
     /// At a takeover: makes the folder this process now writes.
     pub fn writable(&self) {
         self.make_dir();

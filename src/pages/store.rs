@@ -320,23 +320,34 @@ impl PageStore {
     }
 
     /// Keeps every fetched page in `kept` from now on, and takes the copies it holds of the
-    /// pages registered and not yet fetched (blocking: call it at start, before the listeners
-    /// serve). Returns how many pages were read back.
+    /// pages registered and not yet fetched (blocking, read on every core: call it at start,
+    /// before the listeners serve); copies of pages no longer registered are removed. Returns
+    /// how many pages were read back.
     pub fn keep_in(&self, kept: Arc<KeptPages>) -> usize {
         let slots = self.slots.load_full();
-        let mut restored = 0;
-        for slot in slots.values().filter(|slot| slot.page.load().is_none()) {
-            let Some(mut page) = kept.load(slot.url.as_str()) else {
-                continue;
-            };
-            let content_type = page.content_type.to_str().unwrap_or("").to_string();
-            page.template = Template::parse(&page.body, &content_type).0.map(Arc::new);
-            page.body = self.bodies.share(page.body, &slots);
-            slot.page.store(Some(Arc::new(page)));
-            restored += 1;
-        }
+        let wanted: Vec<&Arc<Slot>> = slots.values().filter(|slot| slot.page.load().is_none()).collect();
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let restored = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            for part in wanted.chunks(wanted.len().div_ceil(threads).max(1)) {
+                let (kept, slots, restored) = (&kept, &slots, &restored);
+                scope.spawn(move || {
+                    for slot in part {
+                        let Some(mut page) = kept.load(slot.url.as_str()) else {
+                            continue;
+                        };
+                        let content_type = page.content_type.to_str().unwrap_or("").to_string();
+                        page.template = Template::parse(&page.body, &content_type).0.map(Arc::new);
+                        page.body = self.bodies.share(page.body, slots);
+                        slot.page.store(Some(Arc::new(page)));
+                        restored.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+            }
+        });
+        kept.retain(slots.keys().map(String::as_str));
         self.kept.store(Some(kept));
-        restored
+        restored.into_inner()
     }
 
     /// Writes every page held that the state folder does not hold yet (after a takeover: the
@@ -981,11 +992,19 @@ mod tests {
         }
         assert_eq!(file(), 1, "the fetched page is kept");
 
+        // A page whose rule went while the edge was stopped, and a write cut short.
+        std::fs::write(
+            dir.path().join("pages").join("0123456789abcdef0123456789abcdef"),
+            "old",
+        )
+        .expect("write");
+        std::fs::write(dir.path().join("pages").join(".x.1.0.tmp"), "half").expect("write");
         // Another store (a restart) reads it back before fetching anything: stale.
         let failing = Scripted::new(&[Err("connect")], Duration::ZERO);
         let (restarted, pages, _) = store(&failing, Duration::from_secs(600));
         restarted.register(&pages);
         assert_eq!(restarted.keep_in(kept), 1);
+        assert_eq!(file(), 1, "only the page in use is left");
         assert_eq!(
             restarted.get(URL).map(|p| p.body.clone()),
             Some(Bytes::from("kept page"))
