@@ -11,6 +11,7 @@
 //! | layer | modules | what |
 //! | --- | --- | --- |
 //! | contract | [`spec`] | the YAML contract as plain data: edge file, domain specs, value types, their checks |
+//! | state | [`state`] | what survives restarts: folders with one writer, checked files |
 //! | features | [`metrics`], [`access_log`], [`filters`], [`cache`], [`tls`] | each owns its types: Prometheus metrics; the access log; the filter API; cache key, Vary, policy and storage; certificates, the per-SNI resolver |
 //! | features | [`upstream`] | origins: resolution, peers (TLS through [`tls`]), health and failover |
 //! | features | [`pages`] | custom pages: rules, the page store (fetching through [`upstream`]), the response rewrite, the loop guard |
@@ -29,7 +30,9 @@
 //!    ([`upstream::Origin::new`]) with a [`pages::PageFetcher`] (by default
 //!    [`pages::HttpFetcher`]) and reports every fetch to a [`pages::PageObserver`] of yours
 //!    ([`pages::PageStore::with`]). A [`pages::PageKeeper`] background service keeps them
-//!    fetched and fresh. Wrap the store in a [`pages::CustomPages`].
+//!    fetched and fresh. To keep pages across restarts, give the store a folder
+//!    ([`state::Folder::open`], [`pages::kept::KeptPages`], [`pages::PageStore::keep_in`]).
+//!    Wrap the store in a [`pages::CustomPages`].
 //! 3. **Hooks.** Keep a [`pages::PageState`] in your `CTX` and make one call per hook:
 //!
 //! ```ignore

@@ -430,7 +430,7 @@ impl DiskStorage {
     /// The object stored under `key`, read and checked; `None` on a miss, a corrupt object
     /// (removed) or a read error.
     ///
-    /// An object of up to [`INLINE_READ`] bytes (as the index knows it) is read on the calling
+    /// An object of up to `INLINE_READ` (256 KiB) (as the index knows it) is read on the calling
     /// thread, as nginx reads without aio: from the page cache that takes microseconds, while
     /// handing the read to the blocking pool costs two thread switches per hit, which held disk
     /// hits to a third of nginx's rate on one core (`make bench`). Larger objects, and objects
@@ -631,7 +631,7 @@ impl DiskStorage {
         .unwrap_or(0)
     }
 
-    /// Stops writing, waits (up to [`CLOSE_WAIT`]) for the writes under way, and saves the
+    /// Stops writing, waits (up to `CLOSE_WAIT`, 5 s) for the writes under way, and saves the
     /// index for the next start. Blocking, and done once: it runs at shutdown, possibly while
     /// the runtime is being torn down (Pingora gives tasks `grace_period_seconds`, then drops
     /// them; see `Runtime::run`).
