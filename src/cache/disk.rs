@@ -165,6 +165,59 @@ pub struct DiskStorage {
     read_trouble: Trouble,
     /// Set at shutdown: nothing more is written.
     closed: AtomicBool,
+    /// Held (shared) by every change to the folder; taken whole by [`close`](Self::close), so
+    /// nothing changes while the index is saved.
+    gate: parking_lot::RwLock<()>,
+    /// Serialize the changes of one key (write, removal, meta rewrite) by its first byte.
+    stripes: Vec<Mutex<()>>,
+    /// Numbers writes as they are queued and purges as they are asked for.
+    sequence: AtomicU64,
+    /// The writes queued and not finished, and the purges they must honour.
+    queued: Mutex<Queued>,
+}
+
+/// Writes queued and not finished, and the purges asked for meanwhile: a write queued before a
+/// purge that covers it honours the purge when it lands (not written, or written stale), so a
+/// purge never loses to a write still on its way.
+#[derive(Default)]
+struct Queued {
+    writes: usize,
+    purges: Vec<Purge>,
+}
+
+/// A purge, for the writes queued before it.
+struct Purge {
+    /// Its number: the writes numbered lower honour it.
+    sequence: u64,
+    /// What it covers.
+    covers: Covers,
+    /// Marks stale (at `at`) instead of removing.
+    soft: bool,
+    at: SystemTime,
+}
+
+enum Covers {
+    Key(HashBinary),
+    Places(super::index::PlaceMatcher),
+}
+
+/// How many locks the changes of keys are spread over.
+const STRIPES: usize = 64;
+
+/// A queued write, counted until dropped (written, skipped, or cancelled at shutdown).
+struct Ticket {
+    disk: &'static DiskStorage,
+    sequence: u64,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let mut queued = self.disk.queued.lock();
+        queued.writes -= 1;
+        if queued.writes == 0 {
+            queued.purges.clear();
+        }
+    }
 }
 
 /// Makes `meta` stale at `now` at the latest (as `CacheMeta::expire_at` does).
@@ -214,6 +267,10 @@ impl DiskStorage {
             write_trouble: Trouble::default(),
             read_trouble: Trouble::default(),
             closed: AtomicBool::new(false),
+            gate: parking_lot::RwLock::new(()),
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            sequence: AtomicU64::new(0),
+            queued: Mutex::new(Queued::default()),
             folder,
         };
         if disk.folder.writes() {
@@ -230,7 +287,10 @@ impl DiskStorage {
     /// files. Run it in the background: hits are served by path meanwhile.
     pub async fn prepare(&'static self) {
         self.folder.take_over().await;
-        if self.load_index() {
+        let loaded = tokio::task::spawn_blocking(move || self.load_index())
+            .await
+            .unwrap_or(false);
+        if loaded {
             *self.index_from.lock() = IndexFrom::Saved;
             self.indexed.send_replace(true);
         } else {
@@ -267,7 +327,10 @@ impl DiskStorage {
             return false;
         };
         if self.folder.writes() {
-            if let Err(e) = std::fs::remove_file(&path) {
+            // Removed for good before anything changes, so a crash from now on rebuilds.
+            let removed = std::fs::remove_file(&path)
+                .and_then(|()| std::fs::File::open(self.folder.path())?.sync_all());
+            if let Err(e) = removed {
                 warn!(
                     "disk cache {}: cannot remove the loaded index ({e}); rebuilding it",
                     path.display()
@@ -382,7 +445,9 @@ impl DiskStorage {
             ReadError::Corrupt(_) => {
                 self.counters.corrupt.fetch_add(1, Ordering::Relaxed);
                 warn!("disk cache: {} {why}: removed, not served", path.display());
-                let _ = std::fs::remove_file(path);
+                if self.folder.writes() {
+                    let _ = std::fs::remove_file(path);
+                }
                 self.forget(key);
             }
             ReadError::Io(e) => {
@@ -507,8 +572,8 @@ impl DiskStorage {
     }
 
     /// Writes a complete object in the background: skipped (and counted) when the folder is
-    /// not this process's to write, the object is larger than the tier, or too many writes
-    /// are pending.
+    /// not this process's to write, the object is larger than [`max_object`](Self::max_object),
+    /// or more than 64 MiB of bodies are waiting.
     pub fn write_behind(
         &'static self,
         key: HashBinary,
@@ -517,17 +582,14 @@ impl DiskStorage {
         body: Vec<Bytes>,
     ) {
         let body_len: usize = body.iter().map(Bytes::len).sum();
-        let skip = || {
-            self.counters.writes_skipped.fetch_add(1, Ordering::Relaxed);
-        };
-        if !self.folder.writes() || self.closed.load(Ordering::Relaxed) || body_len as u64 > self.size {
-            return skip();
+        if !self.folder.writes() || self.closed.load(Ordering::SeqCst) || body_len > self.max_object() {
+            return self.skipped();
         }
-        // An object larger than the whole budget waits for the budget to be free.
-        let budget = u32::try_from(body_len.clamp(1, PENDING_BYTES)).unwrap_or(u32::MAX);
+        let budget = u32::try_from(body_len.max(1)).unwrap_or(u32::MAX);
         let Ok(pending) = self.pending.clone().try_acquire_many_owned(budget) else {
-            return skip();
+            return self.skipped();
         };
+        let ticket = self.queue();
         let head = Head { key, place, meta };
         let writers = self.writers.clone();
         tokio::spawn(async move {
@@ -536,10 +598,41 @@ impl DiskStorage {
             };
             let _ = tokio::task::spawn_blocking(move || {
                 let _held = (pending, writer);
-                self.write(head, &body);
+                self.write(head, &body, &ticket);
             })
             .await;
         });
+    }
+
+    /// The largest object the tier writes: an eighth of its size (one object never empties
+    /// it), and at most the 64 MiB of bodies that may wait to be written.
+    pub fn max_object(&self) -> usize {
+        usize::try_from(self.size / 8)
+            .unwrap_or(usize::MAX)
+            .min(PENDING_BYTES)
+    }
+
+    /// Numbers a write being queued; the ticket counts it until dropped.
+    fn queue(&'static self) -> Ticket {
+        let mut queued = self.queued.lock();
+        queued.writes += 1;
+        Ticket {
+            disk: self,
+            sequence: self.sequence.fetch_add(1, Ordering::SeqCst),
+        }
+    }
+
+    /// Notes a purge for the writes queued before it (none queued: nothing to note).
+    fn note_purge(&self, covers: Covers, soft: bool) {
+        let mut queued = self.queued.lock();
+        if queued.writes > 0 {
+            queued.purges.push(Purge {
+                sequence: self.sequence.fetch_add(1, Ordering::SeqCst),
+                covers,
+                soft,
+                at: SystemTime::now(),
+            });
+        }
     }
 
     /// Counts a write skipped before it was asked for (see [`DiskStats::writes_skipped`]).
@@ -547,9 +640,25 @@ impl DiskStorage {
         self.counters.writes_skipped.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn write(&self, head: Head, body: &[Bytes]) {
+    /// Writes a queued object (the purges asked for since `ticket` apply to it), under its
+    /// key's lock. Returns whether it was written.
+    fn write(&self, mut head: Head, body: &[Bytes], ticket: &Ticket) -> bool {
+        let _gate = self.gate.read();
+        if !self.folder.writes() || self.closed.load(Ordering::SeqCst) {
+            self.skipped();
+            return false;
+        }
+        let _key = self.stripes[usize::from(head.key[0]) % STRIPES].lock();
+        if !self.honour_purges(&mut head, ticket) {
+            return false;
+        }
+        self.write_locked(&head, body)
+    }
+
+    /// Writes an object; the caller holds the gate and the key's lock.
+    fn write_locked(&self, head: &Head, body: &[Bytes]) -> bool {
         let Ok(head_bytes) = rmp_serde::to_vec(&head) else {
-            return;
+            return false;
         };
         let path = self.path_of(&head.key);
         let mut written = record::write(&path, OBJECT, &head_bytes, body, false);
@@ -569,6 +678,7 @@ impl DiskStorage {
                 self.counters.writes.fetch_add(1, Ordering::Relaxed);
                 let size = record::PREFIX_LEN + head_bytes.len() + body.iter().map(Bytes::len).sum::<usize>();
                 self.admit(&head.key, &head.place, size);
+                true
             }
             Err(e) => {
                 self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
@@ -576,20 +686,74 @@ impl DiskStorage {
                     &format!("disk cache: writing objects to {}", self.objects.display()),
                     &e,
                 );
+                false
             }
         }
     }
 
-    /// Removes the object stored under `key`. Returns whether there was one.
+    /// Applies to `head` the purges asked for since its write was queued: `false` if one
+    /// removes it (the write is dropped).
+    fn honour_purges(&self, head: &mut Head, ticket: &Ticket) -> bool {
+        let queued = self.queued.lock();
+        for purge in queued.purges.iter().filter(|p| p.sequence > ticket.sequence) {
+            let covered = match &purge.covers {
+                Covers::Key(key) => *key == head.key,
+                Covers::Places(matcher) => head.place.as_ref().is_some_and(|place| matcher.covers(place)),
+            };
+            if !covered {
+                continue;
+            }
+            if !purge.soft {
+                self.skipped();
+                return false;
+            }
+            if let Ok(mut fields) = head.meta.fields() {
+                expire_at(&mut fields, purge.at);
+                head.meta = fields.stored();
+            }
+        }
+        true
+    }
+
+    /// Removes the object stored under `key` (and any write of it still queued). Returns
+    /// whether there was one.
     pub fn remove(&self, key: &HashBinary) -> bool {
+        self.note_purge(Covers::Key(*key), false);
+        self.remove_now(key)
+    }
+
+    fn remove_now(&self, key: &HashBinary) -> bool {
+        let _gate = self.gate.read();
+        if !self.folder.writes() {
+            return false;
+        }
+        let _key = self.stripes[usize::from(key[0]) % STRIPES].lock();
+        self.remove_locked(key)
+    }
+
+    /// Removes an object; the caller holds the gate and the key's lock.
+    fn remove_locked(&self, key: &HashBinary) -> bool {
         let known = self.forget(key);
         let removed = std::fs::remove_file(self.path_of(key)).is_ok();
         known || removed
     }
 
+    /// Marks the object stored under `key` (and any write of it still queued) stale at `now`.
+    /// Returns whether there was one.
+    pub fn expire(&self, key: &HashBinary, now: SystemTime) -> bool {
+        self.note_purge(Covers::Key(*key), true);
+        self.change_meta(key, |meta| expire_at(meta, now))
+    }
+
     /// Rewrites the meta of the object stored under `key` with `change` applied, keeping its
-    /// body. Returns whether there was one.
+    /// body, under the key's lock. Returns whether there was one. An object whose rewrite
+    /// fails (a full disk) is removed rather than left with its old meta.
     pub fn change_meta(&self, key: &HashBinary, change: impl FnOnce(&mut MetaFields)) -> bool {
+        let _gate = self.gate.read();
+        if !self.folder.writes() || self.closed.load(Ordering::SeqCst) {
+            return false;
+        }
+        let _key = self.stripes[usize::from(key[0]) % STRIPES].lock();
         let Some(mut found) = self.read(key) else {
             return false;
         };
@@ -599,7 +763,9 @@ impl DiskStorage {
             place: found.place,
             meta: found.meta.stored(),
         };
-        self.write(head, &[found.body]);
+        if !self.write_locked(&head, &[found.body]) {
+            self.remove_locked(key);
+        }
         true
     }
 
@@ -613,6 +779,7 @@ impl DiskStorage {
         scope: Scope<'_>,
         soft: bool,
     ) -> usize {
+        self.note_purge(Covers::Places(scope.matcher(domain, host)), soft);
         let _ = self.indexed.subscribe().wait_for(|indexed| *indexed).await;
         let keys = self.index.lock().keys(domain, host, scope);
         tokio::task::spawn_blocking(move || {
@@ -622,7 +789,7 @@ impl DiskStorage {
                     if soft {
                         self.change_meta(key, |meta| expire_at(meta, now))
                     } else {
-                        self.remove(key)
+                        self.remove_now(key)
                     }
                 })
                 .count()
@@ -643,6 +810,9 @@ impl DiskStorage {
         while self.pending.available_permits() < PENDING_BYTES && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
+        // Writes still under way finish first; later ones see `closed` and write nothing, so
+        // the index saved is what the folder holds.
+        let _gate = self.gate.write();
         if !self.folder.writes() || !*self.indexed.borrow() {
             return;
         }
@@ -688,6 +858,11 @@ impl DiskStorage {
             index: *self.index_from.lock(),
             role: self.folder.role(),
         }
+    }
+
+    /// Whether the index lists an object under `key`.
+    pub fn holds(&self, key: &HashBinary) -> bool {
+        self.lru.peek(lru_key(key))
     }
 
     /// Whether the index lists everything stored.
@@ -856,6 +1031,65 @@ mod tests {
         assert_eq!(&found.body[..], b"body");
         let other = disk.lookup(key(2)).await.expect("kept");
         assert!(other.meta.fresh_until > SystemTime::now(), "untouched");
+    }
+
+    /// Queues a write without letting it run (on a current-thread runtime, the spawned write
+    /// waits for the test to yield).
+    fn queue_write(disk: &'static DiskStorage, n: u8, target: &str) {
+        let stored = MetaFields::of(&meta()).stored();
+        disk.write_behind(key(n), place(target), stored, vec![Bytes::from_static(b"body")]);
+    }
+
+    /// Waits until no write is queued.
+    async fn settle(disk: &'static DiskStorage) {
+        for _ in 0..200 {
+            if disk.queued.lock().writes == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("writes still queued");
+    }
+
+    #[tokio::test]
+    async fn a_purge_wins_over_a_write_still_on_its_way() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let disk = open(dir.path(), 1 << 20);
+        disk.prepare().await;
+        queue_write(disk, 1, "/by-key");
+        queue_write(disk, 2, "/docs/hard");
+        queue_write(disk, 3, "/docs/soft");
+        assert_eq!(disk.stats().writes, 0, "none landed yet");
+        disk.remove(&key(1));
+        // Nothing stored yet, so the purges count nothing; the queued writes honour them.
+        assert_eq!(
+            disk.purge_scope(
+                "a.example.com",
+                None,
+                Scope::Targets(&["/docs/hard".into()]),
+                false
+            )
+            .await,
+            0
+        );
+        assert_eq!(
+            disk.purge_scope("a.example.com", None, Scope::Prefix("/docs/soft"), true)
+                .await,
+            0
+        );
+        settle(disk).await;
+        assert!(disk.lookup(key(1)).await.is_none(), "purged by key");
+        assert!(disk.lookup(key(2)).await.is_none(), "purged by scope");
+        let soft = disk.lookup(key(3)).await.expect("soft-purged: kept");
+        assert!(soft.meta.fresh_until <= SystemTime::now(), "but stale");
+        assert!(
+            disk.queued.lock().purges.is_empty(),
+            "forgotten once no write is queued"
+        );
+        // A write queued after the purge is not touched by it.
+        queue_write(disk, 1, "/by-key");
+        settle(disk).await;
+        assert!(disk.lookup(key(1)).await.is_some());
     }
 
     #[tokio::test]

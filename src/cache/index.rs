@@ -28,6 +28,52 @@ impl Scope<'_> {
             Scope::All => true,
         }
     }
+
+    /// Whether an entry at a place is covered by this scope in `domain` (on `host` only, if
+    /// given), as a test that owns what it needs (kept while writes queued before a purge
+    /// finish, see `DiskStorage`).
+    pub fn matcher(&self, domain: &str, host: Option<&str>) -> PlaceMatcher {
+        let scope = match *self {
+            Scope::Targets(list) => OwnedScope::Targets(list.to_vec()),
+            Scope::Prefix(prefix) => OwnedScope::Prefix(prefix.to_string()),
+            Scope::All => OwnedScope::All,
+        };
+        PlaceMatcher {
+            domain: domain.to_string(),
+            host: host.map(str::to_string),
+            scope,
+        }
+    }
+}
+
+/// A [`Scope`] that owns its targets.
+#[derive(Debug, Clone)]
+enum OwnedScope {
+    Targets(Vec<String>),
+    Prefix(String),
+    All,
+}
+
+/// See [`Scope::matcher`].
+#[derive(Debug, Clone)]
+pub struct PlaceMatcher {
+    domain: String,
+    host: Option<String>,
+    scope: OwnedScope,
+}
+
+impl PlaceMatcher {
+    /// Whether `place` is covered.
+    pub fn covers(&self, place: &Place) -> bool {
+        let target = &*place.target;
+        *place.domain == *self.domain
+            && self.host.as_deref().is_none_or(|host| *place.host == *host)
+            && match &self.scope {
+                OwnedScope::Targets(list) => list.iter().any(|t| t == target),
+                OwnedScope::Prefix(prefix) => target.starts_with(prefix.as_str()),
+                OwnedScope::All => true,
+            }
+    }
 }
 
 /// Where an entry is listed in the index.

@@ -144,10 +144,12 @@ impl EdgeCache {
         self.storage
             .memory
             .purge_scope(domain, Some(host), Scope::Targets(targets), false);
-        if let Some(disk) = self.storage.disk {
+        if self.storage.disk.is_some() {
+            let storage = self.storage;
             let (domain, host, targets) = (domain.to_string(), host.to_string(), targets.to_vec());
             tokio::spawn(async move {
-                disk.purge_scope(&domain, Some(&host), Scope::Targets(&targets), false)
+                storage
+                    .purge_scope(&domain, Some(&host), Scope::Targets(&targets), false)
                     .await
             });
         }

@@ -104,6 +104,9 @@ pub struct MemoryStorage {
     /// The stored keys by domain and target. Changed only under the `used_bytes` lock, with
     /// the slots.
     index: Mutex<PurgeIndex>,
+    /// Counts purges and expiries: a lower tier's object read while one ran is served but
+    /// not kept (see [`MemoryStorage::promote`]).
+    purges: std::sync::atomic::AtomicU64,
 }
 
 /// What TinyUFO holds under a key.
@@ -189,6 +192,7 @@ impl MemoryStorage {
             block_bytes,
             capacity_blocks,
             index: Mutex::new(PurgeIndex::default()),
+            purges: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -198,6 +202,9 @@ impl MemoryStorage {
     pub fn purge_scope(&self, domain: &str, host: Option<&str>, scope: Scope<'_>, soft: bool) -> usize {
         // The keys are listed under the index lock alone, then handled in batches, each under
         // the write lock: purging a large domain never holds up cache fills for long.
+        // Counted under the write lock, so a promotion either lists its entry before the
+        // keys are listed below, or sees the count change and keeps nothing.
+        self.purged_locked(&mut self.used_bytes.lock());
         let keys = self.index.lock().keys(domain, host, scope);
         let now = SystemTime::now();
         let mut affected = 0;
@@ -283,19 +290,36 @@ impl MemoryStorage {
         true
     }
 
-    /// Keeps an object read from a lower tier (if it fits, and TinyUFO admits it) and returns a
-    /// hit handler serving it either way.
+    /// Counts a purge or expiry (see [`MemoryStorage::purges`]); the caller holds the
+    /// `used_bytes` lock, which is passed in.
+    fn purged_locked(&self, _used_bytes: &mut usize) {
+        self.purges.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// How many purges and expiries ran so far: read before looking an object up in a lower
+    /// tier, and given back to [`promote`](Self::promote).
+    pub fn purges(&self) -> u64 {
+        self.purges.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Keeps an object read from a lower tier (if it fits, TinyUFO admits it, and no purge ran
+    /// since `purges_before`: the object may be one it removed) and returns a hit handler
+    /// serving it either way.
     pub fn promote(
         &self,
         key: HashBinary,
         place: Option<Place>,
         meta: MetaFields,
         body: Bytes,
+        purges_before: u64,
     ) -> HitHandler {
         let entry = Arc::new(Entry::new(key, place, StoredMeta::of(meta), body));
         if let Some(blocks) = self.blocks_for(entry.weight) {
+            // Under the lock purges take: none can start between the check and the store.
             let mut used_bytes = self.used_bytes.lock();
-            self.put_locked(&mut used_bytes, key, Slot::Stored(entry.clone()), blocks);
+            if self.purges() == purges_before {
+                self.put_locked(&mut used_bytes, key, Slot::Stored(entry.clone()), blocks);
+            }
         }
         Box::new(MemoryHitHandler::new(entry))
     }
@@ -392,6 +416,7 @@ impl Storage for MemoryStorage {
             return Ok(PurgeOutcome::NotFound);
         };
         let mut used_bytes = self.used_bytes.lock();
+        self.purged_locked(&mut used_bytes);
         if self.find(&key).is_none() {
             return Ok(PurgeOutcome::NotFound);
         }
@@ -408,6 +433,7 @@ impl Storage for MemoryStorage {
         };
         // Hold the lock across read-modify-write so a concurrent write is not lost.
         let mut used_bytes = self.used_bytes.lock();
+        self.purged_locked(&mut used_bytes);
         let Some(entry) = self.find(&key) else {
             return Ok(PurgeOutcome::NotFound);
         };

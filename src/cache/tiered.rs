@@ -6,7 +6,7 @@
 //! both tiers (the disk in the background, after the response), so a restart keeps everything
 //! the disk has room for. Purges, expiries and meta updates apply to both.
 
-use super::disk::{expire_at, DiskStorage};
+use super::disk::DiskStorage;
 use super::index::{Place, Scope};
 use super::meta::{MetaFields, StoredFields};
 use super::storage::{target_key, MemoryStorage};
@@ -36,11 +36,14 @@ impl TieredStorage {
     /// tier that held more of them.
     pub async fn purge_scope(&self, domain: &str, host: Option<&str>, scope: Scope<'_>, soft: bool) -> usize {
         let in_memory = self.memory.purge_scope(domain, host, scope, soft);
-        let on_disk = match self.disk {
-            Some(disk) => disk.purge_scope(domain, host, scope, soft).await,
-            None => 0,
+        let Some(disk) = self.disk else {
+            return in_memory;
         };
-        in_memory.max(on_disk)
+        let on_disk = disk.purge_scope(domain, host, scope, soft).await;
+        // Lookups that read the disk before its part was done may have promoted objects the
+        // purge covers (after a crash, the disk's part waits for its index): purged again.
+        let promoted = self.memory.purge_scope(domain, host, scope, soft);
+        (in_memory + promoted).max(on_disk)
     }
 
     /// Runs `change` on the disk tier's blocking pool; `false` without a disk tier.
@@ -67,13 +70,18 @@ impl Storage for TieredStorage {
         let Some(disk) = self.disk else {
             return Ok(None);
         };
+        let purges_before = self.memory.purges();
         let Some(found) = disk.lookup(key.combined_bin()).await else {
             return Ok(None);
         };
         let meta = found.meta.to_meta();
-        let hit = self
-            .memory
-            .promote(key.combined_bin(), found.place, found.meta, found.body);
+        let hit = self.memory.promote(
+            key.combined_bin(),
+            found.place,
+            found.meta,
+            found.body,
+            purges_before,
+        );
         Ok(Some((meta, hit)))
     }
 
@@ -100,6 +108,8 @@ impl Storage for TieredStorage {
             place: Place::of(key),
             meta: MetaFields::of(meta).stored(),
             chunks: Vec::new(),
+            body_len: 0,
+            too_large: false,
         }))
     }
 
@@ -127,8 +137,7 @@ impl Storage for TieredStorage {
         let on_disk = match key {
             Some(key) => {
                 let now = SystemTime::now();
-                self.on_disk(move |disk| disk.change_meta(&key, |meta| expire_at(meta, now)))
-                    .await
+                self.on_disk(move |disk| disk.expire(&key, now)).await
             }
             None => false,
         };
@@ -145,12 +154,16 @@ impl Storage for TieredStorage {
         trace: &SpanHandle,
     ) -> Result<bool> {
         let in_memory = self.memory.update_meta(key, meta, trace).await?;
+        let Some(disk) = self.disk else {
+            return Ok(in_memory);
+        };
+        // After a 304, on the request's path: the disk's copy (a rewrite of the whole object)
+        // is updated in the background.
         let updated = MetaFields::of(meta);
         let hash: HashBinary = key.combined_bin();
-        let on_disk = self
-            .on_disk(move |disk| disk.change_meta(&hash, |held| *held = updated))
-            .await;
-        Ok(in_memory || on_disk)
+        let held = disk.holds(&hash);
+        tokio::task::spawn_blocking(move || disk.change_meta(&hash, |old| *old = updated));
+        Ok(in_memory || held)
     }
 
     fn support_streaming_partial_write(&self) -> bool {
@@ -171,12 +184,24 @@ struct TieredMissHandler {
     place: Option<Place>,
     meta: StoredFields,
     chunks: Vec<Bytes>,
+    body_len: usize,
+    /// The body outgrew what the disk takes: no longer kept for it.
+    too_large: bool,
 }
 
 #[async_trait]
 impl HandleMiss for TieredMissHandler {
     async fn write_body(&mut self, data: Bytes, eof: bool) -> Result<()> {
-        self.chunks.push(data.clone());
+        if !self.too_large {
+            self.body_len += data.len();
+            if self.body_len > self.disk.max_object() {
+                // Not kept for a disk that will not take it.
+                self.too_large = true;
+                self.chunks = Vec::new();
+            } else {
+                self.chunks.push(data.clone());
+            }
+        }
         self.memory.write_body(data, eof).await
     }
 
@@ -184,8 +209,12 @@ impl HandleMiss for TieredMissHandler {
         let this = *self;
         let finished = this.memory.finish().await?;
         // Only a complete body gets here: a response cut short drops the handler instead.
-        this.disk
-            .write_behind(this.key, this.place, this.meta, this.chunks);
+        if this.too_large {
+            this.disk.skipped();
+        } else {
+            this.disk
+                .write_behind(this.key, this.place, this.meta, this.chunks);
+        }
         Ok(finished)
     }
 }

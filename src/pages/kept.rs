@@ -179,7 +179,12 @@ impl KeptPages {
             .filter_map(|url| self.path_of(url).file_name().map(|n| n.to_os_string()))
             .collect();
         for entry in entries.flatten() {
-            if !names.contains(&entry.file_name()) {
+            let name = entry.file_name();
+            let text = name.to_string_lossy();
+            // Only what this module writes: 32 hex digits, or a temporary file.
+            let ours = crate::state::is_temporary(&text)
+                || (text.len() == 32 && text.chars().all(|c| c.is_ascii_hexdigit()));
+            if ours && !names.contains(&name) {
                 let _ = std::fs::remove_file(entry.path());
             }
         }

@@ -456,6 +456,17 @@ impl EdgeSettings {
                 .map_or_else(|| state_dir.join("cache"), |path| base.join(path)),
             size: disk.size.0,
         });
+        if let Some(disk) = &cache_disk {
+            if disk.path == state_dir || disk.path.starts_with(state_dir.join("pages")) {
+                err(
+                    "cache.disk.path",
+                    format!(
+                        "{} is the state folder or its pages folder; give the disk tier a folder of its own (default: cache/ in state_dir)",
+                        disk.path.display()
+                    ),
+                );
+            }
+        }
         match &cache_disk {
             None if cache_max_object > cache_memory => {
                 err("cache.max_object", "is larger than cache.memory".into());
@@ -783,6 +794,48 @@ mod tests {
             "source: {{etcd: {{endpoints: [\"http://h:1\"], edge_id: {longest}}}}}\n"
         ))
         .is_empty());
+    }
+
+    #[test]
+    fn the_state_folder_and_the_disk_tier_have_defaults_and_checks() {
+        let s = settings("threads: 1\n").unwrap();
+        assert_eq!(s.state_dir, Path::new("conf/state"));
+        assert_eq!(s.cache_disk, None, "no disk tier unless configured");
+        let s = settings("state_dir: /var/lib/edge\ncache: {disk: {size: 1GiB}}\n").unwrap();
+        assert_eq!(
+            s.cache_disk,
+            Some(DiskSettings {
+                path: PathBuf::from("/var/lib/edge/cache"),
+                size: 1 << 30
+            })
+        );
+        let s =
+            settings("cache: {memory: 1MiB, max_object: 64MiB, disk: {path: big, size: 1GiB}}\n").unwrap();
+        assert_eq!(
+            s.cache_max_object,
+            64 << 20,
+            "larger than memory with a disk tier"
+        );
+        assert_eq!(s.cache_disk.map(|d| d.path), Some(PathBuf::from("conf/big")));
+        for (yaml, key) in [
+            ("cache: {disk: {size: 0}}\n", "cache.disk.size"),
+            ("cache: {disk: {path: state, size: 1GiB}}\n", "cache.disk.path"),
+            (
+                "cache: {disk: {path: state/pages/x, size: 1GiB}}\n",
+                "cache.disk.path",
+            ),
+            (
+                "cache: {memory: 1MiB, max_object: 2GiB, disk: {size: 1GiB}}\n",
+                "cache.max_object",
+            ),
+            ("cache: {disk: {path: x}}\n", "cache"),
+        ] {
+            let e = settings(yaml).unwrap_err();
+            assert!(e.0[0].key.starts_with(key), "{yaml}: {e}");
+        }
+        let s = settings("threads: 1\n").unwrap();
+        let moved = settings("threads: 1\nstate_dir: elsewhere\ncache: {disk: {size: 1GiB}}\n").unwrap();
+        assert_eq!(s.restart_needed_for(&moved), ["cache.disk", "state_dir"]);
     }
 
     #[test]

@@ -24,6 +24,9 @@ use tokio::sync::watch;
 /// The lock file's name in a folder; it holds the writer's process id.
 pub const LOCK_FILE: &str = "lock";
 
+/// How long a process waits to take a folder over before it says so in the log.
+const TAKEOVER_PATIENCE: Duration = Duration::from_secs(30);
+
 /// How often a process waiting to take a folder over checks its lock.
 const TAKEOVER_POLL: Duration = Duration::from_millis(100);
 
@@ -157,6 +160,8 @@ impl Folder {
             return;
         }
         let lock_path = self.path.join(LOCK_FILE);
+        let started = tokio::time::Instant::now();
+        let mut warned = false;
         loop {
             let taken = std::fs::OpenOptions::new()
                 .read(true)
@@ -172,6 +177,16 @@ impl Folder {
                 info!("state folder {}: taken over", self.path.display());
                 self.role.send_replace(Role::Writer);
                 return;
+            }
+            if !warned && started.elapsed() > TAKEOVER_PATIENCE {
+                warned = true;
+                let holder = std::fs::read_to_string(&lock_path).unwrap_or_default();
+                warn!(
+                    "state folder {}: still written by pid {} after {:?}; send it SIGQUIT to hand over (this process reads the folder until then)",
+                    self.path.display(),
+                    holder.trim(),
+                    TAKEOVER_PATIENCE
+                );
             }
             tokio::time::sleep(TAKEOVER_POLL).await;
         }

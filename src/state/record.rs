@@ -105,7 +105,9 @@ fn parse_prefix(bytes: &[u8], kind: [u8; 4], file_len: u64) -> Result<Prefix, Re
     if head_len > MAX_HEAD {
         return Err(ReadError::Corrupt(format!("declares a {head_len} byte head")));
     }
-    let whole = PREFIX_LEN as u64 + head_len as u64 + body_len;
+    let whole = (PREFIX_LEN as u64 + head_len as u64)
+        .checked_add(body_len)
+        .ok_or_else(|| ReadError::Corrupt(format!("declares a {body_len} byte body")))?;
     if whole != file_len {
         return Err(ReadError::Corrupt(format!(
             "{file_len} bytes where the record declares {whole}"
