@@ -243,10 +243,9 @@ async fn killed_while_writing_a_50_mib_object_it_is_complete_or_absent_after_res
     // Once the client has the whole object, kill the edge the moment the object's temporary
     // file appears (the disk write starts when the response ends). A write done before it is
     // seen leaves the object whole: tried again with another object.
-    let mut killed_at = None;
-    let mut path = String::new();
+    let mut killed = None;
     for attempt in 0..5 {
-        path = format!("/big/{attempt}");
+        let path = format!("/big/{attempt}");
         origin.route(&path, cacheable(big.clone()));
         let client_done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (dir, pid, done) = (edge.dir().to_path_buf(), edge.pid(), client_done.clone());
@@ -270,15 +269,14 @@ async fn killed_while_writing_a_50_mib_object_it_is_complete_or_absent_after_res
         client_done.store(true, std::sync::atomic::Ordering::SeqCst);
         assert_eq!(got.status, 200);
         assert_eq!(got.body.len(), SIZE, "the client got the whole object");
-        killed_at = watcher.join().expect("watcher").filter(|n| *n < SIZE as u64);
-        if killed_at.is_some() {
+        if watcher.join().expect("watcher").is_some_and(|n| n < SIZE as u64) {
+            killed = Some(path);
             break;
         }
     }
-    assert!(
-        killed_at.is_some(),
-        "the edge was never killed mid-write in 5 tries"
-    );
+    let Some(path) = killed else {
+        panic!("the edge was never killed mid-write in 5 tries");
+    };
     origin.stop();
     let edge = tokio::task::spawn_blocking(move || edge.restart(options))
         .await
