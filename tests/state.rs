@@ -283,7 +283,7 @@ async fn killed_while_writing_a_50_mib_object_it_is_complete_or_absent_after_res
         .expect("restart");
     let got = get(
         &common::client_with(&edge, Proto::H1, &[EXP], false),
-        &edge.url(EXP, "/big"),
+        &edge.url(EXP, &path),
     )
     .await;
     match got.status {
