@@ -950,17 +950,19 @@ mod tests {
 
     #[tokio::test]
     async fn the_tier_evicts_the_least_recently_used_to_stay_within_its_size() {
+        // 800-byte bodies (about 950 bytes stored), within an eighth of 8,000: eight fit.
         let dir = tempfile::tempdir().expect("tempdir");
-        let disk = open(dir.path(), 3000);
+        let disk = open(dir.path(), 8000);
         disk.prepare().await;
-        for n in 1..=3 {
+        for n in 1..=8 {
             put(disk, n, &format!("/{n}"), &[b'x'; 800]).await;
         }
+        assert_eq!(disk.stats().evictions, 0);
         // Used most recently: kept.
         assert!(disk.lookup(key(1)).await.is_some());
-        put(disk, 4, "/4", &[b'x'; 800]).await;
+        put(disk, 9, "/9", &[b'x'; 800]).await;
         let stats = disk.stats();
-        assert!(stats.used <= 3000, "{stats:?}");
+        assert!(stats.used <= 8000, "{stats:?}");
         assert_eq!(stats.evictions, 1, "{stats:?}");
         assert!(
             disk.lookup(key(2)).await.is_none(),
@@ -968,6 +970,11 @@ mod tests {
         );
         assert!(!disk.path_of(&key(2)).exists());
         assert!(disk.lookup(key(1)).await.is_some());
+        // Larger than an eighth: not written.
+        let skipped = disk.stats().writes_skipped;
+        let stored = MetaFields::of(&meta()).stored();
+        disk.write_behind(key(10), place("/10"), stored, vec![Bytes::from(vec![b'x'; 1001])]);
+        assert_eq!(disk.stats().writes_skipped, skipped + 1);
     }
 
     #[tokio::test]
@@ -1061,22 +1068,12 @@ mod tests {
         queue_write(disk, 3, "/docs/soft");
         assert_eq!(disk.stats().writes, 0, "none landed yet");
         disk.remove(&key(1));
-        // Nothing stored yet, so the purges count nothing; the queued writes honour them.
-        assert_eq!(
-            disk.purge_scope(
-                "a.example.com",
-                None,
-                Scope::Targets(&["/docs/hard".into()]),
-                false
-            )
-            .await,
-            0
-        );
-        assert_eq!(
-            disk.purge_scope("a.example.com", None, Scope::Prefix("/docs/soft"), true)
-                .await,
-            0
-        );
+        // What the purges count depends on which writes landed meanwhile; what is left is not.
+        let hard = ["/docs/hard".to_string()];
+        disk.purge_scope("a.example.com", None, Scope::Targets(&hard), false)
+            .await;
+        disk.purge_scope("a.example.com", None, Scope::Prefix("/docs/soft"), true)
+            .await;
         settle(disk).await;
         assert!(disk.lookup(key(1)).await.is_none(), "purged by key");
         assert!(disk.lookup(key(2)).await.is_none(), "purged by scope");
