@@ -80,8 +80,10 @@ pub fn main_with(filters: FilterRegistry) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let admin_token = match admin::load_token(snapshot.edge.admin_token_file.as_ref()) {
-        Ok(token) => token,
+    let admin_tokens = match admin::load_token(snapshot.edge.admin_token_file.as_ref())
+        .and_then(|token| admin::access::Tokens::new(token, snapshot.edge.admin_tokens_file.clone()))
+    {
+        Ok(tokens) => tokens,
         Err(e) => {
             eprintln!("{}: {e}", cli.conf.display());
             return ExitCode::FAILURE;
@@ -120,7 +122,7 @@ pub fn main_with(filters: FilterRegistry) -> ExitCode {
         }
     };
     let admin = Admin {
-        token: admin_token,
+        tokens: admin_tokens,
         cert: admin_cert,
     };
     let loaded = Loaded {
@@ -212,7 +214,7 @@ async fn etcd_files_on(
 /// How the admin API is served: its token (none: not at all) and its certificate (none:
 /// cleartext, on loopback only).
 struct Admin {
-    token: Option<String>,
+    tokens: admin::access::Tokens,
     cert: Option<Arc<rustls::sign::CertifiedKey>>,
 }
 
@@ -298,9 +300,9 @@ fn run(
     }
     server.add_service(proxy);
     let admin_listen = runtime.settings.admin_listen;
-    match admin.token {
-        Some(token) => {
-            let mut api = Service::new("admin".to_string(), AdminApi::new(runtime.clone(), token));
+    match Some(admin.tokens).filter(|tokens| tokens.any()) {
+        Some(tokens) => {
+            let mut api = Service::new("admin".to_string(), AdminApi::new(runtime.clone(), tokens));
             let endpoint = ListenerConfig::tcp(admin_listen.to_string());
             match admin
                 .cert
@@ -316,7 +318,7 @@ fn run(
             server.add_service(api);
         }
         None if admin_listen.ip().is_loopback() => log::warn!(
-            "admin API not started: no token (set admin.token_file or {})",
+            "admin API not started: no token (set admin.tokens_file, admin.token_file or {})",
             admin::TOKEN_ENV
         ),
         None => log::warn!("admin API refuses to listen on the non-loopback {admin_listen} without a token"),
@@ -443,7 +445,7 @@ impl BackgroundService for Control {
     async fn start(&self, shutdown: ShutdownWatch) {
         // In a fleet, operations other edges received (purges...) are performed here too.
         let (ops, mut received) = tokio::sync::mpsc::channel(64);
-        let replayer = AdminApi::new(self.runtime.clone(), String::new());
+        let replayer = AdminApi::new(self.runtime.clone(), admin::access::Tokens::none());
         // Outside a fleet nothing is ever received: only the edge's own work ends this service.
         let replay = async {
             while let Some(op) = received.recv().await {

@@ -13,6 +13,7 @@ use crate::spec::values::percent_decode;
 use crate::spec::{
     CodePattern, ConfigError, ConfigErrors, DomainName, Location, PageUrl, RuleSpec, Source, VariantSpec,
 };
+use access::{Permission, Principal, Refused, Tokens};
 use async_trait::async_trait;
 use http::{Method, Response, StatusCode};
 use log::{info, warn};
@@ -24,6 +25,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 /// Request bodies larger than this are refused; a rule is a few hundred bytes.
+pub mod access;
 mod cache;
 mod console;
 
@@ -34,7 +36,8 @@ pub const TOKEN_ENV: &str = "CUSTOM_PAGES_ADMIN_TOKEN";
 /// The admin API as a Pingora HTTP app (`ServeHttp`).
 pub struct AdminApi {
     runtime: Arc<Runtime>,
-    token: String,
+    /// Every token accepted, and what each may do.
+    tokens: Tokens,
     /// Serializes read-modify-write of domain specs.
     writes: tokio::sync::Mutex<()>,
     /// Pages served lately, for the console.
@@ -58,6 +61,8 @@ struct ApiError {
     message: String,
     field: Option<String>,
     details: Vec<ConfigError>,
+    /// What a refused caller would need (`rules on b.test`).
+    needed: Option<String>,
 }
 
 impl ApiError {
@@ -67,6 +72,19 @@ impl ApiError {
             message: message.into(),
             field: None,
             details: Vec::new(),
+            needed: None,
+        }
+    }
+
+    /// `403`: `principal` may not do `permission` on `domain`.
+    fn refused(principal: &Principal, permission: Permission, domain: &str) -> ApiError {
+        let needed = Principal::needed(permission, domain);
+        ApiError {
+            needed: Some(needed.clone()),
+            ..ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("token {} may not do this: it needs {needed}", principal.name),
+            )
         }
     }
     fn field(field: &str, message: impl Into<String>) -> ApiError {
@@ -201,17 +219,18 @@ struct RuleBody {
 }
 
 impl AdminApi {
-    /// An API over `runtime` accepting `token` as bearer token.
-    pub fn new(runtime: Arc<Runtime>, token: String) -> AdminApi {
+    /// An API over `runtime` accepting `tokens`.
+    pub fn new(runtime: Arc<Runtime>, tokens: Tokens) -> AdminApi {
         AdminApi {
             runtime,
-            token,
+            tokens,
             writes: tokio::sync::Mutex::new(()),
             activity: console::Activity::new(),
         }
     }
 
-    fn authorized(&self, session: &ServerSession) -> bool {
+    /// The caller, from its bearer token and address.
+    fn principal(&self, session: &ServerSession) -> Result<Principal, Refused> {
         let presented = session
             .req_header()
             .headers
@@ -219,17 +238,34 @@ impl AdminApi {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
-        constant_time_eq(presented.trim().as_bytes(), self.token.as_bytes())
+        let client = session
+            .client_addr()
+            .and_then(|addr| addr.as_inet())
+            .map(|addr| addr.ip());
+        self.tokens.authenticate(presented, client)
     }
 
-    async fn route(&self, session: &mut ServerSession) -> ApiResult {
+    async fn route(&self, session: &mut ServerSession, who: &Principal) -> ApiResult {
+        // Every route names what it needs before it reads or changes anything.
+        let need = |permission: Permission, domain: &str| {
+            if who.may(permission, domain) {
+                Ok(())
+            } else {
+                Err(ApiError::refused(who, permission, domain))
+            }
+        };
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_string();
         let segments: Vec<String> = path.trim_matches('/').split('/').map(percent_decode).collect();
         let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
         match (&method, segments.as_slice()) {
+            (&Method::GET, ["api", "token"]) => Ok((StatusCode::OK, who.view())),
             (&Method::GET, ["api", "status"]) => {
                 let mut status = json!(self.runtime.status());
+                if !who.sees_all() {
+                    // Errors name files and keys of any domain.
+                    status["errors"] = json!([]);
+                }
                 status["state"] = json!(self.runtime.state_status());
                 status["cache"] = json!({
                     "memory": {
@@ -242,35 +278,48 @@ impl AdminApi {
             }
             (&Method::GET, ["api", "domains"]) => {
                 let page = DomainPage::parse(session.req_header().uri.query())?;
-                Ok((StatusCode::OK, self.list_domains(&page)))
+                Ok((StatusCode::OK, self.list_domains(&page, who)))
             }
-            (&Method::GET, ["api", "domains", domain, "custom-pages"]) => self.domain_rules(domain),
+            (&Method::GET, ["api", "domains", domain, "custom-pages"]) => {
+                need(Permission::Read, domain)?;
+                self.domain_rules(domain)
+            }
             (&Method::PUT, ["api", "domains", domain]) => {
+                need(Permission::Domains, domain)?;
                 let body = read_body(session).await?;
                 self.put_domain(domain, &body).await
             }
-            (&Method::DELETE, ["api", "domains", domain]) => self.delete_domain(domain).await,
+            (&Method::DELETE, ["api", "domains", domain]) => {
+                need(Permission::Domains, domain)?;
+                self.delete_domain(domain).await
+            }
             (&Method::PUT, ["api", "domains", domain, "custom-pages", code]) => {
+                need(Permission::Rules, domain)?;
                 let body = read_body(session).await?;
                 self.put_rule(domain, code, &body).await
             }
             (&Method::DELETE, ["api", "domains", domain, "custom-pages", code]) => {
+                need(Permission::Rules, domain)?;
                 self.delete_rule(domain, code).await
             }
             (&Method::GET, ["api", "domains", domain, "custom-pages", code, "page"]) => {
+                need(Permission::Read, domain)?;
                 self.stored_page(domain, code)
             }
             (&Method::POST, ["api", "domains", domain, "purge"]) => {
+                need(Permission::Cache, domain)?;
                 let request = parse_json_body(&read_body(session).await?)?;
                 let domain = domain.to_string();
                 self.operate(Operation::Purge { domain, request }).await
             }
             (&Method::POST, ["api", "domains", domain, "prefetch"]) => {
+                need(Permission::Cache, domain)?;
                 let request = parse_json_body(&read_body(session).await?)?;
                 let domain = domain.to_string();
                 self.operate(Operation::Prefetch { domain, request }).await
             }
             (&Method::POST, ["api", "domains", domain, "custom-pages", code, "refresh"]) => {
+                need(Permission::Cache, domain)?;
                 let (domain, code) = (domain.to_string(), code.to_string());
                 self.operate(Operation::RefreshPage { domain, code }).await
             }
@@ -290,6 +339,7 @@ impl AdminApi {
             (
                 _,
                 ["api", "status"]
+                | ["api", "token"]
                 | ["api", "fleet"]
                 | ["api", "domains"]
                 | ["api", "domains", _]
@@ -308,11 +358,11 @@ impl AdminApi {
 
     /// One page of the domains, in name order, after the page's cursor and matching its filter;
     /// `next` is the cursor of the following page (`null` on the last).
-    fn list_domains(&self, page: &DomainPage) -> Value {
+    fn list_domains(&self, page: &DomainPage, who: &Principal) -> Value {
         let routes = self.runtime.routes();
         let mut matching = routes
             .iter_after(page.cursor.as_deref())
-            .filter(|d| page.admits(&d.label));
+            .filter(|d| page.admits(&d.label) && who.may(Permission::Read, &d.label));
         let list: Vec<Value> = matching
             .by_ref()
             .take(page.limit)
@@ -731,24 +781,28 @@ impl ServeHttp for AdminApi {
                 return asset;
             }
         }
+        let who = self.principal(session);
         if req.uri.path() == "/metrics" && req.method == Method::GET {
-            // Scrapers on the same machine need no token; anywhere else they do.
-            if self.runtime.settings.admin_listen.ip().is_loopback() || self.authorized(session) {
+            // Scrapers on the same machine need no token; anywhere else, one that sees all.
+            if self.runtime.settings.admin_listen.ip().is_loopback()
+                || who.as_ref().is_ok_and(|who| who.is(Permission::Read))
+            {
                 return metrics_response(&self.runtime);
             }
         }
-        if !self.authorized(session) {
-            let mut resp = json_response(
-                StatusCode::UNAUTHORIZED,
-                &json!({"error": "missing or wrong token: send Authorization: Bearer <token>"}),
-            );
-            resp.headers_mut().insert(
-                http::header::WWW_AUTHENTICATE,
-                http::HeaderValue::from_static("Bearer"),
-            );
-            return resp;
-        }
-        match self.route(session).await {
+        let who = match who {
+            Ok(who) => who,
+            Err(refused) => {
+                let mut resp =
+                    json_response(StatusCode::UNAUTHORIZED, &json!({"error": refused.to_string()}));
+                resp.headers_mut().insert(
+                    http::header::WWW_AUTHENTICATE,
+                    http::HeaderValue::from_static("Bearer"),
+                );
+                return resp;
+            }
+        };
+        match self.route(session, &who).await {
             Ok((status, body)) => json_response(status, &body),
             Err(e) => {
                 let mut body = json!({"error": e.message});
@@ -757,6 +811,9 @@ impl ServeHttp for AdminApi {
                 }
                 if !e.details.is_empty() {
                     body["details"] = json!(e.details);
+                }
+                if let Some(needed) = e.needed {
+                    body["needed"] = json!(needed);
                 }
                 json_response(e.status, &body)
             }
@@ -876,11 +933,6 @@ fn conflict(errors: ConfigErrors) -> ApiError {
     }
 }
 
-/// Compares secrets without leaking where they differ through timing.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -934,12 +986,5 @@ mod tests {
         assert_eq!(percent_decode("%2A.example.com"), "*.example.com");
         assert_eq!(percent_decode("5xx"), "5xx");
         assert_eq!(percent_decode("bad%zz"), "bad%zz");
-    }
-
-    #[test]
-    fn token_comparison() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secret", b"secreT"));
-        assert!(!constant_time_eq(b"", b"secret"));
     }
 }

@@ -263,9 +263,13 @@ pub struct AdminSection {
     /// Address of the admin API.
     #[serde(default = "default_admin_listen")]
     pub listen: String,
-    /// File holding the bearer token (else `CUSTOM_PAGES_ADMIN_TOKEN`).
+    /// File holding the bearer token (else `CUSTOM_PAGES_ADMIN_TOKEN`): an `admin` token
+    /// named `default`.
     #[serde(default)]
     pub token_file: Option<PathBuf>,
+    /// Named tokens with permissions over domains (YAML; read again when it changes).
+    #[serde(default)]
+    pub tokens_file: Option<PathBuf>,
     /// Serve the API over TLS with this certificate (required off loopback).
     #[serde(default)]
     pub tls: Option<CertSpec>,
@@ -276,6 +280,7 @@ impl Default for AdminSection {
         AdminSection {
             listen: default_admin_listen(),
             token_file: None,
+            tokens_file: None,
             tls: None,
         }
     }
@@ -316,6 +321,8 @@ pub struct EdgeSettings {
     pub admin_listen: SocketAddr,
     /// File holding the admin token, if any.
     pub admin_token_file: Option<PathBuf>,
+    /// File of named admin tokens, if any.
+    pub admin_tokens_file: Option<PathBuf>,
     /// The admin API's certificate (paths resolved), if it serves TLS.
     pub admin_tls: Option<CertSpec>,
     /// Where the access log goes.
@@ -612,6 +619,7 @@ impl EdgeSettings {
                 domains_dir: base.join(&raw.domains),
                 admin_listen,
                 admin_token_file: raw.admin.token_file.map(|p| base.join(p)),
+                admin_tokens_file: raw.admin.tokens_file.map(|p| base.join(p)),
                 admin_tls: raw.admin.tls.map(resolve),
                 access_log: AccessLogTarget::parse(&raw.access_log, base),
                 access_log_format: raw.access_log_format,
@@ -651,6 +659,10 @@ impl EdgeSettings {
         check(
             "admin.token_file",
             self.admin_token_file != newer.admin_token_file,
+        );
+        check(
+            "admin.tokens_file",
+            self.admin_tokens_file != newer.admin_tokens_file,
         );
         check("admin.tls", self.admin_tls != newer.admin_tls);
         check("access_log", self.access_log != newer.access_log);

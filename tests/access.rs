@@ -1,0 +1,206 @@
+//! Scoped access to the admin API with the real binary: named tokens from `admin.tokens_file`,
+//! each with permissions over some domains; every call checked, listings scoped, the file read
+//! again when it changes.
+
+mod common;
+
+use common::admin::{bearer, rule_path, Answer};
+use common::origin::Origin;
+use common::{domain_yaml, Admin, Edge, EdgeOptions};
+use reqwest::Method;
+use serde_json::json;
+
+const A: &str = "a.test";
+const B: &str = "b.test";
+
+fn sha256(token: &str) -> String {
+    ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A tokens file entry.
+fn entry(name: &str, token: &str, permissions: &str, domains: &str, extra: &str) -> String {
+    format!(
+        "- {{name: {name}, sha256: {}, permissions: [{permissions}], domains: [{domains}]{extra}}}\n",
+        sha256(token)
+    )
+}
+
+async fn start(origin: &Origin, tokens: &str) -> Edge {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("domains")).expect("domains");
+    for (file, domain) in [("a.yaml", A), ("b.yaml", B)] {
+        let rules = format!("custom_pages:\n  - {{code: 404, url: \"http://{domain}/e404.html\"}}\n");
+        std::fs::write(
+            dir.path().join("domains").join(file),
+            domain_yaml(domain, origin.addr(), &rules),
+        )
+        .expect("domain");
+    }
+    std::fs::write(dir.path().join("tokens.yaml"), tokens).expect("tokens");
+    let options = EdgeOptions {
+        admin_extra: "  tokens_file: tokens.yaml\n".into(),
+        ..EdgeOptions::default()
+    };
+    common::start_edge_in(dir, options).await
+}
+
+/// One call with `token`.
+async fn call(
+    admin: &Admin,
+    token: &str,
+    method: Method,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> Answer {
+    let body = body.map(|b| b.to_string());
+    admin
+        .call(method, path, Some(&bearer(token)), body.as_deref())
+        .await
+}
+
+fn rule(url: &str) -> serde_json::Value {
+    json!({ "url": url })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_scoped_token_does_what_it_may_on_its_domains_and_nothing_else() {
+    let origin = Origin::start().await;
+    let tokens =
+        entry("a-rules", "tok-a", "rules", "a.test", "") + &entry("reader", "tok-r", "read", "\"*\"", "");
+    let edge = start(&origin, &tokens).await;
+    let admin = Admin::new(&edge);
+
+    // Its own domain: rules change.
+    let put = call(
+        &admin,
+        "tok-a",
+        Method::PUT,
+        &rule_path(A, "500"),
+        Some(&rule("http://a.test/e500.html")),
+    )
+    .await;
+    assert_eq!(put.status, 201, "created: {put:?}");
+    assert_eq!(admin.rules(A).await.len(), 2);
+
+    // Another domain: not readable, not changeable, not listed.
+    let before = admin.rules(B).await;
+    for (method, path, body) in [
+        (Method::GET, format!("/api/domains/{B}/custom-pages"), None),
+        (
+            Method::PUT,
+            rule_path(B, "500"),
+            Some(rule("http://b.test/e500.html")),
+        ),
+        (Method::DELETE, rule_path(B, "404"), None),
+    ] {
+        let refused = call(&admin, "tok-a", method.clone(), &path, body.as_ref()).await;
+        assert_eq!(refused.status, 403, "{method} {path}: {refused:?}");
+        assert!(
+            refused.json["needed"]
+                .as_str()
+                .is_some_and(|n| n.ends_with("on b.test")),
+            "{refused:?}"
+        );
+    }
+    assert_eq!(admin.rules(B).await, before, "nothing changed on b.test");
+    let listed = call(&admin, "tok-a", Method::GET, "/api/domains", None).await;
+    let names: Vec<&str> = listed.json["domains"]
+        .as_array()
+        .map(|l| l.iter().filter_map(|d| d["domain"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(names, [A], "{listed:?}");
+
+    // Its own domain, without the permission: no purge, no deletion.
+    let purge = call(
+        &admin,
+        "tok-a",
+        Method::POST,
+        &format!("/api/domains/{A}/purge"),
+        Some(&json!({"all": true})),
+    )
+    .await;
+    assert_eq!(
+        (purge.status, purge.json["needed"].as_str()),
+        (403, Some("cache on a.test")),
+        "{purge:?}"
+    );
+    let delete = call(
+        &admin,
+        "tok-a",
+        Method::DELETE,
+        &format!("/api/domains/{A}"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (delete.status, delete.json["needed"].as_str()),
+        (403, Some("domains on a.test"))
+    );
+    assert_eq!(admin.domains().await.len(), 2, "both domains still served");
+
+    // A read token sees everything and changes nothing.
+    let all = call(&admin, "tok-r", Method::GET, "/api/domains", None).await;
+    assert_eq!(all.json["domains"].as_array().map(Vec::len), Some(2), "{all:?}");
+    for domain in [A, B] {
+        let put = call(
+            &admin,
+            "tok-r",
+            Method::PUT,
+            &rule_path(domain, "503"),
+            Some(&rule("http://a.test/x.html")),
+        )
+        .await;
+        assert_eq!(put.status, 403, "{put:?}");
+    }
+    assert_eq!(admin.rules(A).await.len(), 2);
+    let me = call(&admin, "tok-r", Method::GET, "/api/token", None).await;
+    assert_eq!(
+        me.json,
+        json!({"name": "reader", "permissions": ["read"], "domains": ["*"]})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expired_tokens_other_networks_and_unknown_tokens_are_refused_and_new_ones_work_at_once() {
+    let origin = Origin::start().await;
+    let tokens = entry(
+        "old",
+        "tok-old",
+        "admin",
+        "\"*\"",
+        ", expires: \"2020-01-01T00:00:00Z\"",
+    ) + &entry("lan", "tok-lan", "admin", "\"*\"", ", networks: [10.0.0.0/8]");
+    let edge = start(&origin, &tokens).await;
+    let admin = Admin::new(&edge);
+    for (token, says) in [
+        ("tok-old", "token old has expired"),
+        ("tok-lan", "token lan is not accepted from this address"),
+        ("nope", "missing or wrong token"),
+    ] {
+        let refused = call(&admin, token, Method::GET, "/api/status", None).await;
+        assert_eq!(refused.status, 401, "{token}: {refused:?}");
+        assert!(
+            refused.json["error"].as_str().is_some_and(|e| e.contains(says)),
+            "{refused:?}"
+        );
+    }
+    // A token added to the file works at its next call, without a restart.
+    let more = tokens + &entry("new", "tok-new", "cache", "a.test", "");
+    std::fs::write(edge.dir().join("tokens.yaml"), more).expect("tokens");
+    let purge = call(
+        &admin,
+        "tok-new",
+        Method::POST,
+        &format!("/api/domains/{A}/purge"),
+        Some(&json!({"all": true})),
+    )
+    .await;
+    assert_eq!(purge.status, 200, "{purge:?}");
+    // The default token (the environment's) is an admin token named default.
+    let me = admin.get("/api/token").await;
+    assert_eq!(me.json["name"], "default");
+}
