@@ -53,6 +53,31 @@ enum Command {
         #[command(subcommand)]
         action: EtcdAction,
     },
+    /// Manage the named admin tokens of the edge file's `admin.tokens_file`.
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum TokenAction {
+    /// Adds a token named NAME and prints it, alone, once (the file keeps only its SHA-256).
+    New {
+        name: String,
+        /// Comma-separated: read, rules, cache, domains, admin.
+        #[arg(long, value_delimiter = ',', required = true)]
+        permissions: Vec<String>,
+        /// Comma-separated domain names, *.domain, or "*" for all.
+        #[arg(long, value_delimiter = ',', required = true)]
+        domains: Vec<String>,
+        /// How long it is valid (90d, 12h...); none: no expiry.
+        #[arg(long)]
+        expires: Option<String>,
+        /// Comma-separated networks (CIDR) it is accepted from; none: anywhere.
+        #[arg(long, value_delimiter = ',')]
+        networks: Vec<String>,
+    },
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -68,8 +93,10 @@ enum EtcdAction {
 pub fn main_with(filters: FilterRegistry) -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
-    if let Some(Command::Etcd { action }) = &cli.command {
-        return etcd_files(&cli.conf, action, &filters);
+    match &cli.command {
+        Some(Command::Etcd { action }) => return etcd_files(&cli.conf, action, &filters),
+        Some(Command::Token { action }) => return token_command(&cli.conf, action),
+        None => {}
     }
     let opened = source::open(&cli.conf);
     let source = opened.specs;
@@ -207,6 +234,49 @@ async fn etcd_files_on(
                 held.len(),
                 dir.display()
             ))
+        }
+    }
+}
+
+/// `custom-pages token new`: the token on standard output, or what is wrong on standard error.
+fn token_command(conf: &std::path::Path, action: &TokenAction) -> ExitCode {
+    let TokenAction::New {
+        name,
+        permissions,
+        domains,
+        expires,
+        networks,
+    } = action;
+    let added = std::fs::read_to_string(conf)
+        .map_err(|e| format!("{}: cannot read the file: {e}", conf.display()))
+        .and_then(|text| crate::spec::EdgeSettings::from_yaml(conf, &text).map_err(|e| e.to_string()))
+        .and_then(|edge| {
+            let file = edge.admin_tokens_file.ok_or_else(|| {
+                format!(
+                    "{}: admin.tokens_file: not set; name the file tokens are kept in",
+                    conf.display()
+                )
+            })?;
+            let expires = expires
+                .as_deref()
+                .map(|d| {
+                    humantime::parse_duration(d)
+                        .map(|d| {
+                            humantime::format_rfc3339_seconds(std::time::SystemTime::now() + d).to_string()
+                        })
+                        .map_err(|e| format!("--expires {d:?}: {e} (expected a duration like 90d)"))
+                })
+                .transpose()?;
+            admin::access::add_token(&file, name, permissions, domains, expires.as_deref(), networks)
+        });
+    match added {
+        Ok(token) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
         }
     }
 }

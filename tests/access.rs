@@ -204,3 +204,83 @@ async fn expired_tokens_other_networks_and_unknown_tokens_are_refused_and_new_on
     let me = admin.get("/api/token").await;
     assert_eq!(me.json["name"], "default");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_eleventh_wrong_token_in_a_minute_is_told_to_wait() {
+    let origin = Origin::start().await;
+    let edge = start(&origin, "").await;
+    let admin = Admin::new(&edge);
+    for n in 1..=10 {
+        let wrong = call(&admin, &format!("guess-{n}"), Method::GET, "/api/status", None).await;
+        assert_eq!(wrong.status, 401, "attempt {n}: {wrong:?}");
+    }
+    let eleventh = admin
+        .call(Method::GET, "/api/status", Some(&bearer("guess-11")), None)
+        .await;
+    assert_eq!(eleventh.status, 429, "{eleventh:?}");
+    let text = &eleventh.text;
+    assert!(text.contains("wait"), "{text}");
+    // Even a right token waits: guessing gains nothing by ending with it.
+    assert_eq!(admin.get("/api/status").await.status, 429);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn token_new_prints_a_token_that_works_at_once() {
+    let origin = Origin::start().await;
+    let edge = start(&origin, "").await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_custom-pages"))
+        .args(["token", "new", "-c"])
+        .arg(edge.dir().join("edge.yaml"))
+        .args([
+            "shop",
+            "--permissions",
+            "rules,cache",
+            "--domains",
+            "a.test",
+            "--expires",
+            "90d",
+        ])
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "the token alone: {stdout}");
+    let token = lines[0];
+    assert_eq!(token.len(), 64, "{token}");
+    let file = std::fs::read_to_string(edge.dir().join("tokens.yaml")).expect("tokens");
+    assert!(!file.contains(token), "the file keeps only the digest");
+    assert!(file.contains(&sha256(token)));
+    let admin = Admin::new(&edge);
+    let me = call(&admin, token, Method::GET, "/api/token", None).await;
+    assert_eq!(
+        me.json,
+        json!({"name": "shop", "permissions": ["rules", "cache"], "domains": ["a.test"]})
+    );
+    let put = call(
+        &admin,
+        token,
+        Method::PUT,
+        &rule_path(A, "500"),
+        Some(&rule("http://a.test/e500.html")),
+    )
+    .await;
+    assert_eq!(put.status, 201, "{put:?}");
+    // A bad permission is refused, naming it, and the file is left as it was.
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_custom-pages"))
+        .args(["token", "new", "-c"])
+        .arg(edge.dir().join("edge.yaml"))
+        .args(["x", "--permissions", "everything", "--domains", "a.test"])
+        .output()
+        .expect("run");
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("tokens.yaml"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(edge.dir().join("tokens.yaml")).expect("tokens"),
+        file
+    );
+}

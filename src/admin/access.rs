@@ -285,6 +285,56 @@ fn parse_entries(file: &Path, text: &str) -> Result<Vec<Token>, String> {
     }
 }
 
+/// Adds a token to `file` (made if missing) and returns it: 32 random bytes, hex. The entry is
+/// checked as the edge would read it, with the file's other entries, before anything is
+/// written; the file is replaced atomically.
+pub fn add_token(
+    file: &Path,
+    name: &str,
+    permissions: &[String],
+    domains: &[String],
+    expires: Option<&str>,
+    networks: &[String],
+) -> Result<String, String> {
+    let mut bytes = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .map_err(|_| "cannot draw a random token".to_string())?;
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let hex: String = digest(&token).iter().map(|b| format!("{b:02x}")).collect();
+    let quoted = |list: &[String]| {
+        list.iter()
+            .map(|item| serde_json::to_string(item.trim()).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut entry = format!(
+        "- name: {}\n  sha256: {hex}\n  permissions: [{}]\n  domains: [{}]\n",
+        serde_json::to_string(name).unwrap_or_default(),
+        quoted(permissions),
+        quoted(domains)
+    );
+    if let Some(expires) = expires {
+        entry.push_str(&format!("  expires: \"{expires}\"\n"));
+    }
+    if !networks.is_empty() {
+        entry.push_str(&format!("  networks: [{}]\n", quoted(networks)));
+    }
+    let before = match std::fs::read_to_string(file) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(format!("{}: cannot read: {e}", file.display())),
+    };
+    let mut after = before.clone();
+    if !after.is_empty() && !after.ends_with('\n') {
+        after.push('\n');
+    }
+    after.push_str(&entry);
+    parse_entries(file, &after)?;
+    crate::state::write_atomically(file, after.as_bytes())
+        .map_err(|e| format!("{}: cannot write: {e}", file.display()))?;
+    Ok(token)
+}
+
 fn hex_digest(text: &str) -> Option<[u8; 32]> {
     let text = text.trim();
     if text.len() != 64 {

@@ -30,6 +30,9 @@ mod cache;
 mod console;
 
 const MAX_BODY: usize = 64 * 1024;
+/// Refused tokens from one address within [`FAILURE_WINDOW`] before it gets `429`.
+const FAILURES_PER_MINUTE: u32 = 10;
+const FAILURE_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
 /// Environment variable holding the token when `admin.token_file` is not set.
 pub const TOKEN_ENV: &str = "CUSTOM_PAGES_ADMIN_TOKEN";
 
@@ -38,6 +41,8 @@ pub struct AdminApi {
     runtime: Arc<Runtime>,
     /// Every token accepted, and what each may do.
     tokens: Tokens,
+    /// Refused tokens by client address, in the current minute of each.
+    failures: parking_lot::Mutex<std::collections::HashMap<std::net::IpAddr, (std::time::Instant, u32)>>,
     /// Serializes read-modify-write of domain specs.
     writes: tokio::sync::Mutex<()>,
     /// Pages served lately, for the console.
@@ -224,9 +229,44 @@ impl AdminApi {
         AdminApi {
             runtime,
             tokens,
+            failures: parking_lot::Mutex::default(),
             writes: tokio::sync::Mutex::new(()),
             activity: console::Activity::new(),
         }
+    }
+
+    /// How long `client` must wait after [`FAILURES_PER_MINUTE`] refused tokens within a minute
+    /// (none: it may try).
+    fn throttled(&self, client: Option<std::net::IpAddr>) -> Option<std::time::Duration> {
+        let client = client?;
+        let failures = self.failures.lock();
+        let (since, count) = failures.get(&client)?;
+        let left = FAILURE_WINDOW.checked_sub(since.elapsed())?;
+        (*count >= FAILURES_PER_MINUTE).then_some(left)
+    }
+
+    /// Counts a refused token from `client`.
+    fn failed(&self, client: Option<std::net::IpAddr>) {
+        let Some(client) = client else {
+            return;
+        };
+        let mut failures = self.failures.lock();
+        if failures.len() > 10_000 {
+            failures.retain(|_, (since, _)| since.elapsed() < FAILURE_WINDOW);
+        }
+        let entry = failures.entry(client).or_insert((std::time::Instant::now(), 0));
+        if entry.0.elapsed() >= FAILURE_WINDOW {
+            *entry = (std::time::Instant::now(), 0);
+        }
+        entry.1 += 1;
+    }
+
+    /// The client's address.
+    fn client(session: &ServerSession) -> Option<std::net::IpAddr> {
+        session
+            .client_addr()
+            .and_then(|addr| addr.as_inet())
+            .map(|addr| addr.ip())
     }
 
     /// The caller, from its bearer token and address.
@@ -238,11 +278,7 @@ impl AdminApi {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
-        let client = session
-            .client_addr()
-            .and_then(|addr| addr.as_inet())
-            .map(|addr| addr.ip());
-        self.tokens.authenticate(presented, client)
+        self.tokens.authenticate(presented, Self::client(session))
     }
 
     async fn route(&self, session: &mut ServerSession, who: &Principal) -> ApiResult {
@@ -781,7 +817,28 @@ impl ServeHttp for AdminApi {
                 return asset;
             }
         }
+        let client = Self::client(session);
+        if let Some(wait) = self.throttled(client) {
+            let mut resp = json_response(
+                StatusCode::TOO_MANY_REQUESTS,
+                &json!({"error": format!("{FAILURES_PER_MINUTE} wrong tokens from this address within a minute: wait")}),
+            );
+            resp.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from(wait.as_secs().max(1)),
+            );
+            return resp;
+        }
         let who = self.principal(session);
+        // A wrong token counts; none at all (a local metrics scrape, a first visit) does not.
+        if who.is_err()
+            && session
+                .req_header()
+                .headers
+                .contains_key(http::header::AUTHORIZATION)
+        {
+            self.failed(client);
+        }
         if req.uri.path() == "/metrics" && req.method == Method::GET {
             // Scrapers on the same machine need no token; anywhere else, one that sees all.
             if self.runtime.settings.admin_listen.ip().is_loopback()
