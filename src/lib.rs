@@ -69,6 +69,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod audit;
 pub mod cache;
 pub mod filters;
 pub mod fleet;

@@ -372,7 +372,14 @@ fn run(
     let admin_listen = runtime.settings.admin_listen;
     match Some(admin.tokens).filter(|tokens| tokens.any()) {
         Some(tokens) => {
-            let mut api = Service::new("admin".to_string(), AdminApi::new(runtime.clone(), tokens));
+            let audit = match crate::audit::AuditLog::open(runtime.settings.admin_audit_log.as_deref()) {
+                Ok(audit) => audit,
+                Err(e) => {
+                    eprintln!("custom-pages: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let mut api = Service::new("admin".to_string(), AdminApi::new(runtime.clone(), tokens, audit));
             let endpoint = ListenerConfig::tcp(admin_listen.to_string());
             match admin
                 .cert
@@ -515,7 +522,11 @@ impl BackgroundService for Control {
     async fn start(&self, shutdown: ShutdownWatch) {
         // In a fleet, operations other edges received (purges...) are performed here too.
         let (ops, mut received) = tokio::sync::mpsc::channel(64);
-        let replayer = AdminApi::new(self.runtime.clone(), admin::access::Tokens::none());
+        let replayer = AdminApi::new(
+            self.runtime.clone(),
+            admin::access::Tokens::none(),
+            crate::audit::AuditLog::off(),
+        );
         // Outside a fleet nothing is ever received: only the edge's own work ends this service.
         let replay = async {
             while let Some(op) = received.recv().await {

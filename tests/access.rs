@@ -162,6 +162,62 @@ async fn a_scoped_token_does_what_it_may_on_its_domains_and_nothing_else() {
         me.json,
         json!({"name": "reader", "permissions": ["read"], "domains": ["*"]})
     );
+
+    // The audit trail: one line per attempt, with the token and how it ended.
+    let all = admin.get("/api/audit").await;
+    let records = all.json["records"].as_array().cloned().unwrap_or_default();
+    let seen: Vec<String> = records
+        .iter()
+        .map(|r| {
+            let text = |key: &str| r[key].as_str().unwrap_or("-").to_string();
+            format!(
+                "{} {} {} {} {}",
+                text("token"),
+                text("action"),
+                text("domain"),
+                text("outcome"),
+                r["status"]
+            )
+        })
+        .collect();
+    let expected = [
+        "a-rules rule.put a.test ok 201",
+        "a-rules request b.test refused 403",
+        "a-rules rule.put b.test refused 403",
+        "a-rules rule.delete b.test refused 403",
+        "a-rules purge a.test refused 403",
+        "a-rules domain.delete a.test refused 403",
+        "reader rule.put a.test refused 403",
+        "reader rule.put b.test refused 403",
+    ];
+    assert_eq!(seen, expected, "{all:?}");
+    assert!(records[0]["version_after"].as_u64() > records[0]["version_before"].as_u64());
+    assert_eq!(records[0]["target"], json!({"code": "500"}));
+    assert_eq!(records[0]["client"], "127.0.0.1");
+    assert!(records[0]["request_id"].as_str().is_some_and(|id| !id.is_empty()));
+    let text = std::fs::read_to_string(edge.dir().join("state/audit.log")).expect("audit log");
+    assert_eq!(text.lines().count(), 8, "reads are not recorded");
+    assert!(
+        !text.contains("tok-a") && !text.contains("tok-r"),
+        "tokens never written"
+    );
+    // Scoped: a token sees the records of its domains; the domain filter narrows.
+    let mine = call(&admin, "tok-a", Method::GET, "/api/audit", None).await;
+    let domains: Vec<&str> = mine.json["records"]
+        .as_array()
+        .map(|l| l.iter().filter_map(|r| r["domain"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        domains,
+        [A, A, A, A],
+        "every record on its domain, whoever made it: {mine:?}"
+    );
+    let b_only = admin.get(&format!("/api/audit?domain={B}&limit=2")).await;
+    assert_eq!(
+        b_only.json["records"].as_array().map(Vec::len),
+        Some(2),
+        "{b_only:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

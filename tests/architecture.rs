@@ -17,8 +17,16 @@ const LAYERS: &[&[&str]] = &[
     // What survives restarts: folders with one writer, files checked when read back.
     &["state"],
     // Feature modules, each owning its own types (`fleet`: the typed operations and reports
-    // edges exchange).
-    &["metrics", "access_log", "filters", "cache", "tls", "fleet"],
+    // edges exchange; `audit`: the trail of admin changes).
+    &[
+        "metrics",
+        "access_log",
+        "audit",
+        "filters",
+        "cache",
+        "tls",
+        "fleet",
+    ],
     // Origins: peers read their CA roots through `tls`.
     &["upstream"],
     // Custom pages fetch their pages through `upstream`.

@@ -41,6 +41,8 @@ pub struct AdminApi {
     runtime: Arc<Runtime>,
     /// Every token accepted, and what each may do.
     tokens: Tokens,
+    /// Where every change and refusal is recorded.
+    audit: crate::audit::AuditLog,
     /// Refused tokens by client address, in the current minute of each.
     failures: parking_lot::Mutex<std::collections::HashMap<std::net::IpAddr, (std::time::Instant, u32)>>,
     /// Serializes read-modify-write of domain specs.
@@ -224,11 +226,12 @@ struct RuleBody {
 }
 
 impl AdminApi {
-    /// An API over `runtime` accepting `tokens`.
-    pub fn new(runtime: Arc<Runtime>, tokens: Tokens) -> AdminApi {
+    /// An API over `runtime` accepting `tokens`, recording changes in `audit`.
+    pub fn new(runtime: Arc<Runtime>, tokens: Tokens, audit: crate::audit::AuditLog) -> AdminApi {
         AdminApi {
             runtime,
             tokens,
+            audit,
             failures: parking_lot::Mutex::default(),
             writes: tokio::sync::Mutex::new(()),
             activity: console::Activity::new(),
@@ -269,6 +272,59 @@ impl AdminApi {
             .map(|addr| addr.ip())
     }
 
+    /// `GET /api/audit?domain=&since=&limit=`: the newest records (at most `limit`, default
+    /// 100, up to 1000) the caller may see: an admin token over every domain sees all, others
+    /// the records of their domains.
+    fn audit_records(&self, query: Option<&str>, who: &Principal) -> ApiResult {
+        let (mut domain, mut since, mut limit) = (None, None, 100usize);
+        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let value = percent_decode(value);
+            match key {
+                "domain" => domain = Some(value.to_ascii_lowercase()),
+                "since" => {
+                    since = Some(humantime::parse_rfc3339_weak(&value).map_err(|e| {
+                        ApiError::field("since", format!("{value:?} is not an RFC 3339 time: {e}"))
+                    })?)
+                }
+                "limit" => {
+                    limit = value
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=1000).contains(n))
+                        .ok_or_else(|| {
+                            ApiError::field("limit", format!("{value:?} is not a number from 1 to 1000"))
+                        })?
+                }
+                other => {
+                    return Err(ApiError::field(
+                        other,
+                        format!("unknown parameter {other:?}; expected domain, since or limit"),
+                    ))
+                }
+            }
+        }
+        let everything = who.is(Permission::Admin);
+        let records = self
+            .audit
+            .read(
+                |r| {
+                    let visible =
+                        everything || r.domain.as_deref().is_some_and(|d| who.may(Permission::Read, d));
+                    let in_domain = domain
+                        .as_deref()
+                        .is_none_or(|d| r.domain.as_deref().is_some_and(|rd| rd.eq_ignore_ascii_case(d)));
+                    let recent = since.is_none_or(|since| {
+                        humantime::parse_rfc3339_weak(&r.time).is_ok_and(|at| at >= since)
+                    });
+                    visible && in_domain && recent
+                },
+                limit,
+            )
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+        Ok((StatusCode::OK, json!({ "records": records })))
+    }
+
     /// The caller, from its bearer token and address.
     fn principal(&self, session: &ServerSession) -> Result<Principal, Refused> {
         let presented = session
@@ -296,6 +352,7 @@ impl AdminApi {
         let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
         match (&method, segments.as_slice()) {
             (&Method::GET, ["api", "token"]) => Ok((StatusCode::OK, who.view())),
+            (&Method::GET, ["api", "audit"]) => self.audit_records(session.req_header().uri.query(), who),
             (&Method::GET, ["api", "status"]) => {
                 let mut status = json!(self.runtime.status());
                 if !who.sees_all() {
@@ -376,6 +433,7 @@ impl AdminApi {
                 _,
                 ["api", "status"]
                 | ["api", "token"]
+                | ["api", "audit"]
                 | ["api", "fleet"]
                 | ["api", "domains"]
                 | ["api", "domains", _]
@@ -811,6 +869,113 @@ impl AdminApi {
 #[async_trait]
 impl ServeHttp for AdminApi {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let before = self.runtime.status().version;
+        let mut noted = Noted::default();
+        let mut response = self.answer(session, &mut noted).await;
+        let id = crate::pages::template::request_id(
+            session
+                .req_header()
+                .headers
+                .get("x-request-id")
+                .map(|v| v.as_bytes()),
+        );
+        if let Ok(value) = http::HeaderValue::from_str(&id) {
+            response.headers_mut().insert("x-request-id", value);
+        }
+        self.note(session, noted, &response, before);
+        response
+    }
+}
+
+/// What the audit trail needs that only the answering code knows.
+#[derive(Default)]
+struct Noted {
+    /// The caller, once recognized.
+    token: Option<String>,
+}
+
+impl AdminApi {
+    /// Records a change or a refusal in the audit trail (reads are not recorded).
+    fn note(&self, session: &ServerSession, noted: Noted, response: &Response<Vec<u8>>, before: u64) {
+        use crate::audit::{Interface, Outcome, Record};
+        let req = session.req_header();
+        let status = response.status();
+        let refused = matches!(status.as_u16(), 401 | 403 | 429);
+        if req.method == Method::GET && !refused {
+            return;
+        }
+        let path = req.uri.path();
+        if !path.starts_with("/api/") && !refused {
+            return;
+        }
+        let segments: Vec<String> = path.trim_matches('/').split('/').map(percent_decode).collect();
+        let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+        let answer: Value = serde_json::from_slice(response.body()).unwrap_or(Value::Null);
+        let (action, domain, target) = match (&req.method, segments.as_slice()) {
+            (&Method::PUT, ["api", "domains", d, "custom-pages", code]) => {
+                ("rule.put", Some(*d), Some(json!({"code": code})))
+            }
+            (&Method::DELETE, ["api", "domains", d, "custom-pages", code]) => {
+                ("rule.delete", Some(*d), Some(json!({"code": code})))
+            }
+            (&Method::POST, ["api", "domains", d, "custom-pages", code, "refresh"]) => {
+                ("page.refresh", Some(*d), Some(json!({"code": code})))
+            }
+            (&Method::PUT, ["api", "domains", d]) => ("domain.put", Some(*d), None),
+            (&Method::DELETE, ["api", "domains", d]) => ("domain.delete", Some(*d), None),
+            (&Method::POST, ["api", "domains", d, op @ ("purge" | "prefetch")]) => {
+                let scope = ["urls", "prefix", "all"]
+                    .iter()
+                    .find_map(|key| answer.get(*key).map(|v| json!({ *key: v })));
+                (*op, Some(*d), scope)
+            }
+            (_, ["api", "domains", d, ..]) => (
+                "request",
+                Some(*d),
+                Some(json!({"method": req.method.as_str(), "path": path})),
+            ),
+            _ => (
+                "request",
+                None,
+                Some(json!({"method": req.method.as_str(), "path": path})),
+            ),
+        };
+        let console = req
+            .headers
+            .get("x-requested-by")
+            .is_some_and(|v| v.as_bytes() == b"console");
+        self.audit.record(&Record {
+            time: crate::audit::now(),
+            interface: if console {
+                Interface::Console
+            } else {
+                Interface::Api
+            },
+            token: noted.token,
+            client: Self::client(session).map(|ip| ip.to_string()),
+            action: action.to_string(),
+            domain: domain.map(str::to_string),
+            target,
+            outcome: if refused {
+                Outcome::Refused
+            } else if status.is_success() {
+                Outcome::Ok
+            } else {
+                Outcome::Failed
+            },
+            status: status.as_u16(),
+            version_before: Some(before),
+            version_after: Some(self.runtime.status().version),
+            request_id: response
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+        });
+    }
+
+    /// The answer to one call (see [`ServeHttp::response`]).
+    async fn answer(&self, session: &mut ServerSession, noted: &mut Noted) -> Response<Vec<u8>> {
         let req = session.req_header();
         if req.method == Method::GET {
             if let Some(asset) = console::asset(req.uri.path()) {
@@ -848,7 +1013,10 @@ impl ServeHttp for AdminApi {
             }
         }
         let who = match who {
-            Ok(who) => who,
+            Ok(who) => {
+                noted.token = Some(who.name.clone());
+                who
+            }
             Err(refused) => {
                 let mut resp =
                     json_response(StatusCode::UNAUTHORIZED, &json!({"error": refused.to_string()}));

@@ -270,6 +270,10 @@ pub struct AdminSection {
     /// Named tokens with permissions over domains (YAML; read again when it changes).
     #[serde(default)]
     pub tokens_file: Option<PathBuf>,
+    /// The audit trail: a file path relative to the edge file, or `off` (default: `audit.log`
+    /// in the state folder).
+    #[serde(default)]
+    pub audit_log: Option<String>,
     /// Serve the API over TLS with this certificate (required off loopback).
     #[serde(default)]
     pub tls: Option<CertSpec>,
@@ -281,6 +285,7 @@ impl Default for AdminSection {
             listen: default_admin_listen(),
             token_file: None,
             tokens_file: None,
+            audit_log: None,
             tls: None,
         }
     }
@@ -323,6 +328,8 @@ pub struct EdgeSettings {
     pub admin_token_file: Option<PathBuf>,
     /// File of named admin tokens, if any.
     pub admin_tokens_file: Option<PathBuf>,
+    /// The audit trail's file (none: `off`).
+    pub admin_audit_log: Option<PathBuf>,
     /// The admin API's certificate (paths resolved), if it serves TLS.
     pub admin_tls: Option<CertSpec>,
     /// Where the access log goes.
@@ -620,6 +627,11 @@ impl EdgeSettings {
                 admin_listen,
                 admin_token_file: raw.admin.token_file.map(|p| base.join(p)),
                 admin_tokens_file: raw.admin.tokens_file.map(|p| base.join(p)),
+                admin_audit_log: match raw.admin.audit_log.as_deref() {
+                    Some("off") => None,
+                    Some(path) => Some(base.join(path)),
+                    None => Some(base.join(&raw.state_dir).join("audit.log")),
+                },
                 admin_tls: raw.admin.tls.map(resolve),
                 access_log: AccessLogTarget::parse(&raw.access_log, base),
                 access_log_format: raw.access_log_format,
@@ -664,6 +676,7 @@ impl EdgeSettings {
             "admin.tokens_file",
             self.admin_tokens_file != newer.admin_tokens_file,
         );
+        check("admin.audit_log", self.admin_audit_log != newer.admin_audit_log);
         check("admin.tls", self.admin_tls != newer.admin_tls);
         check("access_log", self.access_log != newer.access_log);
         check(

@@ -24,7 +24,11 @@ function button(label, onClick, described) {
 }
 
 async function api(method, path, body, token) {
-  const headers = { Authorization: "Bearer " + (token || sessionStorage.getItem(TOKEN_KEY) || "") };
+  // The audit trail tells console changes from API calls by this header.
+  const headers = {
+    Authorization: "Bearer " + (token || sessionStorage.getItem(TOKEN_KEY) || ""),
+    "X-Requested-By": "console",
+  };
   if (body !== undefined) headers["Content-Type"] = "application/json";
   const resp = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
   let json = null;
