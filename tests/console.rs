@@ -37,9 +37,25 @@ fn page(text: &str) -> Reply {
         .body(format!("<h1>{text}</h1>"))
 }
 
-/// Runs `console.test.mjs` against `edge` (with `after_restart`, its after-restart tests) and
-/// checks that at least `expected` tests passed.
-async fn run_browser_tests(edge: &Edge, after_restart: bool, expected: usize) {
+/// Which tests of `console.test.mjs` to run.
+#[derive(Clone, Copy)]
+enum Suite {
+    /// The console's flows with the default (admin) token.
+    Main,
+    /// After a restart with the origin down.
+    AfterRestart,
+    /// Signed in with a token scoped to `DOMAIN` (rules only); `OTHER` is another domain.
+    Scoped,
+}
+
+/// A domain the scoped token may not touch.
+const OTHER: &str = "other.example.com";
+/// The scoped token (rules on `DOMAIN`).
+const SCOPED_TOKEN: &str = "scoped-console-token";
+
+/// Runs `console.test.mjs`'s `suite` against `edge` and checks that at least `expected` tests
+/// passed.
+async fn run_browser_tests(edge: &Edge, suite: Suite, expected: usize) {
     let (dir, chromium) = browser();
     let screenshots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
     let out = tokio::task::spawn_blocking({
@@ -59,7 +75,23 @@ async fn run_browser_tests(edge: &Edge, after_restart: bool, expected: usize) {
                 .env("TEXT_B", TEXT_B)
                 .env("SCREENSHOTS", screenshots)
                 .env("CHROMIUM", chromium)
-                .env("AFTER_RESTART", if after_restart { "1" } else { "0" })
+                .env(
+                    "AFTER_RESTART",
+                    if matches!(suite, Suite::AfterRestart) {
+                        "1"
+                    } else {
+                        "0"
+                    },
+                )
+                .env(
+                    "SCOPED_TOKEN",
+                    if matches!(suite, Suite::Scoped) {
+                        SCOPED_TOKEN
+                    } else {
+                        ""
+                    },
+                )
+                .env("OTHER", OTHER)
                 .output()
         }
     })
@@ -96,7 +128,7 @@ async fn the_console_manages_custom_pages_in_a_browser() {
         vec![("exp.yaml", domain_yaml(DOMAIN, origin.addr(), ""))],
     )
     .await;
-    run_browser_tests(&edge, false, 7).await;
+    run_browser_tests(&edge, Suite::Main, 7).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -120,5 +152,41 @@ async fn after_a_restart_with_the_origin_down_the_console_shows_the_kept_page_as
     let edge = tokio::task::spawn_blocking(move || edge.restart(EdgeOptions::default()))
         .await
         .expect("restart");
-    run_browser_tests(&edge, true, 1).await;
+    run_browser_tests(&edge, Suite::AfterRestart, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_scoped_token_sees_only_its_domains_and_actions_in_the_console() {
+    browser();
+    let origin = Origin::start().await;
+    origin.route("/a.html", page(TEXT_A));
+    let rules = format!("custom_pages:\n  - code: 404\n    url: http://{DOMAIN}/a.html\n");
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("domains")).expect("domains");
+    std::fs::write(
+        dir.path().join("domains/exp.yaml"),
+        domain_yaml(DOMAIN, origin.addr(), &rules),
+    )
+    .expect("domain");
+    std::fs::write(
+        dir.path().join("domains/other.yaml"),
+        domain_yaml(OTHER, origin.addr(), ""),
+    )
+    .expect("domain");
+    let digest: String = ring::digest::digest(&ring::digest::SHA256, SCOPED_TOKEN.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    std::fs::write(
+        dir.path().join("tokens.yaml"),
+        format!("- {{name: shop, sha256: {digest}, permissions: [rules], domains: [{DOMAIN}]}}\n"),
+    )
+    .expect("tokens");
+    let options = EdgeOptions {
+        admin_extra: "  tokens_file: tokens.yaml\n".into(),
+        ..EdgeOptions::default()
+    };
+    let edge = common::start_edge_in(dir, options).await;
+    run_browser_tests(&edge, Suite::Scoped, 1).await;
 }

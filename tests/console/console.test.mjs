@@ -329,7 +329,29 @@ const afterRestart = {
     assert(got.status === 502 && got.body.includes(TEXT_A), `the kept page is served: ${got.status} ${got.body}`);
   },
 };
-const chosen = process.env.AFTER_RESTART === "1" ? afterRestart : tests;
+// Run by tests/console.rs with SCOPED_TOKEN (rules on DOMAIN only) and OTHER (a domain it may
+// not touch).
+const scoped = {
+  async "a scoped token sees only its domains and only the actions it may take"(page) {
+    await page.goto(ADMIN_URL);
+    await page.getByLabel("Token").fill(env("SCOPED_TOKEN"));
+    await page.getByRole("button", { name: "Sign in" }).click();
+    await page.getByRole("heading", { name: "Domain Names" }).waitFor();
+    await page.getByText("Signed in as shop").waitFor();
+    const mine = page.getByRole("row").filter({ has: page.getByRole("rowheader", { name: DOMAIN, exact: true }) });
+    await mine.waitFor();
+    assert((await page.getByRole("rowheader", { name: env("OTHER"), exact: true }).count()) === 0, "the other domain is not listed");
+    assert((await mine.getByRole("button", { name: "Delete" }).count()) === 0, "no Delete without the domains permission");
+    assert(!(await page.getByRole("button", { name: "Add domain" }).isVisible()), "no Add domain without the domains permission");
+    await mine.getByRole("button", { name: "Manage" }).click();
+    await page.getByRole("button", { name: "Customize" }).waitFor();
+    const rule = ruleRow(page, "404");
+    await rule.getByRole("button", { name: "Modify" }).waitFor();
+    await rule.getByRole("button", { name: "Delete" }).waitFor();
+    assert((await rule.getByRole("button", { name: "Refresh" }).count()) === 0, "no Refresh without the cache permission");
+  },
+};
+const chosen = process.env.AFTER_RESTART === "1" ? afterRestart : process.env.SCOPED_TOKEN ? scoped : tests;
 
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",

@@ -8,6 +8,30 @@ const TOKEN_KEY = "custom-pages-token";
 let current = null; // the domain being managed
 let editing = null; // the rule being modified, or null for a new one
 let rules = []; // the rules shown
+let me = null; // the signed-in token: its name, permissions and domains (GET /api/token)
+
+// Whether the signed-in token may do `permission` on `domain`, as the edge decides it (the
+// console only hides what would be refused; the edge checks every call anyway).
+function may(permission, domain) {
+  if (!me) return false;
+  const perms = me.permissions || [];
+  const permitted = permission === "read" ? perms.length > 0 : perms.includes(permission) || perms.includes("admin");
+  const name = String(domain).toLowerCase();
+  return permitted && (me.domains || []).some((pattern) => {
+    if (pattern === "*") return true;
+    if (pattern.startsWith("*.")) return (name.endsWith(pattern.slice(1)) && name.length > pattern.length - 1) || name === pattern;
+    return name === pattern;
+  });
+}
+
+// Reads who is signed in, and shows it.
+async function whoAmI() {
+  const answer = await api("GET", "/api/token");
+  me = answer.ok ? answer.json : null;
+  $("signed-in").textContent = me ? "Signed in as " + me.name : "";
+  const perms = (me && me.permissions) || [];
+  $("add-domain-form").hidden = !(perms.includes("domains") || perms.includes("admin"));
+}
 
 function el(tag, text, attrs) {
   const node = document.createElement(tag);
@@ -65,6 +89,7 @@ async function signIn(event) {
   }
   sessionStorage.setItem(TOKEN_KEY, token);
   $("sign-in-error").textContent = "";
+  await whoAmI();
   await showDomains();
 }
 
@@ -110,7 +135,7 @@ async function showDomainPage() {
     tr.append(el("td", d.https ? "yes" : "no"));
     const actions = el("td");
     actions.append(button("Manage", () => showManage(d.domain), d.domain));
-    actions.append(button("Delete", () => deleteDomain(d.domain), d.domain));
+    if (may("domains", d.domain)) actions.append(button("Delete", () => deleteDomain(d.domain), d.domain));
     tr.append(actions);
     rows.append(tr);
   }
@@ -169,6 +194,7 @@ function rulePath(code) {
 async function showManage(name) {
   current = name;
   $("manage-title").textContent = "Manage " + name;
+  $("customize").hidden = !may("rules", name);
   show("manage-view");
   await loadRules();
 }
@@ -232,10 +258,12 @@ async function loadRules() {
     activity.append(activityChart(rule.served_per_minute || []));
     tr.append(activity);
     const actions = el("td");
-    actions.append(button("Modify", () => openDialog(rule), code));
-    actions.append(button("Delete", () => deleteRule(code), code));
+    if (may("rules", current)) {
+      actions.append(button("Modify", () => openDialog(rule), code));
+      actions.append(button("Delete", () => deleteRule(code), code));
+    }
     if (rule.page) {
-      actions.append(button("Refresh", () => refreshRule(code), code));
+      if (may("cache", current)) actions.append(button("Refresh", () => refreshRule(code), code));
       actions.append(button("Preview", () => preview(code), code));
     }
     tr.append(actions);
@@ -391,6 +419,6 @@ document.addEventListener("DOMContentLoaded", () => {
   $("rule-cancel").addEventListener("click", () => $("rule-dialog").close());
   $("rule-code").addEventListener("change", () => setPattern($("rule-code").value === "pattern"));
   $("preview-close").addEventListener("click", () => $("preview-dialog").close());
-  if (sessionStorage.getItem(TOKEN_KEY)) showDomains();
+  if (sessionStorage.getItem(TOKEN_KEY)) whoAmI().then(showDomains);
   else show("sign-in-view");
 });
