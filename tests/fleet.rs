@@ -123,6 +123,67 @@ async fn two_edges_apply_rules_put_with_etcdctl_and_changes_made_through_either_
     assert_eq!(status["source"], "etcd", "{status}");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn edges_reach_an_etcd_that_wants_client_certificates_and_a_password() {
+    let certs = tempfile::tempdir().expect("temp dir");
+    let ca = common::tls::Ca::new("etcd test CA");
+    let tls = common::etcd::Tls {
+        ca: ca.write(certs.path(), "ca.pem"),
+        server: ca.leaf(&["127.0.0.1"]).write(certs.path(), "member"),
+        client: ca.leaf(&["edge.test"]).write(certs.path(), "client"),
+    };
+    let (client_cert, client_key) = tls.client.clone();
+    let ca_file = tls.ca.clone();
+    let mut etcd = Etcd::start_secure(1, tls);
+    etcd.enable_auth("s3cret");
+    let password = certs.path().join("etcd.password");
+    std::fs::write(&password, "s3cret\n").expect("password");
+    let origin = origin_with_page("custom 404").await;
+    etcd.put(&key(EXP), &exp_yaml(&origin, "/404.html"));
+    let secure = |id: &str, user: bool| {
+        let defaults = EdgeOptions::default();
+        let user = if user {
+            format!("    user: root\n    password_file: {}\n", password.display())
+        } else {
+            String::new()
+        };
+        EdgeOptions {
+            edge_extra: format!(
+                "{}source:\n  etcd:\n    endpoints: {}\n    prefix: {PREFIX}\n    snapshot: snapshot.json\n    edge_id: {id}\n    tls: {{ca_file: {}, cert: {}, key: {}}}\n{user}",
+                defaults.edge_extra,
+                etcd.endpoints_yaml(),
+                ca_file.display(),
+                client_cert.display(),
+                client_key.display(),
+            ),
+            ..defaults
+        }
+    };
+    let a = start_edge_in(tempfile::tempdir().expect("temp dir"), secure("a", true)).await;
+    let b = start_edge_in(tempfile::tempdir().expect("temp dir"), secure("b", true)).await;
+    for edge in [&a, &b] {
+        let served = until_served(edge, "custom 404", Duration::from_secs(5)).await;
+        assert!(served.is_some(), "{}", edge.log());
+    }
+    etcd.put(&key(EXP), &exp_yaml(&origin, "/other.html"));
+    for edge in [&a, &b] {
+        let took = until_served(edge, "other page", Duration::from_secs(5)).await;
+        assert!(took.is_some(), "{}", edge.log());
+    }
+    // Without the password: refused, saying what is missing.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let options = secure("c", false);
+    std::fs::create_dir(dir.path().join("domains")).expect("domains");
+    std::fs::write(
+        dir.path().join("edge.yaml"),
+        format!("listen: [\"127.0.0.1:1\"]\n{}", options.edge_extra),
+    )
+    .expect("edge file");
+    let (ok, stderr) = common::dash_t(&dir.path().join("edge.yaml"));
+    assert!(!ok, "{stderr}");
+    assert!(stderr.contains("source.etcd.user"), "{stderr}");
+}
+
 /// A domain spec for `domain` on `origin` with its 404 page at `page` on `EXP`.
 fn domain_yaml(domain: &str, origin: &Origin, page: &str) -> String {
     format!(

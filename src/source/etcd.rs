@@ -632,19 +632,64 @@ async fn within<T>(
     tokio::time::timeout(REQUEST_TIMEOUT, request)
         .await
         .map_err(|_| format!("no answer within {REQUEST_TIMEOUT:?}"))?
-        .map_err(|e| e.to_string())
+        .map_err(|e| explained(e.to_string()))
+}
+
+/// `error`, with what the operator can do about a refusal of etcd's authentication.
+fn explained(error: String) -> String {
+    let refused = [
+        "permission denied",
+        "user name",
+        "authentication failed",
+        "invalid auth token",
+    ];
+    if refused.iter().any(|word| error.contains(word)) {
+        format!("{error} (etcd refused this edge: check source.etcd.user, source.etcd.password_file and that user's permissions on the prefix)")
+    } else {
+        error
+    }
 }
 
 /// A client of the cluster `settings` names.
 pub async fn connect(settings: &EtcdSettings) -> Result<Client, String> {
-    let options = ConnectOptions::new()
+    let mut options = ConnectOptions::new()
         .with_connect_timeout(REQUEST_TIMEOUT)
         .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
         .with_keep_alive_while_idle(true)
         .with_require_leader(true);
+    let security = &settings.security;
+    let read = |key: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| format!("source.etcd.{key}: cannot read {}: {e}", path.display()))
+    };
+    if let Some(ca_file) = &security.ca_file {
+        let mut tls = etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(read("tls.ca_file", ca_file)?));
+        if let Some((cert, key)) = &security.identity {
+            tls = tls.identity(etcd_client::Identity::from_pem(
+                read("tls.cert", cert)?,
+                read("tls.key", key)?,
+            ));
+        }
+        options = options.with_tls(tls);
+    }
+    if let Some((user, password_file)) = &security.user {
+        let password = String::from_utf8_lossy(&read("password_file", password_file)?)
+            .trim()
+            .to_string();
+        // Its token expires (etcd's --auth-token-ttl): taken again when it does.
+        options = options
+            .with_user(user.clone(), password)
+            .with_auto_token_refresh(true);
+    }
     Client::connect(&settings.endpoints, Some(options))
         .await
-        .map_err(|e| format!("cannot reach etcd at {}: {e}", settings.endpoints.join(", ")))
+        .map_err(|e| {
+            format!(
+                "cannot reach etcd at {}: {}",
+                settings.endpoints.join(", "),
+                explained(e.to_string())
+            )
+        })
 }
 
 #[async_trait]

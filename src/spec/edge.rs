@@ -81,6 +81,40 @@ pub struct EtcdSection {
     /// This edge's name in the fleet (default: the host name).
     #[serde(default)]
     pub edge_id: Option<String>,
+    /// TLS to the members (`https://` endpoints): their CA, and a client certificate.
+    #[serde(default)]
+    pub tls: Option<EtcdTlsSection>,
+    /// etcd's own authentication: the user, and the file holding its password.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// The file holding `user`'s password (relative to the edge file).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+}
+
+/// The `source.etcd.tls:` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdTlsSection {
+    /// The CA the members' certificates are checked against.
+    pub ca_file: PathBuf,
+    /// A client certificate (with `key`), for members that require one.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// The client certificate's key.
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+}
+
+/// How the edge proves itself to etcd and checks it, validated (paths resolved).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EtcdSecurity {
+    /// The members' CA (TLS).
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate and its key.
+    pub identity: Option<(PathBuf, PathBuf)>,
+    /// etcd's authentication: the user and its password file.
+    pub user: Option<(String, PathBuf)>,
 }
 
 fn default_etcd_prefix() -> String {
@@ -110,6 +144,8 @@ pub struct EtcdSettings {
     pub snapshot: PathBuf,
     /// This edge's name in the fleet.
     pub edge_id: String,
+    /// TLS and authentication.
+    pub security: EtcdSecurity,
 }
 
 fn default_listen() -> Vec<String> {
@@ -562,15 +598,48 @@ impl EdgeSettings {
                         "names no member; expected e.g. [\"http://127.0.0.1:2379\"]".into(),
                     );
                 }
+                let scheme = if etcd.tls.is_some() { "https://" } else { "http://" };
                 for (i, endpoint) in etcd.endpoints.iter().enumerate() {
-                    let host_port = endpoint.strip_prefix("http://").unwrap_or("");
+                    let host_port = endpoint.strip_prefix(scheme).unwrap_or("");
                     if host_port.is_empty() || host_port.contains('/') {
+                        let why = if etcd.tls.is_some() {
+                            "with source.etcd.tls, expected https://host:port"
+                        } else {
+                            "expected http://host:port (https:// needs source.etcd.tls)"
+                        };
                         err(
                             &format!("source.etcd.endpoints[{i}]"),
-                            format!("{endpoint:?} is not a member's client URL; expected http://host:port"),
+                            format!("{endpoint:?} is not a member's client URL; {why}"),
                         );
                     }
                 }
+                let identity = match etcd.tls.as_ref().map(|t| (&t.cert, &t.key)) {
+                    Some((Some(cert), Some(key))) => Some((base.join(cert), base.join(key))),
+                    Some((None, None)) | None => None,
+                    Some(_) => {
+                        err(
+                            "source.etcd.tls",
+                            "cert and key go together: name both, or neither".into(),
+                        );
+                        None
+                    }
+                };
+                let user = match (&etcd.user, &etcd.password_file) {
+                    (Some(user), Some(file)) => Some((user.clone(), base.join(file))),
+                    (None, None) => None,
+                    _ => {
+                        err(
+                            "source.etcd.user",
+                            "user and password_file go together: name both, or neither".into(),
+                        );
+                        None
+                    }
+                };
+                let security = EtcdSecurity {
+                    ca_file: etcd.tls.as_ref().map(|t| base.join(&t.ca_file)),
+                    identity,
+                    user,
+                };
                 if !etcd.prefix.starts_with('/') || etcd.prefix.chars().any(|c| c.is_control() || c == ' ') {
                     err(
                         "source.etcd.prefix",
@@ -600,6 +669,7 @@ impl EdgeSettings {
                     prefix,
                     snapshot: base.join(&etcd.snapshot),
                     edge_id,
+                    security,
                 })
             }
         };
@@ -819,6 +889,43 @@ mod tests {
             "source: {{etcd: {{endpoints: [\"http://h:1\"], edge_id: {longest}}}}}\n"
         ))
         .is_empty());
+    }
+
+    #[test]
+    fn etcd_security_is_checked_and_resolved() {
+        let secure = "source:\n  etcd:\n    endpoints: [\"https://127.0.0.1:2379\"]\n    tls: {ca_file: ca.pem, cert: c.pem, key: c.key}\n    user: root\n    password_file: etcd.password\n";
+        let SourceSettings::Etcd(etcd) = settings(secure).unwrap().source else {
+            panic!("etcd");
+        };
+        assert_eq!(
+            etcd.security,
+            EtcdSecurity {
+                ca_file: Some(PathBuf::from("conf/ca.pem")),
+                identity: Some((PathBuf::from("conf/c.pem"), PathBuf::from("conf/c.key"))),
+                user: Some(("root".into(), PathBuf::from("conf/etcd.password"))),
+            }
+        );
+        for (yaml, key) in [
+            (
+                "source: {etcd: {endpoints: [\"http://127.0.0.1:2379\"], tls: {ca_file: ca.pem}}}\n",
+                "source.etcd.endpoints[0]",
+            ),
+            (
+                "source: {etcd: {endpoints: [\"https://127.0.0.1:2379\"]}}\n",
+                "source.etcd.endpoints[0]",
+            ),
+            (
+                "source: {etcd: {endpoints: [\"https://h:1\"], tls: {ca_file: ca.pem, cert: c.pem}}}\n",
+                "source.etcd.tls",
+            ),
+            (
+                "source: {etcd: {endpoints: [\"http://h:1\"], user: root}}\n",
+                "source.etcd.user",
+            ),
+        ] {
+            let e = settings(yaml).unwrap_err();
+            assert_eq!(e.0[0].key, key, "{yaml}: {e}");
+        }
     }
 
     #[test]

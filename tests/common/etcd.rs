@@ -18,11 +18,35 @@ pub struct Etcd {
     dir: tempfile::TempDir,
     members: Vec<Member>,
     initial_cluster: String,
+    /// TLS on the client URLs, with client certificates required.
+    tls: Option<Tls>,
+    /// `user:password` once authentication is enabled.
+    user: Option<String>,
+}
+
+/// The files of a cluster served over TLS.
+pub struct Tls {
+    /// The CA of the members' and clients' certificates.
+    pub ca: std::path::PathBuf,
+    /// The members' certificate and key.
+    pub server: (std::path::PathBuf, std::path::PathBuf),
+    /// A client certificate and key (for etcdctl, and edges).
+    pub client: (std::path::PathBuf, std::path::PathBuf),
 }
 
 impl Etcd {
     /// Starts a cluster of `size` members and waits until every member is healthy.
     pub fn start(size: usize) -> Etcd {
+        Etcd::start_with(size, None)
+    }
+
+    /// Starts a cluster of `size` members serving clients over TLS with `tls`, requiring
+    /// client certificates.
+    pub fn start_secure(size: usize, tls: Tls) -> Etcd {
+        Etcd::start_with(size, Some(tls))
+    }
+
+    fn start_with(size: usize, tls: Option<Tls>) -> Etcd {
         let dir = tempfile::tempdir().expect("temp dir");
         let members: Vec<Member> = (0..size)
             .map(|i| Member {
@@ -41,6 +65,8 @@ impl Etcd {
             dir,
             members,
             initial_cluster,
+            tls,
+            user: None,
         };
         for i in 0..size {
             etcd.spawn(i);
@@ -55,17 +81,29 @@ impl Etcd {
         let member = &self.members[i];
         let data = self.dir.path().join(&member.name);
         let log = std::fs::File::create(self.dir.path().join(format!("{}.log", member.name))).expect("log");
-        let child = Command::new("etcd")
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut command = Command::new("etcd");
+        if let Some(tls) = &self.tls {
+            command
+                .arg("--cert-file")
+                .arg(&tls.server.0)
+                .arg("--key-file")
+                .arg(&tls.server.1)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--client-cert-auth");
+        }
+        let child = command
             .args(["--name", &member.name])
             .arg("--data-dir")
             .arg(&data)
             .args([
                 "--listen-client-urls",
-                &format!("http://127.0.0.1:{}", member.client),
+                &format!("{scheme}://127.0.0.1:{}", member.client),
             ])
             .args([
                 "--advertise-client-urls",
-                &format!("http://127.0.0.1:{}", member.client),
+                &format!("{scheme}://127.0.0.1:{}", member.client),
             ])
             .args(["--listen-peer-urls", &format!("http://127.0.0.1:{}", member.peer)])
             .args([
@@ -91,8 +129,8 @@ impl Etcd {
         let deadline = Instant::now() + Duration::from_secs(20);
         let endpoint = self.endpoint(i);
         while Instant::now() < deadline {
-            let health = Command::new("etcdctl")
-                .env("ETCDCTL_API", "3")
+            let health = self
+                .etcdctl()
                 .args([
                     "--endpoints",
                     &endpoint,
@@ -112,7 +150,45 @@ impl Etcd {
 
     /// The client URL of member `i`.
     pub fn endpoint(&self, i: usize) -> String {
-        format!("http://127.0.0.1:{}", self.members[i].client)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.members[i].client)
+    }
+
+    /// `etcdctl` with the cluster's TLS files and user, if any.
+    fn etcdctl(&self) -> Command {
+        let mut command = Command::new("etcdctl");
+        command.env("ETCDCTL_API", "3");
+        if let Some(tls) = &self.tls {
+            command
+                .arg("--cacert")
+                .arg(&tls.ca)
+                .arg("--cert")
+                .arg(&tls.client.0)
+                .arg("--key")
+                .arg(&tls.client.1);
+        }
+        if let Some(user) = &self.user {
+            command.arg("--user").arg(user);
+        }
+        command
+    }
+
+    /// Turns etcd's authentication on, with a `root` user of `password` that etcdctl uses
+    /// from now on.
+    pub fn enable_auth(&mut self, password: &str) {
+        for args in [
+            vec!["user", "add", "root", "--new-user-password", password],
+            vec!["user", "grant-role", "root", "root"],
+            vec!["auth", "enable"],
+        ] {
+            let out = self.ctl(&args);
+            assert!(
+                out.status.success(),
+                "etcdctl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        self.user = Some(format!("root:{password}"));
     }
 
     /// Every member's client URL, as YAML flow list items.
@@ -145,8 +221,7 @@ impl Etcd {
             .filter(|i| self.members[*i].child.is_some())
             .map(|i| self.endpoint(i))
             .collect();
-        Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
+        self.etcdctl()
             .args(["--endpoints", &endpoints.join(","), "--command-timeout=5s"])
             .args(args)
             .output()
@@ -177,8 +252,8 @@ impl Etcd {
 
     /// `etcdctl endpoint status` of member `i` (`Null` when it does not answer).
     fn status(&self, i: usize) -> serde_json::Value {
-        let out = Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
+        let out = self
+            .etcdctl()
             .args([
                 "--endpoints",
                 &self.endpoint(i),
