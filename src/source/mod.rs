@@ -172,7 +172,7 @@ pub fn open(edge_file: &Path) -> Opened {
         .and_then(|text| EdgeSettings::from_yaml(edge_file, &text).ok());
     match settings.map(|s| s.source) {
         Some(SourceSettings::Etcd(etcd)) => {
-            let etcd = Arc::new(EtcdSource::new(edge_file, etcd));
+            let etcd = Arc::new(EtcdSource::new(edge_file, *etcd));
             Opened {
                 specs: etcd.clone(),
                 fleet: Some(etcd),

@@ -130,7 +130,7 @@ pub enum SourceSettings {
     /// The domains folder.
     Files,
     /// etcd.
-    Etcd(EtcdSettings),
+    Etcd(Box<EtcdSettings>),
 }
 
 /// The `source.etcd:` settings, validated (the snapshot path resolved).
@@ -664,13 +664,13 @@ impl EdgeSettings {
                 if !prefix.ends_with('/') {
                     prefix.push('/');
                 }
-                SourceSettings::Etcd(EtcdSettings {
+                SourceSettings::Etcd(Box::new(EtcdSettings {
                     endpoints: etcd.endpoints.clone(),
                     prefix,
                     snapshot: base.join(&etcd.snapshot),
                     edge_id,
                     security,
-                })
+                }))
             }
         };
         match (errors.is_empty(), admin_listen, server) {
