@@ -967,7 +967,11 @@ mod tests {
         }
         let s = settings("threads: 1\n").unwrap();
         let moved = settings("threads: 1\nstate_dir: elsewhere\ncache: {disk: {size: 1GiB}}\n").unwrap();
-        assert_eq!(s.restart_needed_for(&moved), ["cache.disk", "state_dir"]);
+        assert_eq!(
+            s.restart_needed_for(&moved),
+            ["cache.disk", "state_dir", "admin.audit_log"],
+            "the audit log is in the state folder by default"
+        );
     }
 
     #[test]
