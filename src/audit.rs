@@ -78,32 +78,45 @@ impl AuditLog {
     }
 
     /// Appends to `path` (made if missing; its folder too), or records nothing without one.
-    pub fn open(path: Option<&Path>) -> Result<AuditLog, String> {
-        let file = match path {
-            None => None,
-            Some(path) => {
-                if let Some(dir) = path.parent() {
-                    let _ = std::fs::create_dir_all(dir);
-                }
-                Some(
-                    std::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(path)
-                        .map_err(|e| format!("admin.audit_log {}: cannot open: {e}", path.display()))?,
-                )
-            }
-        };
-        Ok(AuditLog {
+    /// A file that cannot be opened (a read-only or full disk) does not stop the edge: it is
+    /// logged, and opened again at the next record.
+    pub fn open(path: Option<&Path>) -> AuditLog {
+        let log = AuditLog {
             path: path.map(Path::to_path_buf),
-            file: Mutex::new(file),
+            file: Mutex::new(None),
             trouble: Trouble::default(),
-        })
+        };
+        let opened = log.reopen();
+        *log.file.lock() = opened;
+        log
+    }
+
+    fn reopen(&self) -> Option<std::fs::File> {
+        let path = self.path.as_ref()?;
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        match std::fs::OpenOptions::new().create(true).append(true).open(path) {
+            Ok(file) => Some(file),
+            Err(e) => {
+                self.trouble.failed(
+                    &format!(
+                        "admin.audit_log {}: cannot open (changes are not recorded)",
+                        path.display()
+                    ),
+                    &e,
+                );
+                None
+            }
+        }
     }
 
     /// Appends `record` as one line (a failure is logged once; the call it records stands).
     pub fn record(&self, record: &Record) {
         let mut file = self.file.lock();
+        if file.is_none() {
+            *file = self.reopen();
+        }
         let Some(file) = file.as_mut() else {
             return;
         };
@@ -164,7 +177,7 @@ mod tests {
     #[test]
     fn records_are_appended_and_read_back_filtered_and_limited() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let log = AuditLog::open(Some(&dir.path().join("sub/audit.log"))).expect("open");
+        let log = AuditLog::open(Some(&dir.path().join("sub/audit.log")));
         for domain in ["a.test", "b.test", "a.test", "a.test"] {
             log.record(&record(domain, Outcome::Ok));
         }
@@ -176,7 +189,7 @@ mod tests {
         assert_eq!(a[1].outcome, Outcome::Refused, "the newest last");
         let text = std::fs::read_to_string(dir.path().join("sub/audit.log")).expect("read");
         assert_eq!(text.lines().count(), 5);
-        let off = AuditLog::open(None).expect("off");
+        let off = AuditLog::open(None);
         off.record(&record("a.test", Outcome::Ok));
         assert!(off.read(|_| true, 10).expect("read").is_empty());
     }

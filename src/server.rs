@@ -372,13 +372,7 @@ fn run(
     let admin_listen = runtime.settings.admin_listen;
     match Some(admin.tokens).filter(|tokens| tokens.any()) {
         Some(tokens) => {
-            let audit = match crate::audit::AuditLog::open(runtime.settings.admin_audit_log.as_deref()) {
-                Ok(audit) => audit,
-                Err(e) => {
-                    eprintln!("custom-pages: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
+            let audit = crate::audit::AuditLog::open(runtime.settings.admin_audit_log.as_deref());
             let mut api = Service::new("admin".to_string(), AdminApi::new(runtime.clone(), tokens, audit));
             let endpoint = ListenerConfig::tcp(admin_listen.to_string());
             match admin
