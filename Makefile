@@ -57,6 +57,7 @@ run-tls:
 # edges (:6188 and :6288, admin :6189 and :6289) behind the demo origin. Ctrl-C stops all.
 FLEET_DIR ?= target/fleet
 fleet: build etcd-deps
+	@command -v openssl >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null; }
 	@rm -rf $(FLEET_DIR) && mkdir -p $(FLEET_DIR)
 	@bash demo/fleet.sh $(FLEET_DIR) $(DEMO_ORIGIN)
 

@@ -115,7 +115,9 @@ class Edge:
             f.write(
                 f"listen: [\"127.0.0.1:{self.port}\"]\nthreads: 2\n"
                 f"pages: {{refresh: 1h, fetch_timeout: 10s}}\n"
-                f"domains: domains\nadmin: {{listen: 127.0.0.1:{self.admin}}}\n{extra}"
+                f"domains: domains\nadmin: {{listen: 127.0.0.1:{self.admin}}}\n"
+                # Each edge its own state folder: one writer per folder.
+                f"state_dir: state{index}\n{extra}"
             )
         self.log = open(os.path.join(folder, f"edge{index}.log"), "w")
         self.process = None
