@@ -16,6 +16,11 @@ pub enum Interface {
     Api,
     /// The web console (the API, called by the console's page).
     Console,
+    /// A domain file written, changed or removed in the domains folder.
+    File,
+    /// A key put or deleted in etcd by something else than this edge (`etcdctl`, another
+    /// edge's API).
+    Etcd,
 }
 
 /// How an attempt ended.
@@ -50,8 +55,8 @@ pub struct Record {
     pub target: Option<serde_json::Value>,
     /// How it ended.
     pub outcome: Outcome,
-    /// The HTTP status answered.
-    pub status: u16,
+    /// The HTTP status answered (none for changes from files or etcd).
+    pub status: Option<u16>,
     /// The configuration version before.
     pub version_before: Option<u64>,
     /// The configuration version after.
@@ -167,7 +172,7 @@ mod tests {
             domain: Some(domain.into()),
             target: Some(serde_json::json!({"code": "404"})),
             outcome,
-            status: 200,
+            status: Some(200),
             version_before: Some(1),
             version_after: Some(2),
             request_id: Some("id".into()),

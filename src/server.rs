@@ -372,7 +372,10 @@ fn run(
     let admin_listen = runtime.settings.admin_listen;
     match Some(admin.tokens).filter(|tokens| tokens.any()) {
         Some(tokens) => {
-            let audit = crate::audit::AuditLog::open(runtime.settings.admin_audit_log.as_deref());
+            let audit = Arc::new(crate::audit::AuditLog::open(
+                runtime.settings.admin_audit_log.as_deref(),
+            ));
+            runtime.record_to(audit.clone());
             let mut api = Service::new("admin".to_string(), AdminApi::new(runtime.clone(), tokens, audit));
             let endpoint = ListenerConfig::tcp(admin_listen.to_string());
             match admin
@@ -519,7 +522,7 @@ impl BackgroundService for Control {
         let replayer = AdminApi::new(
             self.runtime.clone(),
             admin::access::Tokens::none(),
-            crate::audit::AuditLog::off(),
+            Arc::new(crate::audit::AuditLog::off()),
         );
         // Outside a fleet nothing is ever received: only the edge's own work ends this service.
         let replay = async {

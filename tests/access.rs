@@ -340,3 +340,55 @@ async fn token_new_prints_a_token_that_works_at_once() {
         file
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn changes_from_files_are_in_the_audit_trail_once() {
+    let origin = Origin::start().await;
+    let edge = start(&origin, "").await;
+    let admin = Admin::new(&edge);
+    // Through the API: recorded once, as the API's (the file it writes is not a second change).
+    let put = admin
+        .put_rule(A, "500", &json!({"url": "http://a.test/e500.html"}))
+        .await;
+    assert_eq!(put.status, 201, "{put:?}");
+    // By hand: a file added, then removed.
+    let file = edge.domains_dir().join("c.yaml");
+    std::fs::write(&file, domain_yaml("c.test", origin.addr(), "")).expect("domain file");
+    common::wait_until("c.test is served", || async {
+        admin.domains().await.iter().any(|d| d["domain"] == "c.test")
+    })
+    .await;
+    std::fs::remove_file(&file).expect("remove");
+    common::wait_until("c.test is gone", || async {
+        !admin.domains().await.iter().any(|d| d["domain"] == "c.test")
+    })
+    .await;
+    // A moment for a late watcher event about the API's own write, which must not be recorded.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let all = admin.get("/api/audit").await;
+    let seen: Vec<String> = all.json["records"]
+        .as_array()
+        .map(|l| {
+            l.iter()
+                .map(|r| {
+                    format!(
+                        "{} {} {} {}",
+                        r["interface"].as_str().unwrap_or("-"),
+                        r["action"].as_str().unwrap_or("-"),
+                        r["domain"].as_str().unwrap_or("-"),
+                        r["outcome"].as_str().unwrap_or("-")
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(
+        seen,
+        [
+            "api rule.put a.test ok",
+            "file domain.put c.test ok",
+            "file domain.delete c.test ok"
+        ],
+        "{all:?}"
+    );
+}

@@ -42,7 +42,7 @@ pub struct AdminApi {
     /// Every token accepted, and what each may do.
     tokens: Tokens,
     /// Where every change and refusal is recorded.
-    audit: crate::audit::AuditLog,
+    audit: Arc<crate::audit::AuditLog>,
     /// Refused tokens by client address, in the current minute of each.
     failures: parking_lot::Mutex<std::collections::HashMap<std::net::IpAddr, (std::time::Instant, u32)>>,
     /// Serializes read-modify-write of domain specs.
@@ -227,7 +227,7 @@ struct RuleBody {
 
 impl AdminApi {
     /// An API over `runtime` accepting `tokens`, recording changes in `audit`.
-    pub fn new(runtime: Arc<Runtime>, tokens: Tokens, audit: crate::audit::AuditLog) -> AdminApi {
+    pub fn new(runtime: Arc<Runtime>, tokens: Tokens, audit: Arc<crate::audit::AuditLog>) -> AdminApi {
         AdminApi {
             runtime,
             tokens,
@@ -963,7 +963,7 @@ impl AdminApi {
             } else {
                 Outcome::Failed
             },
-            status: status.as_u16(),
+            status: Some(status.as_u16()),
             version_before: Some(before),
             version_after: Some(self.runtime.status().version),
             request_id: response

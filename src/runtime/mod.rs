@@ -57,6 +57,9 @@ pub struct Runtime {
     folders: Option<Folders>,
     /// Pages read back from the state folder at start.
     pages_restored: usize,
+    /// Where changes from the source are recorded (set by the admin API, see
+    /// [`Runtime::record_to`]).
+    audit: std::sync::OnceLock<Arc<crate::audit::AuditLog>>,
     status: Mutex<ReloadStatus>,
     /// Serializes changes, whoever asks (the source, the admin API, certificate files), and
     /// holds what lies between them.
@@ -210,6 +213,7 @@ impl Runtime {
             cache,
             folders,
             pages_restored,
+            audit: std::sync::OnceLock::new(),
             status: Mutex::new(ReloadStatus {
                 version: 1,
                 last_reload_at: None,
@@ -256,7 +260,16 @@ impl Runtime {
         let from_source = async {
             while let Some(changes) = self.source.changes().await {
                 let _ = match changes {
-                    Changes::Domains(changes) => self.apply_changes(changes).await,
+                    Changes::Domains(changes) => {
+                        // What the audit trail says of them: the domains they change, as held now.
+                        let noted = self.audit.get().map(|_| self.source_changes(&changes));
+                        let before = self.status().version;
+                        let applied = self.apply_changes(changes).await;
+                        if let (Some(noted), Some(audit)) = (noted, self.audit.get()) {
+                            self.record_source_changes(audit, noted, before, &applied);
+                        }
+                        applied
+                    }
                     Changes::Resync => self.resync().await,
                 };
             }
@@ -279,6 +292,67 @@ impl Runtime {
         }
         if let Some(folders) = &self.folders {
             folders.state.release();
+        }
+    }
+
+    /// Records in `audit` the changes the source reports (files written, keys put by others)
+    /// from now on.
+    pub fn record_to(&self, audit: Arc<crate::audit::AuditLog>) {
+        let _ = self.audit.set(audit);
+    }
+
+    /// The domains `changes` put or remove, with the action: those whose spec differs from the
+    /// one in use (an admin write applied already is not recorded twice).
+    fn source_changes(&self, changes: &[DomainChange]) -> Vec<(&'static str, String, bool)> {
+        let table = self.routes.load();
+        changes
+            .iter()
+            .filter_map(|change| match change {
+                DomainChange::Upsert(entry) => {
+                    let same = table.at(&entry.at).is_some_and(|d| d.spec == entry.spec);
+                    (!same).then(|| ("domain.put", entry.spec.domain.to_string(), false))
+                }
+                DomainChange::Remove(at) => table
+                    .at(at)
+                    .map(|d| ("domain.delete", d.label.to_string(), false)),
+                DomainChange::Broken { at, .. } => Some(("domain.put", at.to_string(), true)),
+            })
+            .collect()
+    }
+
+    fn record_source_changes(
+        &self,
+        audit: &crate::audit::AuditLog,
+        noted: Vec<(&'static str, String, bool)>,
+        before: u64,
+        applied: &Result<u64, ConfigErrors>,
+    ) {
+        use crate::audit::{Interface, Outcome, Record};
+        let interface = if self.fleet.is_some() {
+            Interface::Etcd
+        } else {
+            Interface::File
+        };
+        let after = self.status().version;
+        for (action, domain, broken) in noted {
+            audit.record(&Record {
+                time: crate::audit::now(),
+                interface,
+                token: None,
+                client: None,
+                action: action.to_string(),
+                domain: Some(domain),
+                target: None,
+                outcome: if applied.is_ok() && !broken {
+                    Outcome::Ok
+                } else {
+                    Outcome::Failed
+                },
+                status: None,
+                version_before: Some(before),
+                version_after: Some(after),
+                request_id: None,
+            });
         }
     }
 
