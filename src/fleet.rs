@@ -20,6 +20,13 @@ pub trait Fleet: Send + Sync {
 
     /// What every edge of the fleet last reported.
     async fn edges(&self) -> Result<Vec<EdgeReport>, String>;
+
+    /// Keeps one line of the audit trail (a JSON object whose `time` starts it) where every
+    /// edge's lines are, so one query sees the whole fleet.
+    async fn keep_audit_line(&self, time: &str, line: String) -> Result<(), String>;
+
+    /// The fleet's audit lines kept at `since` (an RFC 3339 time) or later, oldest first.
+    async fn audit_lines(&self, since: Option<&str>) -> Result<Vec<String>, String>;
 }
 
 /// What `POST /api/domains/{domain}/purge` takes: exactly one of `urls`, `prefix`, `all`.

@@ -184,6 +184,50 @@ async fn edges_reach_an_etcd_that_wants_client_certificates_and_a_password() {
     assert!(stderr.contains("source.etcd.user"), "{stderr}");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn one_query_on_any_edge_sees_the_whole_fleets_audit_trail() {
+    let etcd = Etcd::start(1);
+    let origin = origin_with_page("custom 404").await;
+    etcd.put(&key(EXP), &exp_yaml(&origin, "/404.html"));
+    let (a, b) = two_edges(&etcd).await;
+    let put = Admin::new(&a)
+        .put_rule(EXP, "500", &json!({"url": format!("http://{EXP}/404.html")}))
+        .await;
+    assert!(put.status < 300, "{}", put.text);
+    let refused = Admin::new(&b)
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/api/domains/{EXP}"),
+            Some("Bearer wrong"),
+            None,
+        )
+        .await;
+    assert_eq!(refused.status, 401);
+    let admin_b = Admin::new(&b);
+    let records = || async {
+        let answer = admin_b.get(&format!("/api/audit?domain={EXP}")).await;
+        answer.json["records"]
+            .as_array()
+            .map(|l| {
+                l.iter()
+                    .map(|r| format!("{} {} {}", r["token"], r["action"], r["outcome"]))
+                    .collect::<Vec<String>>()
+            })
+            .unwrap_or_default()
+    };
+    let found = time_until(Duration::from_secs(5), || async { records().await.len() >= 2 }).await;
+    let seen = records().await;
+    assert!(found.is_some(), "{seen:?}");
+    assert_eq!(
+        seen,
+        [
+            "\"default\" \"rule.put\" \"ok\"",
+            "null \"domain.delete\" \"refused\""
+        ],
+        "A's change and B's refusal, from B"
+    );
+}
+
 /// A domain spec for `domain` on `origin` with its 404 page at `page` on `EXP`.
 fn domain_yaml(domain: &str, origin: &Origin, page: &str) -> String {
     format!(

@@ -275,7 +275,7 @@ impl AdminApi {
     /// `GET /api/audit?domain=&since=&limit=`: the newest records (at most `limit`, default
     /// 100, up to 1000) the caller may see: an admin token over every domain sees all, others
     /// the records of their domains.
-    fn audit_records(&self, query: Option<&str>, who: &Principal) -> ApiResult {
+    async fn audit_records(&self, query: Option<&str>, who: &Principal) -> ApiResult {
         let (mut domain, mut since, mut limit) = (None, None, 100usize);
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -305,23 +305,38 @@ impl AdminApi {
             }
         }
         let everything = who.is(Permission::Admin);
-        let records = self
-            .audit
-            .read(
-                |r| {
-                    let visible =
-                        everything || r.domain.as_deref().is_some_and(|d| who.may(Permission::Read, d));
-                    let in_domain = domain
-                        .as_deref()
-                        .is_none_or(|d| r.domain.as_deref().is_some_and(|rd| rd.eq_ignore_ascii_case(d)));
-                    let recent = since.is_none_or(|since| {
-                        humantime::parse_rfc3339_weak(&r.time).is_ok_and(|at| at >= since)
-                    });
-                    visible && in_domain && recent
-                },
-                limit,
-            )
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+        let keep = |r: &crate::audit::Record| {
+            let visible = everything || r.domain.as_deref().is_some_and(|d| who.may(Permission::Read, d));
+            let in_domain = domain
+                .as_deref()
+                .is_none_or(|d| r.domain.as_deref().is_some_and(|rd| rd.eq_ignore_ascii_case(d)));
+            let recent =
+                since.is_none_or(|since| humantime::parse_rfc3339_weak(&r.time).is_ok_and(|at| at >= since));
+            visible && in_domain && recent
+        };
+        let records = match self.runtime.fleet() {
+            // The whole fleet's records, kept in etcd.
+            Some(fleet) => {
+                let since_key = since.map(|at| humantime::format_rfc3339_millis(at).to_string());
+                let lines = fleet.audit_lines(since_key.as_deref()).await.map_err(|e| {
+                    ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("the fleet's audit trail cannot be read: {e}"),
+                    )
+                })?;
+                let mut kept: Vec<crate::audit::Record> = lines
+                    .iter()
+                    .filter_map(|line| serde_json::from_str(line).ok())
+                    .filter(|r| keep(r))
+                    .collect();
+                let skip = kept.len().saturating_sub(limit);
+                kept.split_off(skip)
+            }
+            None => self
+                .audit
+                .read(keep, limit)
+                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?,
+        };
         Ok((StatusCode::OK, json!({ "records": records })))
     }
 
@@ -352,7 +367,10 @@ impl AdminApi {
         let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
         match (&method, segments.as_slice()) {
             (&Method::GET, ["api", "token"]) => Ok((StatusCode::OK, who.view())),
-            (&Method::GET, ["api", "audit"]) => self.audit_records(session.req_header().uri.query(), who),
+            (&Method::GET, ["api", "audit"]) => {
+                let query = session.req_header().uri.query().map(str::to_string);
+                self.audit_records(query.as_deref(), who).await
+            }
             (&Method::GET, ["api", "status"]) => {
                 let mut status = json!(self.runtime.status());
                 if !who.sees_all() {
@@ -944,7 +962,7 @@ impl AdminApi {
             .headers
             .get("x-requested-by")
             .is_some_and(|v| v.as_bytes() == b"console");
-        self.audit.record(&Record {
+        let record = Record {
             time: crate::audit::now(),
             interface: if console {
                 Interface::Console
@@ -971,7 +989,17 @@ impl AdminApi {
                 .get("x-request-id")
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string),
-        });
+        };
+        self.audit.record(&record);
+        // In a fleet, also where every edge's records are.
+        if let (Some(fleet), Ok(line)) = (self.runtime.fleet().cloned(), serde_json::to_string(&record)) {
+            let time = record.time.clone();
+            tokio::spawn(async move {
+                if let Err(e) = fleet.keep_audit_line(&time, line).await {
+                    warn!("audit: cannot keep a record in etcd: {e}");
+                }
+            });
+        }
     }
 
     /// The answer to one call (see [`ServeHttp::response`]).

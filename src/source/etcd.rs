@@ -854,6 +854,33 @@ impl Fleet for EtcdSource {
         tokio::join!(presence, relay);
     }
 
+    /// `{prefix}audit/{time}-{edge_id}-{n}`: keys sort by time, so a range from a time is the
+    /// lines since.
+    async fn keep_audit_line(&self, time: &str, line: String) -> Result<(), String> {
+        static SEQUENCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = SEQUENCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let key = format!(
+            "{}audit/{time}-{}-{n:08}",
+            self.settings.prefix, self.settings.edge_id
+        );
+        let mut client = self.client().await?;
+        within(client.put(key, line, None)).await?;
+        Ok(())
+    }
+
+    async fn audit_lines(&self, since: Option<&str>) -> Result<Vec<String>, String> {
+        let prefix = format!("{}audit/", self.settings.prefix);
+        let end = prefix_end(prefix.as_bytes());
+        let from = format!("{prefix}{}", since.unwrap_or(""));
+        let mut client = self.client().await?;
+        let answer = within(client.get(from, Some(GetOptions::new().with_range(end)))).await?;
+        Ok(answer
+            .kvs()
+            .iter()
+            .filter_map(|kv| kv.value_str().ok().map(str::to_string))
+            .collect())
+    }
+
     async fn edges(&self) -> Result<Vec<EdgeReport>, String> {
         let listing = async {
             let mut client = self.client().await?;
