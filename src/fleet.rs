@@ -27,6 +27,10 @@ pub trait Fleet: Send + Sync {
 
     /// The fleet's audit lines kept at `since` (an RFC 3339 time) or later, oldest first.
     async fn audit_lines(&self, since: Option<&str>) -> Result<Vec<String>, String>;
+
+    /// The admin tokens the fleet shares: (where, text) of each entry list kept for every
+    /// edge (the text is what `admin.tokens_file` holds).
+    async fn token_lists(&self) -> Result<Vec<(String, String)>, String>;
 }
 
 /// What `POST /api/domains/{domain}/purge` takes: exactly one of `urls`, `prefix`, `all`.

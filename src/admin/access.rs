@@ -362,7 +362,16 @@ pub struct Tokens {
     file: Option<PathBuf>,
     /// The file's tokens as last read well, and the file's stamp then.
     loaded: Mutex<(Stamp, Vec<Token>)>,
+    /// The tokens the fleet shares (`{prefix}tokens/` in etcd), as last read well, and when.
+    shared: Mutex<(Option<std::time::Instant>, Vec<Token>)>,
 }
+
+/// How long the fleet's shared tokens are used before they are read again.
+pub const SHARED_TOKENS_FOR: std::time::Duration = std::time::Duration::from_secs(5);
+/// How old the shared tokens may be when an unknown token makes them read again at once (a
+/// token just added to the fleet works at its first use; a flood of wrong ones costs a read a
+/// second at most).
+pub const SHARED_TOKENS_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Tokens {
     /// The tokens of `file` (read now: an error names the file and entry) and `default`.
@@ -371,6 +380,7 @@ impl Tokens {
             default: default.map(|t| digest(&t)),
             file,
             loaded: Mutex::new((None, Vec::new())),
+            shared: Mutex::new((None, Vec::new())),
         };
         if let Some(file) = &tokens.file {
             let text =
@@ -387,7 +397,38 @@ impl Tokens {
             default: None,
             file: None,
             loaded: Mutex::new((None, Vec::new())),
+            shared: Mutex::new((None, Vec::new())),
         }
+    }
+
+    /// Whether the fleet's shared tokens were read more than `age` ago (or never).
+    pub fn shared_older_than(&self, age: std::time::Duration) -> bool {
+        self.shared.lock().0.is_none_or(|at| at.elapsed() >= age)
+    }
+
+    /// Takes the fleet's shared token lists, (where, text) each: a list with an error is
+    /// logged and left out, the others are used.
+    pub fn set_shared(&self, lists: &[(String, String)]) {
+        let mut tokens = Vec::new();
+        for (at, text) in lists {
+            // A key holds a list of entries, or one entry (a mapping).
+            let text = if text.trim_start().starts_with('-') {
+                text.clone()
+            } else {
+                format!("- {}", text.trim().replace('\n', "\n  "))
+            };
+            match parse_entries(Path::new(at), &text) {
+                Ok(parsed) => tokens.extend(parsed),
+                Err(e) => log::error!("admin tokens: {e}; that list is not used"),
+            }
+        }
+        *self.shared.lock() = (Some(std::time::Instant::now()), tokens);
+    }
+
+    /// Keeps the shared tokens as they are until they are due again (the fleet could not be
+    /// read: each call does not wait for it).
+    pub fn shared_later(&self) {
+        self.shared.lock().0 = Some(std::time::Instant::now());
     }
 
     /// Whether any token is accepted (else the admin API is not started).
@@ -406,7 +447,8 @@ impl Tokens {
             return Ok(Principal::admin("default"));
         }
         let token = {
-            let loaded = self.current();
+            let mut loaded = self.current();
+            loaded.extend(self.shared.lock().1.iter().cloned());
             // Every entry compared, so the time taken says nothing of which one matched.
             loaded
                 .iter()

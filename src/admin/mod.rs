@@ -340,6 +340,31 @@ impl AdminApi {
         Ok((StatusCode::OK, json!({ "records": records })))
     }
 
+    /// In a fleet, reads the tokens it shares if they were read more than `age` ago. Returns
+    /// whether they were read.
+    async fn read_shared_tokens(&self, age: std::time::Duration) -> bool {
+        let Some(fleet) = self
+            .runtime
+            .fleet()
+            .filter(|_| self.tokens.shared_older_than(age))
+        else {
+            return false;
+        };
+        match fleet.token_lists().await {
+            Ok(lists) => {
+                self.tokens.set_shared(&lists);
+                true
+            }
+            Err(e) => {
+                warn!(
+                    "admin tokens: the fleet's shared tokens cannot be read: {e}; the last read stay in use"
+                );
+                self.tokens.shared_later();
+                false
+            }
+        }
+    }
+
     /// The caller, from its bearer token and address.
     fn principal(&self, session: &ServerSession) -> Result<Principal, Refused> {
         let presented = session
@@ -1022,7 +1047,13 @@ impl AdminApi {
             );
             return resp;
         }
-        let who = self.principal(session);
+        self.read_shared_tokens(access::SHARED_TOKENS_FOR).await;
+        let mut who = self.principal(session);
+        if who.as_ref().is_err_and(|refused| *refused == Refused::Unknown)
+            && self.read_shared_tokens(access::SHARED_TOKENS_RECHECK).await
+        {
+            who = self.principal(session);
+        }
         // A wrong token counts; none at all (a local metrics scrape, a first visit) does not.
         if who.is_err()
             && session

@@ -881,6 +881,19 @@ impl Fleet for EtcdSource {
             .collect())
     }
 
+    /// Every `{prefix}tokens/{name}`.
+    async fn token_lists(&self) -> Result<Vec<(String, String)>, String> {
+        let prefix = format!("{}tokens/", self.settings.prefix);
+        let end = prefix_end(prefix.as_bytes());
+        let mut client = self.client().await?;
+        let answer = within(client.get(prefix, Some(GetOptions::new().with_range(end)))).await?;
+        Ok(answer
+            .kvs()
+            .iter()
+            .filter_map(|kv| Some((kv.key_str().ok()?.to_string(), kv.value_str().ok()?.to_string())))
+            .collect())
+    }
+
     async fn edges(&self) -> Result<Vec<EdgeReport>, String> {
         let listing = async {
             let mut client = self.client().await?;
