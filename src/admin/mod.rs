@@ -1047,20 +1047,17 @@ impl AdminApi {
             );
             return resp;
         }
+        // A wrong token counts; none at all (a local metrics scrape, a first visit) does not.
+        let presented = req.headers.contains_key(http::header::AUTHORIZATION);
         self.read_shared_tokens(access::SHARED_TOKENS_FOR).await;
         let mut who = self.principal(session);
-        if who.as_ref().is_err_and(|refused| *refused == Refused::Unknown)
+        if presented
+            && who.as_ref().is_err_and(|refused| *refused == Refused::Unknown)
             && self.read_shared_tokens(access::SHARED_TOKENS_RECHECK).await
         {
             who = self.principal(session);
         }
-        // A wrong token counts; none at all (a local metrics scrape, a first visit) does not.
-        if who.is_err()
-            && session
-                .req_header()
-                .headers
-                .contains_key(http::header::AUTHORIZATION)
-        {
+        if who.is_err() && presented {
             self.failed(client);
         }
         if req.uri.path() == "/metrics" && req.method == Method::GET {
