@@ -649,10 +649,25 @@ impl DiskStorage {
             return false;
         }
         let _key = self.stripes[usize::from(head.key[0]) % STRIPES].lock();
-        if !self.honour_purges(&mut head, ticket) {
+        if !self.honour_purges(&mut head, ticket) || !self.write_locked(&head, body) {
             return false;
         }
-        self.write_locked(&head, body)
+        // A purge noted while this write ran may have listed the index before the object was
+        // in it: its marks are applied now, the key's lock still held (a purge noted after this
+        // check finds the object in the index).
+        let mut now = Head {
+            key: head.key,
+            place: head.place.clone(),
+            meta: head.meta.clone(),
+        };
+        if !self.honour_purges(&mut now, ticket) {
+            self.remove_locked(&head.key);
+            return false;
+        }
+        if now.meta != head.meta {
+            return self.write_locked(&now, body);
+        }
+        true
     }
 
     /// Writes an object; the caller holds the gate and the key's lock.

@@ -125,7 +125,7 @@ fn at(millis: u64) -> SystemTime {
 }
 
 /// [`MetaFields`] as stored on disk.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct StoredFields {
     fresh_until_ms: u64,
     updated_ms: u64,
