@@ -400,9 +400,7 @@ impl Storage for MemoryStorage {
             key: key.combined_bin(),
             place,
             meta: StoredMeta::new(meta),
-            chunks: Vec::new(),
-            body_len: 0,
-            too_large: false,
+            body: BodyBuffer::default(),
         }))
     }
 
@@ -546,39 +544,58 @@ struct MemoryMissHandler {
     key: HashBinary,
     place: Option<Place>,
     meta: StoredMeta,
+    body: BodyBuffer,
+}
+
+/// A response body kept as its chunks (shared, not copied) while it fits a bound; once it
+/// outgrows it, what was kept is freed at once rather than held until the response ends.
+#[derive(Default)]
+pub(super) struct BodyBuffer {
     chunks: Vec<Bytes>,
-    body_len: usize,
-    /// The body outgrew what the storage can hold: stop buffering, store nothing.
+    len: usize,
     too_large: bool,
+}
+
+impl BodyBuffer {
+    /// Keeps `data` while the body's length so far `fits`.
+    pub(super) fn push(&mut self, data: Bytes, fits: impl FnOnce(usize) -> bool) {
+        if self.too_large {
+            return;
+        }
+        self.len += data.len();
+        if fits(self.len) {
+            self.chunks.push(data);
+        } else {
+            self.too_large = true;
+            self.chunks = Vec::new();
+        }
+    }
+
+    /// The chunks, unless the body outgrew its bound.
+    pub(super) fn chunks(self) -> Option<Vec<Bytes>> {
+        (!self.too_large).then_some(self.chunks)
+    }
 }
 
 #[async_trait]
 impl HandleMiss for MemoryMissHandler {
     async fn write_body(&mut self, data: Bytes, _eof: bool) -> Result<()> {
-        if self.too_large {
-            return Ok(());
-        }
-        self.body_len += data.len();
-        let weight = entry_weight(&self.meta, self.body_len);
-        if self.storage.blocks_for(weight).is_none() {
-            // Free what was buffered now instead of holding it until the response ends.
-            self.too_large = true;
-            self.chunks = Vec::new();
-            return Ok(());
-        }
-        self.chunks.push(data);
+        let (storage, meta) = (self.storage, &self.meta);
+        self.body
+            .push(data, |len| storage.blocks_for(entry_weight(meta, len)).is_some());
         Ok(())
     }
 
     /// Reports the stored weight, or 0 when the entry is too large to store.
     async fn finish(self: Box<Self>) -> Result<MissFinishType> {
-        if self.too_large {
+        let body_len = self.body.len;
+        let Some(chunks) = self.body.chunks() else {
             return Ok(MissFinishType::Created(0));
-        }
+        };
         // Copy into one exactly sized buffer: a chunk may be a view into a larger read buffer,
         // which would keep more memory alive than the entry's weight accounts for.
-        let mut body = Vec::with_capacity(self.body_len);
-        for chunk in &self.chunks {
+        let mut body = Vec::with_capacity(body_len);
+        for chunk in &chunks {
             body.extend_from_slice(chunk);
         }
         let entry = Entry::new(self.key, self.place, self.meta, Bytes::from(body));

@@ -9,7 +9,7 @@
 use super::disk::DiskStorage;
 use super::index::{Place, Scope};
 use super::meta::{MetaFields, StoredFields};
-use super::storage::{target_key, MemoryStorage};
+use super::storage::{target_key, BodyBuffer, MemoryStorage};
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora_cache::key::{CacheHashKey, HashBinary};
@@ -107,9 +107,7 @@ impl Storage for TieredStorage {
             key: key.combined_bin(),
             place: Place::of(key),
             meta: MetaFields::of(meta).stored(),
-            chunks: Vec::new(),
-            body_len: 0,
-            too_large: false,
+            body: BodyBuffer::default(),
         }))
     }
 
@@ -183,25 +181,15 @@ struct TieredMissHandler {
     key: HashBinary,
     place: Option<Place>,
     meta: StoredFields,
-    chunks: Vec<Bytes>,
-    body_len: usize,
-    /// The body outgrew what the disk takes: no longer kept for it.
-    too_large: bool,
+    /// Kept for the disk while it fits what the disk takes.
+    body: BodyBuffer,
 }
 
 #[async_trait]
 impl HandleMiss for TieredMissHandler {
     async fn write_body(&mut self, data: Bytes, eof: bool) -> Result<()> {
-        if !self.too_large {
-            self.body_len += data.len();
-            if self.body_len > self.disk.max_object() {
-                // Not kept for a disk that will not take it.
-                self.too_large = true;
-                self.chunks = Vec::new();
-            } else {
-                self.chunks.push(data.clone());
-            }
-        }
+        let max = self.disk.max_object();
+        self.body.push(data.clone(), |len| len <= max);
         self.memory.write_body(data, eof).await
     }
 
@@ -209,11 +197,9 @@ impl HandleMiss for TieredMissHandler {
         let this = *self;
         let finished = this.memory.finish().await?;
         // Only a complete body gets here: a response cut short drops the handler instead.
-        if this.too_large {
-            this.disk.skipped();
-        } else {
-            this.disk
-                .write_behind(this.key, this.place, this.meta, this.chunks);
+        match this.body.chunks() {
+            Some(chunks) => this.disk.write_behind(this.key, this.place, this.meta, chunks),
+            None => this.disk.skipped(),
         }
         Ok(finished)
     }
