@@ -32,6 +32,8 @@ import sys
 import tempfile
 import time
 
+from report import replace_section
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EDGE_BIN = os.path.join(ROOT, "target/release/custom-pages")
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -156,12 +158,8 @@ def rss_mib(pid):
     return 0.0
 
 
-def disk_hits():
-    WORK_ORIGIN = os.path.join(WORK, "origin")
-    os.makedirs(os.path.join(WORK_ORIGIN, "o"))
-    for i in range(OBJECTS):
-        with open(os.path.join(WORK_ORIGIN, "o", str(i)), "wb") as f:
-            f.write(os.urandom(OBJECT_KIB << 10))
+def write_origin_conf(location):
+    """The origin (nginx): `location` is what its one `location /` does."""
     with open(os.path.join(WORK, "origin.conf"), "w") as f:
         f.write(f"""worker_processes 1;
 pid {WORK}/origin.pid;
@@ -171,11 +169,19 @@ http {{
     access_log off;
     server {{
         listen 127.0.0.1:{ORIGIN_PORT};
-        root {WORK_ORIGIN};
-        location / {{ add_header Cache-Control "max-age=86400"; }}
+        location / {{ {location} }}
     }}
 }}
 """)
+
+
+def disk_hits():
+    WORK_ORIGIN = os.path.join(WORK, "origin")
+    os.makedirs(os.path.join(WORK_ORIGIN, "o"))
+    for i in range(OBJECTS):
+        with open(os.path.join(WORK_ORIGIN, "o", str(i)), "wb") as f:
+            f.write(os.urandom(OBJECT_KIB << 10))
+    write_origin_conf(f"root {WORK_ORIGIN}; add_header Cache-Control \"max-age=86400\";")
     with open(os.path.join(WORK, "nginx.conf"), "w") as f:
         f.write(f"""worker_processes 1;
 pid {WORK}/nginx.pid;
@@ -233,19 +239,7 @@ def restart_to_first_hit():
         f.write(os.urandom(1024))
     subprocess.run([NGINX, "-c", f"{WORK}/origin.conf", "-s", "stop"])
     time.sleep(0.5)
-    with open(os.path.join(WORK, "origin.conf"), "w") as f:
-        f.write(f"""worker_processes 1;
-pid {WORK}/origin.pid;
-error_log {WORK}/origin.err;
-events {{}}
-http {{
-    access_log off;
-    server {{
-        listen 127.0.0.1:{ORIGIN_PORT};
-        location / {{ root {WORK}/origin; try_files /one =404; add_header Cache-Control "max-age=86400"; }}
-    }}
-}}
-""")
+    write_origin_conf(f"root {WORK}/origin; try_files /one =404; add_header Cache-Control \"max-age=86400\";")
     subprocess.run(["taskset", "-c", "1", NGINX, "-c", f"{WORK}/origin.conf"], check=True)
     edge.start()
     wait("the edge listens", lambda: port_open(EDGE_PORT) and port_open(ADMIN_PORT), 30)
@@ -316,15 +310,7 @@ def write_report(hits, final, restarts, stored):
         lines.append(f"| {how} | {first:.3f} s | {indexed:.2f} s | {objects} |")
     lines += ["", END_MARK, ""]
     section = "\n".join(lines)
-    text = open(OUT).read() if os.path.exists(OUT) else ""
-    if START_MARK in text and END_MARK in text:
-        before, rest = text.split(START_MARK, 1)
-        after = rest.split(END_MARK, 1)[1].lstrip("\n")
-        text = before + section + after
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    with open(OUT, "w") as f:
-        f.write(text)
+    replace_section(OUT, START_MARK, END_MARK, section)
 
 
 def main():

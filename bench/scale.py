@@ -29,6 +29,8 @@ import sys
 import tempfile
 import time
 
+from report import replace_section
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EDGE_BIN = os.path.join(ROOT, "target/release/custom-pages")
 ORIGIN_BIN = os.path.join(ROOT, "target/release/examples/demo_origin")
@@ -331,15 +333,7 @@ def write_report(table):
         f"{CHANGES} changes of random domains per row, each to a new page, timed until every edge serves it.\n\n"
         f"{table}\n{END_MARK}\n"
     )
-    text = open(OUT).read() if os.path.exists(OUT) else ""
-    if START_MARK in text and END_MARK in text:
-        before, rest = text.split(START_MARK, 1)
-        after = rest.split(END_MARK, 1)[1].lstrip("\n")
-        text = before + section + after
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    with open(OUT, "w") as f:
-        f.write(text)
+    replace_section(OUT, START_MARK, END_MARK, section)
 
 
 def main():
