@@ -7,6 +7,7 @@ use crate::cache::{self, policy};
 use crate::filters::{RequestInfo, Verdict};
 use crate::metrics::{status_class, METRICS};
 use crate::pages::{self, guard, PageState};
+use crate::runtime::routes::STAGING_HEADER;
 use crate::runtime::{Domain, RouteTable, Runtime};
 use crate::spec::values::normalize_host;
 use crate::tls;
@@ -46,6 +47,8 @@ pub struct RequestCtx {
     pub host: String,
     /// Whether the request came over TLS.
     pub https: bool,
+    /// Whether the domain's staging spec serves it (the request carried its key).
+    pub staging: bool,
     /// The fields of a 304 the origin answered a revalidation with.
     not_modified: Option<http::HeaderMap>,
     /// The request's way through the domain's origin servers.
@@ -270,6 +273,7 @@ impl ProxyHttp for EdgeProxy {
             domain: None,
             host: String::new(),
             https: false,
+            staging: false,
             not_modified: None,
             attempt: Attempt::default(),
             pages: PageState::default(),
@@ -316,6 +320,22 @@ impl ProxyHttp for EdgeProxy {
                 return Ok(true);
             }
         }
+        // A preview: the staging spec serves a request with the right key (the production
+        // domain chose the connection's certificate and redirects above); any other value is
+        // production's request, and no value reaches the origin.
+        let domain = match session.req_header_mut().remove_header(STAGING_HEADER) {
+            Some(key) => match routes
+                .staged(&domain.name)
+                .filter(|stage| stage.selected_by(key.as_bytes()))
+            {
+                Some(stage) => {
+                    ctx.staging = true;
+                    stage.domain.clone()
+                }
+                None => domain,
+            },
+            None => domain,
+        };
         ctx.host = host;
         ctx.pages.ignore_opt_out = !domain.spec.custom_pages_opt_out;
         ctx.domain = Some(domain.clone());
@@ -356,6 +376,15 @@ impl ProxyHttp for EdgeProxy {
             (false, false) => "http",
         };
         let domain = ctx.domain.as_ref().map_or("", |d| d.label.as_str());
+        if ctx.staging {
+            // Previews never share entries with production.
+            return Ok(cache::key::key(
+                &format!("{domain}~staging"),
+                scheme,
+                &ctx.host,
+                target,
+            ));
+        }
         Ok(cache::key::key(domain, scheme, &ctx.host, target))
     }
 

@@ -334,6 +334,7 @@ fn run(
             return ExitCode::FAILURE;
         }
     };
+    source.use_state_folder(folders.state.clone());
     let mut server = Server::new_with_opt_and_conf(opt, std::mem::take(&mut snapshot.edge.server));
     server.bootstrap();
 

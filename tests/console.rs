@@ -46,6 +46,9 @@ enum Suite {
     AfterRestart,
     /// Signed in with a token scoped to `DOMAIN` (rules only); `OTHER` is another domain.
     Scoped,
+    /// The domain's versions (diff, rollback) and its staging configuration (preview, publish,
+    /// discard), on a domain without rules.
+    Versions,
 }
 
 /// A domain the scoped token may not touch.
@@ -92,6 +95,14 @@ async fn run_browser_tests(edge: &Edge, suite: Suite, expected: usize) {
                     },
                 )
                 .env("OTHER", OTHER)
+                .env(
+                    "VERSIONS",
+                    if matches!(suite, Suite::Versions) {
+                        "1"
+                    } else {
+                        "0"
+                    },
+                )
                 .output()
         }
     })
@@ -189,4 +200,18 @@ async fn a_scoped_token_sees_only_its_domains_and_actions_in_the_console() {
     };
     let edge = common::start_edge_in(dir, options).await;
     run_browser_tests(&edge, Suite::Scoped, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_console_shows_versions_rolls_back_and_publishes_staging_in_a_browser() {
+    browser();
+    let origin = Origin::start().await;
+    origin.route("/a.html", page(TEXT_A));
+    origin.route("/b.html", page(TEXT_B));
+    let edge = start_edge(
+        EdgeOptions::default(),
+        vec![("exp.yaml", domain_yaml(DOMAIN, origin.addr(), ""))],
+    )
+    .await;
+    run_browser_tests(&edge, Suite::Versions, 4).await;
 }

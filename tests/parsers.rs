@@ -65,6 +65,7 @@ proptest! {
                 let snapshot = Snapshot {
                     edge: EdgeSettings::from_yaml(Path::new("edge.yaml"), "threads: 1\n").unwrap(),
                     domains: vec![DomainEntry { at: file.clone(), spec, revision: 0 }],
+                    staged: Vec::new(),
                     errors: Vec::new(),
                     kept: Vec::new(),
                     from: "files",

@@ -7,6 +7,7 @@
 //! single token of `admin.token_file` / `CUSTOM_PAGES_ADMIN_TOKEN`, which is an `admin` token
 //! named `default`.
 
+use crate::spec::values::constant_time_eq;
 use parking_lot::Mutex;
 use serde::Deserialize;
 use std::net::IpAddr;
@@ -502,11 +503,6 @@ impl Tokens {
         }
         loaded.1.clone()
     }
-}
-
-/// Compares secrets without leaking where they differ through timing.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 use crate::fleet::{FleetOp, Operation};
 use crate::metrics::METRICS;
 use crate::runtime::{Domain, Runtime};
-use crate::source::{DomainChange, WriteFailure};
+use crate::source::{Alongside, Author, DomainChange, WriteFailure};
 use crate::spec::values::percent_decode;
 use crate::spec::{
     CodePattern, ConfigError, ConfigErrors, DomainName, Location, PageUrl, RuleSpec, Source, VariantSpec,
@@ -28,6 +28,7 @@ use std::sync::Arc;
 pub mod access;
 mod cache;
 mod console;
+mod versions;
 
 const MAX_BODY: usize = 64 * 1024;
 /// Refused tokens from one address within [`FAILURE_WINDOW`] before it gets `429`.
@@ -70,6 +71,8 @@ struct ApiError {
     details: Vec<ConfigError>,
     /// What a refused caller would need (`rules on b.test`).
     needed: Option<String>,
+    /// The domain's current version, when a write expected another.
+    current: Option<u64>,
 }
 
 impl ApiError {
@@ -80,6 +83,7 @@ impl ApiError {
             field: None,
             details: Vec::new(),
             needed: None,
+            current: None,
         }
     }
 
@@ -189,6 +193,9 @@ struct ServerView<'a> {
 #[serde(deny_unknown_fields)]
 struct DomainBody {
     origin: crate::spec::OriginSpec,
+    /// Why, for the domain's history.
+    #[serde(default)]
+    comment: Option<String>,
 }
 
 /// How many times a change is planned again when the store says the domain changed meanwhile.
@@ -223,6 +230,35 @@ struct RuleBody {
     language: Option<String>,
     #[serde(default)]
     inline: Option<bool>,
+    /// Why, for the domain's history.
+    #[serde(default)]
+    comment: Option<String>,
+}
+
+/// What a write records with the change: who and why, the version the domain must be at
+/// (a rollback's `If-Match`, a publish's staging base), and whether the staging spec goes.
+struct Change {
+    author: Author,
+    expect: Option<u64>,
+    unstage: bool,
+}
+
+impl Change {
+    /// A change by `author`, expecting nothing.
+    fn by(author: Author) -> Change {
+        Change {
+            author,
+            expect: None,
+            unstage: false,
+        }
+    }
+}
+
+/// A change written and applied: where, what the plan said, and the domain's version now.
+struct Written<T> {
+    at: String,
+    outcome: T,
+    version: Option<u64>,
 }
 
 impl AdminApi {
@@ -377,7 +413,48 @@ impl AdminApi {
         self.tokens.authenticate(presented, Self::client(session))
     }
 
-    async fn route(&self, session: &mut ServerSession, who: &Principal) -> ApiResult {
+    /// The answer of a call: the text endpoints (a version's YAML, a diff), else JSON.
+    async fn route(
+        &self,
+        session: &mut ServerSession,
+        who: &Principal,
+    ) -> Result<Response<Vec<u8>>, ApiError> {
+        let path = session.req_header().uri.path().to_string();
+        let segments: Vec<String> = path.trim_matches('/').split('/').map(percent_decode).collect();
+        let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+        if session.req_header().method == Method::GET {
+            let text = match segments.as_slice() {
+                ["api", "domains", domain, "versions", n] => {
+                    self.need(who, Permission::Read, domain)?;
+                    Some(("text/yaml; charset=utf-8", self.version_text(domain, n).await?))
+                }
+                ["api", "domains", domain, "versions", a, "diff", b] => {
+                    self.need(who, Permission::Read, domain)?;
+                    Some((
+                        "text/plain; charset=utf-8",
+                        self.version_diff(domain, a, b).await?,
+                    ))
+                }
+                _ => None,
+            };
+            if let Some((content_type, text)) = text {
+                return Ok(text_response(content_type, text));
+            }
+        }
+        let (status, body) = self.route_json(session, who).await?;
+        Ok(json_response(status, &body))
+    }
+
+    /// `Ok` if `who` may do `permission` on `domain`, else the refusal.
+    fn need(&self, who: &Principal, permission: Permission, domain: &str) -> Result<(), ApiError> {
+        if who.may(permission, domain) {
+            Ok(())
+        } else {
+            Err(ApiError::refused(who, permission, domain))
+        }
+    }
+
+    async fn route_json(&self, session: &mut ServerSession, who: &Principal) -> ApiResult {
         // Every route names what it needs before it reads or changes anything.
         let need = |permission: Permission, domain: &str| {
             if who.may(permission, domain) {
@@ -390,6 +467,13 @@ impl AdminApi {
         let path = session.req_header().uri.path().to_string();
         let segments: Vec<String> = path.trim_matches('/').split('/').map(percent_decode).collect();
         let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+        let author = versions::author(session.req_header(), who);
+        if let Some(answer) = self
+            .route_versions(session, who, &author, &method, &segments)
+            .await
+        {
+            return answer;
+        }
         match (&method, segments.as_slice()) {
             (&Method::GET, ["api", "token"]) => Ok((StatusCode::OK, who.view())),
             (&Method::GET, ["api", "audit"]) => {
@@ -423,20 +507,20 @@ impl AdminApi {
             (&Method::PUT, ["api", "domains", domain]) => {
                 need(Permission::Domains, domain)?;
                 let body = read_body(session).await?;
-                self.put_domain(domain, &body).await
+                self.put_domain(domain, &body, author).await
             }
             (&Method::DELETE, ["api", "domains", domain]) => {
                 need(Permission::Domains, domain)?;
-                self.delete_domain(domain).await
+                self.delete_domain(domain, author).await
             }
             (&Method::PUT, ["api", "domains", domain, "custom-pages", code]) => {
                 need(Permission::Rules, domain)?;
                 let body = read_body(session).await?;
-                self.put_rule(domain, code, &body).await
+                self.put_rule(domain, code, &body, author).await
             }
             (&Method::DELETE, ["api", "domains", domain, "custom-pages", code]) => {
                 need(Permission::Rules, domain)?;
-                self.delete_rule(domain, code).await
+                self.delete_rule(domain, code, author).await
             }
             (&Method::GET, ["api", "domains", domain, "custom-pages", code, "page"]) => {
                 need(Permission::Read, domain)?;
@@ -481,6 +565,9 @@ impl AdminApi {
                 | ["api", "domains"]
                 | ["api", "domains", _]
                 | ["api", "domains", _, "custom-pages", ..]
+                | ["api", "domains", _, "versions", ..]
+                | ["api", "domains", _, "rollback"]
+                | ["api", "domains", _, "staging", ..]
                 | ["api", "domains", _, "purge" | "prefetch"],
             ) => Err(ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -570,37 +657,12 @@ impl AdminApi {
         ))
     }
 
-    async fn put_rule(&self, domain: &str, code: &str, body: &[u8]) -> ApiResult {
-        let code: CodePattern = code.parse().map_err(|e: String| ApiError::field("code", e))?;
-        let body: RuleBody = parse_json_body(body)?;
-        let url: PageUrl = body.url.parse().map_err(|e: String| ApiError::field("url", e))?;
-        let rule = RuleSpec {
-            code,
-            url,
-            source: body.source.unwrap_or_default(),
-            status: body.status,
-            redirect: body.redirect,
-            variants: body.variants,
-            languages: body.languages,
-            language: body.language,
-            inline: body.inline.unwrap_or(true),
-        };
-        rule.check().map_err(|(field, e)| ApiError::field(field, e))?;
-        let created = self
-            .change_rules(domain, |rules| {
-                match rules.iter().position(|r| r.code == rule.code) {
-                    Some(i) => {
-                        rules[i] = rule.clone();
-                        Ok(false)
-                    }
-                    None => {
-                        rules.push(rule.clone());
-                        Ok(true)
-                    }
-                }
-            })
+    async fn put_rule(&self, domain: &str, code: &str, body: &[u8], author: Author) -> ApiResult {
+        let (rule, comment) = parse_rule(code, body)?;
+        let change = Change::by(author.with_comment(comment));
+        let (created, version) = self
+            .change_rules(domain, &change, |rules| Ok(upsert_rule(rules, &rule)))
             .await?;
-        let version = self.runtime.status().version;
         let status = if created {
             StatusCode::CREATED
         } else {
@@ -608,41 +670,36 @@ impl AdminApi {
         };
         Ok((
             status,
-            json!({"domain": domain, "rule": rule, "version": version}),
+            json!({"domain": domain, "rule": rule, "version": self.runtime.status().version, "domain_version": version}),
         ))
     }
 
-    async fn delete_rule(&self, domain: &str, code: &str) -> ApiResult {
+    async fn delete_rule(&self, domain: &str, code: &str, author: Author) -> ApiResult {
         let code: CodePattern = code.parse().map_err(|e: String| ApiError::field("code", e))?;
-        self.change_rules(domain, |rules| {
-            let before = rules.len();
-            rules.retain(|r| r.code != code);
-            if rules.len() == before {
-                return Err(ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    format!("{domain} has no rule for code {code}"),
-                ));
-            }
-            Ok(())
-        })
-        .await?;
+        let ((), version) = self
+            .change_rules(domain, &Change::by(author), |rules| {
+                remove_rule(rules, &code, domain)
+            })
+            .await?;
         Ok((
             StatusCode::OK,
-            json!({"domain": domain, "deleted": code.to_string(), "version": self.runtime.status().version}),
+            json!({"domain": domain, "deleted": code.to_string(), "version": self.runtime.status().version, "domain_version": version}),
         ))
     }
 
     /// Read-modify-write of one domain's rules: the domain's spec in use is changed, checked
     /// against the table in use as applying it would (the same code as `-t` and reloads),
-    /// written back atomically, and applied. A rejected change writes nothing.
+    /// written back atomically, and applied. A rejected change writes nothing. Returns the
+    /// outcome and the domain's version after.
     async fn change_rules<T>(
         &self,
         domain: &str,
-        mut change: impl FnMut(&mut Vec<RuleSpec>) -> Result<T, ApiError>,
-    ) -> Result<T, ApiError> {
+        change: &Change,
+        mut edit: impl FnMut(&mut Vec<RuleSpec>) -> Result<T, ApiError>,
+    ) -> Result<(T, Option<u64>), ApiError> {
         let wanted = parse_name(domain).ok_or_else(|| unknown_domain(domain))?;
-        let (at, outcome) = self
-            .write(&wanted, |current| {
+        let written = self
+            .write(&wanted, change, |current| {
                 let Some(before) = current else {
                     // The domain's own spec may be among the broken ones: say so rather than
                     // "unknown".
@@ -654,22 +711,23 @@ impl AdminApi {
                     });
                 };
                 let mut entry = before.clone();
-                let outcome = change(&mut entry.spec.custom_pages)?;
+                let outcome = edit(&mut entry.spec.custom_pages)?;
                 self.check_change(&[DomainChange::Upsert(Box::new(entry.clone()))], &entry.at)?;
                 Ok((Write::Put(entry, Some(Box::new(before))), outcome))
             })
             .await?;
-        info!("admin API changed the rules of {domain} in {at}");
-        Ok(outcome)
+        info!("admin API changed the rules of {domain} in {}", written.at);
+        Ok((written.outcome, written.version))
     }
 
     /// `PUT /api/domains/{domain}`: creates the domain (201) or replaces its origin (200),
     /// checked and written like a rule change.
-    async fn put_domain(&self, name: &str, body: &[u8]) -> ApiResult {
+    async fn put_domain(&self, name: &str, body: &[u8], author: Author) -> ApiResult {
         let body: DomainBody = parse_json_body(body)?;
         let wanted: DomainName = name.parse().map_err(|e: String| ApiError::field("domain", e))?;
-        let (at, existed) = self
-            .write(&wanted, |current| {
+        let change = Change::by(author.with_comment(body.comment.clone()));
+        let written = self
+            .write(&wanted, &change, |current| {
                 let (entry, before) = match current {
                     Some(before) => {
                         let mut entry = before.clone();
@@ -677,21 +735,17 @@ impl AdminApi {
                         (entry, Some(Box::new(before)))
                     }
                     None => {
-                        let entry = crate::source::DomainEntry {
-                            at: Location::Key(format!("new domain {wanted}")),
-                            spec: crate::spec::DomainSpec {
-                                domain: wanted.to_string(),
-                                origin: body.origin.clone(),
-                                cache: Default::default(),
-                                custom_pages: Vec::new(),
-                                custom_pages_opt_out: true,
-                                tls: None,
-                                https_redirect: false,
-                                filters: Vec::new(),
-                            },
-                            revision: 0,
+                        let spec = crate::spec::DomainSpec {
+                            domain: wanted.to_string(),
+                            origin: body.origin.clone(),
+                            cache: Default::default(),
+                            custom_pages: Vec::new(),
+                            custom_pages_opt_out: true,
+                            tls: None,
+                            https_redirect: false,
+                            filters: Vec::new(),
                         };
-                        (entry, None)
+                        (new_entry(&wanted, spec), None)
                     }
                 };
                 self.check_change(&[DomainChange::Upsert(Box::new(entry.clone()))], &entry.at)?;
@@ -699,42 +753,57 @@ impl AdminApi {
                 Ok((Write::Put(entry, before), existed))
             })
             .await?;
-        info!("admin API wrote the domain {wanted} to {at}");
-        let status = if existed {
+        info!("admin API wrote the domain {wanted} to {}", written.at);
+        let status = if written.outcome {
             StatusCode::OK
         } else {
             StatusCode::CREATED
         };
-        Ok((status, json!({"domain": wanted.to_string(), "at": at})))
+        Ok((
+            status,
+            json!({"domain": wanted.to_string(), "at": written.at, "domain_version": written.version}),
+        ))
     }
 
-    /// `DELETE /api/domains/{domain}`: refused while another domain's page lives on it.
-    async fn delete_domain(&self, name: &str) -> ApiResult {
+    /// `DELETE /api/domains/{domain}`: refused while another domain's page lives on it. The
+    /// domain's history stays (a rollback restores it).
+    async fn delete_domain(&self, name: &str, author: Author) -> ApiResult {
         let wanted = parse_name(name).ok_or_else(|| unknown_domain(name))?;
-        self.write(&wanted, |current| {
-            let entry = current.ok_or_else(|| unknown_domain(name))?;
-            if let Err(errors) = self
-                .runtime
-                .check_changes(&[DomainChange::Remove(entry.at.clone())])
-            {
-                return Err(conflict(errors));
-            }
-            Ok((Write::Delete(wanted.clone(), entry), ()))
-        })
-        .await?;
+        let change = Change {
+            // Its staging spec goes with it.
+            unstage: self.runtime.routes().staged(&wanted).is_some(),
+            ..Change::by(author)
+        };
+        let written = self
+            .write(&wanted, &change, |current| {
+                let entry = current.ok_or_else(|| unknown_domain(name))?;
+                if let Err(errors) = self
+                    .runtime
+                    .check_changes(&[DomainChange::Remove(entry.at.clone())])
+                {
+                    return Err(conflict(errors));
+                }
+                Ok((Write::Delete(wanted.clone(), entry), ()))
+            })
+            .await?;
         info!("admin API deleted the domain {wanted}");
-        Ok((StatusCode::OK, json!({"deleted": wanted.to_string()})))
+        Ok((
+            StatusCode::OK,
+            json!({"deleted": wanted.to_string(), "domain_version": written.version}),
+        ))
     }
 
     /// One change of the domain `name` through the source: `plan` makes it from the domain's
-    /// spec in use (none: no such domain), the source writes it (one file or one key),
-    /// refusing it if the domain changed meanwhile in a store that can tell: then it is planned
-    /// again from the version the source holds now. The change is applied before this returns.
+    /// spec in use (none: no such domain), the source writes it (one file or one key) with the
+    /// versions that record it, refusing it if the domain changed meanwhile in a store that
+    /// can tell: then it is planned again from the version the source holds now. The change is
+    /// applied before this returns.
     async fn write<T>(
         &self,
         name: &DomainName,
+        change: &Change,
         mut plan: impl FnMut(Option<crate::source::DomainEntry>) -> Result<(Write, T), ApiError>,
-    ) -> Result<(String, T), ApiError> {
+    ) -> Result<Written<T>, ApiError> {
         let _one_writer = self.writes.lock().await;
         let source = self.runtime.source();
         let mut current = self.runtime.routes().by_name(name).map(|d| d.entry());
@@ -747,22 +816,60 @@ impl AdminApi {
         }
         let mut attempt = 1;
         loop {
+            let kept = source.versions(name).await.map_err(|e| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("the history of {name} cannot be read: {e}"),
+                )
+            })?;
+            let version_now = crate::source::versions::current(&kept, current.is_some());
+            if let Some(expected) = change.expect.filter(|expected| Some(*expected) != version_now) {
+                let now = version_now.map_or("none".to_string(), |v| v.to_string());
+                return Err(ApiError {
+                    current: version_now,
+                    ..ApiError::new(
+                        StatusCode::CONFLICT,
+                        format!("{name} is at version {now}, not {expected}: nothing was changed"),
+                    )
+                });
+            }
             let (write, outcome) = plan(current.clone())?;
+            let (before, after) = match &write {
+                Write::Put(entry, _) => (current.as_ref().map(|c| &c.spec), Some(&entry.spec)),
+                Write::Delete(_, entry) => (Some(&entry.spec), None),
+            };
+            let mut along = Alongside::record(
+                &kept,
+                before,
+                after,
+                &change.author,
+                source.found_by(),
+                self.runtime.settings.admin_history,
+            )
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+            along.unstage = change.unstage;
+            let version = along.add.last().map(|v| v.version).or(version_now);
             let written = match &write {
                 Write::Put(entry, before) => source
-                    .put_domain(&entry.spec, before.as_deref())
+                    .put_domain(&entry.spec, before.as_deref(), &along)
                     .await
                     .map(|written| (written.at.to_string(), DomainChange::Upsert(Box::new(written)))),
-                Write::Delete(name, entry) => match source.delete_domain(name, Some(entry)).await {
+                Write::Delete(name, entry) => match source.delete_domain(name, Some(entry), &along).await {
                     Ok(true) => Ok((entry.at.to_string(), DomainChange::Remove(entry.at.clone()))),
                     Ok(false) => return Err(unknown_domain(&name.to_string())),
                     Err(e) => Err(e),
                 },
             };
             match written {
-                Ok((at, change)) => {
-                    self.runtime.apply_changes(vec![change]).await.map_err(conflict)?;
-                    return Ok((at, outcome));
+                Ok((at, applied)) => {
+                    let mut changes = vec![applied];
+                    if change.unstage {
+                        if let Some(stage) = self.runtime.routes().staged(name) {
+                            changes.push(DomainChange::Unstage(stage.domain.at.clone()));
+                        }
+                    }
+                    self.runtime.apply_changes(changes).await.map_err(conflict)?;
+                    return Ok(Written { at, outcome, version });
                 }
                 Err(e) if e.kind == WriteFailure::Conflict && attempt < WRITE_ATTEMPTS => {
                     // Another edge wrote the domain meanwhile: back off a little (more each
@@ -774,14 +881,7 @@ impl AdminApi {
                         .await
                         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.message))?;
                 }
-                Err(e) => {
-                    let status = match e.kind {
-                        WriteFailure::Conflict => StatusCode::CONFLICT,
-                        WriteFailure::Unknown => StatusCode::SERVICE_UNAVAILABLE,
-                        WriteFailure::Failed => StatusCode::INTERNAL_SERVER_ERROR,
-                    };
-                    return Err(ApiError::new(status, e.message));
-                }
+                Err(e) => return Err(write_error(e)),
             }
         }
     }
@@ -964,6 +1064,24 @@ impl AdminApi {
             (&Method::POST, ["api", "domains", d, "custom-pages", code, "refresh"]) => {
                 ("page.refresh", Some(*d), Some(json!({"code": code})))
             }
+            (&Method::PUT, ["api", "domains", d, "staging", "custom-pages", code]) => {
+                ("staging.rule.put", Some(*d), Some(json!({"code": code})))
+            }
+            (&Method::DELETE, ["api", "domains", d, "staging", "custom-pages", code]) => {
+                ("staging.rule.delete", Some(*d), Some(json!({"code": code})))
+            }
+            (&Method::PUT, ["api", "domains", d, "staging"]) => ("staging.put", Some(*d), None),
+            (&Method::DELETE, ["api", "domains", d, "staging"]) => ("staging.discard", Some(*d), None),
+            (&Method::POST, ["api", "domains", d, "staging", "publish"]) => (
+                "staging.publish",
+                Some(*d),
+                answer.get("version").map(|v| json!({"version": v})),
+            ),
+            (&Method::POST, ["api", "domains", d, "rollback"]) => (
+                "domain.rollback",
+                Some(*d),
+                answer.get("to").map(|to| json!({"to": to})),
+            ),
             (&Method::PUT, ["api", "domains", d]) => ("domain.put", Some(*d), None),
             (&Method::DELETE, ["api", "domains", d]) => ("domain.delete", Some(*d), None),
             (&Method::POST, ["api", "domains", d, op @ ("purge" | "prefetch")]) => {
@@ -1084,7 +1202,7 @@ impl AdminApi {
             }
         };
         match self.route(session, &who).await {
-            Ok((status, body)) => json_response(status, &body),
+            Ok(response) => response,
             Err(e) => {
                 let mut body = json!({"error": e.message});
                 if let Some(field) = e.field {
@@ -1096,10 +1214,18 @@ impl AdminApi {
                 if let Some(needed) = e.needed {
                     body["needed"] = json!(needed);
                 }
+                if let Some(current) = e.current {
+                    body["current"] = json!(current);
+                }
                 json_response(e.status, &body)
             }
         }
     }
+}
+
+/// A text answer (`200`).
+fn text_response(content_type: &'static str, text: String) -> Response<Vec<u8>> {
+    body_response(StatusCode::OK, content_type, text.into_bytes())
 }
 
 fn metrics_response(runtime: &Runtime) -> Response<Vec<u8>> {
@@ -1118,12 +1244,17 @@ fn metrics_response(runtime: &Runtime) -> Response<Vec<u8>> {
 fn json_response(status: StatusCode, body: &Value) -> Response<Vec<u8>> {
     let mut bytes = serde_json::to_vec_pretty(body).unwrap_or_default();
     bytes.push(b'\n');
+    body_response(status, "application/json", bytes)
+}
+
+/// An answer of `content_type`, never cached.
+fn body_response(status: StatusCode, content_type: &'static str, bytes: Vec<u8>) -> Response<Vec<u8>> {
     let mut resp = Response::new(Vec::new());
     *resp.status_mut() = status;
     let headers = resp.headers_mut();
     headers.insert(
         http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
+        http::HeaderValue::from_static(content_type),
     );
     headers.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(bytes.len()));
     headers.insert(
@@ -1189,6 +1320,73 @@ fn parse_json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Api
 /// A domain name from a path, as specs write it.
 /// How long to wait after losing the `attempt`th race for a write: 10 ms to 20 ms times the
 /// attempt, the jitter taken from the clock.
+/// The rule a `PUT .../custom-pages/{code}` body describes, checked alone, with the body's
+/// comment.
+fn parse_rule(code: &str, body: &[u8]) -> Result<(RuleSpec, Option<String>), ApiError> {
+    let code: CodePattern = code.parse().map_err(|e: String| ApiError::field("code", e))?;
+    let body: RuleBody = parse_json_body(body)?;
+    let url: PageUrl = body.url.parse().map_err(|e: String| ApiError::field("url", e))?;
+    let rule = RuleSpec {
+        code,
+        url,
+        source: body.source.unwrap_or_default(),
+        status: body.status,
+        redirect: body.redirect,
+        variants: body.variants,
+        languages: body.languages,
+        language: body.language,
+        inline: body.inline.unwrap_or(true),
+    };
+    rule.check().map_err(|(field, e)| ApiError::field(field, e))?;
+    Ok((rule, body.comment))
+}
+
+/// Puts `rule` in place of the rule of its code, or last; true if it is new.
+fn upsert_rule(rules: &mut Vec<RuleSpec>, rule: &RuleSpec) -> bool {
+    match rules.iter().position(|r| r.code == rule.code) {
+        Some(i) => {
+            rules[i] = rule.clone();
+            false
+        }
+        None => {
+            rules.push(rule.clone());
+            true
+        }
+    }
+}
+
+/// Removes the rule of `code`; 404 if there is none.
+fn remove_rule(rules: &mut Vec<RuleSpec>, code: &CodePattern, domain: &str) -> Result<(), ApiError> {
+    let before = rules.len();
+    rules.retain(|r| r.code != *code);
+    if rules.len() == before {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("{domain} has no rule for code {code}"),
+        ));
+    }
+    Ok(())
+}
+
+/// The entry of a domain the source does not hold yet (it says where it goes).
+fn new_entry(name: &DomainName, spec: crate::spec::DomainSpec) -> crate::source::DomainEntry {
+    crate::source::DomainEntry {
+        at: Location::Key(format!("new domain {name}")),
+        spec,
+        revision: 0,
+    }
+}
+
+/// The answer to a write the source refused.
+fn write_error(e: crate::source::WriteError) -> ApiError {
+    let status = match e.kind {
+        WriteFailure::Conflict => StatusCode::CONFLICT,
+        WriteFailure::Unknown => StatusCode::SERVICE_UNAVAILABLE,
+        WriteFailure::Failed => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    ApiError::new(status, e.message)
+}
+
 fn conflict_backoff(attempt: usize) -> std::time::Duration {
     let jitter = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -61,6 +61,10 @@ pub struct Runtime {
     /// [`Runtime::record_to`]).
     audit: std::sync::OnceLock<Arc<crate::audit::AuditLog>>,
     status: Mutex<ReloadStatus>,
+    /// Changes made by hand (files edited, keys put), to record as versions one after the
+    /// other, away from the changes' path (see [`Runtime::record_versions`]).
+    by_hand: tokio::sync::mpsc::UnboundedSender<ByHand>,
+    by_hand_queue: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<ByHand>>>,
     /// Serializes changes, whoever asks (the source, the admin API, certificate files), and
     /// holds what lies between them.
     control: tokio::sync::Mutex<Control>,
@@ -100,6 +104,14 @@ pub struct ReloadStatus {
     /// Where the applied specs came from: `files`, `etcd`, or `snapshot` (etcd's last applied
     /// state, while etcd is unreachable).
     pub source: &'static str,
+}
+
+/// A change of a domain's spec made by hand: the spec before (none: new) and after (none:
+/// removed).
+struct ByHand {
+    name: DomainName,
+    before: Option<crate::spec::DomainSpec>,
+    after: Option<crate::spec::DomainSpec>,
 }
 
 /// A snapshot checked and compiled (see [`Runtime::check`]).
@@ -201,6 +213,7 @@ impl Runtime {
             settings.cache_max_object,
             settings.cache_lock_timeout,
         );
+        let (by_hand, by_hand_queue) = tokio::sync::mpsc::unbounded_channel();
         Arc::new(Runtime {
             settings,
             source,
@@ -222,6 +235,8 @@ impl Runtime {
                 restart_required: Vec::new(),
                 source: snapshot_from,
             }),
+            by_hand,
+            by_hand_queue: Mutex::new(Some(by_hand_queue)),
             control: tokio::sync::Mutex::new(control),
         })
     }
@@ -263,8 +278,14 @@ impl Runtime {
                     Changes::Domains(changes) => {
                         // What the audit trail says of them: the domains they change, as held now.
                         let noted = self.audit.get().map(|_| self.source_changes(&changes));
+                        let by_hand = self.by_hand(&changes);
                         let before = self.status().version;
                         let applied = self.apply_changes(changes).await;
+                        if applied.is_ok() {
+                            for change in by_hand {
+                                let _ = self.by_hand.send(change);
+                            }
+                        }
                         if let (Some(noted), Some(audit)) = (noted, self.audit.get()) {
                             self.record_source_changes(audit, noted, before, &applied);
                         }
@@ -275,8 +296,16 @@ impl Runtime {
             }
             std::future::pending::<()>().await
         };
+        let queue = self.by_hand_queue.lock().take();
+        let record_versions = async {
+            match queue {
+                Some(queue) => self.record_versions(queue).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = from_source => {}
+            _ = record_versions => {}
             _ = self.watch_files() => {}
             _ = shutdown.changed() => {}
         }
@@ -316,8 +345,86 @@ impl Runtime {
                     .at(at)
                     .map(|d| ("domain.delete", d.label.to_string(), false)),
                 DomainChange::Broken { at, .. } => Some(("domain.put", at.to_string(), true)),
+                // Only this edge's API writes staging specs (recorded there).
+                DomainChange::Stage(_) | DomainChange::Unstage(_) => None,
             })
             .collect()
+    }
+
+    /// The changes of domain specs among `changes` that differ from the table in use (an
+    /// admin write applied already, with its versions, is not one).
+    fn by_hand(&self, changes: &[DomainChange]) -> Vec<ByHand> {
+        let table = self.routes.load();
+        changes
+            .iter()
+            .filter_map(|change| match change {
+                DomainChange::Upsert(entry) => {
+                    let name: DomainName = entry.spec.domain.parse().ok()?;
+                    let before = table.by_name(&name).map(|d| d.spec.clone());
+                    (before.as_ref() != Some(&entry.spec)).then(|| ByHand {
+                        name,
+                        before,
+                        after: Some(entry.spec.clone()),
+                    })
+                }
+                DomainChange::Remove(at) => table.at(at).map(|d| ByHand {
+                    name: d.name.clone(),
+                    before: Some(d.spec.clone()),
+                    after: None,
+                }),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Records changes made by hand as versions by `file` or `etcd`, one at a time. A domain
+    /// new without history is its own version 1 already (nothing to write: importing many
+    /// domains costs no history). In a fleet every edge sees the change; the first to record
+    /// it wins and the others find it recorded.
+    async fn record_versions(&self, mut queue: tokio::sync::mpsc::UnboundedReceiver<ByHand>) {
+        let by = self.source.found_by();
+        let author = crate::source::Author {
+            by: by.to_string(),
+            comment: None,
+        };
+        while let Some(change) = queue.recv().await {
+            let name = &change.name;
+            for _attempt in 0..3 {
+                let kept = match self.source.versions(name).await {
+                    Ok(kept) => kept,
+                    Err(e) => {
+                        warn!("the change of {name} is not in its history: {e}");
+                        break;
+                    }
+                };
+                if kept.is_empty() && change.before.is_none() {
+                    break;
+                }
+                let keep = self.settings.admin_history;
+                let along = crate::source::Alongside::record(
+                    &kept,
+                    change.before.as_ref(),
+                    change.after.as_ref(),
+                    &author,
+                    by,
+                    keep,
+                );
+                let along = match along {
+                    Ok(along) if along.add.is_empty() => break,
+                    Ok(along) => along,
+                    Err(e) => {
+                        warn!("the change of {name} is not in its history: {e}");
+                        break;
+                    }
+                };
+                match self.source.record(name, &along).await {
+                    Err(e) if e.kind == crate::source::WriteFailure::Conflict => continue,
+                    Err(e) => warn!("the change of {name} is not in its history: {e}"),
+                    Ok(()) => {}
+                }
+                break;
+            }
+        }
     }
 
     fn record_source_changes(
@@ -523,6 +630,14 @@ impl Runtime {
                 changes.push(DomainChange::Remove(domain.at.clone()));
             }
         }
+        for staged in &snapshot.staged {
+            changes.push(DomainChange::Stage(Box::new(staged.clone())));
+        }
+        for stage in table.all_staged() {
+            if !snapshot.staged.iter().any(|staged| staged.at == stage.domain.at) {
+                changes.push(DomainChange::Unstage(stage.domain.at.clone()));
+            }
+        }
         // The load replaces everything waiting or reported.
         control.pending.clear();
         control.kept = by_location(&snapshot.kept);
@@ -598,7 +713,25 @@ impl Runtime {
                 errors.push(e);
             }
         }
-        let patched = base.patch(&todo, &self.filters, &self.health);
+        let mut patched = base.patch(&todo, &self.filters, &self.health);
+        if let Err(found) = &patched {
+            // A staging spec broken by another change (its page's domain went, say) only
+            // concerns previews: it is left out, and the rest applies.
+            let broken: Vec<Location> = todo
+                .iter()
+                .filter(|change| matches!(change, DomainChange::Stage(_)))
+                .map(|change| change.at().clone())
+                .filter(|at| found.0.iter().any(|e| e.at == *at))
+                .collect();
+            if !broken.is_empty() {
+                for e in found.0.iter().filter(|e| broken.contains(&e.at)) {
+                    warn!("staging spec not served: {e}");
+                }
+                todo.retain(|change| !broken.contains(change.at()));
+                todo.extend(broken.into_iter().map(DomainChange::Unstage));
+                patched = base.patch(&todo, &self.filters, &self.health);
+            }
+        }
         let patched = match patched {
             Ok(patched) if errors.is_empty() => patched,
             result => {
@@ -713,6 +846,10 @@ fn already_applied(table: &RouteTable, change: &DomainChange) -> bool {
                 || (entry.revision > 0 && entry.revision < d.revision)
         }),
         DomainChange::Remove(at) => table.at(at).is_none(),
+        DomainChange::Stage(staged) => table
+            .staged_at(&staged.at)
+            .is_some_and(|stage| stage.staged() == **staged),
+        DomainChange::Unstage(at) => table.staged_at(at).is_none(),
         DomainChange::Broken { .. } => false,
     }
 }

@@ -12,7 +12,7 @@
 use crate::cache::TtlPolicy;
 use crate::filters::{FilterChain, FilterRegistry};
 use crate::pages::{Rule, Sites, WantedPage};
-use crate::source::{DomainChange, DomainEntry, Snapshot};
+use crate::source::{DomainChange, DomainEntry, Snapshot, Staged};
 use crate::spec::values::normalize_host;
 use crate::spec::{
     not_served, CertSpec, ConfigError, ConfigErrors, DomainName, DomainSpec, EdgeSettings, Location, PageUrl,
@@ -74,6 +74,42 @@ impl Domain {
     }
 }
 
+/// The request header naming a domain's staging key: a request carrying the right one is
+/// served with the staging spec (and the header is not passed on to the origin).
+pub const STAGING_HEADER: &str = "x-custom-pages-staging";
+
+/// A domain's staging spec, compiled: served instead of the domain to requests that carry its
+/// key (see [`RouteTable::staged`]).
+#[derive(Debug)]
+pub struct Stage {
+    /// The value of `X-Custom-Pages-Staging` that selects it.
+    pub key: String,
+    /// The production version it was made from.
+    pub based_on: u64,
+    /// The spec as written.
+    pub spec: DomainSpec,
+    /// The spec compiled (certificates stay production's: it is served on the same names).
+    pub domain: Arc<Domain>,
+}
+
+impl Stage {
+    /// Whether a request's header value selects this staging spec (compared in constant time:
+    /// the key is what keeps the public out of previews).
+    pub fn selected_by(&self, value: &[u8]) -> bool {
+        crate::spec::values::constant_time_eq(self.key.as_bytes(), value)
+    }
+
+    /// The staging spec as a source holds it.
+    pub fn staged(&self) -> Staged {
+        Staged {
+            at: self.domain.at.clone(),
+            key: self.key.clone(),
+            based_on: self.based_on,
+            spec: self.spec.clone(),
+        }
+    }
+}
+
 /// How the rules of the table use one page.
 #[derive(Debug, Clone)]
 struct PageUse {
@@ -95,6 +131,9 @@ pub struct RouteTable {
     wildcards: PMap<String, Arc<Domain>>,
     /// The name the spec at each location claims.
     claims: PMap<Location, DomainName>,
+    /// Staging specs by the name of the domain they stage, and the name of each by location.
+    staged: PMap<DomainName, Arc<Stage>>,
+    staged_at: PMap<Location, DomainName>,
     /// Every page an in-place rule uses, by URL.
     pages: PMap<Arc<str>, PageUse>,
     /// For each host with pages served in place, the domains whose rules use them (mostly
@@ -196,6 +235,14 @@ impl RouteTable {
         let mut gone = Vec::new();
         for change in last.iter().copied() {
             let at = match change {
+                DomainChange::Stage(staged) => {
+                    next.unstage(&staged.at, &mut touched);
+                    continue;
+                }
+                DomainChange::Unstage(at) => {
+                    next.unstage(at, &mut touched);
+                    continue;
+                }
                 DomainChange::Upsert(entry) => &entry.at,
                 DomainChange::Remove(at) => at,
                 DomainChange::Broken { .. } => continue,
@@ -206,9 +253,14 @@ impl RouteTable {
             }
         }
         let mut added = Vec::new();
+        let mut staged = Vec::new();
         for change in last {
             let entry = match change {
                 DomainChange::Upsert(entry) => entry,
+                DomainChange::Stage(stage) => {
+                    staged.push(stage);
+                    continue;
+                }
                 DomainChange::Broken {
                     errors: found,
                     kept: false,
@@ -228,6 +280,13 @@ impl RouteTable {
             }
         }
         errors.extend(next.check_pages(&added, &gone));
+        // Staging specs last: their pages must be on domains the patched table serves.
+        for stage in staged {
+            match next.compile_stage(stage, filters, health, now) {
+                Ok(compiled) => next.stage(compiled, &mut touched),
+                Err(found) => errors.extend(found),
+            }
+        }
         ConfigErrors::check(errors)?;
         next.certs = Arc::new(certs);
         Ok(next.patched_from(self, touched, added.len()))
@@ -251,6 +310,68 @@ impl RouteTable {
             )]);
         }
         compile_domain(entry, name, chain, health, now).map_err(|e| vec![e])
+    }
+
+    /// Checks and compiles a staging spec. It stages a domain the table serves, and its
+    /// in-place pages are on domains the table serves.
+    fn compile_stage(
+        &self,
+        staged: &Staged,
+        filters: &FilterRegistry,
+        health: &HealthTable,
+        now: SystemTime,
+    ) -> Result<Stage, Vec<ConfigError>> {
+        let mut spec = staged.spec.clone();
+        // Served on the production domain's names, with its certificate.
+        spec.tls = None;
+        let entry = DomainEntry {
+            at: staged.at.clone(),
+            spec,
+            revision: 0,
+        };
+        let (name, chain) = check_domain(&entry, filters)?;
+        if self.by_name(&name).is_none() {
+            return Err(vec![ConfigError::new(
+                staged.at.clone(),
+                "domain",
+                format!("{name} is not served: a staging spec stages a domain the edge serves"),
+            )]);
+        }
+        let errors: Vec<ConfigError> = entry
+            .spec
+            .in_place_pages()
+            .filter(|(_, url)| self.route_normalized(url.host()).is_none())
+            .map(|(key, url)| not_served(&staged.at, key, url.host()))
+            .collect();
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let (domain, _) = compile_domain(&entry, name, chain, health, now).map_err(|e| vec![e])?;
+        Ok(Stage {
+            key: staged.key.clone(),
+            based_on: staged.based_on,
+            spec: staged.spec.clone(),
+            domain: Arc::new(domain),
+        })
+    }
+
+    /// Adds a compiled staging spec: its pages are fetched and its servers watched like any
+    /// domain's.
+    fn stage(&mut self, stage: Stage, touched: &mut Touched) {
+        self.index_uses(&stage.domain, touched);
+        let name = stage.domain.name.clone();
+        self.staged_at.insert(stage.domain.at.clone(), name.clone());
+        self.staged.insert(name, Arc::new(stage));
+    }
+
+    /// Removes the staging spec at `at`, if there is one.
+    fn unstage(&mut self, at: &Location, touched: &mut Touched) {
+        let Some(name) = self.staged_at.remove(at) else {
+            return;
+        };
+        if let Some(stage) = self.staged.remove(&name) {
+            self.unindex_uses(&stage.domain, touched);
+        }
     }
 
     /// Every page served in place by the domains `added` and by the domains with pages on
@@ -313,25 +434,12 @@ impl RouteTable {
         if !domain.files.is_empty() {
             self.with_files.insert(name.clone());
         }
-        for (url, inline) in domain.pages() {
-            let key = url.shared();
-            touched.pages.insert(key.clone());
-            let used = self.pages.entry(key).or_insert_with(|| PageUse {
-                url: url.clone(),
-                rules: 0,
-                not_inline: 0,
-            });
-            used.rules += 1;
-            used.not_inline += usize::from(!inline);
+        self.index_uses(&domain, touched);
+        for (url, _) in domain.pages() {
             let users = self.page_hosts.entry(url.host().to_string()).or_default();
             if !users.contains(&name) {
                 users.push(name.clone());
             }
-        }
-        for server in &domain.upstream.origin.servers {
-            let server = server.to_ascii_lowercase();
-            *self.servers.entry(server.clone()).or_default() += 1;
-            touched.servers.insert(server);
         }
         self.claims.insert(domain.at.clone(), name.clone());
         match &name {
@@ -348,6 +456,45 @@ impl RouteTable {
         };
         certs.remove(name);
         self.with_files.remove(name);
+        self.unindex_uses(&domain, touched);
+        for (url, _) in domain.pages() {
+            if let Some(users) = self.page_hosts.get_mut(url.host()) {
+                users.retain(|user| user != name);
+                if users.is_empty() {
+                    self.page_hosts.remove(url.host());
+                }
+            }
+        }
+        self.claims.remove(&domain.at);
+        match name {
+            DomainName::Exact(host) => self.exact.remove(host),
+            DomainName::Wildcard(suffix) => self.wildcards.remove(suffix),
+        };
+        self.domains.remove(&domain.label);
+    }
+
+    /// Counts the pages and origin servers a domain (or a staging spec) uses.
+    fn index_uses(&mut self, domain: &Domain, touched: &mut Touched) {
+        for (url, inline) in domain.pages() {
+            let key = url.shared();
+            touched.pages.insert(key.clone());
+            let used = self.pages.entry(key).or_insert_with(|| PageUse {
+                url: url.clone(),
+                rules: 0,
+                not_inline: 0,
+            });
+            used.rules += 1;
+            used.not_inline += usize::from(!inline);
+        }
+        for server in &domain.upstream.origin.servers {
+            let server = server.to_ascii_lowercase();
+            *self.servers.entry(server.clone()).or_default() += 1;
+            touched.servers.insert(server);
+        }
+    }
+
+    /// Uncounts what [`index_uses`](Self::index_uses) counted.
+    fn unindex_uses(&mut self, domain: &Domain, touched: &mut Touched) {
         for (url, inline) in domain.pages() {
             let key = url.shared();
             if let Some(used) = self.pages.get_mut(&key) {
@@ -358,12 +505,6 @@ impl RouteTable {
                 }
             }
             touched.pages.insert(key);
-            if let Some(users) = self.page_hosts.get_mut(url.host()) {
-                users.retain(|user| user != name);
-                if users.is_empty() {
-                    self.page_hosts.remove(url.host());
-                }
-            }
         }
         for server in &domain.upstream.origin.servers {
             let server = server.to_ascii_lowercase();
@@ -375,12 +516,6 @@ impl RouteTable {
             }
             touched.servers.insert(server);
         }
-        self.claims.remove(&domain.at);
-        match name {
-            DomainName::Exact(host) => self.exact.remove(host),
-            DomainName::Wildcard(suffix) => self.wildcards.remove(suffix),
-        };
-        self.domains.remove(&domain.label);
     }
 
     /// What changed from `before` to this table among what the patch touched.
@@ -468,6 +603,21 @@ impl RouteTable {
             DomainName::Exact(host) => self.exact.get(host),
             DomainName::Wildcard(suffix) => self.wildcards.get(suffix),
         }
+    }
+
+    /// The staging spec of the domain claimed under exactly `name`.
+    pub fn staged(&self, name: &DomainName) -> Option<&Arc<Stage>> {
+        self.staged.get(name)
+    }
+
+    /// The staging spec kept at `at`.
+    pub fn staged_at(&self, at: &Location) -> Option<&Arc<Stage>> {
+        self.staged_at.get(at).and_then(|name| self.staged.get(name))
+    }
+
+    /// Every staging spec, by domain name.
+    pub fn all_staged(&self) -> impl Iterator<Item = &Arc<Stage>> {
+        self.staged.values()
     }
 
     /// The domain compiled from the spec at `at`.
@@ -676,6 +826,7 @@ mod tests {
                     revision: 0,
                 })
                 .collect(),
+            staged: Vec::new(),
             errors: Vec::new(),
             kept: Vec::new(),
             from: "files",
@@ -867,6 +1018,7 @@ mod tests {
                 let snapshot = Snapshot {
                     edge: EdgeSettings::from_yaml(Path::new("edge.yaml"), "threads: 1\n").unwrap(),
                     domains: wanted.values().cloned().collect(),
+                    staged: Vec::new(),
                     errors: Vec::new(),
                     kept: Vec::new(),
                     from: "files",

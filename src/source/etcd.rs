@@ -16,7 +16,12 @@
 //!   etcd is unreachable serves it, then catches up.
 //! - **Writes:** one transaction comparing the key's `mod_revision` with the one its change was
 //!   based on: a concurrent change makes it a conflict (the caller reads again and retries),
-//!   never a lost update.
+//!   never a lost update. The versions that record the change go in the same transaction,
+//!   under `{prefix}history/{domain}/{version}` (JSON), each compared absent first, so two
+//!   edges never number two changes alike and every edge lists the same history.
+//! - **Staging:** `{prefix}staging/{domain}` (JSON, see [`super::versions`]) is loaded and
+//!   watched with the domains (one watch over both ranges, other keys skipped), so every edge
+//!   serves it; it is not kept in the snapshot file (a preview can wait for etcd).
 //!
 //! - **Fleet:** each edge keeps `{prefix}edges/{edge_id}` (on a lease, so a dead edge's entry
 //!   expires) saying what it applied; operations meant for every edge (purges, prefetches,
@@ -29,7 +34,10 @@
 //! starts (and, with `-d`, forks).
 
 use super::snapshot::{SnapshotFiles, StoredKey};
-use super::{Applied, Changes, ConfigSource, DomainChange, DomainEntry, Snapshot, WriteError};
+use super::{
+    Alongside, Applied, Changes, ConfigSource, DomainChange, DomainEntry, Snapshot, Staged, Version,
+    WriteError,
+};
 use crate::fleet::{EdgeReport, Fleet, FleetOp};
 use crate::spec::{
     parse_yaml, ConfigError, ConfigErrors, DomainName, DomainSpec, EdgeSettings, EtcdSettings, Location,
@@ -100,6 +108,8 @@ struct State {
     rewrite: bool,
     /// The last good version of every key, by key.
     kept: BTreeMap<String, Kept>,
+    /// Every staging spec that reads, by key.
+    staged: BTreeMap<String, Staged>,
     /// The errors of the last load (keys that keep their last good version, or have none).
     errors: Vec<ConfigError>,
     /// The revision the state was read at (0: never read from etcd).
@@ -223,6 +233,39 @@ impl EtcdSource {
         format!("{}domains/", self.settings.prefix)
     }
 
+    /// Where staging specs live: `{prefix}staging/`.
+    fn staging_prefix(&self) -> String {
+        format!("{}staging/", self.settings.prefix)
+    }
+
+    /// Where the versions of a domain live: `{prefix}history/{name}/`.
+    fn history_prefix(&self, name: &DomainName) -> String {
+        format!("{}history/{name}/", self.settings.prefix)
+    }
+
+    /// The staging spec a key holds, checked alone.
+    fn check_staging_key(&self, key: &str, value: &[u8]) -> Result<Staged, Vec<ConfigError>> {
+        let at = Location::Key(key.to_string());
+        let named = key.strip_prefix(&self.staging_prefix()).unwrap_or(key);
+        let name: DomainName = named
+            .parse()
+            .map_err(|e: String| vec![ConfigError::new(at.clone(), "", e)])?;
+        Staged::from_stored(at, &name, value)
+    }
+
+    /// Takes the staging keys read at a load.
+    fn take_staging(&self, keys: Vec<(String, Vec<u8>)>) -> BTreeMap<String, Staged> {
+        keys.into_iter()
+            .filter_map(|(key, value)| match self.check_staging_key(&key, &value) {
+                Ok(staged) => Some((key, staged)),
+                Err(errors) => {
+                    warn!("staging spec not served: {}", ConfigErrors(errors));
+                    None
+                }
+            })
+            .collect()
+    }
+
     /// The key of a domain: `{prefix}domains/{name}` (a wildcard as `*.example.com`).
     pub fn key_of(&self, name: &DomainName) -> String {
         format!("{}{name}", self.domains_prefix())
@@ -233,44 +276,19 @@ impl EtcdSource {
         connect(&self.settings).await
     }
 
-    /// Reads every domain key at one revision, page by page.
-    async fn read(&self) -> Result<(i64, Vec<(String, String, i64)>), String> {
+    /// Reads every domain key and every staging key at one revision, page by page.
+    async fn read(&self) -> Result<(i64, Vec<(String, String, i64)>, Vec<(String, Vec<u8>)>), String> {
         let mut client = self.client().await?;
-        let prefix = self.domains_prefix();
-        let end = prefix_end(prefix.as_bytes());
-        let mut from = prefix.into_bytes();
-        let (mut revision, mut limit) = (0, PAGE);
-        let mut keys = Vec::new();
-        loop {
-            let mut options = GetOptions::new().with_range(end.clone()).with_limit(limit);
-            if revision > 0 {
-                options = options.with_revision(revision);
-            }
-            let answer = match within(client.get(from.clone(), Some(options))).await {
-                Ok(answer) => answer,
-                Err(e) if e.contains("message length too large") && limit > 1 => {
-                    limit /= 2;
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
-            if revision == 0 {
-                revision = answer.header().map_or(0, |h| h.revision());
-            }
-            for kv in answer.kvs() {
-                let key = String::from_utf8_lossy(kv.key()).into_owned();
-                let text = String::from_utf8_lossy(kv.value()).into_owned();
-                keys.push((key, text, kv.mod_revision()));
-            }
-            match answer.kvs().last() {
-                Some(last) if answer.more() => {
-                    // The next page starts right after the last key read.
-                    from = last.key().to_vec();
-                    from.push(0);
-                }
-                _ => return Ok((revision, keys)),
-            }
-        }
+        let (revision, domains) = read_range(&mut client, self.domains_prefix(), 0).await?;
+        let (_, staging) = read_range(&mut client, self.staging_prefix(), revision).await?;
+        let domains = domains
+            .into_iter()
+            .map(|(key, value, mod_revision)| {
+                (key, String::from_utf8_lossy(&value).into_owned(), mod_revision)
+            })
+            .collect();
+        let staging = staging.into_iter().map(|(key, value, _)| (key, value)).collect();
+        Ok((revision, domains, staging))
     }
 
     /// A key's spec, checked alone: it parses, its values are valid, and it claims the domain
@@ -295,7 +313,8 @@ impl EtcdSource {
 
     /// Replaces the state with what etcd holds at `revision`, keeping the last good version
     /// of every key that fails its checks.
-    fn take(&self, revision: i64, keys: Vec<(String, String, i64)>) {
+    fn take(&self, revision: i64, keys: Vec<(String, String, i64)>, staging: Vec<(String, Vec<u8>)>) {
+        let staged = self.take_staging(staging);
         let mut state = self.state.lock();
         let mut kept = BTreeMap::new();
         let mut errors = Vec::new();
@@ -320,6 +339,7 @@ impl EtcdSource {
         }
         *state = State {
             kept,
+            staged,
             errors,
             revision,
             from_snapshot: false,
@@ -377,6 +397,7 @@ impl EtcdSource {
         Snapshot {
             edge,
             domains,
+            staged: state.staged.values().cloned().collect(),
             errors: Vec::new(),
             kept: state.errors.clone(),
             from: if state.from_snapshot { "snapshot" } else { "etcd" },
@@ -392,6 +413,21 @@ impl EtcdSource {
             let Some(kv) = event.kv() else { continue };
             let key = String::from_utf8_lossy(kv.key()).into_owned();
             let at = Location::Key(key.clone());
+            if key.starts_with(&self.staging_prefix()) {
+                if event.event_type() == EventType::Delete {
+                    state.staged.remove(&key);
+                    changes.push(DomainChange::Unstage(at));
+                    continue;
+                }
+                match self.check_staging_key(&key, kv.value()) {
+                    Ok(staged) => {
+                        state.staged.insert(key, staged.clone());
+                        changes.push(DomainChange::Stage(Box::new(staged)));
+                    }
+                    Err(errors) => warn!("staging spec not served: {}", ConfigErrors(errors)),
+                }
+                continue;
+            }
             state.errors.retain(|e| e.at != at);
             state.dirty.insert(key.clone(), kv.mod_revision());
             if event.event_type() == EventType::Delete {
@@ -442,8 +478,9 @@ impl EtcdSource {
         let mut watch = self.watch.lock().await;
         if watch.as_ref().is_none_or(|(after, _)| *after != revision) {
             let mut client = self.client().await?;
+            let end = prefix_end(self.staging_prefix().as_bytes());
             let options = WatchOptions::new()
-                .with_prefix()
+                .with_range(end)
                 .with_start_revision(revision + 1);
             let started = within(client.watch(self.domains_prefix(), Some(options))).await?;
             *watch = Some((revision, started));
@@ -492,8 +529,23 @@ impl EtcdSource {
             if let Some(header) = answer.header() {
                 seen_revision = seen_revision.max(header.revision());
             }
-            if !answer.events().is_empty() {
-                events.extend(answer.events().iter().cloned());
+            // The range between the domains and the staging specs holds other keys (edges,
+            // history, operations): skipped.
+            let (domains, staging) = (self.domains_prefix(), self.staging_prefix());
+            let before = events.len();
+            events.extend(
+                answer
+                    .events()
+                    .iter()
+                    .filter(|event| {
+                        event.kv().is_some_and(|kv| {
+                            let key = kv.key();
+                            key.starts_with(domains.as_bytes()) || key.starts_with(staging.as_bytes())
+                        })
+                    })
+                    .cloned(),
+            );
+            if events.len() > before {
                 settle.get_or_insert_with(|| tokio::time::Instant::now() + SETTLE);
             }
         }
@@ -540,25 +592,116 @@ impl EtcdSource {
         written
     }
 
-    /// Commits `op` on `key` if the key is still at `based_on` (0: absent); returns the
-    /// revision of the change.
-    async fn commit(&self, key: &str, based_on: i64, op: TxnOp) -> Result<i64, WriteError> {
+    /// Commits `op` on `key` if the key is still at `based_on` (0: absent), with what goes
+    /// `along` (each version added compared absent); returns the revision of the change.
+    async fn commit(
+        &self,
+        key: &str,
+        based_on: i64,
+        op: TxnOp,
+        name: &DomainName,
+        along: &Alongside,
+    ) -> Result<i64, WriteError> {
+        let mut compares = vec![Compare::mod_revision(key, CompareOp::Equal, based_on)];
+        let mut ops = vec![op];
+        self.along(name, along, &mut compares, &mut ops)?;
+        self.transact(
+            compares,
+            ops,
+            &format!("{key} was changed by someone else since revision {based_on}"),
+            key,
+        )
+        .await
+    }
+
+    /// Adds to a transaction the comparisons and operations of what goes `along` with a
+    /// change of `name`.
+    fn along(
+        &self,
+        name: &DomainName,
+        along: &Alongside,
+        compares: &mut Vec<Compare>,
+        ops: &mut Vec<TxnOp>,
+    ) -> Result<(), WriteError> {
+        let history = self.history_prefix(name);
+        for version in &along.add {
+            let key = format!("{history}{}", version.version);
+            let value = serde_json::to_vec(version).map_err(|e| WriteError::failed(e.to_string()))?;
+            compares.push(Compare::create_revision(key.as_str(), CompareOp::Equal, 0));
+            ops.push(TxnOp::put(key, value, None));
+        }
+        for dropped in &along.drop {
+            ops.push(TxnOp::delete(format!("{history}{dropped}"), None));
+        }
+        if along.unstage {
+            ops.push(TxnOp::delete(format!("{}{name}", self.staging_prefix()), None));
+        }
+        Ok(())
+    }
+
+    /// Commits `ops` if every comparison holds: `conflict` says what else happened; `what`
+    /// names the change in other errors.
+    async fn transact(
+        &self,
+        compares: Vec<Compare>,
+        ops: Vec<TxnOp>,
+        conflict: &str,
+        what: &str,
+    ) -> Result<i64, WriteError> {
         let mut client = self.client().await.map_err(WriteError::failed)?;
-        let txn = Txn::new()
-            .when([Compare::mod_revision(key, CompareOp::Equal, based_on)])
-            .and_then([op]);
+        let txn = Txn::new().when(compares).and_then(ops);
         match tokio::time::timeout(REQUEST_TIMEOUT, client.txn(txn)).await {
             Ok(Ok(answer)) if answer.succeeded() => Ok(answer.header().map_or(0, |h| h.revision())),
-            Ok(Ok(_)) => Err(WriteError::conflict(format!(
-                "{key} was changed by someone else since revision {based_on}"
-            ))),
+            Ok(Ok(_)) => Err(WriteError::conflict(conflict)),
             // Sent or not, committed or not: etcd may still apply it (once a majority is back).
             Ok(Err(e)) => Err(WriteError::unknown(format!(
-                "etcd did not confirm the change of {key} ({e}); it may still apply"
+                "etcd did not confirm the change of {what} ({e}); it may still apply"
             ))),
             Err(_) => Err(WriteError::unknown(format!(
-                "etcd did not confirm the change of {key} within {REQUEST_TIMEOUT:?}; it may still apply"
+                "etcd did not confirm the change of {what} within {REQUEST_TIMEOUT:?}; it may still apply"
             ))),
+        }
+    }
+}
+
+/// Every key of the range starting with `prefix` at `revision` (0: the latest), page by page,
+/// with the revision read at.
+async fn read_range(
+    client: &mut Client,
+    prefix: String,
+    revision: i64,
+) -> Result<(i64, Vec<(String, Vec<u8>, i64)>), String> {
+    let end = prefix_end(prefix.as_bytes());
+    let mut from = prefix.into_bytes();
+    let (mut revision, mut limit) = (revision, PAGE);
+    let mut keys = Vec::new();
+    loop {
+        let mut options = GetOptions::new().with_range(end.clone()).with_limit(limit);
+        if revision > 0 {
+            options = options.with_revision(revision);
+        }
+        let answer = match within(client.get(from.clone(), Some(options))).await {
+            Ok(answer) => answer,
+            Err(e) if e.contains("message length too large") && limit > 1 => {
+                limit /= 2;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        if revision == 0 {
+            revision = answer.header().map_or(0, |h| h.revision());
+        }
+        for kv in answer.kvs() {
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            keys.push((key, kv.value().to_vec(), kv.mod_revision()));
+        }
+        match answer.kvs().last() {
+            Some(last) if answer.more() => {
+                // The next page starts right after the last key read.
+                from = last.key().to_vec();
+                from.push(0);
+            }
+            _ => return Ok((revision, keys)),
         }
     }
 }
@@ -583,7 +726,7 @@ pub async fn import(settings: &EtcdSettings, specs: &[(String, String)]) -> Resu
 /// Every domain spec held in etcd: its domain and its YAML as stored.
 pub async fn export(settings: &EtcdSettings) -> Result<Vec<(DomainName, String)>, String> {
     let source = EtcdSource::new(PathBuf::new(), settings.clone());
-    let (_, keys) = source.read().await?;
+    let (_, keys, _) = source.read().await?;
     let prefix = source.domains_prefix();
     Ok(keys
         .into_iter()
@@ -700,7 +843,7 @@ impl ConfigSource for EtcdSource {
         })?;
         let edge = EdgeSettings::from_yaml(&self.edge_file, &text)?;
         match self.read().await {
-            Ok((revision, keys)) => self.take(revision, keys),
+            Ok((revision, keys, staging)) => self.take(revision, keys, staging),
             Err(e) => {
                 let never_loaded = {
                     let state = self.state.lock();
@@ -744,13 +887,14 @@ impl ConfigSource for EtcdSource {
         &self,
         spec: &DomainSpec,
         based_on: Option<&DomainEntry>,
+        along: &Alongside,
     ) -> Result<DomainEntry, WriteError> {
         let name: DomainName = spec.domain.parse().map_err(WriteError::failed)?;
         let key = self.key_of(&name);
         let yaml = serde_yaml::to_string(spec).map_err(|e| WriteError::failed(e.to_string()))?;
         let based_on = based_on.map_or(0, |entry| entry.revision);
         let revision = self
-            .commit(&key, based_on, TxnOp::put(key.as_str(), yaml, None))
+            .commit(&key, based_on, TxnOp::put(key.as_str(), yaml, None), &name, along)
             .await?;
         Ok(DomainEntry {
             at: Location::Key(key),
@@ -784,14 +928,80 @@ impl ConfigSource for EtcdSource {
         &self,
         name: &DomainName,
         based_on: Option<&DomainEntry>,
+        along: &Alongside,
     ) -> Result<bool, WriteError> {
         let Some(entry) = based_on else {
             return Ok(false);
         };
         let key = self.key_of(name);
-        self.commit(&key, entry.revision, TxnOp::delete(key.as_str(), None))
-            .await?;
+        self.commit(
+            &key,
+            entry.revision,
+            TxnOp::delete(key.as_str(), None),
+            name,
+            along,
+        )
+        .await?;
         Ok(true)
+    }
+
+    async fn versions(&self, name: &DomainName) -> Result<Vec<Version>, WriteError> {
+        let mut client = self.client().await.map_err(WriteError::failed)?;
+        let (_, keys) = read_range(&mut client, self.history_prefix(name), 0)
+            .await
+            .map_err(WriteError::failed)?;
+        let mut versions: Vec<Version> = keys
+            .into_iter()
+            .filter_map(
+                |(key, value, _)| match serde_json::from_slice::<Version>(&value) {
+                    Ok(version) => Some(version),
+                    Err(e) => {
+                        warn!("history: skipping {key}: {e}");
+                        None
+                    }
+                },
+            )
+            .collect();
+        versions.sort_by_key(|v| std::cmp::Reverse(v.version));
+        Ok(versions)
+    }
+
+    async fn record(&self, name: &DomainName, along: &Alongside) -> Result<(), WriteError> {
+        let (mut compares, mut ops) = (Vec::new(), Vec::new());
+        self.along(name, along, &mut compares, &mut ops)?;
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let conflict = format!("another edge recorded this change of {name} first");
+        self.transact(compares, ops, &conflict, &format!("the history of {name}"))
+            .await
+            .map(|_| ())
+    }
+
+    async fn put_staging(
+        &self,
+        name: &DomainName,
+        staged: Option<&Staged>,
+    ) -> Result<Option<Staged>, WriteError> {
+        let key = format!("{}{name}", self.staging_prefix());
+        let op = match staged {
+            Some(staged) => TxnOp::put(
+                key.as_str(),
+                staged.to_stored().map_err(WriteError::failed)?,
+                None,
+            ),
+            None => TxnOp::delete(key.as_str(), None),
+        };
+        let what = format!("the staging spec of {name}");
+        self.transact(Vec::new(), vec![op], &what, &what).await?;
+        Ok(staged.map(|staged| Staged {
+            at: Location::Key(key),
+            ..staged.clone()
+        }))
+    }
+
+    fn found_by(&self) -> &'static str {
+        "etcd"
     }
 
     async fn applied(&self, report: &Applied) {

@@ -4,13 +4,16 @@
 //! (editor backups, temporary files) are ignored, so a change is written as a hidden
 //! temporary file renamed over the old one, and readers never see half a file.
 
+use super::versions::VersionFiles;
 use super::watch::ConfigWatcher;
-use super::{Changes, ConfigSource, DomainChange, DomainEntry, Snapshot, WriteError};
+use super::{
+    Alongside, Changes, ConfigSource, DomainChange, DomainEntry, Snapshot, Staged, Version, WriteError,
+};
 use crate::spec::{parse_yaml, ConfigError, ConfigErrors, DomainName, DomainSpec, EdgeSettings, Location};
 use crate::state::write_atomically;
 use async_trait::async_trait;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 /// The edge file and the domains folder it names (see the module docs).
 pub struct FileSource {
@@ -18,6 +21,10 @@ pub struct FileSource {
     /// The folder named by the edge file when it was first loaded: a different one needs a
     /// restart.
     domains_dir: OnceLock<PathBuf>,
+    /// The state folder, where versions and staging specs are kept: read from the edge file
+    /// at the first load, written once the folder is open and this process writes it.
+    state_dir: OnceLock<PathBuf>,
+    folder: OnceLock<Arc<crate::state::Folder>>,
     /// Started on the first wait for a change, from the runtime that keeps waiting: with `-d`
     /// the process forks after loading, and a watcher thread started before would be gone.
     watcher: tokio::sync::Mutex<Option<ConfigWatcher>>,
@@ -29,6 +36,8 @@ impl FileSource {
         FileSource {
             edge_file: edge_file.into(),
             domains_dir: OnceLock::new(),
+            state_dir: OnceLock::new(),
+            folder: OnceLock::new(),
             watcher: tokio::sync::Mutex::new(None),
         }
     }
@@ -36,6 +45,46 @@ impl FileSource {
     /// The domains folder, once the edge file was loaded.
     pub fn domains_dir(&self) -> Option<&Path> {
         self.domains_dir.get().map(PathBuf::as_path)
+    }
+
+    /// Versions and staging specs, to read.
+    fn kept(&self) -> Option<VersionFiles> {
+        self.state_dir.get().map(|dir| VersionFiles::new(dir))
+    }
+
+    /// Versions and staging specs, to write: only by the process that writes the state folder.
+    fn writable(&self) -> Result<VersionFiles, WriteError> {
+        let files = self
+            .kept()
+            .ok_or_else(|| WriteError::failed("the edge file was never loaded"))?;
+        match self.folder.get().map(|folder| folder.role()) {
+            Some(crate::state::Role::Writer) => Ok(files),
+            Some(role) => {
+                let why = match role {
+                    crate::state::Role::ReadOnly(reason) => reason,
+                    crate::state::Role::Waiting => "another process still writes it".into(),
+                    _ => "the edge is stopping".into(),
+                };
+                Err(WriteError::failed(format!(
+                    "versions and staging are kept in the state folder, which this process does not write: {why}"
+                )))
+            }
+            None => Err(WriteError::failed("this edge keeps no state folder")),
+        }
+    }
+
+    /// Writes `along` for `name` after its domain file changed: the change stands even when
+    /// its versions cannot be kept, which is logged.
+    fn write_along(&self, name: &DomainName, along: &Alongside) {
+        if along.add.is_empty() && along.drop.is_empty() && !along.unstage {
+            return;
+        }
+        if let Err(e) = self
+            .writable()
+            .and_then(|files| files.write(name, along).map_err(WriteError::failed))
+        {
+            log::warn!("{name} changed, but its history was not kept: {e}");
+        }
     }
 
     fn loaded_dir(&self) -> Result<&Path, WriteError> {
@@ -92,7 +141,14 @@ impl ConfigSource for FileSource {
         let text = read_file(&self.edge_file)?;
         let edge = EdgeSettings::from_yaml(&self.edge_file, &text)?;
         let dir = self.domains_dir.get_or_init(|| edge.domains_dir.clone()).clone();
-        load_folder(edge, &dir)
+        let files = VersionFiles::new(self.state_dir.get_or_init(|| edge.state_dir.clone()));
+        let mut snapshot = load_folder(edge, &dir)?;
+        let (staged, errors) = files.staged();
+        for e in errors {
+            log::warn!("staging spec not served: {e}");
+        }
+        snapshot.staged = staged;
+        Ok(snapshot)
     }
 
     /// The files named by change events, each read again (only those); the edge file or
@@ -133,6 +189,7 @@ impl ConfigSource for FileSource {
         &self,
         spec: &DomainSpec,
         based_on: Option<&DomainEntry>,
+        along: &Alongside,
     ) -> Result<DomainEntry, WriteError> {
         let dir = self.loaded_dir()?;
         let name: DomainName = spec.domain.parse().map_err(WriteError::failed)?;
@@ -142,6 +199,7 @@ impl ConfigSource for FileSource {
         };
         write_domain_file(&file, spec)
             .map_err(|e| WriteError::failed(format!("cannot write {}: {e}", file.display())))?;
+        self.write_along(&name, along);
         Ok(DomainEntry {
             at: Location::File(file),
             spec: spec.clone(),
@@ -153,6 +211,7 @@ impl ConfigSource for FileSource {
         &self,
         name: &DomainName,
         based_on: Option<&DomainEntry>,
+        along: &Alongside,
     ) -> Result<bool, WriteError> {
         let dir = self.loaded_dir()?;
         let file = match based_on.map(|entry| &entry.at) {
@@ -164,7 +223,41 @@ impl ConfigSource for FileSource {
         }
         std::fs::remove_file(&file)
             .map_err(|e| WriteError::failed(format!("cannot remove {}: {e}", file.display())))?;
+        self.write_along(name, along);
         Ok(true)
+    }
+
+    async fn versions(&self, name: &DomainName) -> Result<Vec<Version>, WriteError> {
+        match self.kept() {
+            Some(files) => files.versions(name).map_err(WriteError::failed),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    async fn record(&self, name: &DomainName, along: &Alongside) -> Result<(), WriteError> {
+        self.writable()?.write(name, along).map_err(WriteError::failed)
+    }
+
+    async fn put_staging(
+        &self,
+        name: &DomainName,
+        staged: Option<&Staged>,
+    ) -> Result<Option<Staged>, WriteError> {
+        let files = self.writable()?;
+        let at = Location::File(files.staging_file(name));
+        let staged = staged.map(|staged| Staged { at, ..staged.clone() });
+        files
+            .put_staging(name, staged.as_ref())
+            .map_err(WriteError::failed)?;
+        Ok(staged)
+    }
+
+    fn found_by(&self) -> &'static str {
+        "file"
+    }
+
+    fn use_state_folder(&self, folder: Arc<crate::state::Folder>) {
+        let _ = self.folder.set(folder);
     }
 
     fn describe(&self, snapshot: &Snapshot) -> String {
@@ -182,6 +275,7 @@ pub fn load_folder(edge: EdgeSettings, dir: &Path) -> Result<Snapshot, ConfigErr
     let mut snapshot = Snapshot {
         edge,
         domains: Vec::new(),
+        staged: Vec::new(),
         errors: Vec::new(),
         kept: Vec::new(),
         from: "files",
@@ -308,13 +402,21 @@ mod tests {
         let before = snapshot.domains.remove(0);
         let mut spec = before.spec.clone();
         spec.origin.servers = vec!["127.0.0.1:9".into()];
-        let at = source.put_domain(&spec, Some(&before)).await.unwrap().at;
+        let at = source
+            .put_domain(&spec, Some(&before), &Alongside::nothing())
+            .await
+            .unwrap()
+            .at;
         assert_eq!(at, Location::File(domains.join("mine.yaml")));
         let reloaded = source.load().await.unwrap();
         assert_eq!(reloaded.domains[0].spec, spec);
 
         spec.domain = "*.example.org".into();
-        let at = source.put_domain(&spec, None).await.unwrap().at;
+        let at = source
+            .put_domain(&spec, None, &Alongside::nothing())
+            .await
+            .unwrap()
+            .at;
         assert_eq!(at, Location::File(domains.join("wildcard.example.org.yaml")));
         assert_eq!(source.load().await.unwrap().domains.len(), 2);
         let leftovers: Vec<_> = std::fs::read_dir(&domains)
@@ -331,7 +433,11 @@ mod tests {
         )
         .unwrap();
         spec.domain = "new.example.org".into();
-        let at = source.put_domain(&spec, None).await.unwrap().at;
+        let at = source
+            .put_domain(&spec, None, &Alongside::nothing())
+            .await
+            .unwrap()
+            .at;
         assert_eq!(at, Location::File(domains.join("new.example.org-2.yaml")));
         let new: DomainName = "new.example.org".parse().unwrap();
         let entry = DomainEntry {
@@ -339,12 +445,21 @@ mod tests {
             spec: spec.clone(),
             revision: 0,
         };
-        assert!(source.delete_domain(&new, Some(&entry)).await.unwrap());
+        assert!(source
+            .delete_domain(&new, Some(&entry), &Alongside::nothing())
+            .await
+            .unwrap());
         std::fs::remove_file(domains.join("new.example.org.yaml")).unwrap();
 
         let wildcard: DomainName = "*.example.org".parse().unwrap();
-        assert!(source.delete_domain(&wildcard, None).await.unwrap());
-        assert!(!source.delete_domain(&wildcard, None).await.unwrap());
+        assert!(source
+            .delete_domain(&wildcard, None, &Alongside::nothing())
+            .await
+            .unwrap());
+        assert!(!source
+            .delete_domain(&wildcard, None, &Alongside::nothing())
+            .await
+            .unwrap());
         assert_eq!(source.load().await.unwrap().domains.len(), 1);
     }
 

@@ -12,10 +12,12 @@
 pub mod etcd;
 pub mod file;
 pub mod snapshot;
+pub mod versions;
 mod watch;
 
 pub use etcd::EtcdSource;
 pub use file::FileSource;
+pub use versions::{Alongside, Author, Staged, Version};
 
 use crate::fleet::Fleet;
 use crate::spec::{
@@ -55,6 +57,10 @@ pub enum DomainChange {
         /// Whether the source keeps the last good version.
         kept: bool,
     },
+    /// A domain's staging spec was created or replaced.
+    Stage(Box<Staged>),
+    /// The staging spec at this location is gone (published or discarded).
+    Unstage(Location),
 }
 
 impl DomainChange {
@@ -62,7 +68,8 @@ impl DomainChange {
     pub fn at(&self) -> &Location {
         match self {
             DomainChange::Upsert(entry) => &entry.at,
-            DomainChange::Remove(at) | DomainChange::Broken { at, .. } => at,
+            DomainChange::Stage(staged) => &staged.at,
+            DomainChange::Remove(at) | DomainChange::Broken { at, .. } | DomainChange::Unstage(at) => at,
         }
     }
 }
@@ -85,6 +92,9 @@ pub struct Snapshot {
     /// Every domain spec that parsed, in the source's stable order (the first to claim a
     /// name keeps it).
     pub domains: Vec<DomainEntry>,
+    /// Every staging spec that reads (see [`versions`]); one that does not is logged and left
+    /// out, as it only concerns previews.
+    pub staged: Vec<Staged>,
     /// What did not parse, one error per spec: the snapshot cannot be applied.
     pub errors: Vec<ConfigError>,
     /// What did not pass its checks in a source that keeps each spec's last good version:
@@ -208,11 +218,13 @@ pub trait ConfigSource: Send + Sync {
     /// Creates or replaces the spec of the domain it names, atomically: readers see the old
     /// spec or the new one, never a mix. `based_on` is the entry the change was made from
     /// (none: the domain is new); a source that can tell refuses the write as a conflict when
-    /// the domain changed since. Returns the entry written: where, and at which revision.
+    /// the domain changed since (or when a version `along` adds exists already). Writes
+    /// `along` with it. Returns the entry written: where, and at which revision.
     async fn put_domain(
         &self,
         spec: &DomainSpec,
         based_on: Option<&DomainEntry>,
+        along: &Alongside,
     ) -> Result<DomainEntry, WriteError>;
 
     /// The spec of the domain claimed under exactly `name` as the source holds it now (the
@@ -223,12 +235,34 @@ pub trait ConfigSource: Send + Sync {
     }
 
     /// Removes the spec of the domain claimed under exactly `name`, as `based_on` (from the
-    /// latest load) has it. False if there was none.
+    /// latest load) has it, writing `along` with it. False if there was none.
     async fn delete_domain(
         &self,
         name: &DomainName,
         based_on: Option<&DomainEntry>,
+        along: &Alongside,
     ) -> Result<bool, WriteError>;
+
+    /// The versions kept of the domain `name`, newest first (none: no history yet).
+    async fn versions(&self, name: &DomainName) -> Result<Vec<Version>, WriteError>;
+
+    /// Records versions of a change made by hand (a file edited, a key put), after the fact:
+    /// a conflict means another edge recorded it first.
+    async fn record(&self, name: &DomainName, along: &Alongside) -> Result<(), WriteError>;
+
+    /// Creates, replaces or (with none) removes the staging spec of `name`; returns it as
+    /// stored, with where.
+    async fn put_staging(
+        &self,
+        name: &DomainName,
+        staged: Option<&Staged>,
+    ) -> Result<Option<Staged>, WriteError>;
+
+    /// Who a domain's version 1 is by when it was found without history: `file` or `etcd`.
+    fn found_by(&self) -> &'static str;
+
+    /// Given the state folder once it is open (files mode keeps versions and staging there).
+    fn use_state_folder(&self, _folder: Arc<crate::state::Folder>) {}
 
     /// Told after a snapshot of this source was applied (etcd keeps a copy on disk and tells
     /// the fleet).

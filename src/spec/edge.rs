@@ -313,6 +313,13 @@ pub struct AdminSection {
     /// Serve the API over TLS with this certificate (required off loopback).
     #[serde(default)]
     pub tls: Option<CertSpec>,
+    /// Versions kept per domain (at least 1).
+    #[serde(default = "default_history")]
+    pub history: usize,
+}
+
+fn default_history() -> usize {
+    100
 }
 
 impl Default for AdminSection {
@@ -323,6 +330,7 @@ impl Default for AdminSection {
             tokens_file: None,
             audit_log: None,
             tls: None,
+            history: default_history(),
         }
     }
 }
@@ -368,6 +376,8 @@ pub struct EdgeSettings {
     pub admin_audit_log: Option<PathBuf>,
     /// The admin API's certificate (paths resolved), if it serves TLS.
     pub admin_tls: Option<CertSpec>,
+    /// Versions kept per domain.
+    pub admin_history: usize,
     /// Where the access log goes.
     pub access_log: AccessLogTarget,
     /// How its lines are written.
@@ -578,6 +588,12 @@ impl EdgeSettings {
                 );
             }
         }
+        if !(1..=10_000).contains(&raw.admin.history) {
+            err(
+                "admin.history",
+                format!("{} versions: keep from 1 to 10000 per domain", raw.admin.history),
+            );
+        }
         let resolve = |spec: CertSpec| CertSpec {
             cert: base.join(spec.cert),
             key: base.join(spec.key),
@@ -703,6 +719,7 @@ impl EdgeSettings {
                     None => Some(base.join(&raw.state_dir).join("audit.log")),
                 },
                 admin_tls: raw.admin.tls.map(resolve),
+                admin_history: raw.admin.history,
                 access_log: AccessLogTarget::parse(&raw.access_log, base),
                 access_log_format: raw.access_log_format,
                 source,

@@ -4,7 +4,8 @@
 //
 // Environment: ADMIN_URL (the console), EDGE (host:port of the edge), DOMAIN, TOKEN,
 // PAGE_A / PAGE_B (page URLs the origin serves) and TEXT_A / TEXT_B (their text),
-// SCREENSHOTS (a folder for screenshots of failures), CHROMIUM (the browser).
+// SCREENSHOTS (a folder for screenshots of failures), CHROMIUM (the browser). Which suite runs:
+// AFTER_RESTART=1, SCOPED_TOKEN set, VERSIONS=1 (domain versions and staging), else the main one.
 import { chromium } from "playwright-core";
 import http from "node:http";
 import fs from "node:fs";
@@ -26,10 +27,10 @@ function assert(condition, message) {
   if (!condition) throw new Error(message);
 }
 
-/// A GET through the edge for DOMAIN, as curl would send it.
-function edgeGet(pathname, accept) {
+/// A GET through the edge for DOMAIN, as curl would send it (with `extra` headers).
+function edgeGet(pathname, accept, extra) {
   const [host, port] = EDGE.split(":");
-  const headers = accept ? { Host: DOMAIN, Accept: accept } : { Host: DOMAIN };
+  const headers = { Host: DOMAIN, ...(accept ? { Accept: accept } : {}), ...(extra || {}) };
   return new Promise((resolve, reject) => {
     const req = http.request({ host, port: Number(port), path: pathname, headers }, (res) => {
       let body = "";
@@ -59,6 +60,21 @@ async function apiRules() {
     headers: { Authorization: `Bearer ${TOKEN}` },
   });
   return (await resp.json()).custom_pages;
+}
+
+/// A call of the admin API with TOKEN, as a script would make it.
+function adminCall(method, pathname, body, headers) {
+  return fetch(`${ADMIN_URL}${pathname}`, {
+    method,
+    headers: { Authorization: `Bearer ${TOKEN}`, "Content-Type": "application/json", ...(headers || {}) },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+}
+
+async function apiVersions() {
+  const resp = await adminCall("GET", `/api/domains/${DOMAIN}/versions`);
+  assert(resp.status === 200, `GET versions: ${resp.status}`);
+  return resp.json();
 }
 
 async function signIn(page) {
@@ -351,7 +367,203 @@ const scoped = {
     assert((await rule.getByRole("button", { name: "Refresh" }).count()) === 0, "no Refresh without the cache permission");
   },
 };
-const chosen = process.env.AFTER_RESTART === "1" ? afterRestart : process.env.SCOPED_TOKEN ? scoped : tests;
+
+// Run by tests/console.rs with VERSIONS=1, on a domain without rules, in this order (each
+// builds on the versions the ones before made).
+function tabPanel(page, name) {
+  return page.getByRole("tabpanel", { name });
+}
+
+function versionRow(page, n) {
+  return tabPanel(page, "Versions").getByRole("row").filter({ has: page.getByRole("rowheader", { name: String(n), exact: true }) });
+}
+
+/// The texts of a version row's cells: When, By, Comment, Actions.
+async function versionCells(row) {
+  return row.getByRole("cell").allInnerTexts();
+}
+
+function topVersionRow(page) {
+  return tabPanel(page, "Versions").locator("tbody tr").first();
+}
+
+async function servedNotFound(what, text, extra) {
+  await eventually(what, async () => {
+    const got = await edgeGet("/no-such-page", undefined, extra);
+    return got.status === 404 && got.body.includes(text) ? true : got;
+  }, 10000);
+}
+
+const versions = {
+  async "Versions lists each change with who made it and why, shows a diff and rolls back"(page) {
+    await signIn(page);
+    await manage(page);
+    const dialog = await customize(page, "404", PAGE_A);
+    await dialog.waitFor({ state: "hidden" });
+    await ruleRow(page, "404").waitFor();
+    // A second change, through the API with a comment.
+    const put = await adminCall("PUT", `/api/domains/${DOMAIN}/custom-pages/404`, { url: PAGE_B }, { "X-Change-Comment": "page B instead" });
+    assert(put.ok, `PUT the rule: ${put.status}`);
+    const changed = (await apiVersions()).current;
+    await page.getByRole("tab", { name: "Versions" }).click();
+    assert((await page.getByRole("tab", { name: "Versions" }).getAttribute("aria-selected")) === "true", "the Versions tab is selected");
+    // Newest first: the API's change, then the console's, both by the default token.
+    await topVersionRow(page).getByRole("rowheader", { name: String(changed), exact: true }).waitFor();
+    const top = await versionCells(topVersionRow(page));
+    assert(top[1] === "default" && top[2] === "page B instead", `the newest version: ${top}`);
+    const byConsole = await versionCells(versionRow(page, changed - 1));
+    assert(byConsole[1] === "default", `the console's change: ${byConsole}`);
+    await page.screenshot({ path: path.join(SCREENSHOTS, "view-versions.png"), fullPage: true });
+    // View: the YAML of the console's version.
+    await versionRow(page, changed - 1).getByRole("button", { name: "View" }).click();
+    const yaml = page.getByRole("region", { name: `Version ${changed - 1}` });
+    await yaml.waitFor();
+    const text = await yaml.innerText();
+    assert(text.includes("custom_pages") && text.includes(PAGE_A) && !text.includes(PAGE_B), `version ${changed - 1}: ${text}`);
+    // Diff: the URL's line, out and in.
+    const panel = tabPanel(page, "Versions");
+    await panel.getByLabel("From version").selectOption(String(changed - 1));
+    await panel.getByLabel("To version").selectOption(String(changed));
+    await panel.getByRole("button", { name: "Show diff" }).click();
+    const diff = page.getByRole("region", { name: "Diff" });
+    await diff.filter({ hasText: PAGE_B }).waitFor();
+    const lines = (await diff.innerText()).split("\n");
+    assert(lines.some((l) => l.startsWith("-") && !l.startsWith("---") && l.includes(`url: ${PAGE_A}`)), `the old URL's line: ${lines.join("\n")}`);
+    assert(lines.some((l) => l.startsWith("+") && !l.startsWith("+++") && l.includes(`url: ${PAGE_B}`)), `the new URL's line: ${lines.join("\n")}`);
+    assert(lines.some((l) => l.startsWith("@@")), `a hunk header: ${lines.join("\n")}`);
+    await page.screenshot({ path: path.join(SCREENSHOTS, "view-diff.png"), fullPage: true });
+    // Roll back to the console's version, confirmed with a comment.
+    await versionRow(page, changed - 1).getByRole("button", { name: "Rollback" }).click();
+    const confirm = page.getByRole("dialog", { name: `Roll back to version ${changed - 1}` });
+    await confirm.getByLabel("Comment").fill("page B was wrong");
+    await page.screenshot({ path: path.join(SCREENSHOTS, "view-rollback.png") });
+    await confirm.getByRole("button", { name: "Roll back" }).click();
+    await confirm.waitFor({ state: "hidden" });
+    await topVersionRow(page).getByRole("rowheader", { name: String(changed + 1), exact: true }).waitFor();
+    const rolled = await versionCells(topVersionRow(page));
+    assert(rolled[1] === "default" && rolled[2] === "page B was wrong", `the rollback's version: ${rolled}`);
+    assert((await apiVersions()).current === changed + 1, "the rollback made one version");
+    await page.getByRole("tab", { name: "Custom Pages" }).click();
+    await ruleRow(page, "404").getByRole("cell", { name: PAGE_A, exact: true }).waitFor();
+    await servedNotFound("the old page through the edge after the rollback", TEXT_A);
+  },
+
+  async "a rollback from a list another change made stale is refused, said, and the list shown again"(page) {
+    await signIn(page);
+    await manage(page);
+    await page.getByRole("tab", { name: "Versions" }).click();
+    const shown = (await apiVersions()).current;
+    await topVersionRow(page).getByRole("rowheader", { name: String(shown), exact: true }).waitFor();
+    // Someone else changes the domain after the list was shown.
+    const put = await adminCall("PUT", `/api/domains/${DOMAIN}/custom-pages/404`, { url: PAGE_B }, { "X-Change-Comment": "meanwhile" });
+    assert(put.ok, `PUT the rule: ${put.status}`);
+    const now = (await apiVersions()).current;
+    assert(now === shown + 1, `one more version: ${now}`);
+    await versionRow(page, shown - 1).getByRole("button", { name: "Rollback" }).click();
+    const confirm = page.getByRole("dialog", { name: `Roll back to version ${shown - 1}` });
+    await confirm.getByRole("button", { name: "Roll back" }).click();
+    await confirm.waitFor({ state: "hidden" });
+    await tabPanel(page, "Versions").getByRole("alert").filter({ hasText: /./ }).waitFor();
+    await topVersionRow(page).getByRole("rowheader", { name: String(now), exact: true }).waitFor();
+    const top = await versionCells(topVersionRow(page));
+    assert(top[2] === "meanwhile", `the other change is listed: ${top}`);
+    assert((await apiVersions()).current === now, "nothing changed");
+    assert((await apiRules()).find((r) => r.code === 404).url === PAGE_B, "the rule is the other change's");
+  },
+
+  async "a rule customized in staging is served only with the staging header, then published"(page) {
+    const put = await adminCall("PUT", `/api/domains/${DOMAIN}/custom-pages/404`, { url: PAGE_A });
+    assert(put.ok, `PUT the rule: ${put.status}`);
+    await servedNotFound("production's page", TEXT_A);
+    await signIn(page);
+    await manage(page);
+    await page.getByRole("tab", { name: "Staging" }).click();
+    const panel = tabPanel(page, "Staging");
+    await panel.getByText("no staging").waitFor();
+    await panel.getByRole("button", { name: "Customize staging rule" }).click();
+    const dialog = page.getByRole("dialog", { name: "Customize Page" });
+    await dialog.getByLabel("Status code").selectOption("404");
+    await dialog.getByLabel("URL").fill(PAGE_B);
+    await dialog.getByRole("button", { name: "OK" }).click();
+    await dialog.waitFor({ state: "hidden" });
+    const staged = panel.getByRole("row").filter({ has: page.getByRole("rowheader", { name: "404", exact: true }) });
+    await staged.getByRole("cell", { name: PAGE_B, exact: true }).waitFor();
+    const resp = await adminCall("GET", `/api/domains/${DOMAIN}/staging`);
+    assert(resp.status === 200, `GET staging: ${resp.status}`);
+    const { key } = await resp.json();
+    assert(/^[0-9a-f]{32}$/i.test(key), `the staging key: ${key}`);
+    await panel.getByText(key, { exact: true }).waitFor();
+    const preview = await panel.getByRole("figure", { name: "Preview" }).locator("code").innerText();
+    assert(preview.includes(`X-Custom-Pages-Staging: ${key}`) && preview.includes(DOMAIN), `the preview line: ${preview}`);
+    await page.screenshot({ path: path.join(SCREENSHOTS, "view-staging.png"), fullPage: true });
+    // Production is unchanged; the edge serves staging only with the right key.
+    assert((await apiRules()).find((r) => r.code === 404).url === PAGE_A, "production keeps its rule");
+    await servedNotFound("the staging page with the key", TEXT_B, { "X-Custom-Pages-Staging": key });
+    const plain = await edgeGet("/no-such-page");
+    assert(plain.status === 404 && plain.body.includes(TEXT_A), `production without the header: ${plain.status} ${plain.body}`);
+    const wrong = await edgeGet("/no-such-page", undefined, { "X-Custom-Pages-Staging": "0".repeat(32) });
+    assert(wrong.status === 404 && wrong.body.includes(TEXT_A), `production with a wrong key: ${wrong.status} ${wrong.body}`);
+    // Publish, confirmed with a comment.
+    const before = (await apiVersions()).current;
+    await panel.getByRole("button", { name: "Publish" }).click();
+    const confirm = page.getByRole("dialog", { name: "Publish staging" });
+    await confirm.getByLabel("Comment").fill("page B, tried in staging");
+    await confirm.getByRole("button", { name: "Publish" }).click();
+    await confirm.waitFor({ state: "hidden" });
+    await panel.getByText("no staging").waitFor();
+    await page.getByRole("tab", { name: "Custom Pages" }).click();
+    await ruleRow(page, "404").getByRole("cell", { name: PAGE_B, exact: true }).waitFor();
+    await page.getByRole("tab", { name: "Versions" }).click();
+    await topVersionRow(page).getByRole("rowheader", { name: String(before + 1), exact: true }).waitFor();
+    const top = await versionCells(topVersionRow(page));
+    assert(top[1] === "default" && top[2] === "page B, tried in staging", `the published version: ${top}`);
+    await servedNotFound("the published page without the header", TEXT_B);
+  },
+
+  async "a staged rule is modified, then discarded, and production does not change"(page) {
+    const pairs = (list) => JSON.stringify(list.map((r) => [r.code, r.url]));
+    const production = pairs(await apiRules());
+    const versionBefore = (await apiVersions()).current;
+    await signIn(page);
+    await manage(page);
+    // The tabs with the keyboard: Right twice from Custom Pages is Staging.
+    await page.getByRole("tab", { name: "Custom Pages" }).focus();
+    await page.keyboard.press("ArrowRight");
+    await page.keyboard.press("ArrowRight");
+    assert((await page.getByRole("tab", { name: "Staging" }).getAttribute("aria-selected")) === "true", "Staging is selected");
+    const panel = tabPanel(page, "Staging");
+    await panel.getByText("no staging").waitFor();
+    await panel.getByRole("button", { name: "Customize staging rule" }).click();
+    const dialog = page.getByRole("dialog", { name: "Customize Page" });
+    await dialog.getByLabel("Status code").selectOption("403");
+    await dialog.getByLabel("URL").fill(PAGE_A);
+    await dialog.getByRole("button", { name: "OK" }).click();
+    await dialog.waitFor({ state: "hidden" });
+    const staged = panel.getByRole("row").filter({ has: page.getByRole("rowheader", { name: "403", exact: true }) });
+    await staged.getByRole("button", { name: "Modify" }).click();
+    assert((await dialog.getByLabel("URL").inputValue()) === PAGE_A, "Modify opens the dialog filled in");
+    await dialog.getByLabel("URL").fill(PAGE_B);
+    await dialog.getByRole("button", { name: "OK" }).click();
+    await dialog.waitFor({ state: "hidden" });
+    await staged.getByRole("cell", { name: PAGE_B, exact: true }).waitFor();
+    assert(pairs(await apiRules()) === production, "production's rules do not change");
+    // Discard, confirmed.
+    await panel.getByRole("button", { name: "Discard" }).click();
+    const confirm = page.getByRole("dialog", { name: "Discard staging" });
+    await confirm.getByRole("button", { name: "Discard" }).click();
+    await confirm.waitFor({ state: "hidden" });
+    await panel.getByText("no staging").waitFor();
+    assert((await staged.count()) === 0, "no staging rule is shown");
+    const resp = await adminCall("GET", `/api/domains/${DOMAIN}/staging`);
+    assert(resp.status === 404, `no staging any more: ${resp.status}`);
+    assert(pairs(await apiRules()) === production, "production's rules do not change");
+    assert((await apiVersions()).current === versionBefore, "no new version");
+  },
+};
+const chosen = process.env.AFTER_RESTART === "1" ? afterRestart
+  : process.env.SCOPED_TOKEN ? scoped
+  : process.env.VERSIONS === "1" ? versions
+  : tests;
 
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",

@@ -7,7 +7,9 @@ const $ = (id) => document.getElementById(id);
 const TOKEN_KEY = "custom-pages-token";
 let current = null; // the domain being managed
 let editing = null; // the rule being modified, or null for a new one
+let ruleTarget = "production"; // where the Customize Page dialog writes: "production" or "staging"
 let rules = []; // the rules shown
+let stagingRules = []; // the staging rules shown
 let me = null; // the signed-in token: its name, permissions and domains (GET /api/token)
 
 // Whether the signed-in token may do `permission` on `domain`, as the edge decides it (the
@@ -47,18 +49,23 @@ function button(label, onClick, described) {
   return b;
 }
 
-async function api(method, path, body, token) {
+// A call of the admin API: its status, its JSON ({} if it is not JSON) and its text (the
+// answers that are YAML or a diff). `extra` adds headers (If-Match).
+async function api(method, path, body, token, extra) {
   // The audit trail tells console changes from API calls by this header.
   const headers = {
     Authorization: "Bearer " + (token || sessionStorage.getItem(TOKEN_KEY) || ""),
     "X-Requested-By": "console",
+    ...(extra || {}),
   };
   if (body !== undefined) headers["Content-Type"] = "application/json";
   const resp = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  let text = "";
+  try { text = await resp.text(); } catch (_) { text = ""; }
   let json = null;
-  try { json = await resp.json(); } catch (_) { json = null; }
+  try { json = JSON.parse(text); } catch (_) { json = null; }
   if (resp.status === 401 && !token) signOut("Your session ended: sign in again.");
-  return { status: resp.status, ok: resp.ok, json: json || {} };
+  return { status: resp.status, ok: resp.ok, json: json && typeof json === "object" ? json : {}, text };
 }
 
 function show(view) {
@@ -187,16 +194,53 @@ function describe(answer) {
 
 // ------------------------------------------------------------------ Manage → Custom Pages
 
-function rulePath(code) {
-  return "/api/domains/" + encodeURIComponent(current) + "/custom-pages/" + encodeURIComponent(code);
+function domainPath() {
+  return "/api/domains/" + encodeURIComponent(current);
+}
+
+// A rule of production, or of staging when `target` is "staging".
+function rulePath(code, target) {
+  return domainPath() + (target === "staging" ? "/staging" : "") + "/custom-pages/" + encodeURIComponent(code);
 }
 
 async function showManage(name) {
   current = name;
   $("manage-title").textContent = "Manage " + name;
   $("customize").hidden = !may("rules", name);
+  for (const id of ["pages-message", "versions-message", "versions-error", "diff-message", "staging-message", "staging-error"])
+    $(id).textContent = "";
+  $("version-title").hidden = true;
+  $("version-yaml").hidden = true;
+  $("diff").hidden = true;
   show("manage-view");
-  await loadRules();
+  await selectTab("tab-pages");
+}
+
+// ------------------------------------------------------------------ Manage tabs
+
+const TABS = { "tab-pages": () => loadRules(), "tab-versions": () => loadVersions(), "tab-staging": () => loadStaging() };
+
+// Shows the tab `id` and its panel, and loads what the panel shows.
+async function selectTab(id, focus) {
+  for (const tab of Object.keys(TABS)) {
+    const selected = tab === id;
+    $(tab).setAttribute("aria-selected", String(selected));
+    $(tab).tabIndex = selected ? 0 : -1;
+    $($(tab).getAttribute("aria-controls")).hidden = !selected;
+  }
+  if (focus) $(id).focus();
+  await TABS[id]();
+}
+
+// Arrow keys, Home and End move between the tabs (the selected tab is the one in the Tab order).
+function tabKey(event) {
+  const ids = Object.keys(TABS);
+  const at = ids.indexOf(event.target.id);
+  if (at < 0) return;
+  const to = { ArrowRight: at + 1, ArrowLeft: at - 1 + ids.length, Home: 0, End: ids.length - 1 }[event.key];
+  if (to === undefined) return;
+  event.preventDefault();
+  selectTab(ids[to % ids.length], true);
 }
 
 function activityChart(perMinute) {
@@ -273,19 +317,19 @@ async function loadRules() {
 
 async function deleteRule(code) {
   if (!window.confirm("Delete the custom page rule for " + code + " of " + current + "?")) return;
-  const answer = await api("DELETE", rulePath(code));
+  const answer = await api("DELETE", rulePath(code, "production"));
   $("pages-message").textContent = answer.ok ? "Rule " + code + " deleted." : describe(answer);
   await loadRules();
 }
 
 async function refreshRule(code) {
-  const answer = await api("POST", rulePath(code) + "/refresh");
+  const answer = await api("POST", rulePath(code, "production") + "/refresh");
   $("pages-message").textContent = answer.ok ? "Page for " + code + " fetched again." : describe(answer);
   await loadRules();
 }
 
 async function preview(code) {
-  const answer = await api("GET", rulePath(code) + "/page");
+  const answer = await api("GET", rulePath(code, "production") + "/page");
   if (!answer.ok) {
     $("pages-message").textContent = describe(answer);
     return;
@@ -311,9 +355,16 @@ function setPattern(visible) {
   $("rule-pattern-label").hidden = !visible;
 }
 
-function openDialog(rule) {
+// Opens the Customize Page dialog for `rule` (null: a new one) of production, or of staging
+// when `target` is "staging".
+function openDialog(rule, target) {
   clearErrors();
   editing = rule || null;
+  ruleTarget = target === "staging" ? "staging" : "production";
+  $("rule-target").textContent = ruleTarget === "staging"
+    ? "This rule is saved in the staging configuration of " + current + "; production does not change until you publish it."
+    : "";
+  $("rule-target").hidden = ruleTarget !== "staging";
   const code = rule ? String(rule.code) : "404";
   if (COMMON_CODES.includes(code)) {
     $("rule-code").value = code;
@@ -354,7 +405,9 @@ async function submitRule(event) {
     return;
   }
   const previous = editing ? String(editing.code) : null;
-  if (code !== previous && rules.some((r) => String(r.code) === code)) {
+  const target = ruleTarget;
+  const shown = target === "staging" ? stagingRules : rules;
+  if (code !== previous && shown.some((r) => String(r.code) === code)) {
     $("rule-code-error").textContent = "There is a rule for " + code + " already: modify that one.";
     return;
   }
@@ -387,7 +440,7 @@ async function submitRule(event) {
   if (Object.keys(variants).length) body.variants = variants;
   if (Object.keys(languages).length) body.languages = languages;
   if ($("rule-language").value.trim() !== "") body.language = $("rule-language").value.trim();
-  const answer = await api("PUT", rulePath(code), body);
+  const answer = await api("PUT", rulePath(code, target), body);
   if (!answer.ok) {
     const target = {
       code: "rule-code-error", url: "rule-url-error", redirect: "rule-redirect-error", status: "rule-status-error",
@@ -396,14 +449,262 @@ async function submitRule(event) {
     $(target).textContent = answer.json.error || "The edge answered " + answer.status + ".";
     return;
   }
-  let message = "Rule " + code + " saved.";
+  let message = "Rule " + code + (target === "staging" ? " saved in staging." : " saved.");
   if (previous !== null && previous !== code) {
-    const removed = await api("DELETE", rulePath(previous));
+    const removed = await api("DELETE", rulePath(previous, target));
     if (!removed.ok) message += " The rule for " + previous + " could not be removed: " + describe(removed);
   }
   $("rule-dialog").close();
-  $("pages-message").textContent = message;
+  if (target === "staging") {
+    $("staging-error").textContent = "";
+    $("staging-message").textContent = message;
+    await loadStaging();
+  } else {
+    $("pages-message").textContent = message;
+    await loadRules();
+  }
+}
+
+// ------------------------------------------------------------------ Manage → Versions
+
+let versionsCurrent = null; // the domain's current version, as the list shown says
+let versionsNext = null; // the `before` of the next page of versions, or null
+let rollbackTo = null; // the version the Roll back dialog is for
+
+async function loadVersions(more) {
+  const params = new URLSearchParams({ limit: "20" });
+  if (more && versionsNext !== null) params.set("before", String(versionsNext));
+  const answer = await api("GET", domainPath() + "/versions?" + params.toString());
+  const rows = $("version-rows");
+  if (!more) {
+    rows.replaceChildren();
+    $("diff-from").replaceChildren();
+    $("diff-to").replaceChildren();
+  }
+  if (!answer.ok) {
+    versionsNext = null;
+    $("more-versions").hidden = true;
+    $("versions-error").textContent = describe(answer);
+    return;
+  }
+  if (!more) versionsCurrent = answer.json.current;
+  versionsNext = answer.json.next === undefined ? null : answer.json.next;
+  $("more-versions").hidden = versionsNext === null;
+  for (const v of answer.json.versions || []) {
+    const n = String(v.version);
+    const tr = el("tr", null, { "data-version": n });
+    if (v.version === versionsCurrent) tr.setAttribute("aria-current", "true");
+    tr.append(el("th", n, { scope: "row" }));
+    const when = el("td");
+    when.append(el("time", v.at, { datetime: v.at }));
+    tr.append(when);
+    tr.append(el("td", v.by));
+    const comment = el("td", v.comment === null || v.comment === undefined ? "—" : v.comment);
+    if (v.deleted) comment.append(el("div", "the domain was deleted", { class: "muted" }));
+    tr.append(comment);
+    const actions = el("td");
+    if (!v.deleted) {
+      actions.append(button("View", () => viewVersion(n), "version " + n));
+      if (may("rules", current)) actions.append(button("Rollback", () => openRollback(n), "to version " + n));
+      $("diff-from").append(el("option", n, { value: n }));
+      $("diff-to").append(el("option", n, { value: n }));
+    }
+    tr.append(actions);
+    rows.append(tr);
+  }
+  // By default the diff compares the newest version with the one before it.
+  if (!more) {
+    const options = $("diff-to").options;
+    if (options.length > 0) $("diff-to").selectedIndex = 0;
+    if (options.length > 1) $("diff-from").selectedIndex = 1;
+  }
+}
+
+async function viewVersion(n) {
+  const answer = await api("GET", domainPath() + "/versions/" + encodeURIComponent(n));
+  if (!answer.ok) {
+    $("versions-error").textContent = describe(answer);
+    return;
+  }
+  $("versions-error").textContent = "";
+  $("version-title").textContent = "Version " + n;
+  $("version-title").hidden = false;
+  $("version-yaml").textContent = answer.text;
+  $("version-yaml").hidden = false;
+  $("version-yaml").focus();
+}
+
+async function showDiff(event) {
+  event.preventDefault();
+  const from = $("diff-from").value;
+  const to = $("diff-to").value;
+  if (from === "" || to === "") return;
+  const answer = await api("GET", domainPath() + "/versions/" + encodeURIComponent(from) + "/diff/" + encodeURIComponent(to));
+  const pre = $("diff");
+  pre.replaceChildren();
+  if (!answer.ok) {
+    pre.hidden = true;
+    $("diff-message").textContent = "";
+    $("versions-error").textContent = describe(answer);
+    return;
+  }
+  $("versions-error").textContent = "";
+  // One span a line, classed by its first character; the text stays the diff's, line for line.
+  const text = answer.text.endsWith("\n") ? answer.text.slice(0, -1) : answer.text;
+  for (const line of text === "" ? [] : text.split("\n")) {
+    const kind = line.startsWith("+++") || line.startsWith("---") ? "diff-file"
+      : line.startsWith("@@") ? "diff-hunk"
+      : line.startsWith("+") ? "diff-add"
+      : line.startsWith("-") ? "diff-del" : "diff-same";
+    pre.append(el("span", line, { class: kind }), "\n");
+  }
+  pre.hidden = answer.text === "";
+  $("diff-message").textContent = answer.text === ""
+    ? "Versions " + from + " and " + to + " are the same."
+    : "Changes from version " + from + " to version " + to + ".";
+}
+
+function openRollback(n) {
+  rollbackTo = n;
+  $("rollback-title").textContent = "Roll back to version " + n;
+  $("rollback-summary").textContent = "A new version of " + current + " will be made, equal to version " + n
+    + ". The current version is " + versionsCurrent + ".";
+  $("rollback-comment").value = "";
+  $("rollback-error").textContent = "";
+  $("rollback-dialog").showModal();
+  $("rollback-comment").focus();
+}
+
+async function submitRollback(event) {
+  event.preventDefault();
+  const to = Number(rollbackTo);
+  const body = { to };
+  const comment = $("rollback-comment").value.trim();
+  if (comment !== "") body.comment = comment;
+  // The version the list showed: the edge refuses (409) if another change came since.
+  const answer = await api("POST", domainPath() + "/rollback", body, undefined, { "If-Match": String(versionsCurrent) });
+  if (answer.status === 409) {
+    $("rollback-dialog").close();
+    $("versions-message").textContent = "";
+    $("versions-error").textContent = describe(answer) + " The list shows the versions as they are now.";
+    await loadVersions();
+    return;
+  }
+  if (!answer.ok) {
+    $("rollback-error").textContent = describe(answer);
+    return;
+  }
+  $("rollback-dialog").close();
+  $("versions-error").textContent = "";
+  $("versions-message").textContent = "Rolled back to version " + to + ": version " + answer.json.version + " is current.";
+  await loadVersions();
   await loadRules();
+}
+
+// ------------------------------------------------------------------ Manage → Staging
+
+let staging = null; // the staging configuration shown (GET .../staging), or null
+
+async function loadStaging() {
+  const answer = await api("GET", domainPath() + "/staging");
+  const mayChange = may("rules", current);
+  $("customize-staging").hidden = !mayChange;
+  $("staging-actions").hidden = !mayChange;
+  const rows = $("staging-rule-rows");
+  rows.replaceChildren();
+  if (answer.status === 404) {
+    staging = null;
+    stagingRules = [];
+    $("staging-details").hidden = true;
+    $("staging-none").textContent = current + " has no staging configuration."
+      + (mayChange ? " Customize a rule here to start one as a copy of production." : "");
+    $("staging-none").hidden = false;
+    return;
+  }
+  if (!answer.ok) {
+    $("staging-details").hidden = true;
+    $("staging-error").textContent = describe(answer);
+    return;
+  }
+  staging = answer.json;
+  stagingRules = (staging.spec && staging.spec.custom_pages) || [];
+  $("staging-none").hidden = true;
+  $("staging-details").hidden = false;
+  $("staging-key").textContent = staging.key;
+  $("staging-based-on").textContent = "(a copy of version " + staging.based_on + ")";
+  $("staging-preview-line").textContent = staging.preview;
+  for (const rule of stagingRules) {
+    const code = String(rule.code);
+    const tr = el("tr", null, { "data-code": code });
+    tr.append(el("th", code, { scope: "row" }));
+    tr.append(el("td", rule.url));
+    tr.append(el("td", rule.redirect ? "Redirect " + rule.redirect : "In place"));
+    const actions = el("td");
+    if (mayChange) {
+      actions.append(button("Modify", () => openDialog(rule, "staging"), code));
+      actions.append(button("Delete", () => deleteStagingRule(code), code));
+    }
+    tr.append(actions);
+    rows.append(tr);
+  }
+}
+
+async function deleteStagingRule(code) {
+  if (!window.confirm("Delete the staging rule for " + code + " of " + current + "?")) return;
+  const answer = await api("DELETE", rulePath(code, "staging"));
+  $("staging-error").textContent = answer.ok ? "" : describe(answer);
+  $("staging-message").textContent = answer.ok ? "Staging rule " + code + " deleted." : "";
+  await loadStaging();
+}
+
+// Opens a confirmation dialog of the staging panel; its panel buttons are hidden meanwhile,
+// so the dialog's button is the only one of its name.
+function confirmStaging(which, summary) {
+  $(which + "-summary").textContent = summary;
+  $(which + "-error").textContent = "";
+  if ($(which + "-comment")) $(which + "-comment").value = "";
+  $("staging-actions").hidden = true;
+  $(which + "-dialog").showModal();
+}
+
+function openPublish() {
+  confirmStaging("publish", "Production of " + current + " becomes the staging configuration, as a new version; staging ends.");
+}
+
+function openDiscard() {
+  confirmStaging("discard", "The staging configuration of " + current + " and its key are thrown away; production does not change.");
+}
+
+// A publish or discard the edge refused: the error in the panel (409 when production changed
+// since staging began).
+async function stagingRefused(which, answer) {
+  $(which + "-dialog").close();
+  $("staging-message").textContent = "";
+  $("staging-error").textContent = describe(answer);
+  await loadStaging();
+}
+
+async function submitPublish(event) {
+  event.preventDefault();
+  const comment = $("publish-comment").value.trim();
+  const answer = await api("POST", domainPath() + "/staging/publish", comment === "" ? undefined : { comment });
+  if (!answer.ok) return stagingRefused("publish", answer);
+  $("publish-dialog").close();
+  $("staging-error").textContent = "";
+  $("staging-message").textContent = "Staging published: version " + answer.json.version + " is current.";
+  await loadStaging();
+  await loadRules();
+  await loadVersions();
+}
+
+async function submitDiscard(event) {
+  event.preventDefault();
+  const answer = await api("DELETE", domainPath() + "/staging");
+  if (!answer.ok) return stagingRefused("discard", answer);
+  $("discard-dialog").close();
+  $("staging-error").textContent = "";
+  $("staging-message").textContent = "Staging discarded.";
+  await loadStaging();
 }
 
 document.addEventListener("DOMContentLoaded", () => {
@@ -414,7 +715,24 @@ document.addEventListener("DOMContentLoaded", () => {
   $("next-page").addEventListener("click", nextPage);
   $("previous-page").addEventListener("click", previousPage);
   $("add-domain-form").addEventListener("submit", addDomain);
-  $("customize").addEventListener("click", () => openDialog(null));
+  $("customize").addEventListener("click", () => openDialog(null, "production"));
+  for (const tab of Object.keys(TABS)) {
+    $(tab).addEventListener("click", () => selectTab(tab));
+    $(tab).addEventListener("keydown", tabKey);
+  }
+  $("more-versions").addEventListener("click", () => loadVersions(true));
+  $("diff-form").addEventListener("submit", showDiff);
+  $("rollback-form").addEventListener("submit", submitRollback);
+  $("rollback-cancel").addEventListener("click", () => $("rollback-dialog").close());
+  $("customize-staging").addEventListener("click", () => openDialog(null, "staging"));
+  $("publish").addEventListener("click", openPublish);
+  $("discard").addEventListener("click", openDiscard);
+  $("publish-form").addEventListener("submit", submitPublish);
+  $("discard-form").addEventListener("submit", submitDiscard);
+  for (const which of ["publish", "discard"]) {
+    $(which + "-cancel").addEventListener("click", () => $(which + "-dialog").close());
+    $(which + "-dialog").addEventListener("close", () => { $("staging-actions").hidden = !may("rules", current); });
+  }
   $("rule-form").addEventListener("submit", submitRule);
   $("rule-cancel").addEventListener("click", () => $("rule-dialog").close());
   $("rule-code").addEventListener("change", () => setPattern($("rule-code").value === "pattern"));
