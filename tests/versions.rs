@@ -481,6 +481,29 @@ async fn api_changes_are_versions_with_author_and_comment_and_a_rollback_restore
     let nowhere = api(&edge, Method::POST, &rollback, &[], Some(&json!({"to": 99}))).await;
     assert_eq!(nowhere.status, 404, "{nowhere:#?}");
     assert_eq!(versions(&edge, "").await, listing);
+
+    // The audit trail has the rollback that worked and the one refused.
+    let rollbacks = audited(&edge, "domain.rollback").await;
+    assert_eq!(rollbacks, ["ok 200", "failed 409", "failed 404"], "{rollbacks:?}");
+}
+
+/// The outcome and status of each audit record of `action` on `A`, oldest first.
+async fn audited(edge: &Edge, action: &str) -> Vec<String> {
+    let trail = Admin::new(edge).get(&format!("/api/audit?domain={A}")).await;
+    assert_eq!(trail.status, 200, "{trail:#?}");
+    trail.json["records"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|record| record["action"] == action)
+        .map(|record| {
+            format!(
+                "{} {}",
+                record["outcome"].as_str().unwrap_or("?"),
+                record["status"]
+            )
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -630,6 +653,12 @@ async fn staging_is_served_only_with_its_key_until_published_or_discarded() {
     wait_served(&edge, None, 3).await;
     // Staging is still served to its key (its page may be fetched again: wait for it).
     wait_served(&edge, Some(staging_key.as_str()), 6).await;
+
+    // The audit trail has every publish and discard, refused ones too.
+    let published = audited(&edge, "staging.publish").await;
+    assert_eq!(published, ["ok 200", "failed 404", "failed 409"], "{published:?}");
+    let discarded = audited(&edge, "staging.discard").await;
+    assert_eq!(discarded, ["ok 200", "failed 404"], "{discarded:?}");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -389,6 +389,11 @@ impl Runtime {
         };
         while let Some(change) = queue.recv().await {
             let name = &change.name;
+            // Changed again since (the next change records the spec in use before it).
+            let in_use = self.routes.load().by_name(name).map(|d| d.spec.clone());
+            if in_use != change.after {
+                continue;
+            }
             for _attempt in 0..3 {
                 let kept = match self.source.versions(name).await {
                     Ok(kept) => kept,

@@ -45,6 +45,14 @@ impl Version {
         serde_yaml::from_str(self.spec.as_deref()?).ok()
     }
 
+    /// Whether this version holds `spec` (none: the domain's deletion).
+    fn holds(&self, spec: Option<&DomainSpec>) -> bool {
+        match spec {
+            None => self.deleted,
+            Some(spec) => !self.deleted && self.parsed().as_ref() == Some(spec),
+        }
+    }
+
     /// This version without its spec, for listings.
     pub fn summary(&self) -> Version {
         Version {
@@ -95,7 +103,9 @@ impl Alongside {
     /// The versions that record a change from `before` (the spec in use, none for a new
     /// domain) to `after` (none: deleted), given the versions kept (newest first), keeping
     /// `keep`. Nothing when the newest version already holds `after` (the change was recorded,
-    /// or changes nothing). `found_by` authors version 1 of a domain without history.
+    /// or changes nothing). `found_by` authors the spec in use when no version holds it: a
+    /// domain's version 1 (the domain as found), or a change by hand not recorded yet (made
+    /// while the edge was down, or still on its way to the history).
     pub fn record(
         kept: &[Version],
         before: Option<&DomainSpec>,
@@ -104,52 +114,42 @@ impl Alongside {
         found_by: &str,
         keep: usize,
     ) -> Result<Alongside, String> {
-        let yaml = |spec: &DomainSpec| serde_yaml::to_string(spec).map_err(|e| e.to_string());
+        if kept.first().is_some_and(|newest| newest.holds(after)) || (kept.is_empty() && before == after) {
+            return Ok(Alongside::nothing());
+        }
         let now = crate::audit::now();
-        let mut add = Vec::new();
-        let newest = match kept.first() {
-            Some(newest) => {
-                let holds = match (&newest.deleted, after) {
-                    (true, None) => true,
-                    (false, Some(after)) => newest.parsed().as_ref() == Some(after),
-                    _ => false,
-                };
-                if holds {
-                    return Ok(Alongside::nothing());
-                }
-                newest.version
-            }
-            None => match before {
-                // The domain as found is version 1.
-                Some(before) if Some(before) != after => {
-                    add.push(Version {
-                        version: 1,
-                        at: Some(now.clone()),
-                        by: found_by.to_string(),
-                        comment: None,
-                        deleted: false,
-                        spec: Some(yaml(before)?),
-                    });
-                    1
-                }
-                Some(_) => return Ok(Alongside::nothing()),
-                None => 0,
-            },
+        let version = |version: u64, by: &str, comment: Option<String>, spec: Option<&DomainSpec>| {
+            Ok::<_, String>(Version {
+                version,
+                at: Some(now.clone()),
+                by: by.to_string(),
+                comment,
+                deleted: spec.is_none(),
+                spec: spec
+                    .map(serde_yaml::to_string)
+                    .transpose()
+                    .map_err(|e| e.to_string())?,
+            })
         };
-        add.push(Version {
-            version: newest + 1,
-            at: Some(now),
-            by: author.by.clone(),
-            comment: author.comment.clone(),
-            deleted: after.is_none(),
-            spec: after.map(yaml).transpose()?,
-        });
-        let last = newest + 1;
+        let mut add = Vec::new();
+        let mut newest = kept.first().map_or(0, |v| v.version);
+        let unrecorded = match kept.first() {
+            Some(newest) => !newest.holds(before),
+            // A new domain has nothing before it to record.
+            None => before.is_some(),
+        };
+        if unrecorded {
+            newest += 1;
+            add.push(version(newest, found_by, None, before)?);
+        }
+        newest += 1;
+        add.push(version(newest, &author.by, author.comment.clone(), after)?);
+        let keep = keep.max(1) as u64;
         let drop = kept
             .iter()
+            .chain(&add)
             .map(|v| v.version)
-            .chain(add.iter().map(|v| v.version))
-            .filter(|v| *v + (keep.max(1) as u64) <= last)
+            .filter(|v| *v + keep <= newest)
             .collect();
         Ok(Alongside {
             add,
@@ -450,6 +450,12 @@ mod tests {
         assert_eq!(gone.add.len(), 1);
         assert!(gone.add[0].deleted && gone.add[0].spec.is_none());
         assert_eq!(gone.drop, [1]);
+        // A change by hand the history missed (the edge was down) is recorded before the next.
+        let three = spec("http://a.test/3");
+        let next = Alongside::record(&kept, Some(&three), Some(&one), &author("ops"), "file", 100).unwrap();
+        let numbers: Vec<(u64, &str)> = next.add.iter().map(|v| (v.version, v.by.as_str())).collect();
+        assert_eq!(numbers, [(3, "file"), (4, "ops")]);
+        assert_eq!(next.add[0].parsed(), Some(three));
         // A new domain starts at version 1.
         let new = Alongside::record(&[], None, Some(&one), &author("ops"), "file", 100).unwrap();
         assert_eq!(new.add.iter().map(|v| v.version).collect::<Vec<_>>(), [1]);
