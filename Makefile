@@ -3,7 +3,7 @@ CARGO ?= cargo
 EDGE_CONF ?= conf/edge.yaml
 DEMO_ORIGIN ?= 127.0.0.1:8080
 
-.PHONY: all deps etcd-deps browser-deps build run run-tls fleet test lint bench bench-scale profile soak mutants clean
+.PHONY: all deps etcd-deps acme-deps browser-deps build run run-tls fleet test lint bench bench-scale profile soak mutants clean
 
 all: build
 
@@ -61,6 +61,12 @@ fleet: build etcd-deps
 	@rm -rf $(FLEET_DIR) && mkdir -p $(FLEET_DIR)
 	@bash demo/fleet.sh $(FLEET_DIR) $(DEMO_ORIGIN)
 
+# The ACME tests run a real ACME server: Debian's pebble and pebble-challtestsrv (its DNS).
+acme-deps:
+	@command -v pebble >/dev/null 2>&1 && command -v pebble-challtestsrv >/dev/null 2>&1 || { \
+	  echo "installing pebble (the ACME tests run a real ACME server)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pebble >/dev/null; }
+
 # The console's browser tests need Debian's Chromium and the Playwright package (npm).
 browser-deps:
 	@test -x /usr/bin/chromium || { \
@@ -73,7 +79,7 @@ browser-deps:
 	  (cd tests/console && npm ci --no-audit --no-fund --loglevel=error)
 
 # The example programs are built first: tests run them as a user would.
-test: deps etcd-deps browser-deps lint
+test: deps etcd-deps acme-deps browser-deps lint
 	$(CARGO) build --examples --benches
 	$(CARGO) test --lib --tests
 

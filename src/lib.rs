@@ -68,6 +68,7 @@
 #![warn(missing_docs)]
 
 pub mod access_log;
+pub mod acme;
 pub mod admin;
 pub mod audit;
 pub mod cache;

@@ -53,6 +53,9 @@ pub struct Metrics {
     /// Domain specs compiled (`kind`: `change` for a spec a change named, `full` for a full
     /// load or reload): a change of one domain compiles one.
     pub compiled: IntCounterVec,
+    /// ACME orders that failed, by kind (`order`: the CA refused or the challenge failed;
+    /// `store`: the certificate could not be kept).
+    pub acme_failures: IntCounterVec,
     /// Request duration by domain.
     pub latency: HistogramVec,
 }
@@ -115,6 +118,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &registry,
             "custom_pages_domains_compiled_total",
             "Domain specs compiled, by kind of change",
+            &["kind"],
+        ),
+        acme_failures: counter(
+            &registry,
+            "custom_pages_acme_failures_total",
+            "ACME orders that failed, by kind",
             &["kind"],
         ),
         latency,

@@ -105,7 +105,7 @@ impl EdgeProxy {
             .error_response(session, rules, &ctx.host, status, &mut ctx.pages)
             .await?;
         header.insert_header("x-cache", cache::key::status(session.cache.phase()))?;
-        pages::mark_request_id(&mut header, &ctx.pages)?;
+        pages::mark_response(&mut header, &ctx.pages)?;
         if let Some(domain) = ctx.domain.as_ref().filter(|d| !d.filters.is_empty()) {
             domain
                 .filters
@@ -115,6 +115,19 @@ impl EdgeProxy {
     }
 
     /// Answers an error the edge produced, keeping the client connection.
+    /// The answer to an ACME HTTP-01 challenge on a cleartext listener, if this is one the
+    /// edge (or its fleet) is waiting on: before routing, cache, custom pages, redirects and
+    /// filters.
+    async fn acme_challenge(&self, session: &Session) -> Option<String> {
+        let acme = self.runtime.acme()?;
+        let req = session.req_header();
+        let token = req.uri.path().strip_prefix(crate::acme::CHALLENGE_PATH)?;
+        if req.method != http::Method::GET || tls::server_name(session.digest()).is_some() {
+            return None;
+        }
+        acme.answer(token).await
+    }
+
     async fn respond_error(&self, session: &mut Session, ctx: &mut RequestCtx, status: u16) -> Result<()> {
         let (header, body) = self.error_answer(session, ctx, status).await?;
         pages::write_whole(session, header, body).await
@@ -301,6 +314,10 @@ impl ProxyHttp for EdgeProxy {
             pages::respond_default(session, status, &ctx.pages).await?;
             return Ok(true);
         }
+        if let Some(answer) = self.acme_challenge(session).await {
+            pages::respond_text(session, answer, &ctx.pages).await?;
+            return Ok(true);
+        }
         let routes = self.runtime.routes();
         let routed = request_host(session.req_header())
             .and_then(|host| routes.route_normalized(&host).map(|d| (host, d.clone())));
@@ -338,6 +355,9 @@ impl ProxyHttp for EdgeProxy {
         };
         ctx.host = host;
         ctx.pages.ignore_opt_out = !domain.spec.custom_pages_opt_out;
+        if ctx.https {
+            ctx.pages.hsts = domain.hsts.clone();
+        }
         ctx.domain = Some(domain.clone());
         if domain.filters.is_empty() {
             return Ok(false);
@@ -534,7 +554,7 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         resp.insert_header("x-cache", cache::key::status(session.cache.phase()))?;
-        pages::mark_request_id(resp, &ctx.pages)?;
+        pages::mark_response(resp, &ctx.pages)?;
         let Some(domain) = ctx.domain.clone() else {
             return Ok(());
         };

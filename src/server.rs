@@ -2,6 +2,7 @@
 //! run the edge with filters of its own (see `examples/add_filter.rs`).
 
 use crate::access_log::AccessLog;
+use crate::acme;
 use crate::admin::{self, AdminApi};
 use crate::filters::FilterRegistry;
 use crate::fleet::Fleet;
@@ -155,6 +156,7 @@ pub fn main_with(filters: FilterRegistry) -> ExitCode {
     let loaded = Loaded {
         source,
         fleet: opened.fleet,
+        certs: opened.certs,
         snapshot,
         checked,
     };
@@ -165,6 +167,8 @@ pub fn main_with(filters: FilterRegistry) -> ExitCode {
 struct Loaded {
     source: Arc<dyn ConfigSource>,
     fleet: Option<Arc<dyn Fleet>>,
+    /// A fleet's certificate store (none: the state folder).
+    certs: Option<Arc<dyn acme::CertStore>>,
     snapshot: Snapshot,
     checked: Checked,
 }
@@ -323,6 +327,7 @@ fn run(
     let Loaded {
         source,
         fleet,
+        certs,
         mut snapshot,
         checked,
     } = loaded;
@@ -340,7 +345,14 @@ fn run(
 
     let listen = snapshot.edge.listen.clone();
     let tls_listen = snapshot.edge.tls_listen.clone();
+    let acme = snapshot.edge.acme.clone().map(|settings| {
+        let store = certs.unwrap_or_else(|| Arc::new(acme::FolderStore::new(folders.state.clone())));
+        (settings, store)
+    });
     let runtime = Runtime::new(source, fleet, snapshot, checked, filters, Some(folders));
+    if let Some((settings, store)) = acme {
+        runtime.use_acme(Arc::new(acme::AcmeManager::new(settings, store, runtime.certs())));
+    }
     let proxy = EdgeProxy::new(runtime.clone(), access_log);
     let mut app = pingora_proxy::http_proxy(&server.configuration, proxy);
     // Every listener also speaks HTTP/2 cleartext with prior knowledge.

@@ -27,8 +27,14 @@ pub struct LoadedCert {
     pub key: Arc<CertifiedKey>,
     /// The DNS names of the leaf (subject alternative names, lower case).
     pub names: Vec<String>,
+    /// Start of the leaf's validity.
+    pub not_before: SystemTime,
     /// End of the leaf's validity.
     pub not_after: SystemTime,
+    /// The leaf's issuer (its distinguished name).
+    pub issuer: String,
+    /// The leaf's serial number (hex).
+    pub serial: String,
 }
 
 /// Which file of a certificate pair an error is about.
@@ -80,18 +86,22 @@ impl FileStamp {
 /// Reads every certificate of a PEM file, in order.
 pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let text = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let certs = CertificateDer::pem_slice_iter(&text)
+    parse_certs(&text, &path.display().to_string())
+}
+
+/// Every certificate of PEM text (`what` names it in errors), in order.
+fn parse_certs(text: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_slice_iter(text)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{} is not a PEM certificate file: {e}", path.display()))?;
+        .map_err(|e| format!("{what} is not a PEM certificate file: {e}"))?;
     if certs.is_empty() {
         return Err(format!(
-            "{} holds no certificate (expected -----BEGIN CERTIFICATE-----)",
-            path.display()
+            "{what} holds no certificate (expected -----BEGIN CERTIFICATE-----)"
         ));
     }
     for (i, der) in certs.iter().enumerate() {
         x509_parser::parse_x509_certificate(der)
-            .map_err(|e| format!("certificate {} of {} does not parse: {e}", i + 1, path.display()))?;
+            .map_err(|e| format!("certificate {} of {what} does not parse: {e}", i + 1))?;
     }
     Ok(certs)
 }
@@ -99,50 +109,72 @@ pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
 /// Reads and checks a certificate pair: the chain parses, the key matches the leaf, and the
 /// leaf is valid at `now`. (Whether it names a domain is [`covers`]'s business.)
 pub fn load(cert: &Path, key: &Path, now: SystemTime) -> Result<LoadedCert, (CertPart, String)> {
-    let chain = read_certs(cert).map_err(|e| (CertPart::Cert, e))?;
-    let (names, not_before, not_after) = leaf_facts(&chain[0]).map_err(|e| (CertPart::Cert, e))?;
-    if now < not_before {
-        return Err((
-            CertPart::Cert,
-            format!("{} is not valid before {}", cert.display(), rfc3339(not_before)),
-        ));
-    }
-    if now > not_after {
-        return Err((
-            CertPart::Cert,
-            format!("{} expired on {}", cert.display(), rfc3339(not_after)),
-        ));
-    }
-    let text =
+    let chain =
+        std::fs::read(cert).map_err(|e| (CertPart::Cert, format!("cannot read {}: {e}", cert.display())))?;
+    let private =
         std::fs::read(key).map_err(|e| (CertPart::Key, format!("cannot read {}: {e}", key.display())))?;
-    let private = PrivateKeyDer::from_pem_slice(&text).map_err(|e| {
+    let names = (cert.display().to_string(), key.display().to_string());
+    from_pem(&chain, &private, (&names.0, &names.1), now)
+}
+
+/// Checks a certificate pair given as PEM text, as [`load`] does; `names` say what the chain
+/// and the key are in errors.
+pub fn from_pem(
+    chain: &[u8],
+    key: &[u8],
+    names: (&str, &str),
+    now: SystemTime,
+) -> Result<LoadedCert, (CertPart, String)> {
+    let (cert_name, key_name) = names;
+    let chain = parse_certs(chain, cert_name).map_err(|e| (CertPart::Cert, e))?;
+    let facts = leaf_facts(&chain[0]).map_err(|e| (CertPart::Cert, e))?;
+    if now < facts.not_before {
+        return Err((
+            CertPart::Cert,
+            format!("{cert_name} is not valid before {}", rfc3339(facts.not_before)),
+        ));
+    }
+    if now > facts.not_after {
+        return Err((
+            CertPart::Cert,
+            format!("{cert_name} expired on {}", rfc3339(facts.not_after)),
+        ));
+    }
+    let private = PrivateKeyDer::from_pem_slice(key).map_err(|e| {
         (
             CertPart::Key,
-            format!(
-                "{} holds no PEM private key (PKCS#8, RSA or EC): {e}",
-                key.display()
-            ),
+            format!("{key_name} holds no PEM private key (PKCS#8, RSA or EC): {e}"),
         )
     })?;
     let provider = rustls::crypto::ring::default_provider();
     let certified = CertifiedKey::from_der(chain, private, &provider).map_err(|e| {
         let why = match e {
-            rustls::Error::InconsistentKeys(_) => {
-                format!("does not belong to the certificate {}", cert.display())
-            }
+            rustls::Error::InconsistentKeys(_) => format!("does not belong to the certificate {cert_name}"),
             other => format!("cannot be used: {other}"),
         };
-        (CertPart::Key, format!("{}: {why}", key.display()))
+        (CertPart::Key, format!("{key_name}: {why}"))
     })?;
     Ok(LoadedCert {
         key: Arc::new(certified),
-        names,
-        not_after,
+        names: facts.names,
+        not_before: facts.not_before,
+        not_after: facts.not_after,
+        issuer: facts.issuer,
+        serial: facts.serial,
     })
 }
 
-/// The DNS names and validity of a leaf certificate.
-fn leaf_facts(der: &CertificateDer) -> Result<(Vec<String>, SystemTime, SystemTime), String> {
+/// What the edge reads of a leaf certificate.
+struct LeafFacts {
+    names: Vec<String>,
+    not_before: SystemTime,
+    not_after: SystemTime,
+    issuer: String,
+    serial: String,
+}
+
+/// The DNS names, validity, issuer and serial of a leaf certificate.
+fn leaf_facts(der: &CertificateDer) -> Result<LeafFacts, String> {
     let (_, leaf) = x509_parser::parse_x509_certificate(der)
         .map_err(|e| format!("the leaf certificate does not parse: {e}"))?;
     let mut names = Vec::new();
@@ -155,11 +187,13 @@ fn leaf_facts(der: &CertificateDer) -> Result<(Vec<String>, SystemTime, SystemTi
     }
     let time = |t: i64| UNIX_EPOCH + Duration::from_secs(t.max(0) as u64);
     let validity = leaf.validity();
-    Ok((
+    Ok(LeafFacts {
         names,
-        time(validity.not_before.timestamp()),
-        time(validity.not_after.timestamp()),
-    ))
+        not_before: time(validity.not_before.timestamp()),
+        not_after: time(validity.not_after.timestamp()),
+        issuer: leaf.issuer().to_string(),
+        serial: leaf.raw_serial_as_string(),
+    })
 }
 
 fn rfc3339(t: SystemTime) -> String {
@@ -259,6 +293,9 @@ impl CertTable {
 #[derive(Debug, Default)]
 pub struct CertResolver {
     table: ArcSwap<CertTable>,
+    /// Certificates issued at run time (ACME), by exact name: they come before the table's,
+    /// and outlive its replacements.
+    issued: ArcSwap<imbl::OrdMap<String, Arc<CertifiedKey>>>,
 }
 
 impl CertResolver {
@@ -272,8 +309,36 @@ impl CertResolver {
         self.table.store(table);
     }
 
+    /// Serves `cert` for the exact name `host` to new handshakes (open connections keep the
+    /// certificate they were made with).
+    pub fn install(&self, host: &str, cert: Arc<CertifiedKey>) {
+        self.issued.rcu(|issued| {
+            let mut issued = (**issued).clone();
+            issued.insert(host.to_string(), cert.clone());
+            issued
+        });
+    }
+
+    /// Stops serving the issued certificate of `host`.
+    pub fn uninstall(&self, host: &str) {
+        self.issued.rcu(|issued| {
+            let mut issued = (**issued).clone();
+            issued.remove(host);
+            issued
+        });
+    }
+
     /// The certificate a handshake naming `server_name` gets.
     pub fn pick(&self, server_name: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        if let Some(name) = server_name {
+            let issued = self.issued.load();
+            if !issued.is_empty() {
+                let name = name.trim_end_matches('.').to_ascii_lowercase();
+                if let Some(cert) = issued.get(&name) {
+                    return Some(cert.clone());
+                }
+            }
+        }
         self.table.load().pick(server_name)
     }
 }

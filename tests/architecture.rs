@@ -27,6 +27,8 @@ const LAYERS: &[&[&str]] = &[
         "tls",
         "fleet",
     ],
+    // Certificates from ACME, installed through `tls`, kept in `state` or a fleet's store.
+    &["acme"],
     // Origins: peers read their CA roots through `tls`.
     &["upstream"],
     // Custom pages fetch their pages through `upstream`.

@@ -174,6 +174,10 @@ struct DomainView<'a> {
     custom_pages: &'a [RuleSpec],
     /// Whether the domain has a certificate of its own.
     https: bool,
+    /// Its certificate: where it comes from, who issued it, until when (HTTPS domains).
+    certificate: Option<crate::acme::CertStatus>,
+    /// Its `Strict-Transport-Security` settings.
+    hsts: Option<&'a crate::spec::HstsSpec>,
 }
 
 #[derive(serde::Serialize)]
@@ -500,6 +504,14 @@ impl AdminApi {
                 let page = DomainPage::parse(session.req_header().uri.query())?;
                 Ok((StatusCode::OK, self.list_domains(&page, who)))
             }
+            (&Method::GET, ["api", "domains", domain]) => {
+                need(Permission::Read, domain)?;
+                Ok((StatusCode::OK, self.domain_view(&*self.domain(domain)?)))
+            }
+            (&Method::POST, ["api", "domains", domain, "certificate", "renew"]) => {
+                need(Permission::Domains, domain)?;
+                self.renew_certificate(domain).await
+            }
             (&Method::GET, ["api", "domains", domain, "custom-pages"]) => {
                 need(Permission::Read, domain)?;
                 self.domain_rules(domain)
@@ -567,6 +579,7 @@ impl AdminApi {
                 | ["api", "domains", _, "custom-pages", ..]
                 | ["api", "domains", _, "versions", ..]
                 | ["api", "domains", _, "rollback"]
+                | ["api", "domains", _, "certificate", "renew"]
                 | ["api", "domains", _, "staging", ..]
                 | ["api", "domains", _, "purge" | "prefetch"],
             ) => Err(ApiError::new(
@@ -590,35 +603,90 @@ impl AdminApi {
         let list: Vec<Value> = matching
             .by_ref()
             .take(page.limit)
-            .map(|d| {
-                let servers: Vec<ServerView> = d
-                    .upstream
-                    .origin
-                    .servers
-                    .iter()
-                    .map(|server| ServerView {
-                        server,
-                        state: if self.runtime.server_down(server) {
-                            "down"
-                        } else {
-                            "up"
-                        },
-                    })
-                    .collect();
-                json!(DomainView {
-                    domain: &d.label,
-                    at: &d.at,
-                    origin: OriginView { servers },
-                    custom_pages: &d.spec.custom_pages,
-                    https: d.spec.tls.is_some(),
-                })
-            })
+            .map(|d| self.domain_view(d))
             .collect();
         let next = match matching.next() {
             Some(_) => list.last().map(|d| d["domain"].clone()).unwrap_or(Value::Null),
             None => Value::Null,
         };
         json!({ "domains": list, "next": next })
+    }
+
+    /// What the API shows of a domain in listings and `GET /api/domains/{domain}`.
+    fn domain_view(&self, d: &Domain) -> Value {
+        let servers: Vec<ServerView> = d
+            .upstream
+            .origin
+            .servers
+            .iter()
+            .map(|server| ServerView {
+                server,
+                state: if self.runtime.server_down(server) {
+                    "down"
+                } else {
+                    "up"
+                },
+            })
+            .collect();
+        json!(DomainView {
+            domain: &d.label,
+            at: &d.at,
+            origin: OriginView { servers },
+            custom_pages: &d.spec.custom_pages,
+            https: d.spec.tls.is_some(),
+            certificate: self.certificate(d),
+            hsts: d.spec.hsts.as_ref(),
+        })
+    }
+
+    /// The certificate status of an HTTPS domain: its files', or its ACME order's.
+    fn certificate(&self, d: &Domain) -> Option<crate::acme::CertStatus> {
+        if let Some(facts) = &d.certificate {
+            let now = std::time::SystemTime::now();
+            return Some(crate::acme::CertStatus {
+                source: "file",
+                state: if facts.not_after < now { "expired" } else { "valid" },
+                issuer: Some(facts.issuer.clone()),
+                serial: Some(facts.serial.clone()),
+                not_after: Some(humantime::format_rfc3339_seconds(facts.not_after).to_string()),
+                next_renewal: None,
+                last_error: None,
+                next_attempt: None,
+                orders: 0,
+            });
+        }
+        self.runtime.acme()?.status(&d.label)
+    }
+
+    /// `POST /api/domains/{domain}/certificate/renew`: orders a new certificate now and waits
+    /// for it.
+    async fn renew_certificate(&self, name: &str) -> ApiResult {
+        let domain = self.domain(name)?;
+        if !domain.spec.tls.as_ref().is_some_and(|tls| tls.acme) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "{} does not get its certificate from ACME (tls: {{acme: true}})",
+                    domain.label
+                ),
+            ));
+        }
+        let acme = self.runtime.acme().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "the edge file names no ACME directory (tls.acme)",
+            )
+        })?;
+        match acme.renew(&domain.label).await {
+            Ok(status) => Ok((
+                StatusCode::OK,
+                json!({"domain": domain.label, "certificate": status}),
+            )),
+            Err(e) => Err(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                format!("{} was not renewed: {e}", domain.label),
+            )),
+        }
     }
 
     fn domain_rules(&self, name: &str) -> ApiResult {
@@ -742,6 +810,7 @@ impl AdminApi {
                             custom_pages: Vec::new(),
                             custom_pages_opt_out: true,
                             tls: None,
+                            hsts: None,
                             https_redirect: false,
                             filters: Vec::new(),
                         };

@@ -118,6 +118,8 @@ pub struct PageState {
     pub ignore_opt_out: bool,
     /// The request's id (see [`template::request_id`]), for pages that show it.
     pub request_id: String,
+    /// The domain's `Strict-Transport-Security` value, on an HTTPS request.
+    pub hsts: Option<http::HeaderValue>,
     /// What was substituted, if anything (for logs and metrics).
     pub substitution: Option<Substitution>,
 }
@@ -502,7 +504,18 @@ pub fn check_loop(req: &RequestHeader, state: &mut PageState) -> Result<(), u16>
 pub async fn respond_default(session: &mut Session, status: u16, state: &PageState) -> Result<()> {
     let body = response::default_page(status);
     let mut header = response::fresh(status, &body)?;
-    mark_request_id(&mut header, state)?;
+    mark_response(&mut header, state)?;
+    write_whole(session, header, body.bytes).await
+}
+
+/// Answers `200` with `text` as plain text, made by the edge (an ACME challenge's answer).
+pub async fn respond_text(session: &mut Session, text: String, state: &PageState) -> Result<()> {
+    let body = response::Body {
+        bytes: Bytes::from(text),
+        content_type: http::HeaderValue::from_static("text/plain"),
+    };
+    let mut header = response::fresh(200, &body)?;
+    mark_response(&mut header, state)?;
     write_whole(session, header, body.bytes).await
 }
 
@@ -514,7 +527,7 @@ pub async fn respond_redirect(
     state: &PageState,
 ) -> Result<()> {
     let (mut header, body) = response::redirect(code, location)?;
-    mark_request_id(&mut header, state)?;
+    mark_response(&mut header, state)?;
     write_whole(session, header, body.bytes).await
 }
 
@@ -526,10 +539,14 @@ pub fn request_id_of(req: &RequestHeader) -> String {
     template::request_id(req.headers.get(REQUEST_ID_HEADER).map(|v| v.as_bytes()))
 }
 
-/// Says the request's id on a response (when the request has one).
-pub fn mark_request_id(header: &mut ResponseHeader, state: &PageState) -> Result<()> {
+/// Marks every response the edge sends: the request's id (when the request has one), and the
+/// domain's `Strict-Transport-Security` on HTTPS.
+pub fn mark_response(header: &mut ResponseHeader, state: &PageState) -> Result<()> {
     if !state.request_id.is_empty() {
         header.insert_header(REQUEST_ID_HEADER, state.request_id.as_str())?;
+    }
+    if let Some(hsts) = &state.hsts {
+        header.insert_header(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone())?;
     }
     Ok(())
 }

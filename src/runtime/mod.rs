@@ -27,6 +27,9 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+/// Certificates expiring within this are counted by `custom_pages_certificates_expiring`.
+const CERT_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
+
 /// Added to the longest origin read timeout before unused pages are dropped after a change.
 const RETIRE_SLACK: Duration = Duration::from_secs(10);
 
@@ -57,6 +60,9 @@ pub struct Runtime {
     folders: Option<Folders>,
     /// Pages read back from the state folder at start.
     pages_restored: usize,
+    /// Orders and renews the certificates of ACME domains (with `tls.acme`; see
+    /// [`Runtime::use_acme`]).
+    acme: std::sync::OnceLock<Arc<crate::acme::AcmeManager>>,
     /// Where changes from the source are recorded (set by the admin API, see
     /// [`Runtime::record_to`]).
     audit: std::sync::OnceLock<Arc<crate::audit::AuditLog>>,
@@ -226,6 +232,7 @@ impl Runtime {
             cache,
             folders,
             pages_restored,
+            acme: std::sync::OnceLock::new(),
             audit: std::sync::OnceLock::new(),
             status: Mutex::new(ReloadStatus {
                 version: 1,
@@ -258,6 +265,9 @@ impl Runtime {
                     store.keep_all().await;
                 });
             }
+        }
+        if let Some(acme) = self.acme.get() {
+            tokio::spawn(acme.clone().run());
         }
         let pages = self.routes.load().pages();
         self.pages.store().sync(&pages, &self.settings.pages).await;
@@ -322,6 +332,17 @@ impl Runtime {
         if let Some(folders) = &self.folders {
             folders.state.release();
         }
+    }
+
+    /// Orders the certificates of ACME domains with `manager` (from [`Runtime::run`] on).
+    pub fn use_acme(&self, manager: Arc<crate::acme::AcmeManager>) {
+        manager.want(&acme_hosts(&self.routes.load()));
+        let _ = self.acme.set(manager);
+    }
+
+    /// The ACME manager, if the edge file names a directory.
+    pub fn acme(&self) -> Option<&Arc<crate::acme::AcmeManager>> {
+        self.acme.get()
     }
 
     /// Records in `audit` the changes the source reports (files written, keys put by others)
@@ -476,12 +497,31 @@ impl Runtime {
         })
     }
 
-    /// The metrics the runtime's parts count themselves (the disk tier's).
+    /// The metrics the runtime's parts count themselves (the disk tier's, the certificates').
     pub fn sampled_metrics(&self) -> Vec<crate::metrics::Sampled> {
-        self.cache
+        let mut sampled = self
+            .cache
             .disk()
             .map(|disk| state::disk_metrics(&disk.stats()))
-            .unwrap_or_default()
+            .unwrap_or_default();
+        let soon = SystemTime::now() + CERT_WARNING;
+        let from_files = self
+            .routes
+            .load()
+            .iter()
+            .filter(|d| d.certificate.as_ref().is_some_and(|c| c.not_after < soon))
+            .count();
+        let from_acme = self
+            .acme
+            .get()
+            .map_or(0, |acme| acme.expiring_within(CERT_WARNING));
+        sampled.push(crate::metrics::Sampled {
+            name: "custom_pages_certificates_expiring",
+            help: "Domain certificates in use that expire within 14 days",
+            counter: false,
+            values: vec![(None, (from_files + from_acme) as u64)],
+        });
+        sampled
     }
 
     /// Compiles a domain again whenever one of its certificate, key or CA files changes (the
@@ -817,6 +857,9 @@ impl Runtime {
         store.sync(&patched.pages_added, pages).await;
         self.health.forget(&patched.servers_dropped);
         self.certs.set(routes.certs());
+        if let Some(acme) = self.acme.get() {
+            acme.want(&acme_hosts(&routes));
+        }
         let old = self.routes.swap(routes);
         if !patched.pages_dropped.is_empty() {
             // The longest a request can still be using the old table: its origin's read
@@ -838,6 +881,18 @@ impl Runtime {
         let version = self.status.lock().version + 1;
         version
     }
+}
+
+/// The exact names of the table's ACME domains (wildcards are refused by their checks).
+fn acme_hosts(table: &RouteTable) -> Vec<String> {
+    table
+        .acme_domains()
+        .into_iter()
+        .filter_map(|name| match name {
+            DomainName::Exact(host) => Some(host),
+            DomainName::Wildcard(_) => None,
+        })
+        .collect()
 }
 
 /// Whether the table already holds what `change` says (a write the admin API applied

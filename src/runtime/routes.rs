@@ -53,6 +53,22 @@ pub struct Domain {
     /// The certificate, key and CA files read for it, as read: a replaced one means the
     /// domain is compiled again.
     pub files: Vec<FileStamp>,
+    /// What its certificate files hold (none for ACME and cleartext domains).
+    pub certificate: Option<CertFacts>,
+    /// Its `Strict-Transport-Security` value, if it has one.
+    pub hsts: Option<http::HeaderValue>,
+}
+
+/// What the API shows of a certificate read from files.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CertFacts {
+    /// Its issuer.
+    pub issuer: String,
+    /// Its serial number (hex).
+    pub serial: String,
+    /// End of its validity.
+    #[serde(skip)]
+    pub not_after: SystemTime,
 }
 
 impl Domain {
@@ -143,10 +159,14 @@ pub struct RouteTable {
     servers: PMap<String, usize>,
     /// The domains that read files.
     with_files: PSet<DomainName>,
+    /// The domains whose certificates come from ACME.
+    with_acme: PSet<DomainName>,
     /// The certificate of each domain that has one, and the default one.
     certs: Arc<CertTable>,
     /// The default certificate's files, as read.
     default_files: Vec<FileStamp>,
+    /// Whether the edge file names an ACME directory (`tls.acme`).
+    acme: bool,
 }
 
 /// A patched table and what changed between the two.
@@ -196,6 +216,7 @@ impl RouteTable {
     /// Reads the edge's default certificate (`tls.default_cert`) again, or drops it if the
     /// edge file has none any more.
     pub fn load_default_cert(&mut self, edge: &EdgeSettings) -> Result<(), ConfigError> {
+        self.acme = edge.acme.is_some();
         let mut certs = (*self.certs).clone();
         let mut files = Vec::new();
         match &edge.default_cert {
@@ -302,6 +323,13 @@ impl RouteTable {
         now: SystemTime,
     ) -> Result<(Domain, Option<Arc<rustls::sign::CertifiedKey>>), Vec<ConfigError>> {
         let (name, chain) = check_domain(entry, filters)?;
+        if entry.spec.tls.as_ref().is_some_and(|tls| tls.acme) && !self.acme {
+            return Err(vec![ConfigError::new(
+                entry.at.clone(),
+                "tls.acme",
+                "the edge file names no ACME directory: add tls.acme.directory to it",
+            )]);
+        }
         if let Some(first) = self.by_name(&name) {
             return Err(vec![ConfigError::new(
                 entry.at.clone(),
@@ -434,6 +462,9 @@ impl RouteTable {
         if !domain.files.is_empty() {
             self.with_files.insert(name.clone());
         }
+        if domain.spec.tls.as_ref().is_some_and(|tls| tls.acme) {
+            self.with_acme.insert(name.clone());
+        }
         self.index_uses(&domain, touched);
         for (url, _) in domain.pages() {
             let users = self.page_hosts.entry(url.host().to_string()).or_default();
@@ -456,6 +487,7 @@ impl RouteTable {
         };
         certs.remove(name);
         self.with_files.remove(name);
+        self.with_acme.remove(name);
         self.unindex_uses(&domain, touched);
         for (url, _) in domain.pages() {
             if let Some(users) = self.page_hosts.get_mut(url.host()) {
@@ -668,6 +700,11 @@ impl RouteTable {
         self.certs.clone()
     }
 
+    /// The domains whose certificates come from ACME, in name order.
+    pub fn acme_domains(&self) -> Vec<DomainName> {
+        self.with_acme.iter().cloned().collect()
+    }
+
     /// Every certificate, key and CA file read for this table, as read, with the domain that
     /// read it (none: the default certificate).
     pub fn files(&self) -> Vec<(Option<DomainName>, FileStamp)> {
@@ -728,7 +765,8 @@ fn compile_domain(
     let mut files = Vec::new();
     let spec = &entry.spec;
     let at = &entry.at;
-    let cert = match &spec.tls {
+    // An ACME domain's certificate is installed by the ACME manager, not read from files.
+    let loaded = match spec.tls.as_ref().and_then(|tls| tls.files()) {
         None => None,
         Some(cert_spec) => {
             // Paths in a domain spec are relative to its file.
@@ -752,9 +790,14 @@ fn compile_domain(
                     ),
                 ));
             }
-            Some(cert.key)
+            Some(cert)
         }
     };
+    let certificate = loaded.as_ref().map(|cert| CertFacts {
+        issuer: cert.issuer.clone(),
+        serial: cert.serial.clone(),
+        not_after: cert.not_after,
+    });
     let roots = match &spec.origin.ca_file {
         None => None,
         Some(path) => {
@@ -789,8 +832,13 @@ fn compile_domain(
         spec: spec.clone(),
         revision: entry.revision,
         files,
+        certificate,
+        hsts: spec
+            .hsts
+            .as_ref()
+            .and_then(|hsts| http::HeaderValue::from_str(&hsts.header_value()).ok()),
     };
-    Ok((domain, cert))
+    Ok((domain, loaded.map(|cert| cert.key)))
 }
 
 /// Reads and checks the certificate pair `spec` (paths already resolved) named by the spec at

@@ -1118,3 +1118,108 @@ impl Fleet for EtcdSource {
         listing.await
     }
 }
+
+/// The ACME account and certificates of the fleet: `{prefix}acme/account`,
+/// `{prefix}certs/{host}` (the chain and key, JSON), the right to order under
+/// `{prefix}acme/locks/{host}` (created absent, on a lease: a crashed edge's lock expires) and
+/// the HTTP-01 answers under `{prefix}acme/challenges/{token}` (on a lease too).
+#[async_trait]
+impl crate::acme::CertStore for EtcdSource {
+    async fn account(&self) -> Result<Option<Vec<u8>>, String> {
+        self.get_value(&format!("{}acme/account", self.settings.prefix))
+            .await
+    }
+
+    async fn put_account(&self, credentials: &[u8]) -> Result<(), String> {
+        let mut client = self.client().await?;
+        let key = format!("{}acme/account", self.settings.prefix);
+        within(client.put(key, credentials.to_vec(), None))
+            .await
+            .map(|_| ())
+    }
+
+    async fn cert(&self, host: &str) -> Result<Option<crate::acme::StoredCert>, String> {
+        let key = format!("{}certs/{host}", self.settings.prefix);
+        match self.get_value(&key).await? {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| format!("{key} is not a kept certificate: {e}")),
+        }
+    }
+
+    async fn put_cert(&self, host: &str, cert: &crate::acme::StoredCert) -> Result<(), String> {
+        let mut client = self.client().await?;
+        let key = format!("{}certs/{host}", self.settings.prefix);
+        let value = serde_json::to_vec(cert).map_err(|e| e.to_string())?;
+        within(client.put(key, value, None)).await.map(|_| ())
+    }
+
+    async fn lock(&self, host: &str, ttl: Duration) -> Result<bool, String> {
+        let mut client = self.client().await?;
+        let key = format!("{}acme/locks/{host}", self.settings.prefix);
+        let lease = within(client.lease_grant(ttl.as_secs() as i64, None)).await?.id();
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                key.as_str(),
+                self.settings.edge_id.as_str(),
+                Some(PutOptions::new().with_lease(lease)),
+            )]);
+        let taken = within(client.txn(txn)).await?.succeeded();
+        if !taken {
+            let _ = within(client.lease_revoke(lease)).await;
+        }
+        Ok(taken)
+    }
+
+    async fn unlock(&self, host: &str) {
+        let key = format!("{}acme/locks/{host}", self.settings.prefix);
+        if let Ok(mut client) = self.client().await {
+            // Only this edge's own lock: another may hold it after ours expired.
+            let txn = Txn::new()
+                .when([Compare::value(
+                    key.as_str(),
+                    CompareOp::Equal,
+                    self.settings.edge_id.as_str(),
+                )])
+                .and_then([TxnOp::delete(key.as_str(), None)]);
+            if let Err(e) = within(client.txn(txn)).await {
+                warn!("acme: the order lock {key} stays until its lease ends: {e}");
+            }
+        }
+    }
+
+    async fn put_challenge(&self, token: &str, key_authorization: &str) -> Result<(), String> {
+        let mut client = self.client().await?;
+        let key = format!("{}acme/challenges/{token}", self.settings.prefix);
+        let lease = within(client.lease_grant(CHALLENGE_TTL, None)).await?.id();
+        let put = client.put(key, key_authorization, Some(PutOptions::new().with_lease(lease)));
+        within(put).await.map(|_| ())
+    }
+
+    async fn remove_challenge(&self, token: &str) {
+        let key = format!("{}acme/challenges/{token}", self.settings.prefix);
+        if let Ok(mut client) = self.client().await {
+            let _ = within(client.delete(key, None)).await;
+        }
+    }
+
+    async fn challenge(&self, token: &str) -> Option<String> {
+        let key = format!("{}acme/challenges/{token}", self.settings.prefix);
+        let value = self.get_value(&key).await.ok()??;
+        String::from_utf8(value).ok()
+    }
+}
+
+/// An HTTP-01 answer put in etcd expires after this (an order takes far less).
+const CHALLENGE_TTL: i64 = 600;
+
+impl EtcdSource {
+    /// The value of one key, if it exists.
+    async fn get_value(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
+        let mut client = self.client().await?;
+        let answer = within(client.get(key, None)).await?;
+        Ok(answer.kvs().first().map(|kv| kv.value().to_vec()))
+    }
+}

@@ -185,12 +185,14 @@ pub fn open(edge_file: &Path) -> Opened {
             let etcd = Arc::new(EtcdSource::new(edge_file, *etcd));
             Opened {
                 specs: etcd.clone(),
-                fleet: Some(etcd),
+                fleet: Some(etcd.clone()),
+                certs: Some(etcd),
             }
         }
         _ => Opened {
             specs: Arc::new(FileSource::new(edge_file)),
             fleet: None,
+            certs: None,
         },
     }
 }
@@ -202,6 +204,8 @@ pub struct Opened {
     pub specs: Arc<dyn ConfigSource>,
     /// The fleet.
     pub fleet: Option<Arc<dyn Fleet>>,
+    /// Where a fleet keeps its ACME account and certificates (none: the state folder).
+    pub certs: Option<Arc<dyn crate::acme::CertStore>>,
 }
 
 /// A place specs come from (see the module docs).

@@ -25,9 +25,12 @@ pub struct DomainSpec {
     /// Whether the origin may keep its own error with `Custom-Page: off`.
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub custom_pages_opt_out: bool,
-    /// The domain's certificate for HTTPS clients (chosen by SNI).
+    /// The domain's certificate for HTTPS clients (chosen by SNI): files, or issued by ACME.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<CertSpec>,
+    pub tls: Option<DomainTls>,
+    /// `Strict-Transport-Security` on the domain's HTTPS responses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hsts: Option<HstsSpec>,
     /// Answer cleartext requests with a redirect to `https://`.
     #[serde(default, skip_serializing_if = "is_false")]
     pub https_redirect: bool,
@@ -74,6 +77,68 @@ pub struct CertSpec {
     pub cert: PathBuf,
     /// The private key (PKCS#8, RSA or EC).
     pub key: PathBuf,
+}
+
+/// A domain's `tls:` section: a certificate and key as files, or `acme: true` (the edge orders
+/// and renews one; see the edge file's `tls.acme`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainTls {
+    /// The chain, leaf first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    /// The private key (PKCS#8, RSA or EC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+    /// A certificate from the edge's ACME directory instead of files.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub acme: bool,
+}
+
+impl DomainTls {
+    /// The files, when the certificate is given as files.
+    pub fn files(&self) -> Option<CertSpec> {
+        match (&self.cert, &self.key, self.acme) {
+            (Some(cert), Some(key), false) => Some(CertSpec {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// A domain's `hsts:` section (RFC 6797).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HstsSpec {
+    /// How long browsers remember to use HTTPS only.
+    #[serde(default = "default_hsts_max_age")]
+    pub max_age: Dur,
+    /// The subdomains too.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub include_subdomains: bool,
+    /// Ask to be put on the browsers' preload lists.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub preload: bool,
+}
+
+fn default_hsts_max_age() -> Dur {
+    Dur(Duration::from_secs(180 * 24 * 3600))
+}
+
+impl HstsSpec {
+    /// The header value: `max-age=15552000; includeSubDomains; preload`.
+    pub fn header_value(&self) -> String {
+        let mut value = format!("max-age={}", self.max_age.0.as_secs());
+        if self.include_subdomains {
+            value.push_str("; includeSubDomains");
+        }
+        if self.preload {
+            value.push_str("; preload");
+        }
+        value
+    }
 }
 
 fn is_false(b: &bool) -> bool {
@@ -424,6 +489,50 @@ impl DomainSpec {
                 err(
                     "origin.host".into(),
                     format!("{host:?} is not a host name to send to the origin"),
+                );
+            }
+        }
+        if let Some(tls) = &self.tls {
+            match (&tls.cert, &tls.key, tls.acme) {
+                (Some(_), Some(_), false) => {}
+                (None, None, true) => {
+                    if name
+                        .as_ref()
+                        .is_some_and(|n| matches!(n, DomainName::Wildcard(_)))
+                    {
+                        err(
+                            "tls.acme".into(),
+                            "a wildcard name needs a DNS-01 challenge, which the edge does not do; give tls.cert and tls.key".into(),
+                        );
+                    }
+                }
+                (_, _, true) => err(
+                    "tls.acme".into(),
+                    "either acme: true or cert and key, not both".into(),
+                ),
+                (None, _, false) => err(
+                    "tls.cert".into(),
+                    "missing: give cert and key, or acme: true".into(),
+                ),
+                (_, None, false) => err(
+                    "tls.key".into(),
+                    "missing: give cert and key, or acme: true".into(),
+                ),
+            }
+        }
+        if let Some(hsts) = &self.hsts {
+            if self.tls.is_none() {
+                err(
+                    "hsts".into(),
+                    "applies to HTTPS responses: the domain has no tls section".into(),
+                );
+            }
+            if hsts.preload
+                && (hsts.max_age.0 < Duration::from_secs(365 * 24 * 3600) || !hsts.include_subdomains)
+            {
+                err(
+                    "hsts.preload".into(),
+                    "preload lists want max_age of at least 365d and include_subdomains: true".into(),
                 );
             }
         }

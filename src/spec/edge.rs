@@ -172,6 +172,52 @@ pub struct TlsSection {
     /// it such handshakes fail.
     #[serde(default)]
     pub default_cert: Option<CertSpec>,
+    /// Where domains with `tls: {acme: true}` get their certificates.
+    #[serde(default)]
+    pub acme: Option<AcmeSection>,
+}
+
+/// The `tls.acme:` section: an ACME (RFC 8555) directory.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeSection {
+    /// The directory URL (`https://acme-v02.api.letsencrypt.org/directory`).
+    pub directory: String,
+    /// The account's contact, if any.
+    #[serde(default)]
+    pub email: Option<String>,
+    /// The root the directory's own certificate chains to, when not a public one (PEM).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// The first wait after a failed order; each failure doubles it, up to 6 hours.
+    #[serde(default = "default_acme_retry")]
+    pub retry: Dur,
+    /// Most orders per domain within an hour.
+    #[serde(default = "default_orders_per_hour")]
+    pub orders_per_hour: u32,
+}
+
+fn default_acme_retry() -> Dur {
+    Dur(Duration::from_secs(60))
+}
+
+fn default_orders_per_hour() -> u32 {
+    5
+}
+
+/// ACME settings as the edge uses them (paths resolved).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AcmeSettings {
+    /// The directory URL.
+    pub directory: String,
+    /// The account's contact (`mailto:`).
+    pub email: Option<String>,
+    /// The directory's root certificate (PEM), if private.
+    pub ca_file: Option<PathBuf>,
+    /// The first wait after a failure.
+    pub retry: Duration,
+    /// Most orders per domain within an hour.
+    pub orders_per_hour: u32,
 }
 
 /// The `cache:` section of the edge file.
@@ -376,6 +422,8 @@ pub struct EdgeSettings {
     pub admin_audit_log: Option<PathBuf>,
     /// The admin API's certificate (paths resolved), if it serves TLS.
     pub admin_tls: Option<CertSpec>,
+    /// The ACME directory of domains with `tls: {acme: true}`.
+    pub acme: Option<AcmeSettings>,
     /// Versions kept per domain.
     pub admin_history: usize,
     /// Where the access log goes.
@@ -594,6 +642,37 @@ impl EdgeSettings {
                 format!("{} versions: keep from 1 to 10000 per domain", raw.admin.history),
             );
         }
+        let acme = raw.tls.acme.as_ref().and_then(|acme| {
+            let mut ok = true;
+            if !acme.directory.starts_with("https://") || url::Url::parse(&acme.directory).is_err() {
+                err(
+                    "tls.acme.directory",
+                    format!("{:?} is not an https:// URL of an ACME directory", acme.directory),
+                );
+                ok = false;
+            }
+            if let Some(email) = &acme.email {
+                if !email.contains('@') || email.contains([' ', ',', '\n']) {
+                    err("tls.acme.email", format!("{email:?} is not an e-mail address"));
+                    ok = false;
+                }
+            }
+            if acme.orders_per_hour == 0 {
+                err("tls.acme.orders_per_hour", "at least 1".into());
+                ok = false;
+            }
+            if acme.retry.0 < Duration::from_secs(1) {
+                err("tls.acme.retry", "at least 1s".into());
+                ok = false;
+            }
+            ok.then(|| AcmeSettings {
+                directory: acme.directory.clone(),
+                email: acme.email.clone(),
+                ca_file: acme.ca_file.as_ref().map(|path| base.join(path)),
+                retry: acme.retry.0,
+                orders_per_hour: acme.orders_per_hour,
+            })
+        });
         let resolve = |spec: CertSpec| CertSpec {
             cert: base.join(spec.cert),
             key: base.join(spec.key),
@@ -719,6 +798,7 @@ impl EdgeSettings {
                     None => Some(base.join(&raw.state_dir).join("audit.log")),
                 },
                 admin_tls: raw.admin.tls.map(resolve),
+                acme,
                 admin_history: raw.admin.history,
                 access_log: AccessLogTarget::parse(&raw.access_log, base),
                 access_log_format: raw.access_log_format,
@@ -765,6 +845,7 @@ impl EdgeSettings {
         );
         check("admin.audit_log", self.admin_audit_log != newer.admin_audit_log);
         check("admin.tls", self.admin_tls != newer.admin_tls);
+        check("tls.acme", self.acme != newer.acme);
         check("access_log", self.access_log != newer.access_log);
         check(
             "access_log_format",

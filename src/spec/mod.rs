@@ -11,10 +11,12 @@ pub mod edge;
 pub mod values;
 
 pub use domain::{
-    check_together, not_served, CertSpec, DomainSpec, OriginSpec, RuleSpec, Source, VariantSpec,
+    check_together, not_served, CertSpec, DomainSpec, DomainTls, HstsSpec, OriginSpec, RuleSpec, Source,
+    VariantSpec,
 };
 pub use edge::{
-    AccessLogFormat, AccessLogTarget, DiskSettings, EdgeSettings, EtcdSettings, PageSettings, SourceSettings,
+    AccessLogFormat, AccessLogTarget, AcmeSettings, DiskSettings, EdgeSettings, EtcdSettings, PageSettings,
+    SourceSettings,
 };
 pub use values::{CodePattern, DomainName, PageUrl};
 

@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod etcd;
 pub mod origin;
+pub mod pebble;
 pub mod raw;
 pub mod tls;
 pub mod wait;
@@ -73,6 +74,9 @@ pub struct EdgeOptions {
     /// A TLS listener, with these extra lines of the `tls:` section (by default the harness's
     /// `default_cert`, see [`harness_ca`]).
     pub tls: Option<String>,
+    /// The cleartext listener's port (default: a free one), for a party that must know it
+    /// before the edge starts (an ACME server validating HTTP-01).
+    pub listen_port: Option<u16>,
 }
 
 impl Default for EdgeOptions {
@@ -84,6 +88,7 @@ impl Default for EdgeOptions {
             admin_ip: "127.0.0.1".into(),
             admin_extra: String::new(),
             tls: Some(HARNESS_TLS.into()),
+            listen_port: None,
         }
     }
 }
@@ -106,7 +111,8 @@ impl Edge {
     pub fn start_in(dir: tempfile::TempDir, options: EdgeOptions) -> Edge {
         let mut last_log = String::new();
         for _ in 0..5 {
-            let (port, admin_port, tls_port) = (free_port(), free_port(), free_port());
+            let port = options.listen_port.unwrap_or_else(free_port);
+            let (admin_port, tls_port) = (free_port(), free_port());
             let tls = match &options.tls {
                 Some(extra) => format!("tls:\n  listen: [\"127.0.0.1:{tls_port}\"]\n{extra}"),
                 None => String::new(),
@@ -327,7 +333,7 @@ pub const ALL_PROTOS: [Proto; 4] = [Proto::H1, Proto::H2c, Proto::H1Tls, Proto::
 
 /// The edge file's `tls:` lines of every harness edge (see [`EdgeOptions::tls`]): a default
 /// certificate for every test name, signed by [`harness_ca`].
-const HARNESS_TLS: &str = "  default_cert: {cert: harness.pem, key: harness.key}\n";
+pub const HARNESS_TLS: &str = "  default_cert: {cert: harness.pem, key: harness.key}\n";
 
 /// The CA of the harness's default certificate, and that certificate (for `*.example.com`,
 /// `*.example.org`, `*.example.net` and `*.test`), made once per test binary.

@@ -139,13 +139,36 @@ async function showDomainPage() {
     const servers = (d.origin && d.origin.servers) || [];
     tr.append(el("td", servers.map((s) => s.server + " (" + s.state + ")").join(", ")));
     tr.append(el("td", (d.custom_pages || []).length));
-    tr.append(el("td", d.https ? "yes" : "no"));
+    tr.append(el("td", d.https ? certificateText(d.certificate) : "no"));
     const actions = el("td");
     actions.append(button("Manage", () => showManage(d.domain), d.domain));
+    if (d.certificate && d.certificate.source === "acme" && may("domains", d.domain)) {
+      actions.append(button("Renew certificate", () => renewCertificate(d.domain), d.domain));
+    }
     if (may("domains", d.domain)) actions.append(button("Delete", () => deleteDomain(d.domain), d.domain));
     tr.append(actions);
     rows.append(tr);
   }
+}
+
+// What the HTTPS column says of a domain's certificate: where it comes from, its state, until
+// when, who issued it, when it renews, and the last ACME error.
+function certificateText(c) {
+  if (!c) return "yes";
+  const day = (t) => (t ? t.slice(0, 10) : "");
+  const parts = [c.source, c.state];
+  if (c.not_after) parts.push("until " + day(c.not_after));
+  if (c.next_renewal) parts.push("renews " + day(c.next_renewal));
+  if (c.issuer) parts.push("issuer " + c.issuer);
+  let text = parts.join(", ");
+  if (c.last_error) text += " — last error: " + c.last_error;
+  return text;
+}
+
+async function renewCertificate(domain) {
+  const answer = await api("POST", "/api/domains/" + encodeURIComponent(domain) + "/certificate/renew");
+  if (answer.status !== 200) alert((answer.json && answer.json.error) || "The certificate was not renewed");
+  await showDomainPage();
 }
 
 function filterChanged() {
