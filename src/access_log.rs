@@ -150,8 +150,12 @@ pub struct Record<'a> {
 /// The custom page a response carried.
 #[derive(Clone, Copy, Serialize)]
 pub struct PageServed<'a> {
-    /// The rule's code pattern (`404`, `5xx`).
+    /// The rule's code pattern (`404`, `5xx`); a rule with a condition also says which it
+    /// is in its domain's list (`404#1`).
     pub rule: &'a str,
+    /// The rule's condition, in a few words (`paths /shop/*`), if it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub when: Option<&'a str>,
     /// The page served or redirected to (`None`: the built-in page or the problem document).
     pub url: Option<&'a str>,
     /// `fresh`, `stale`, `default`, `redirect` or `problem`.
@@ -251,6 +255,7 @@ mod tests {
             request_id: "r-42",
             page: Some(PageServed {
                 rule: "404",
+                when: None,
                 url: Some("http://exp.example.com/error404.html"),
                 state: "fresh",
                 bytes: 758,
@@ -286,6 +291,7 @@ mod tests {
             version: http::Version::HTTP_2,
             page: Some(PageServed {
                 rule: "4xx",
+                when: None,
                 url: Some("http://exp.example.com/error404.html"),
                 state: "stale",
                 bytes: 758,

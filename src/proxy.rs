@@ -661,6 +661,7 @@ impl ProxyHttp for EdgeProxy {
                 request_id: &ctx.pages.request_id,
                 page: page.map(|s| PageServed {
                     rule: &s.rule,
+                    when: s.when.as_deref(),
                     url: s.page_url.as_deref(),
                     state: s.page_state.as_str(),
                     bytes: s.page_bytes,

@@ -134,12 +134,16 @@ async fn the_console_manages_custom_pages_in_a_browser() {
             .body(format!("{{\"error\": \"{TEXT_A}\"}}")),
     );
     origin.route("/boom", Reply::new(500).body("origin 500"));
+    // The paths the rule conditions are tried on: 404s of the origin's own.
+    for path in ["/shop/x", "/shop/x/y", "/blog/x"] {
+        origin.route(path, Reply::new(404).body("origin's own 404"));
+    }
     let edge = start_edge(
         EdgeOptions::default(),
         vec![("exp.yaml", domain_yaml(DOMAIN, origin.addr(), ""))],
     )
     .await;
-    run_browser_tests(&edge, Suite::Main, 7).await;
+    run_browser_tests(&edge, Suite::Main, 10).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -219,7 +219,12 @@ enum Write {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RuleBody {
-    url: String,
+    #[serde(default)]
+    url: Option<String>,
+    #[serde(default)]
+    when: Option<crate::spec::WhenSpec>,
+    #[serde(default)]
+    skip: bool,
     #[serde(default)]
     status: Option<u16>,
     #[serde(default)]
@@ -532,7 +537,8 @@ impl AdminApi {
             }
             (&Method::DELETE, ["api", "domains", domain, "custom-pages", code]) => {
                 need(Permission::Rules, domain)?;
-                self.delete_rule(domain, code, author).await
+                let body = read_body(session).await?;
+                self.delete_rule(domain, code, &body, author).await
             }
             (&Method::GET, ["api", "domains", domain, "custom-pages", code, "page"]) => {
                 need(Permission::Read, domain)?;
@@ -700,16 +706,15 @@ impl AdminApi {
             .iter()
             .map(|rule| {
                 let mut value = json!(rule);
-                let page = if rule.redirect.is_some() {
-                    Value::Null
-                } else {
-                    json!(store.info(rule.url.as_str()))
+                let page = match (&rule.url, rule.redirect) {
+                    (Some(url), None) => json!(store.info(url.as_str())),
+                    _ => Value::Null,
                 };
                 value["page"] = page;
                 // Every page the rule may serve: its own, its variants' and its languages'.
-                let rule_pages: Vec<Value> = crate::pages::Rule::from_spec(rule)
-                    .pages()
-                    .map(|url| json!(store.info(url.as_str())))
+                let rule_pages: Vec<Value> = crate::pages::Rule::from_spec(0, rule)
+                    .iter()
+                    .flat_map(|rule| rule.pages().map(|url| json!(store.info(url.as_str()))))
                     .collect();
                 value["pages"] = json!(rule_pages);
                 let (last_hour, per_minute) =
@@ -742,11 +747,12 @@ impl AdminApi {
         ))
     }
 
-    async fn delete_rule(&self, domain: &str, code: &str, author: Author) -> ApiResult {
+    async fn delete_rule(&self, domain: &str, code: &str, body: &[u8], author: Author) -> ApiResult {
         let code: CodePattern = code.parse().map_err(|e: String| ApiError::field("code", e))?;
+        let when = rule_ref(body)?;
         let ((), version) = self
             .change_rules(domain, &Change::by(author), |rules| {
-                remove_rule(rules, &code, domain)
+                remove_rule(rules, &code, when.as_ref(), domain)
             })
             .await?;
         Ok((
@@ -989,7 +995,10 @@ impl AdminApi {
     fn rule_page(&self, name: &str, code: &str) -> Result<PageUrl, ApiError> {
         let code: CodePattern = code.parse().map_err(|e: String| ApiError::field("code", e))?;
         let domain = self.domain(name)?;
-        let rule = domain.rules.iter().find(|r| r.code == code).ok_or_else(|| {
+        // The unconditional rule of the code, else its first conditional one.
+        let unconditional = domain.rules.iter().find(|r| r.code == code && r.when.is_none());
+        let first = || domain.rules.iter().find(|r| r.code == code && !r.skip);
+        let rule = unconditional.or_else(first).ok_or_else(|| {
             ApiError::new(
                 StatusCode::NOT_FOUND,
                 format!("{} has no rule for code {code}", domain.label),
@@ -1386,18 +1395,21 @@ fn parse_json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Api
     Ok(parsed)
 }
 
-/// A domain name from a path, as specs write it.
-/// How long to wait after losing the `attempt`th race for a write: 10 ms to 20 ms times the
-/// attempt, the jitter taken from the clock.
 /// The rule a `PUT .../custom-pages/{code}` body describes, checked alone, with the body's
 /// comment.
 fn parse_rule(code: &str, body: &[u8]) -> Result<(RuleSpec, Option<String>), ApiError> {
     let code: CodePattern = code.parse().map_err(|e: String| ApiError::field("code", e))?;
     let body: RuleBody = parse_json_body(body)?;
-    let url: PageUrl = body.url.parse().map_err(|e: String| ApiError::field("url", e))?;
+    let url: Option<PageUrl> = body
+        .url
+        .map(|url| url.parse())
+        .transpose()
+        .map_err(|e: String| ApiError::field("url", e))?;
     let rule = RuleSpec {
         code,
         url,
+        when: body.when,
+        skip: body.skip,
         source: body.source.unwrap_or_default(),
         status: body.status,
         redirect: body.redirect,
@@ -1406,13 +1418,16 @@ fn parse_rule(code: &str, body: &[u8]) -> Result<(RuleSpec, Option<String>), Api
         language: body.language,
         inline: body.inline.unwrap_or(true),
     };
-    rule.check().map_err(|(field, e)| ApiError::field(field, e))?;
+    rule.check().map_err(|(field, e)| ApiError::field(&field, e))?;
     Ok((rule, body.comment))
 }
 
-/// Puts `rule` in place of the rule of its code, or last; true if it is new.
+/// Puts `rule` in place of the rule of its code and condition, or last; true if it is new.
 fn upsert_rule(rules: &mut Vec<RuleSpec>, rule: &RuleSpec) -> bool {
-    match rules.iter().position(|r| r.code == rule.code) {
+    match rules
+        .iter()
+        .position(|r| r.code == rule.code && r.when == rule.when)
+    {
         Some(i) => {
             rules[i] = rule.clone();
             false
@@ -1425,16 +1440,40 @@ fn upsert_rule(rules: &mut Vec<RuleSpec>, rule: &RuleSpec) -> bool {
 }
 
 /// Removes the rule of `code`; 404 if there is none.
-fn remove_rule(rules: &mut Vec<RuleSpec>, code: &CodePattern, domain: &str) -> Result<(), ApiError> {
+/// Removes the rule of `code` and condition `when` (none: the unconditional one); 404 if
+/// there is none.
+fn remove_rule(
+    rules: &mut Vec<RuleSpec>,
+    code: &CodePattern,
+    when: Option<&crate::spec::WhenSpec>,
+    domain: &str,
+) -> Result<(), ApiError> {
     let before = rules.len();
-    rules.retain(|r| r.code != *code);
+    rules.retain(|r| !(r.code == *code && r.when.as_ref() == when));
     if rules.len() == before {
+        let condition = when.map(|w| format!(" when {}", w.summary())).unwrap_or_default();
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
-            format!("{domain} has no rule for code {code}"),
+            format!("{domain} has no rule for code {code}{condition}"),
         ));
     }
     Ok(())
+}
+
+/// The optional body of a rule `DELETE`: `{"when": …}` names a conditional rule.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RuleRef {
+    #[serde(default)]
+    when: Option<crate::spec::WhenSpec>,
+}
+
+/// The condition a rule `DELETE` names (none: the unconditional rule).
+fn rule_ref(body: &[u8]) -> Result<Option<crate::spec::WhenSpec>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    Ok(parse_json_body::<RuleRef>(body)?.when)
 }
 
 /// The entry of a domain the source does not hold yet (it says where it goes).
@@ -1456,6 +1495,8 @@ fn write_error(e: crate::source::WriteError) -> ApiError {
     ApiError::new(status, e.message)
 }
 
+/// How long to wait after losing the `attempt`th race for a write: 10 ms to 20 ms times the
+/// attempt, the jitter taken from the clock.
 fn conflict_backoff(attempt: usize) -> std::time::Duration {
     let jitter = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -1463,6 +1504,7 @@ fn conflict_backoff(attempt: usize) -> std::time::Duration {
     std::time::Duration::from_nanos((10_000_000 + u64::from(jitter)) * attempt as u64)
 }
 
+/// A domain name from a path, as specs write it.
 fn parse_name(name: &str) -> Option<DomainName> {
     name.parse().ok()
 }

@@ -110,9 +110,9 @@ impl AdminApi {
                 }
             }
             (&Method::DELETE, ["api", "domains", domain, "staging", "custom-pages", code]) => {
-                match need(Permission::Rules, domain) {
-                    Ok(()) => self.delete_staging_rule(domain, code).await,
-                    Err(e) => Err(e),
+                match (need(Permission::Rules, domain), read_body(session).await) {
+                    (Ok(()), Ok(body)) => self.delete_staging_rule(domain, code, &body).await,
+                    (Err(e), _) | (_, Err(e)) => Err(e),
                 }
             }
             (&Method::POST, ["api", "domains", domain, "staging", "publish"]) => {
@@ -376,11 +376,14 @@ impl AdminApi {
     }
 
     /// `DELETE …/staging/custom-pages/{code}` (staging must exist).
-    async fn delete_staging_rule(&self, name: &str, code: &str) -> ApiResult {
+    async fn delete_staging_rule(&self, name: &str, code: &str, body: &[u8]) -> ApiResult {
         let code: CodePattern = code.parse().map_err(|e: String| ApiError::field("code", e))?;
+        let when = super::rule_ref(body)?;
         self.stage_of(name)?;
         let (staged, (), _) = self
-            .change_staging(name, |spec| remove_rule(&mut spec.custom_pages, &code, name))
+            .change_staging(name, |spec| {
+                remove_rule(&mut spec.custom_pages, &code, when.as_ref(), name)
+            })
             .await?;
         Ok((
             StatusCode::OK,

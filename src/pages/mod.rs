@@ -57,8 +57,10 @@ use std::sync::Arc;
 /// What was done to one response, for logs and metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Substitution {
-    /// The rule's code pattern, e.g. `404` or `5xx`.
+    /// The rule's code pattern, e.g. `404` or `5xx` (`404#1` for a rule with a condition).
     pub rule: Arc<str>,
+    /// The rule's condition in a few words, if it has one.
+    pub when: Option<Arc<str>>,
     /// The status the response had.
     pub original_status: u16,
     /// Who produced that status.
@@ -181,9 +183,10 @@ impl CustomPages {
         request_id: &str,
     ) -> Option<(Answer, Substitution)> {
         let path = req.uri.path();
-        let rule = rules::select(rules, status, cause)?;
+        let rule = rules::select(rules, req, status, cause)?;
         let mut substitution = Substitution {
             rule: rule.label.clone(),
+            when: rule.when.as_ref().map(|when| when.summary.clone()),
             original_status: status,
             cause,
             page_state: Served::Default,

@@ -826,7 +826,15 @@ fn compile_domain(
                 .as_ref()
                 .and_then(|f| http::HeaderName::from_bytes(f.to_ascii_lowercase().as_bytes()).ok()),
         },
-        rules: spec.custom_pages.iter().map(Rule::from_spec).collect(),
+        rules: spec
+            .custom_pages
+            .iter()
+            .enumerate()
+            .map(|(i, rule)| {
+                Rule::from_spec(i, rule)
+                    .map_err(|m| ConfigError::new(at.clone(), format!("custom_pages[{i}]"), m))
+            })
+            .collect::<Result<_, _>>()?,
         filters,
         at: entry.at.clone(),
         spec: spec.clone(),

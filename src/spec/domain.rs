@@ -220,8 +220,15 @@ impl Source {
 pub struct RuleSpec {
     /// Which statuses the rule answers.
     pub code: CodePattern,
-    /// The page (served in place) or the redirect target.
-    pub url: PageUrl,
+    /// The page (served in place) or the redirect target; none for a `skip` rule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<PageUrl>,
+    /// Which requests the rule is for (none: every request).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<WhenSpec>,
+    /// No custom page for the requests the rule is for: the origin's own response.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub skip: bool,
     /// Whether the rule applies to origin statuses, edge statuses or both.
     #[serde(default, skip_serializing_if = "is_any")]
     pub source: Source,
@@ -247,6 +254,119 @@ pub struct RuleSpec {
     /// fonts inlined); `false` serves them as the origin wrote them.
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub inline: bool,
+}
+
+/// A rule's `when:`: the requests it is for. Every part given must match: one of the
+/// `paths`, one of the `methods`, and every one of the `headers`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WhenSpec {
+    /// Globs on the request's path (without the query): `*` within a segment, `**` across.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paths: Option<Vec<String>>,
+    /// Request methods (upper case).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub methods: Option<Vec<String>>,
+    /// Request header fields and their exact values (`*`: present with any value).
+    #[serde(default, skip_serializing_if = "Vec::is_empty", with = "ordered_map")]
+    pub headers: Vec<(String, String)>,
+}
+
+/// The methods a `when.methods` may name.
+pub const METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT",
+];
+
+impl WhenSpec {
+    /// Checks each part; the key is relative to `when` (`paths[0]`).
+    pub fn check(&self) -> Result<(), (String, String)> {
+        if self.paths.is_none() && self.methods.is_none() && self.headers.is_empty() {
+            return Err((
+                String::new(),
+                "an empty condition; give paths, methods or headers (or leave when out)".into(),
+            ));
+        }
+        if let Some(paths) = &self.paths {
+            if paths.is_empty() {
+                return Err((
+                    "paths".into(),
+                    "an empty list matches nothing; give at least one glob like /shop/*".into(),
+                ));
+            }
+            for (j, glob) in paths.iter().enumerate() {
+                if let Err(m) = check_glob(glob) {
+                    return Err((format!("paths[{j}]"), m));
+                }
+            }
+        }
+        if let Some(methods) = &self.methods {
+            if methods.is_empty() {
+                return Err((
+                    "methods".into(),
+                    "an empty list matches nothing; give methods like [GET, HEAD]".into(),
+                ));
+            }
+            for (j, method) in methods.iter().enumerate() {
+                if !METHODS.contains(&method.as_str()) {
+                    return Err((
+                        format!("methods[{j}]"),
+                        format!(
+                            "{method:?} is not a method; expected one of {}",
+                            METHODS.join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+        for (name, value) in &self.headers {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err((
+                    format!("headers.{name}"),
+                    format!("{name:?} is not a header field name (a token, like X-App)"),
+                ));
+            }
+            if value.is_empty() || http::HeaderValue::from_str(value).is_err() {
+                return Err((
+                    format!("headers.{name}"),
+                    format!("{value:?} is not a value to compare with; give the exact value, or \"*\" for present"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The condition in a few words, for logs and the console (`paths /shop/*, /cart`).
+    pub fn summary(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(paths) = &self.paths {
+            parts.push(format!("paths {}", paths.join(", ")));
+        }
+        if let Some(methods) = &self.methods {
+            parts.push(format!("methods {}", methods.join(", ")));
+        }
+        if !self.headers.is_empty() {
+            let headers: Vec<String> = self.headers.iter().map(|(n, v)| format!("{n}: {v}")).collect();
+            parts.push(format!("headers {}", headers.join(", ")));
+        }
+        parts.join("; ")
+    }
+}
+
+/// A path glob: absolute, and one `globset` compiles with `*` kept within a segment.
+pub fn check_glob(glob: &str) -> Result<(), String> {
+    if !glob.starts_with('/') {
+        return Err(format!(
+            "{glob:?} is not a path; a glob starts with / (like /shop/*)"
+        ));
+    }
+    path_glob(glob)
+        .map(|_| ())
+        .map_err(|e| format!("{glob:?} is not a glob: {e}"))
+}
+
+/// The matcher of a path glob: `*` within a segment, `**` across segments.
+pub fn path_glob(glob: &str) -> Result<globset::Glob, globset::Error> {
+    globset::GlobBuilder::new(glob).literal_separator(true).build()
 }
 
 /// The page of one variant: its URL, and its translations (chosen like a rule's `languages`).
@@ -381,7 +501,40 @@ pub const REDIRECT_CODES: [u16; 5] = [301, 302, 303, 307, 308];
 
 impl RuleSpec {
     /// Checks what the types alone cannot. Returns the offending key and the reason.
-    pub fn check(&self) -> Result<(), (&'static str, String)> {
+    pub fn check(&self) -> Result<(), (String, String)> {
+        self.check_parts().map_err(|(key, m)| (key.to_string(), m))?;
+        if let Some(when) = &self.when {
+            when.check().map_err(|(key, m)| match key.is_empty() {
+                true => ("when".to_string(), m),
+                false => (format!("when.{key}"), m),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The checks of the rule's own keys (not `when`).
+    fn check_parts(&self) -> Result<(), (&'static str, String)> {
+        match (&self.url, self.skip) {
+            (None, false) => {
+                return Err((
+                    "url",
+                    "missing: give the page's URL (or skip: true for no page)".into(),
+                ))
+            }
+            (Some(_), true) => return Err(("url", "a skip rule serves no page: leave url out".into())),
+            (None, true) => {
+                let extras = [
+                    ("redirect", self.redirect.is_some()),
+                    ("status", self.status.is_some()),
+                    ("variants", !self.variants.is_empty()),
+                    ("languages", !self.languages.is_empty()),
+                ];
+                if let Some((key, _)) = extras.iter().find(|(_, set)| *set) {
+                    return Err((key, "a skip rule serves no page: leave it out".into()));
+                }
+            }
+            (Some(_), false) => {}
+        }
         if let Some(status) = self.status {
             if !(200..=599).contains(&status) {
                 return Err((
@@ -445,7 +598,8 @@ impl DomainSpec {
             .iter()
             .enumerate()
             .filter(|(_, rule)| rule.redirect.is_none())
-            .flat_map(|(i, rule)| {
+            .filter_map(|(i, rule)| Some((i, rule, rule.url.as_ref()?)))
+            .flat_map(|(i, rule, url)| {
                 let variants = rule.variants.iter().flat_map(move |(m, v)| {
                     let translations = v
                         .languages
@@ -453,7 +607,7 @@ impl DomainSpec {
                         .map(move |(l, u)| (format!("custom_pages[{i}].variants.{m}.languages.{l}"), u));
                     std::iter::once((format!("custom_pages[{i}].variants.{m}"), &v.url)).chain(translations)
                 });
-                std::iter::once((format!("custom_pages[{i}].url"), &rule.url))
+                std::iter::once((format!("custom_pages[{i}].url"), url))
                     .chain(variants)
                     .chain(
                         rule.languages
@@ -584,19 +738,27 @@ impl DomainSpec {
                 );
             }
         }
-        let mut seen: Vec<String> = Vec::new();
+        let mut seen: Vec<(String, Option<&WhenSpec>)> = Vec::new();
         for (i, rule) in self.custom_pages.iter().enumerate() {
             if let Err((key, m)) = rule.check() {
                 err(format!("custom_pages[{i}].{key}"), m);
             }
             let code = rule.code.to_string();
-            if let Some(first) = seen.iter().position(|c| *c == code) {
+            if let Some(first) = seen
+                .iter()
+                .position(|(c, w)| *c == code && *w == rule.when.as_ref())
+            {
+                let condition = if rule.when.is_some() {
+                    " with this condition"
+                } else {
+                    ""
+                };
                 err(
                     format!("custom_pages[{i}].code"),
-                    format!("{code} already has a rule (custom_pages[{first}]); one rule per code"),
+                    format!("{code} already has a rule{condition} (custom_pages[{first}]); one rule per code and condition"),
                 );
             }
-            seen.push(code);
+            seen.push((code, rule.when.as_ref()));
         }
         match name {
             Some(name) if errors.is_empty() => Ok(name),

@@ -12,7 +12,7 @@ pub mod values;
 
 pub use domain::{
     check_together, not_served, CertSpec, DomainSpec, DomainTls, HstsSpec, OriginSpec, RuleSpec, Source,
-    VariantSpec,
+    VariantSpec, WhenSpec,
 };
 pub use edge::{
     AccessLogFormat, AccessLogTarget, AcmeSettings, DiskSettings, EdgeSettings, EtcdSettings, PageSettings,

@@ -330,6 +330,86 @@ const tests = {
     assert((await page.evaluate(() => window.pwned)) === undefined, "no injected script ran");
     assert((await page.locator("script").count()) === 1, "no script element was added");
   },
+
+  async "a 404 rule only for /shop/* is made in the dialog, listed with its condition and served only there"(page) {
+    // The domain's default 404 (PAGE_B), through the API; the console adds one for /shop/* beside it.
+    const put = await adminCall("PUT", `/api/domains/${DOMAIN}/custom-pages/404`, { url: PAGE_B });
+    assert(put.ok, `PUT the default 404 rule: ${put.status}`);
+    await signIn(page);
+    await manage(page);
+    await page.getByRole("button", { name: "Customize" }).click();
+    const dialog = page.getByRole("dialog", { name: "Customize Page" });
+    await dialog.getByLabel("Status code").selectOption("404");
+    await dialog.getByLabel("URL").fill(PAGE_A);
+    const only = dialog.getByRole("group", { name: "Only for" });
+    await only.getByLabel("Paths").fill("/shop/*");
+    await dialog.getByRole("button", { name: "OK" }).click();
+    await dialog.waitFor({ state: "hidden" });
+    // Two 404 rows: the new one says its condition in the "Only for" column, the default none.
+    const cellOf = (text) => page.getByRole("cell", { name: text, exact: true });
+    const shop = ruleRow(page, "404").filter({ has: cellOf("paths /shop/*") });
+    await shop.waitFor();
+    const columns = await tabPanel(page, "Custom Pages").getByRole("columnheader").allInnerTexts();
+    const at = columns.map((c) => c.trim()).indexOf("Only for");
+    assert(at > 0, `an "Only for" column: ${columns}`);
+    const shopCells = await shop.locator("th, td").allInnerTexts();
+    assert(shopCells[at].trim() === "paths /shop/*" && shopCells.includes(PAGE_A), `the conditional rule's row: ${shopCells}`);
+    const fallback = ruleRow(page, "404").filter({ has: cellOf(PAGE_B) });
+    const fallbackCells = await fallback.locator("th, td").allInnerTexts();
+    assert(fallbackCells[at].trim() === "", `the default rule has no condition: ${fallbackCells}`);
+    await page.screenshot({ path: path.join(SCREENSHOTS, "view-only-for.png"), fullPage: true });
+    let rules = (await apiRules()).filter((r) => r.code === 404);
+    assert(rules.length === 2, `two 404 rules: ${JSON.stringify(rules)}`);
+    assert(rules.some((r) => r.url === PAGE_B && r.when === undefined), `the default rule unchanged: ${JSON.stringify(rules)}`);
+    assert(rules.some((r) => r.url === PAGE_A && JSON.stringify(r.when) === JSON.stringify({ paths: ["/shop/*"] })),
+      `the rule for /shop/*: ${JSON.stringify(rules)}`);
+    // Through the edge: /shop/x (a 404 at the origin) gets the shop page, /blog/x the default.
+    await eventually("the shop page for /shop/x", async () => {
+      const got = await edgeGet("/shop/x");
+      return got.status === 404 && got.body.includes(TEXT_A) ? true : got;
+    }, 10000);
+    const blog = await edgeGet("/blog/x");
+    assert(blog.status === 404 && blog.body.includes(TEXT_B) && !blog.body.includes(TEXT_A), `/blog/x: ${blog.status} ${blog.body}`);
+    const deeper = await edgeGet("/shop/x/y");
+    assert(deeper.status === 404 && deeper.body.includes(TEXT_B), `* stays within a segment: ${deeper.status} ${deeper.body}`);
+    // Modify opens the dialog with its condition; a new condition replaces the old rule.
+    await shop.getByRole("button", { name: "Modify" }).click();
+    assert((await only.getByLabel("Paths").inputValue()) === "/shop/*", "Modify shows the paths");
+    assert((await only.getByLabel("Methods").inputValue()) === "", "no methods");
+    assert((await only.getByLabel("Headers").inputValue()) === "", "no headers");
+    assert(!(await only.getByLabel("Skip (no custom page)").isChecked()), "not a skip rule");
+    await only.getByLabel("Paths").fill("/shop/**");
+    await only.getByLabel("Methods").fill("get, HEAD");
+    await dialog.getByRole("button", { name: "OK" }).click();
+    await dialog.waitFor({ state: "hidden" });
+    const shopAll = ruleRow(page, "404").filter({ has: cellOf("paths /shop/**; methods GET, HEAD") });
+    await shopAll.waitFor();
+    await shop.waitFor({ state: "detached" });
+    rules = (await apiRules()).filter((r) => r.code === 404);
+    assert(rules.length === 2, `still two 404 rules: ${JSON.stringify(rules)}`);
+    // Compared part by part: the API's JSON objects list their keys in name order.
+    const same = (a, b) => JSON.stringify(a) === JSON.stringify(b);
+    assert(rules.some((r) => r.url === PAGE_A && r.when && same(r.when.paths, ["/shop/**"]) && same(r.when.methods, ["GET", "HEAD"])
+      && Object.keys(r.when).length === 2),
+      `the modified rule: ${JSON.stringify(rules)}`);
+    await eventually("the shop page for /shop/x/y", async () => {
+      const got = await edgeGet("/shop/x/y");
+      return got.status === 404 && got.body.includes(TEXT_A) ? true : got;
+    }, 10000);
+    // Delete removes that rule only: /shop/x gets the default page again.
+    page.once("dialog", (d) => d.accept());
+    await shopAll.getByRole("button", { name: "Delete" }).click();
+    await shopAll.waitFor({ state: "detached" });
+    await fallback.waitFor();
+    rules = (await apiRules()).filter((r) => r.code === 404);
+    assert(rules.length === 1 && rules[0].url === PAGE_B && rules[0].when === undefined, `only the default rule is left: ${JSON.stringify(rules)}`);
+    await eventually("the default page for /shop/x", async () => {
+      const got = await edgeGet("/shop/x");
+      return got.status === 404 && got.body.includes(TEXT_B) ? true : got;
+    }, 10000);
+    const removed = await adminCall("DELETE", `/api/domains/${DOMAIN}/custom-pages/404`);
+    assert(removed.ok, `DELETE the default 404 rule: ${removed.status}`);
+  },
 };
 
 // Run by tests/console.rs after restarting the edge with its origin down (AFTER_RESTART=1):

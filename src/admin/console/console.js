@@ -6,7 +6,7 @@
 const $ = (id) => document.getElementById(id);
 const TOKEN_KEY = "custom-pages-token";
 let current = null; // the domain being managed
-let editing = null; // the rule being modified, or null for a new one
+let editing = null; // the rule being modified, or null for a new one (a rule is its code and its `when`)
 let ruleTarget = "production"; // where the Customize Page dialog writes: "production" or "staging"
 let rules = []; // the rules shown
 let stagingRules = []; // the staging rules shown
@@ -226,6 +226,51 @@ function rulePath(code, target) {
   return domainPath() + (target === "staging" ? "/staging" : "") + "/custom-pages/" + encodeURIComponent(code);
 }
 
+// A rule's `when` with only what it sets, in a fixed order (null when it sets nothing): two
+// rules of one code are the same rule when these are equal (the same lists in the same order).
+function normalWhen(when) {
+  if (!when) return null;
+  const out = {};
+  if (when.paths && when.paths.length) out.paths = [...when.paths];
+  if (when.methods && when.methods.length) out.methods = [...when.methods];
+  if (when.headers && Object.keys(when.headers).length) out.headers = { ...when.headers };
+  return Object.keys(out).length ? out : null;
+}
+
+function sameWhen(a, b) {
+  return JSON.stringify(normalWhen(a)) === JSON.stringify(normalWhen(b));
+}
+
+// What the "Only for" column says of a rule's `when`: "paths /shop/*, /cart; methods GET, HEAD;
+// headers X-App: mobile", or "" for a rule of every request.
+function whenText(when) {
+  const w = normalWhen(when);
+  if (!w) return "";
+  const parts = [];
+  if (w.paths) parts.push("paths " + w.paths.join(", "));
+  if (w.methods) parts.push("methods " + w.methods.join(", "));
+  if (w.headers) parts.push("headers " + Object.entries(w.headers).map(([name, value]) => name + ": " + value).join(", "));
+  return parts.join("; ");
+}
+
+// A rule as messages and button descriptions name it: its code, and its conditions if any.
+function ruleName(code, when) {
+  const text = whenText(when);
+  return text === "" ? String(code) : code + " (only for " + text + ")";
+}
+
+// The body of a DELETE of the rule of `when` (none for the rule of every request).
+function deleteBody(when) {
+  const w = normalWhen(when);
+  return w ? { when: w } : undefined;
+}
+
+// The Mode column: "skip" for a rule that serves no page.
+function modeText(rule) {
+  if (rule.skip) return "skip";
+  return rule.redirect ? "Redirect " + rule.redirect : "In place";
+}
+
 async function showManage(name) {
   current = name;
   $("manage-title").textContent = "Manage " + name;
@@ -295,10 +340,12 @@ async function loadRules() {
   rules = answer.json.custom_pages || [];
   for (const rule of rules) {
     const code = String(rule.code);
+    const name = ruleName(code, rule.when);
     const tr = el("tr", null, { "data-code": code });
     tr.append(el("th", code, { scope: "row" }));
-    tr.append(el("td", rule.url));
-    const mode = el("td", rule.redirect ? "Redirect " + rule.redirect : "In place");
+    tr.append(el("td", whenText(rule.when), { class: "only-for" }));
+    tr.append(el("td", rule.url || "—"));
+    const mode = el("td", modeText(rule));
     const also = [
       ...Object.keys(rule.variants || {}),
       ...Object.keys(rule.languages || {}).map((tag) => "lang " + tag),
@@ -316,7 +363,7 @@ async function loadRules() {
         page.append(el("div", rule.page.size + " bytes, " + (rule.page.content_type || ""), { class: "muted" }));
       if (rule.page.last_error) page.append(el("div", rule.page.last_error, { class: "error" }));
     } else {
-      page.append(el("div", "— (redirect)"));
+      page.append(el("div", rule.skip ? "— (skip)" : "— (redirect)"));
     }
     tr.append(page);
     const activity = el("td");
@@ -326,10 +373,11 @@ async function loadRules() {
     tr.append(activity);
     const actions = el("td");
     if (may("rules", current)) {
-      actions.append(button("Modify", () => openDialog(rule), code));
-      actions.append(button("Delete", () => deleteRule(code), code));
+      actions.append(button("Modify", () => openDialog(rule), name));
+      actions.append(button("Delete", () => deleteRule(rule), name));
     }
-    if (rule.page) {
+    // Refresh and Preview name a rule by its code alone: the rule of every request.
+    if (rule.page && !normalWhen(rule.when)) {
       if (may("cache", current)) actions.append(button("Refresh", () => refreshRule(code), code));
       actions.append(button("Preview", () => preview(code), code));
     }
@@ -338,10 +386,11 @@ async function loadRules() {
   }
 }
 
-async function deleteRule(code) {
-  if (!window.confirm("Delete the custom page rule for " + code + " of " + current + "?")) return;
-  const answer = await api("DELETE", rulePath(code, "production"));
-  $("pages-message").textContent = answer.ok ? "Rule " + code + " deleted." : describe(answer);
+async function deleteRule(rule) {
+  const name = ruleName(rule.code, rule.when);
+  if (!window.confirm("Delete the custom page rule for " + name + " of " + current + "?")) return;
+  const answer = await api("DELETE", rulePath(rule.code, "production"), deleteBody(rule.when));
+  $("pages-message").textContent = answer.ok ? "Rule " + name + " deleted." : describe(answer);
   await loadRules();
 }
 
@@ -369,7 +418,7 @@ async function preview(code) {
 const COMMON_CODES = ["400", "403", "404", "405", "414", "416", "500", "501", "502", "503", "504"];
 
 function clearErrors() {
-  for (const id of ["rule-code-error", "rule-url-error", "rule-redirect-error", "rule-status-error", "rule-source-error", "rule-variants-error", "rule-languages-error", "rule-language-error", "rule-error"])
+  for (const id of ["rule-code-error", "rule-url-error", "rule-redirect-error", "rule-status-error", "rule-source-error", "rule-variants-error", "rule-languages-error", "rule-language-error", "rule-paths-error", "rule-methods-error", "rule-headers-error", "rule-when-error", "rule-error"])
     $(id).textContent = "";
 }
 
@@ -398,7 +447,7 @@ function openDialog(rule, target) {
     $("rule-pattern").value = code;
     setPattern(true);
   }
-  $("rule-url").value = rule ? rule.url : "";
+  $("rule-url").value = rule && rule.url ? rule.url : "";
   $("rule-mode").value = rule && rule.redirect ? String(rule.redirect) : "";
   $("rule-status").value = rule && rule.status ? String(rule.status) : "";
   $("rule-source").value = rule && rule.source ? rule.source : "any";
@@ -412,26 +461,77 @@ function openDialog(rule, target) {
   $("rule-languages").value = lines(rule && rule.languages);
   $("rule-inline").checked = !(rule && rule.inline === false);
   $("rule-language").value = rule && rule.language ? rule.language : "";
+  const when = normalWhen(rule && rule.when) || {};
+  $("rule-paths").value = (when.paths || []).join("\n");
+  $("rule-methods").value = (when.methods || []).join(", ");
+  $("rule-headers").value = Object.entries(when.headers || {}).map(([name, value]) => name + ": " + value).join("\n");
+  $("rule-skip").checked = Boolean(rule && rule.skip);
   $("rule-dialog").showModal();
   $("rule-code").focus();
+}
+
+const FIELD_ERRORS = {
+  code: "rule-code-error", url: "rule-url-error", redirect: "rule-redirect-error", status: "rule-status-error",
+  source: "rule-source-error", variants: "rule-variants-error", languages: "rule-languages-error", language: "rule-language-error",
+};
+const WHEN_ERRORS = { paths: "rule-paths-error", methods: "rule-methods-error", headers: "rule-headers-error" };
+
+// Where the dialog shows a refused PUT's error: at the field it names. A condition's error names
+// `when` (its key, in the field or the details, says which of paths, methods or headers).
+function ruleErrorId(answer) {
+  const field = String(answer.json.field || "");
+  if (FIELD_ERRORS[field]) return FIELD_ERRORS[field];
+  const first = field.split(/[.[]/)[0];
+  if (first !== "when" && first !== "skip" && !WHEN_ERRORS[first]) return "rule-error";
+  const details = Array.isArray(answer.json.details) ? answer.json.details : [];
+  const keys = [field, ...details.map((d) => String((d && d.key) || ""))].join(" ");
+  for (const [part, id] of Object.entries(WHEN_ERRORS)) if (keys.includes(part)) return id;
+  return "rule-when-error";
 }
 
 async function submitRule(event) {
   event.preventDefault();
   clearErrors();
   const code = $("rule-code").value === "pattern" ? $("rule-pattern").value.trim() : $("rule-code").value;
-  const body = { url: $("rule-url").value.trim(), source: $("rule-source").value };
+  const url = $("rule-url").value.trim();
+  const skip = $("rule-skip").checked;
+  const body = { source: $("rule-source").value };
+  // A skip rule serves no page: its URL may stay empty (the edge refuses one given with skip).
+  if (url !== "" || !skip) body.url = url;
+  if (skip) body.skip = true;
   if ($("rule-mode").value !== "") body.redirect = Number($("rule-mode").value);
   if ($("rule-status").value !== "") body.status = Number($("rule-status").value);
   if (code === "") {
     $("rule-code-error").textContent = "Enter a status code or a pattern such as 5xx.";
     return;
   }
-  const previous = editing ? String(editing.code) : null;
+  // Only for: a path glob per line; methods separated by commas or spaces; "Name: value" per line.
+  const lines = (id) => $(id).value.split("\n").map((l) => l.trim()).filter((l) => l !== "");
+  const when = {};
+  const paths = lines("rule-paths");
+  if (paths.length) when.paths = paths;
+  const methods = $("rule-methods").value.split(/[\s,]+/).filter((m) => m !== "").map((m) => m.toUpperCase());
+  if (methods.length) when.methods = methods;
+  const headers = {};
+  for (const line of lines("rule-headers")) {
+    const colon = line.indexOf(":");
+    if (colon <= 0) {
+      $("rule-headers-error").textContent = "Write each header as its name, a colon, then its value (* for any value): " + line;
+      return;
+    }
+    headers[line.slice(0, colon).trim()] = line.slice(colon + 1).trim();
+  }
+  if (Object.keys(headers).length) when.headers = headers;
+  if (Object.keys(when).length) body.when = when;
+  // A rule is its code and its `when`: a PUT of another pair adds a rule beside the one edited.
+  const previous = editing ? { code: String(editing.code), when: editing.when } : null;
+  const moved = previous === null || previous.code !== code || !sameWhen(previous.when, body.when);
   const target = ruleTarget;
   const shown = target === "staging" ? stagingRules : rules;
-  if (code !== previous && shown.some((r) => String(r.code) === code)) {
-    $("rule-code-error").textContent = "There is a rule for " + code + " already: modify that one.";
+  if (moved && shown.some((r) => String(r.code) === code && sameWhen(r.when, body.when))) {
+    $("rule-code-error").textContent = body.when
+      ? "There is a rule for " + code + " with these conditions already: modify that one."
+      : "There is a rule for " + code + " already: modify that one.";
     return;
   }
   // "name URL" per line, in order (the first variant wins a tie).
@@ -465,17 +565,13 @@ async function submitRule(event) {
   if ($("rule-language").value.trim() !== "") body.language = $("rule-language").value.trim();
   const answer = await api("PUT", rulePath(code, target), body);
   if (!answer.ok) {
-    const target = {
-      code: "rule-code-error", url: "rule-url-error", redirect: "rule-redirect-error", status: "rule-status-error",
-      source: "rule-source-error", variants: "rule-variants-error", languages: "rule-languages-error", language: "rule-language-error",
-    }[answer.json.field] || "rule-error";
-    $(target).textContent = answer.json.error || "The edge answered " + answer.status + ".";
+    $(ruleErrorId(answer)).textContent = answer.json.error || "The edge answered " + answer.status + ".";
     return;
   }
-  let message = "Rule " + code + (target === "staging" ? " saved in staging." : " saved.");
-  if (previous !== null && previous !== code) {
-    const removed = await api("DELETE", rulePath(previous, target));
-    if (!removed.ok) message += " The rule for " + previous + " could not be removed: " + describe(removed);
+  let message = "Rule " + ruleName(code, body.when) + (target === "staging" ? " saved in staging." : " saved.");
+  if (previous !== null && moved) {
+    const removed = await api("DELETE", rulePath(previous.code, target), deleteBody(previous.when));
+    if (!removed.ok) message += " The rule for " + ruleName(previous.code, previous.when) + " could not be removed: " + describe(removed);
   }
   $("rule-dialog").close();
   if (target === "staging") {
@@ -658,25 +754,28 @@ async function loadStaging() {
   $("staging-preview-line").textContent = staging.preview;
   for (const rule of stagingRules) {
     const code = String(rule.code);
+    const name = ruleName(code, rule.when);
     const tr = el("tr", null, { "data-code": code });
     tr.append(el("th", code, { scope: "row" }));
-    tr.append(el("td", rule.url));
-    tr.append(el("td", rule.redirect ? "Redirect " + rule.redirect : "In place"));
+    tr.append(el("td", whenText(rule.when), { class: "only-for" }));
+    tr.append(el("td", rule.url || "—"));
+    tr.append(el("td", modeText(rule)));
     const actions = el("td");
     if (mayChange) {
-      actions.append(button("Modify", () => openDialog(rule, "staging"), code));
-      actions.append(button("Delete", () => deleteStagingRule(code), code));
+      actions.append(button("Modify", () => openDialog(rule, "staging"), name));
+      actions.append(button("Delete", () => deleteStagingRule(rule), name));
     }
     tr.append(actions);
     rows.append(tr);
   }
 }
 
-async function deleteStagingRule(code) {
-  if (!window.confirm("Delete the staging rule for " + code + " of " + current + "?")) return;
-  const answer = await api("DELETE", rulePath(code, "staging"));
+async function deleteStagingRule(rule) {
+  const name = ruleName(rule.code, rule.when);
+  if (!window.confirm("Delete the staging rule for " + name + " of " + current + "?")) return;
+  const answer = await api("DELETE", rulePath(rule.code, "staging"), deleteBody(rule.when));
   $("staging-error").textContent = answer.ok ? "" : describe(answer);
-  $("staging-message").textContent = answer.ok ? "Staging rule " + code + " deleted." : "";
+  $("staging-message").textContent = answer.ok ? "Staging rule " + name + " deleted." : "";
   await loadStaging();
 }
 
