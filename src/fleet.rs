@@ -31,6 +31,12 @@ pub trait Fleet: Send + Sync {
     /// The admin tokens the fleet shares: (where, text) of each entry list kept for every
     /// edge (the text is what `admin.tokens_file` holds).
     async fn token_lists(&self) -> Result<Vec<(String, String)>, String>;
+
+    /// Tells the fleet where this edge's admin API is (in its entry under `edges/`).
+    fn announce_admin(&self, _url: String) {}
+
+    /// This edge's name in the fleet.
+    fn edge_id(&self) -> &str;
 }
 
 /// What `POST /api/domains/{domain}/purge` takes: exactly one of `urls`, `prefix`, `all`.
@@ -121,6 +127,10 @@ pub struct EdgeReport {
     pub source: String,
     /// When it last said so (RFC 3339).
     pub updated_at: String,
+    /// Its admin API (`http://127.0.0.1:6189`), where the other edges ask it for what only it
+    /// holds (a request's decision).
+    #[serde(default)]
+    pub admin: Option<String>,
 }
 
 #[cfg(test)]

@@ -74,6 +74,7 @@ pub mod audit;
 pub mod cache;
 pub mod filters;
 pub mod fleet;
+pub mod insight;
 pub mod metrics;
 pub mod pages;
 pub mod proxy;

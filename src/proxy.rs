@@ -115,6 +115,43 @@ impl EdgeProxy {
     }
 
     /// Answers an error the edge produced, keeping the client connection.
+    /// Keeps what the edge decided for an error response (for `GET /api/requests/{id}`) and
+    /// counts its path among the domain's errors.
+    fn note_error(&self, session: &Session, ctx: &RequestCtx, status: u16, cache: &'static str) {
+        let Some(domain) = &ctx.domain else {
+            return;
+        };
+        let req = session.req_header();
+        let page = ctx.pages.substitution.as_ref();
+        let now = std::time::SystemTime::now();
+        self.runtime
+            .error_paths
+            .add(&domain.label, req.uri.path(), status, page.is_some(), now);
+        let (origin_status, original_status) = match page {
+            Some(sub) if sub.cause == crate::spec::Source::Edge => (None, sub.original_status),
+            Some(sub) => (Some(sub.original_status), sub.original_status),
+            None => (Some(status), status),
+        };
+        self.runtime.recent_errors.record(crate::insight::Decision {
+            request_id: ctx.pages.request_id.as_str().into(),
+            time: now,
+            domain: Arc::from(domain.label.as_str()),
+            host: ctx.host.as_str().into(),
+            method: req.method.as_str().into(),
+            url: req.uri.path_and_query().map_or("/", |p| p.as_str()).into(),
+            https: ctx.https,
+            staging: ctx.staging,
+            cache,
+            origin_status,
+            original_status,
+            rule: page.map(|s| s.rule.clone()),
+            when: page.and_then(|s| s.when.clone()),
+            page_url: page.and_then(|s| s.page_url.clone()),
+            page_state: page.map_or("", |s| s.page_state.as_str()),
+            status,
+        });
+    }
+
     /// The answer to an ACME HTTP-01 challenge on a cleartext listener, if this is one the
     /// edge (or its fleet) is waiting on: before routing, cache, custom pages, redirects and
     /// filters.
@@ -558,9 +595,12 @@ impl ProxyHttp for EdgeProxy {
         let Some(domain) = ctx.domain.clone() else {
             return Ok(());
         };
-        // Targeted cache control is for this edge, not for the caches behind it (RFC 9213).
-        for field in domain.cache.targeted_fields() {
-            resp.remove_header(field);
+        // Targeted cache control goes on to the caches behind this edge (RFC 9213 §2.1: a CDN
+        // in a chain may obey it too), unless the domain says to strip it.
+        if domain.cache.strip_targeted {
+            for field in domain.cache.targeted_fields() {
+                resp.remove_header(field);
+            }
         }
         if !domain.filters.is_empty() {
             domain
@@ -644,6 +684,9 @@ impl ProxyHttp for EdgeProxy {
                 .pages_served
                 .with_label_values(&[domain, &sub.rule, sub.page_state.as_str()])
                 .inc();
+        }
+        if status >= 400 {
+            self.note_error(session, ctx, status, cache);
         }
         if self.access_log.enabled() {
             let req = session.req_header();

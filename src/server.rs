@@ -353,6 +353,10 @@ fn run(
     if let Some((settings, store)) = acme {
         runtime.use_acme(Arc::new(acme::AcmeManager::new(settings, store, runtime.certs())));
     }
+    if let Some(fleet) = runtime.fleet() {
+        let scheme = if admin.cert.is_some() { "https" } else { "http" };
+        fleet.announce_admin(format!("{scheme}://{}", runtime.settings.admin_listen));
+    }
     let proxy = EdgeProxy::new(runtime.clone(), access_log);
     let mut app = pingora_proxy::http_proxy(&server.configuration, proxy);
     // Every listener also speaks HTTP/2 cleartext with prior knowledge.

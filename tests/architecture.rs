@@ -26,6 +26,7 @@ const LAYERS: &[&[&str]] = &[
         "cache",
         "tls",
         "fleet",
+        "insight",
     ],
     // Certificates from ACME, installed through `tls`, kept in `state` or a fleet's store.
     &["acme"],

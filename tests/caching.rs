@@ -539,9 +539,9 @@ async fn expires_counts_from_the_origins_date_not_our_clock() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn cdn_cache_control_and_the_domains_own_field_win_and_are_not_forwarded() {
+async fn cdn_cache_control_and_the_domains_own_field_win_and_are_stripped_when_asked() {
     let origin = Origin::start().await;
-    let cases: [Case; 8] = [
+    let cases: [Case; 10] = [
         (
             "/cdn-private",
             &[("cache-control", "max-age=60"), ("cdn-cache-control", "private")],
@@ -575,6 +575,24 @@ async fn cdn_cache_control_and_the_domains_own_field_win_and_are_not_forwarded()
             ],
             true,
         ),
+        // A directive of the wrong structured type invalidates the whole field (RFC 9213
+        // §2.1): Cache-Control decides.
+        (
+            "/cdn-wrong-type",
+            &[
+                ("cache-control", "no-store"),
+                ("cdn-cache-control", "max-age=\"60\""),
+            ],
+            false,
+        ),
+        (
+            "/cdn-boolean-with-a-number",
+            &[
+                ("cache-control", "max-age=60"),
+                ("cdn-cache-control", "no-store=1"),
+            ],
+            true,
+        ),
         (
             "/own-first",
             &[
@@ -603,7 +621,11 @@ async fn cdn_cache_control_and_the_domains_own_field_win_and_are_not_forwarded()
         EdgeOptions::default(),
         vec![(
             "a.yaml",
-            domain_yaml(A, origin.addr(), "cache:\n  targeted_field: Edge-Cache-Control\n"),
+            domain_yaml(
+                A,
+                origin.addr(),
+                "cache:\n  targeted_field: Edge-Cache-Control\n  strip_targeted: true\n",
+            ),
         )],
     )
     .await;
@@ -636,6 +658,37 @@ async fn cdn_cache_control_and_the_domains_own_field_win_and_are_not_forwarded()
             );
         }
     }
+}
+
+/// By default targeted fields go on downstream (RFC 9213 intends them for every CDN of a
+/// chain), on a miss and on a hit alike.
+#[tokio::test(flavor = "multi_thread")]
+async fn targeted_fields_are_forwarded_by_default() {
+    let origin = Origin::start().await;
+    origin.route(
+        "/chain",
+        Reply::ok("chain")
+            .header("cdn-cache-control", "max-age=60")
+            .header("edge-cache-control", "max-age=30"),
+    );
+    let edge = start_edge(
+        EdgeOptions::default(),
+        vec![(
+            "a.yaml",
+            domain_yaml(A, origin.addr(), "cache:\n  targeted_field: Edge-Cache-Control\n"),
+        )],
+    )
+    .await;
+    let c = client(&edge, Proto::H1, &[A]);
+    let url = edge.url(A, "/chain");
+    let first = get(&c, &url).await;
+    let second = get(&c, &url).await;
+    assert_eq!(second.header("x-cache"), Some("HIT"));
+    for got in [&first, &second] {
+        assert_eq!(got.header("cdn-cache-control"), Some("max-age=60"));
+        assert_eq!(got.header("edge-cache-control"), Some("max-age=30"));
+    }
+    assert_eq!(origin.hits("/chain"), 1);
 }
 
 /// A targeted cache control case: path, the origin's fields, whether the edge caches it.

@@ -28,6 +28,7 @@ use std::sync::Arc;
 pub mod access;
 mod cache;
 mod console;
+mod insight;
 mod versions;
 
 const MAX_BODY: usize = 64 * 1024;
@@ -509,6 +510,28 @@ impl AdminApi {
                 let page = DomainPage::parse(session.req_header().uri.query())?;
                 Ok((StatusCode::OK, self.list_domains(&page, who)))
             }
+            (&Method::POST, ["api", "domains", domain, "trace"]) => {
+                need(Permission::Read, domain)?;
+                let body = read_body(session).await?;
+                self.trace(domain, &body).await
+            }
+            (&Method::GET, ["api", "domains", domain, "errors"]) => {
+                need(Permission::Read, domain)?;
+                self.errors(domain)
+            }
+            (&Method::GET, ["api", "requests", id]) => {
+                let req = session.req_header();
+                let local = req
+                    .uri
+                    .query()
+                    .is_some_and(|q| q.split('&').any(|p| p == "local=1"));
+                let authorization = req
+                    .headers
+                    .get(http::header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                self.request(id, who, local, authorization.as_deref()).await
+            }
             (&Method::GET, ["api", "domains", domain]) => {
                 need(Permission::Read, domain)?;
                 Ok((StatusCode::OK, self.domain_view(&*self.domain(domain)?)))
@@ -586,6 +609,8 @@ impl AdminApi {
                 | ["api", "domains", _, "versions", ..]
                 | ["api", "domains", _, "rollback"]
                 | ["api", "domains", _, "certificate", "renew"]
+                | ["api", "domains", _, "trace" | "errors"]
+                | ["api", "requests", _]
                 | ["api", "domains", _, "staging", ..]
                 | ["api", "domains", _, "purge" | "prefetch"],
             ) => Err(ApiError::new(

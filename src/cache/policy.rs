@@ -35,10 +35,12 @@ pub struct TtlPolicy {
     pub error_ttl: Duration,
     /// A targeted cache-control field of the domain's own, checked before `CDN-Cache-Control`.
     pub targeted_field: Option<http::HeaderName>,
+    /// Whether responses lose their targeted fields (by default they are forwarded).
+    pub strip_targeted: bool,
 }
 
 impl TtlPolicy {
-    /// The targeted fields this edge obeys, most specific first; clients never see them.
+    /// The targeted fields this edge obeys, most specific first.
     pub fn targeted_fields(&self) -> impl Iterator<Item = &str> {
         self.targeted_field
             .iter()
@@ -59,9 +61,23 @@ fn cache_control(resp: &ResponseHeader, policy: &TtlPolicy) -> Option<CacheContr
     CacheControl::from_resp_headers(resp)
 }
 
+/// The directives whose value is a non-negative Integer in targeted cache control.
+const INTEGER_DIRECTIVES: [&str; 4] = ["max-age", "s-maxage", "stale-while-revalidate", "stale-if-error"];
+/// The directives that are Booleans (written bare, or `?1`/`?0`).
+const BOOLEAN_DIRECTIVES: [&str; 7] = [
+    "no-store",
+    "public",
+    "must-revalidate",
+    "proxy-revalidate",
+    "no-transform",
+    "immutable",
+    "must-understand",
+];
+
 /// Whether a field value is a Structured Fields dictionary (RFC 8941 §3.2) as targeted cache
-/// control uses it: `key` or `key=value` members, keys lower case, values integers, tokens or
-/// quoted strings.
+/// control uses it: `key` or `key=value` members, keys lower case, values integers, booleans,
+/// tokens or quoted strings, and the known directives of their type (RFC 9213 §2.1: a field
+/// with a directive of the wrong type is invalid, and ignored as a whole).
 fn is_dictionary(value: &[u8]) -> bool {
     let Ok(text) = std::str::from_utf8(value) else {
         return false;
@@ -81,11 +97,15 @@ fn is_dictionary(value: &[u8]) -> bool {
                 && v.bytes()
                     .all(|b| b.is_ascii_graphic() && !b"\",;=()<>@[]{}".contains(&b))
     };
+    let is_integer = |v: &str| !v.is_empty() && v.len() <= 15 && v.bytes().all(|b| b.is_ascii_digit());
+    let is_boolean = |v: &str| v == "?1" || v == "?0";
     text.split(',').all(|member| {
         let member = member.trim_matches([' ', '\t']);
         match member.split_once('=') {
-            Some((key, value)) => is_key(key) && is_value(value),
-            None => is_key(member),
+            Some((key, value)) if INTEGER_DIRECTIVES.contains(&key) => is_integer(value),
+            Some((key, value)) if BOOLEAN_DIRECTIVES.contains(&key) => is_boolean(value),
+            Some((key, value)) => is_key(key) && (is_value(value) || is_boolean(value)),
+            None => is_key(member) && !INTEGER_DIRECTIVES.contains(&member),
         }
     })
 }
@@ -231,11 +251,13 @@ mod tests {
         default_ttl: Duration::ZERO,
         error_ttl: Duration::ZERO,
         targeted_field: None,
+        strip_targeted: false,
     };
     const TEN: TtlPolicy = TtlPolicy {
         default_ttl: Duration::from_secs(10),
         error_ttl: Duration::from_secs(10),
         targeted_field: None,
+        strip_targeted: false,
     };
 
     fn ttl(r: RespCacheable) -> Option<u64> {
@@ -313,6 +335,7 @@ mod tests {
     fn with_own_field() -> TtlPolicy {
         TtlPolicy {
             targeted_field: Some(http::HeaderName::from_static("edge-cache-control")),
+            strip_targeted: false,
             ..NONE
         }
     }
@@ -373,6 +396,52 @@ mod tests {
             stale("no-cache, stale-while-revalidate=10, stale-if-error=30"),
             (0, 0)
         );
+    }
+
+    #[test]
+    fn targeted_directives_must_have_their_structured_type() {
+        for valid in [
+            "max-age=60",
+            "no-store",
+            "no-store=?1",
+            "public, max-age=0",
+            "private=\"set-cookie\"",
+        ] {
+            assert!(is_dictionary(valid.as_bytes()), "{valid}");
+        }
+        for invalid in [
+            "max-age=\"60\"",
+            "max-age",
+            "max-age=-1",
+            "s-maxage=1.5",
+            "no-store=1",
+            "public=\"yes\"",
+        ] {
+            assert!(!is_dictionary(invalid.as_bytes()), "{invalid}");
+        }
+    }
+
+    #[test]
+    fn an_age_with_anything_after_its_digits_is_ignored() {
+        let now = SystemTime::now();
+        for (age, expected) in [
+            ("30", 30),
+            ("30s", 0),
+            ("30 ", 0),
+            ("3 0", 0),
+            ("+30", 0),
+            ("", 0),
+        ] {
+            let mut r = ResponseHeader::build(200, None).unwrap();
+            if let Ok(value) = http::HeaderValue::from_bytes(age.as_bytes()) {
+                r.append_header(http::header::AGE, value).unwrap();
+            }
+            assert_eq!(
+                initial_age(&r, now),
+                Duration::from_secs(expected),
+                "Age: {age:?}"
+            );
+        }
     }
 
     #[test]

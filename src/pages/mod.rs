@@ -466,6 +466,26 @@ fn choose_page<'a>(rule: &'a Rule, req: &RequestHeader) -> (Chosen<'a>, response
     }
 }
 
+/// What a trace shows of the page of `rule` that fits `req`: the page (none: the built-in
+/// problem document), the media type of the variant chosen, and the language.
+pub fn page_for<'a>(rule: &'a Rule, req: &RequestHeader) -> (Option<&'a PageUrl>, &'a str, Option<String>) {
+    let (chosen, fit) = choose_page(rule, req);
+    match chosen {
+        Chosen::Problem => (None, "application/problem+json", None),
+        Chosen::Page(url) => {
+            let in_variant = |(_, v): &&(String, rules::Variant)| {
+                v.url == *url || v.languages.iter().any(|(_, u)| u == url)
+            };
+            let media = rule
+                .variants
+                .iter()
+                .find(in_variant)
+                .map_or("text/html", |(media, _)| media.as_str());
+            (Some(url), media, fit.language)
+        }
+    }
+}
+
 /// The response header with which an origin keeps its own error: `Custom-Page: off`.
 pub const OPT_OUT_HEADER: &str = "custom-page";
 

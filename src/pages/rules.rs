@@ -230,6 +230,11 @@ impl Rule {
 /// code and source match, the most specific code pattern (exact, list, narrowest range,
 /// class), ties going to the first in the file. A skip rule chosen means no page (`None`).
 pub fn select<'a>(rules: &'a [Rule], req: &RequestHeader, status: u16, source: Source) -> Option<&'a Rule> {
+    winner(rules, req, status, source).filter(|rule| !rule.skip)
+}
+
+/// The rule [`select`] decides by, a skip rule included (a trace shows which one skipped).
+pub fn winner<'a>(rules: &'a [Rule], req: &RequestHeader, status: u16, source: Source) -> Option<&'a Rule> {
     let applies = |r: &&Rule| r.source.admits(source) && r.code.matches(status);
     let chosen = rules
         .iter()
@@ -242,7 +247,7 @@ pub fn select<'a>(rules: &'a [Rule], req: &RequestHeader, status: u16, source: S
                 .filter(|r| r.when.is_none())
                 .min_by_key(|r| r.code.specificity())
         });
-    chosen.filter(|rule| !rule.skip)
+    chosen
 }
 
 /// Whether a request (normalized host, path without query) is for the page a rule serves or

@@ -6,6 +6,7 @@
 
 pub mod routes;
 pub mod state;
+pub mod trace;
 
 pub use routes::{Domain, Patched, RouteTable};
 pub use state::Folders;
@@ -54,6 +55,10 @@ pub struct Runtime {
     certs: Arc<CertResolver>,
     /// The custom pages module and its page store.
     pub pages: CustomPages,
+    /// The decisions of the last error responses, by request id.
+    pub recent_errors: crate::insight::RecentErrors,
+    /// The paths that fail most, per domain.
+    pub error_paths: crate::insight::ErrorPaths,
     /// The content cache.
     pub cache: EdgeCache,
     /// The folders state is kept in (none: nothing is kept across restarts).
@@ -220,6 +225,7 @@ impl Runtime {
             settings.cache_lock_timeout,
         );
         let (by_hand, by_hand_queue) = tokio::sync::mpsc::unbounded_channel();
+        let recent_errors = settings.admin_recent_errors;
         Arc::new(Runtime {
             settings,
             source,
@@ -229,6 +235,8 @@ impl Runtime {
             health,
             certs,
             pages: CustomPages::new(store),
+            recent_errors: crate::insight::RecentErrors::new(recent_errors),
+            error_paths: crate::insight::ErrorPaths::new(),
             cache,
             folders,
             pages_restored,
@@ -860,6 +868,8 @@ impl Runtime {
         if let Some(acme) = self.acme.get() {
             acme.want(&acme_hosts(&routes));
         }
+        // The error paths of domains gone are forgotten (their memory goes back to the bound).
+        self.error_paths.retain(|label| routes.has_label(label));
         let old = self.routes.swap(routes);
         if !patched.pages_dropped.is_empty() {
             // The longest a request can still be using the old table: its origin's read

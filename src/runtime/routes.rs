@@ -629,6 +629,11 @@ impl RouteTable {
             .map(|(_, domain)| domain)
     }
 
+    /// Whether a domain is served under this label (its name as written).
+    pub fn has_label(&self, label: &str) -> bool {
+        self.domains.contains_key(label)
+    }
+
     /// The domain claimed under exactly this name (`exp.example.com` or `*.example.com`).
     pub fn by_name(&self, name: &DomainName) -> Option<&Arc<Domain>> {
         match name {
@@ -825,6 +830,7 @@ fn compile_domain(
                 .targeted_field
                 .as_ref()
                 .and_then(|f| http::HeaderName::from_bytes(f.to_ascii_lowercase().as_bytes()).ok()),
+            strip_targeted: spec.cache.strip_targeted,
         },
         rules: spec
             .custom_pages

@@ -83,6 +83,8 @@ pub struct EtcdSource {
     report: Mutex<Applied>,
     /// Woken when `report` changes.
     reported: tokio::sync::Notify,
+    /// This edge's admin API, announced in its entry under `edges/`.
+    admin_url: Mutex<Option<String>>,
     /// Operations are replayed from after this revision: the first load's (so an edge skips
     /// what was broadcast before it started), then the last operation seen.
     ops_after: Mutex<i64>,
@@ -130,6 +132,7 @@ impl EtcdSource {
             report: Mutex::new(Applied::default()),
             reported: tokio::sync::Notify::new(),
             ops_after: Mutex::new(0),
+            admin_url: Mutex::new(None),
         }
     }
 
@@ -151,6 +154,7 @@ impl EtcdSource {
                     errors: applied.errors,
                     source: if state.from_snapshot { "snapshot" } else { "etcd" }.to_string(),
                     updated_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+                    admin: self.admin_url.lock().clone(),
                 }
             };
             let report = serde_json::to_string(&report).map_err(|e| e.to_string())?;
@@ -1102,6 +1106,15 @@ impl Fleet for EtcdSource {
             .iter()
             .filter_map(|kv| Some((kv.key_str().ok()?.to_string(), kv.value_str().ok()?.to_string())))
             .collect())
+    }
+
+    fn announce_admin(&self, url: String) {
+        *self.admin_url.lock() = Some(url);
+        self.reported.notify_one();
+    }
+
+    fn edge_id(&self) -> &str {
+        &self.settings.edge_id
     }
 
     async fn edges(&self) -> Result<Vec<EdgeReport>, String> {

@@ -189,9 +189,13 @@ pub struct DomainCacheSpec {
     #[serde(default, skip_serializing_if = "is_false")]
     pub share_schemes: bool,
     /// A targeted cache-control field of this domain's own (RFC 9213), obeyed before
-    /// `CDN-Cache-Control` and `Cache-Control`, and never forwarded to clients.
+    /// `CDN-Cache-Control` and `Cache-Control`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub targeted_field: Option<String>,
+    /// Remove the targeted fields from responses (by default they are forwarded, as RFC 9213
+    /// intends for chains of CDNs: a cache downstream may obey them too).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub strip_targeted: bool,
 }
 
 /// Where an error status came from.

@@ -362,6 +362,13 @@ pub struct AdminSection {
     /// Versions kept per domain (at least 1).
     #[serde(default = "default_history")]
     pub history: usize,
+    /// Error responses whose decisions are kept for `GET /api/requests/{id}` (0: none).
+    #[serde(default = "default_recent_errors")]
+    pub recent_errors: usize,
+}
+
+fn default_recent_errors() -> usize {
+    10_000
 }
 
 fn default_history() -> usize {
@@ -377,6 +384,7 @@ impl Default for AdminSection {
             audit_log: None,
             tls: None,
             history: default_history(),
+            recent_errors: default_recent_errors(),
         }
     }
 }
@@ -426,6 +434,8 @@ pub struct EdgeSettings {
     pub acme: Option<AcmeSettings>,
     /// Versions kept per domain.
     pub admin_history: usize,
+    /// Error responses whose decisions are kept.
+    pub admin_recent_errors: usize,
     /// Where the access log goes.
     pub access_log: AccessLogTarget,
     /// How its lines are written.
@@ -636,6 +646,15 @@ impl EdgeSettings {
                 );
             }
         }
+        if raw.admin.recent_errors > 1_000_000 {
+            err(
+                "admin.recent_errors",
+                format!(
+                    "{} decisions: keep at most 1000000 (about 300 bytes each)",
+                    raw.admin.recent_errors
+                ),
+            );
+        }
         if !(1..=10_000).contains(&raw.admin.history) {
             err(
                 "admin.history",
@@ -800,6 +819,7 @@ impl EdgeSettings {
                 admin_tls: raw.admin.tls.map(resolve),
                 acme,
                 admin_history: raw.admin.history,
+                admin_recent_errors: raw.admin.recent_errors,
                 access_log: AccessLogTarget::parse(&raw.access_log, base),
                 access_log_format: raw.access_log_format,
                 source,
