@@ -49,6 +49,9 @@ enum Suite {
     /// The domain's versions (diff, rollback) and its staging configuration (preview, publish,
     /// discard), on a domain without rules.
     Versions,
+    /// Test a URL, the Errors tab and Look up a request, on a domain with a 404 rule (page A)
+    /// and a 5xx rule (page B).
+    Insight,
 }
 
 /// A domain the scoped token may not touch.
@@ -103,6 +106,7 @@ async fn run_browser_tests(edge: &Edge, suite: Suite, expected: usize) {
                         "0"
                     },
                 )
+                .env("INSIGHT", if matches!(suite, Suite::Insight) { "1" } else { "0" })
                 .output()
         }
     })
@@ -218,4 +222,24 @@ async fn the_console_shows_versions_rolls_back_and_publishes_staging_in_a_browse
     )
     .await;
     run_browser_tests(&edge, Suite::Versions, 4).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_console_traces_a_url_charts_errors_and_looks_up_a_request_in_a_browser() {
+    browser();
+    let origin = Origin::start().await;
+    origin.route("/a.html", page(TEXT_A));
+    origin.route("/b.html", page(TEXT_B));
+    // Every other path is a 404 of the origin's own (the harness origin's "no route").
+    let rules = format!(
+        "custom_pages:\n  - code: 404\n    url: http://{DOMAIN}/a.html\n  - code: \"5xx\"\n    url: http://{DOMAIN}/b.html\n"
+    );
+    let edge = start_edge(
+        EdgeOptions::default(),
+        vec![("exp.yaml", domain_yaml(DOMAIN, origin.addr(), &rules))],
+    )
+    .await;
+    common::wait_fetched(&edge, &format!("http://{DOMAIN}/a.html")).await;
+    common::wait_fetched(&edge, &format!("http://{DOMAIN}/b.html")).await;
+    run_browser_tests(&edge, Suite::Insight, 2).await;
 }

@@ -5,7 +5,8 @@
 // Environment: ADMIN_URL (the console), EDGE (host:port of the edge), DOMAIN, TOKEN,
 // PAGE_A / PAGE_B (page URLs the origin serves) and TEXT_A / TEXT_B (their text),
 // SCREENSHOTS (a folder for screenshots of failures), CHROMIUM (the browser). Which suite runs:
-// AFTER_RESTART=1, SCOPED_TOKEN set, VERSIONS=1 (domain versions and staging), else the main one.
+// AFTER_RESTART=1, SCOPED_TOKEN set, VERSIONS=1 (domain versions and staging), INSIGHT=1 (Test a
+// URL, the Errors tab and Look up a request), else the main one.
 import { chromium } from "playwright-core";
 import http from "node:http";
 import fs from "node:fs";
@@ -36,7 +37,7 @@ function edgeGet(pathname, accept, extra) {
       let body = "";
       res.setEncoding("utf8");
       res.on("data", (chunk) => (body += chunk));
-      res.on("end", () => resolve({ status: res.statusCode, body }));
+      res.on("end", () => resolve({ status: res.statusCode, body, headers: res.headers }));
     });
     req.on("error", reject);
     req.end();
@@ -640,9 +641,128 @@ const versions = {
     assert((await apiVersions()).current === versionBefore, "no new version");
   },
 };
+// Run by tests/console.rs with INSIGHT=1: DOMAIN has a 404 rule serving PAGE_A and a 5xx rule
+// serving PAGE_B; the origin answers 404 for every other path.
+async function apiErrors() {
+  const resp = await adminCall("GET", `/api/domains/${DOMAIN}/errors`);
+  assert(resp.status === 200, `GET errors: ${resp.status}`);
+  return resp.json();
+}
+
+/// The texts of the items of a steps list.
+async function stepTexts(list) {
+  return list.getByRole("listitem").allInnerTexts();
+}
+
+/// Scrolls the trace's preview into view (a frame out of view may not be painted).
+async function showPreview(page) {
+  await page.getByTitle("Page preview").scrollIntoViewIfNeeded();
+}
+
+const insight = {
+  async "Test a URL traces a path, the Errors tab charts and ranks the failing paths, and Trace explains one"(page) {
+    const missing = "/insight/missing";
+    for (let i = 0; i < 3; i += 1) {
+      const got = await edgeGet(missing);
+      assert(got.status === 404 && got.body.includes(TEXT_A), `a custom 404 through the edge: ${got.status} ${got.body}`);
+    }
+    // Errors are counted once the response has gone out.
+    await eventually("the three 404s counted", async () => {
+      const top = (await apiErrors()).hour.top;
+      const row = top.find((t) => t.path === missing);
+      return row && row.count === 3 ? true : top;
+    });
+    await signIn(page);
+    await manage(page);
+    // A real trace of a path the origin does not have: the 404 rule and its page.
+    const form = page.getByRole("form", { name: "Test a URL" });
+    const traced = "/insight/never-there";
+    await form.getByLabel("URL").fill(traced);
+    await form.getByRole("button", { name: "Trace" }).click();
+    const steps = page.getByRole("list", { name: "Trace steps" });
+    await steps.getByRole("listitem").filter({ hasText: /^rule: 404/ }).waitFor();
+    await page.getByRole("status").filter({ hasText: `Status 404 for ${traced}` }).waitFor();
+    let texts = await stepTexts(steps);
+    assert(texts[0].startsWith("route: ") && texts[texts.length - 1].startsWith("response: 404"), `the steps: ${texts.join(" | ")}`);
+    assert(texts.some((t) => t.startsWith("page: ") && t.includes(PAGE_A)), `the page step names the page: ${texts.join(" | ")}`);
+    const preview = page.getByTitle("Page preview");
+    assert((await preview.getAttribute("sandbox")) === "", "the preview frame is sandboxed");
+    await showPreview(page);
+    await page.frameLocator("#trace-preview").locator("body").filter({ hasText: TEXT_A }).waitFor();
+    await page.screenshot({ path: path.join(SCREENSHOTS, "view-trace.png"), fullPage: true });
+    // A simulated origin answer: the 5xx rule and its page.
+    await form.getByLabel("URL").fill("/insight/down");
+    await form.getByLabel("Origin status").fill("503");
+    await form.getByRole("button", { name: "Trace" }).click();
+    await steps.getByRole("listitem").filter({ hasText: /^rule: 5xx/ }).waitFor();
+    texts = await stepTexts(steps);
+    assert(texts.some((t) => t.startsWith("origin: 503") && t.includes("simulated")), `a simulated origin step: ${texts.join(" | ")}`);
+    assert(texts[texts.length - 1].startsWith("response: 503"), `the response step: ${texts.join(" | ")}`);
+    await showPreview(page);
+    await page.frameLocator("#trace-preview").locator("body").filter({ hasText: TEXT_B }).waitFor();
+    // The Errors tab: the chart, and the path with its count; traces are not counted.
+    await page.getByRole("tab", { name: "Errors" }).click();
+    assert((await page.getByRole("tab", { name: "Errors" }).getAttribute("aria-selected")) === "true", "the Errors tab is selected");
+    const panel = tabPanel(page, "Errors");
+    await panel.getByRole("img", { name: "Errors over time", exact: true }).waitFor();
+    const rowOf = (p) => panel.getByRole("row").filter({ has: page.getByRole("rowheader", { name: p, exact: true }) });
+    await rowOf(missing).waitFor();
+    const columns = (await panel.getByRole("columnheader").allInnerTexts()).map((c) => c.trim());
+    assert(JSON.stringify(columns) === JSON.stringify(["Path", "Errors", "Statuses", "Custom page", "Actions"]), `the columns: ${columns}`);
+    const cells = (await rowOf(missing).locator("th, td").allInnerTexts()).map((c) => c.trim());
+    assert(cells[1] === "3" && cells[2].includes("404") && cells[3] === "3", `the row of ${missing}: ${cells}`);
+    assert((await rowOf(traced).count()) === 0, "a traced path is not counted as an error");
+    await page.screenshot({ path: path.join(SCREENSHOTS, "view-errors.png"), fullPage: true });
+    // The last 24 hours hold them too.
+    await panel.getByRole("button", { name: "Last 24 hours" }).click();
+    await panel.getByRole("button", { name: "Last 24 hours", pressed: true }).waitFor();
+    assert((await panel.getByRole("button", { name: "Last hour" }).getAttribute("aria-pressed")) === "false", "Last hour is not pressed");
+    await panel.getByRole("img", { name: "Errors over time", exact: true }).waitFor();
+    await rowOf(missing).getByRole("cell", { name: "3", exact: true }).first().waitFor();
+    // Trace: the path in the Test a URL box, traced for real (the origin status cleared).
+    await rowOf(missing).getByRole("button", { name: "Trace" }).click();
+    await page.getByRole("status").filter({ hasText: `Status 404 for ${missing}` }).waitFor();
+    assert((await form.getByLabel("URL").inputValue()) === missing, "the path is in the URL box");
+    assert((await form.getByLabel("Origin status").inputValue()) === "", "the origin status is cleared");
+    await steps.getByRole("listitem").filter({ hasText: /^rule: 404/ }).waitFor();
+    texts = await stepTexts(steps);
+    assert(texts.some((t) => t.startsWith("origin: 404") && !t.includes("simulated")), `the origin's real answer: ${texts.join(" | ")}`);
+    await showPreview(page);
+    await page.frameLocator("#trace-preview").locator("body").filter({ hasText: TEXT_A }).waitFor();
+  },
+
+  async "Look up a request shows a real 404's steps by its X-Request-Id, and says when an id is not found"(page) {
+    const got = await edgeGet("/insight/looked-up");
+    assert(got.status === 404 && got.body.includes(TEXT_A), `a custom 404 through the edge: ${got.status} ${got.body}`);
+    const id = got.headers["x-request-id"];
+    assert(id, `an X-Request-Id: ${JSON.stringify(got.headers)}`);
+    // Recorded once the response has gone out.
+    await eventually("the request held", async () => {
+      const resp = await adminCall("GET", `/api/requests/${encodeURIComponent(id)}`);
+      return resp.status === 200 ? true : resp.status;
+    });
+    await signIn(page);
+    const form = page.getByRole("form", { name: "Look up a request" });
+    await form.getByLabel("Request ID").fill(id);
+    await form.getByRole("button", { name: "Look up" }).click();
+    const steps = page.getByRole("list", { name: "Request steps" });
+    await steps.getByRole("listitem").filter({ hasText: /^rule: 404/ }).waitFor();
+    const texts = await stepTexts(steps);
+    assert(texts[0].startsWith("route: ") && texts[texts.length - 1].startsWith("response: 404"), `the steps: ${texts.join(" | ")}`);
+    assert(texts.some((t) => t.startsWith("page: ") && t.includes(PAGE_A)), `the page step: ${texts.join(" | ")}`);
+    await page.getByText("/insight/looked-up", { exact: false }).first().waitFor();
+    await page.screenshot({ path: path.join(SCREENSHOTS, "view-lookup.png"), fullPage: true });
+    // An id the edge never saw.
+    await form.getByLabel("Request ID").fill("never-seen-request-0000");
+    await form.getByRole("button", { name: "Look up" }).click();
+    await page.getByRole("status").filter({ hasText: "not found" }).waitFor();
+    await steps.waitFor({ state: "hidden" });
+  },
+};
 const chosen = process.env.AFTER_RESTART === "1" ? afterRestart
   : process.env.SCOPED_TOKEN ? scoped
   : process.env.VERSIONS === "1" ? versions
+  : process.env.INSIGHT === "1" ? insight
   : tests;
 
 const browser = await chromium.launch({

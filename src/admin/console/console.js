@@ -280,13 +280,20 @@ async function showManage(name) {
   $("version-title").hidden = true;
   $("version-yaml").hidden = true;
   $("diff").hidden = true;
+  clearTrace();
+  errorsWindow = "hour";
   show("manage-view");
   await selectTab("tab-pages");
 }
 
 // ------------------------------------------------------------------ Manage tabs
 
-const TABS = { "tab-pages": () => loadRules(), "tab-versions": () => loadVersions(), "tab-staging": () => loadStaging() };
+const TABS = {
+  "tab-pages": () => loadRules(),
+  "tab-versions": () => loadVersions(),
+  "tab-staging": () => loadStaging(),
+  "tab-errors": () => loadErrors(),
+};
 
 // Shows the tab `id` and its panel, and loads what the panel shows.
 async function selectTab(id, focus) {
@@ -720,6 +727,278 @@ async function submitRollback(event) {
   await loadRules();
 }
 
+// ------------------------------------------------------------------ Why this error page
+
+// A step of a trace or of a request look-up (the API's JSON) as one line of text that starts
+// with the step's name: "rule: 404#1 (paths /shop/*)", "page: in place http://…/404.html, fresh".
+const PAGE_KINDS = { in_place: "in place", redirect: "redirect", problem: "problem details", default: "built-in page", none: "none" };
+
+function present(value) {
+  return value !== null && value !== undefined && value !== "";
+}
+
+function stepDetail(s) {
+  const parts = [];
+  switch (s.step) {
+    case "route":
+      parts.push(String(s.domain) + (present(s.match) ? " (" + s.match + ")" : ""));
+      if (present(s.host) && s.host !== s.domain) parts.push("host " + s.host);
+      if (s.staging) parts.push("staging");
+      break;
+    case "connection":
+      parts.push(String(s.scheme), String(s.outcome) + (present(s.location) ? " to " + s.location : ""));
+      break;
+    case "cache":
+      parts.push(String(s.state));
+      if (present(s.age)) parts.push("age " + s.age + " s");
+      if (present(s.key)) parts.push("key " + s.key);
+      break;
+    case "origin":
+      parts.push(present(s.status) ? String(s.status) : "no answer");
+      if (s.simulated) parts.push("simulated");
+      if (s.from_cache) parts.push("from the cache");
+      if (present(s.server)) parts.push("server " + s.server);
+      if (present(s.error)) parts.push("error: " + s.error);
+      break;
+    case "rule": {
+      if (s.matched) {
+        const when = typeof s.when === "string" ? s.when : whenText(s.when);
+        parts.push(String(present(s.rule) ? s.rule : s.code) + (present(when) ? " (" + when + ")" : ""));
+        if (s.skip) parts.push("skip: no custom page");
+        if (s.opted_out) parts.push("opted out by the origin (Custom-Page: off)");
+      } else if (s.opted_out) {
+        parts.push("none, opted out by the origin (Custom-Page: off)");
+      } else {
+        parts.push("none" + (present(s.reason) ? " (" + s.reason + ")" : ""));
+      }
+      break;
+    }
+    case "page":
+      if (s.kind === "redirect") parts.push("redirect to " + (present(s.location) ? s.location : s.url));
+      else parts.push(Object.hasOwn(PAGE_KINDS, s.kind) ? PAGE_KINDS[s.kind] : String(s.kind));
+      if (s.kind !== "redirect" && present(s.url)) parts[0] += " " + s.url;
+      if (present(s.variant)) parts.push(s.variant);
+      if (present(s.language)) parts.push("language " + s.language);
+      if (present(s.state)) parts.push(String(s.state).replace(/_/g, " "));
+      if (present(s.fetched_at)) parts.push("fetched at " + s.fetched_at);
+      break;
+    case "response":
+      parts.push(String(s.status));
+      break;
+    default: {
+      const rest = { ...s };
+      delete rest.step;
+      parts.push(JSON.stringify(rest));
+    }
+  }
+  return parts.join(", ");
+}
+
+// Shows `steps` in the ordered list `list`, one item a step; the headers of the origin's
+// answer and of the response under their step.
+function showSteps(list, steps) {
+  list.replaceChildren();
+  for (const s of Array.isArray(steps) ? steps : []) {
+    const item = el("li", String(s.step) + ": " + stepDetail(s), { "data-step": String(s.step) });
+    const headers = s.headers && typeof s.headers === "object" ? Object.entries(s.headers) : [];
+    if (headers.length) item.append(el("div", headers.map(([name, value]) => name + ": " + value).join("; "), { class: "muted" }));
+    list.append(item);
+  }
+}
+
+// ------------------------------------------------------------------ Manage → Test a URL
+
+function clearTrace() {
+  $("trace-url").value = "";
+  $("trace-origin-status").value = "";
+  $("trace-error").textContent = "";
+  $("trace-result").hidden = true;
+  $("trace-steps").replaceChildren();
+  $("trace-preview").replaceWith(previewFrame(""));
+}
+
+// A new frame for the preview (rather than a new srcdoc in the old one, which Chromium may
+// leave unpainted when it loaded while hidden): sandboxed, so the page runs no script and has
+// no origin of its own.
+function previewFrame(html) {
+  const frame = el("iframe", null, { id: "trace-preview", title: "Page preview", sandbox: "" });
+  frame.hidden = html === "";
+  frame.srcdoc = html;
+  return frame;
+}
+
+// Asks the edge what it does for the path in the form (POST .../trace), and shows the steps,
+// the final status and the start of the body in a sandboxed frame (no scripts, no same origin).
+async function runTrace(event) {
+  if (event) event.preventDefault();
+  const url = $("trace-url").value.trim();
+  if (url === "") {
+    $("trace-error").textContent = "Enter a path, such as /shop/missing.";
+    return;
+  }
+  const body = { url };
+  const originStatus = $("trace-origin-status").value.trim();
+  if (originStatus !== "") body.origin_status = Number(originStatus);
+  $("trace-error").textContent = "";
+  const domain = current;
+  const answer = await api("POST", domainPath() + "/trace", body);
+  if (domain !== current) return;
+  if (!answer.ok) {
+    $("trace-result").hidden = true;
+    $("trace-error").textContent = describe(answer);
+    return;
+  }
+  const trace = answer.json;
+  const steps = Array.isArray(trace.steps) ? trace.steps : [];
+  $("trace-status").textContent = "Status " + trace.status + " for " + url + " on " + (trace.host || current)
+    + (body.origin_status ? " (the origin's answer simulated: " + body.origin_status + ")" : "");
+  showSteps($("trace-steps"), steps);
+  const response = steps.find((s) => s.step === "response");
+  const start = response && typeof response.body_start === "string" ? response.body_start : "";
+  $("trace-result").hidden = false;
+  $("trace-preview").replaceWith(previewFrame(start));
+}
+
+// The Trace button of a top error path: that path in the Test a URL form, traced for real.
+async function traceFromErrors(path) {
+  $("trace-url").value = path;
+  $("trace-origin-status").value = "";
+  await runTrace();
+  $("trace-section").scrollIntoView({ block: "nearest" });
+}
+
+// ------------------------------------------------------------------ Manage → Errors
+
+let errorsWindow = "hour"; // "hour" or "day"
+
+function byteText(n) {
+  const units = ["bytes", "KiB", "MiB", "GiB"];
+  let value = Number(n) || 0;
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit += 1;
+  }
+  return (unit === 0 ? String(value) : value.toFixed(1)) + " " + units[unit];
+}
+
+// A bar per bucket, its 4xx and 5xx stacked; the role and name say what it is, the total and
+// the table below say it in words.
+function errorsChart(series) {
+  const ns = "http://www.w3.org/2000/svg";
+  const make = (tag, attrs) => {
+    const node = document.createElementNS(ns, tag);
+    for (const [name, value] of Object.entries(attrs)) node.setAttribute(name, String(value));
+    return node;
+  };
+  const [width, plot, height] = [480, 100, 116];
+  const svg = make("svg", {
+    class: "errors-chart", viewBox: "0 0 " + width + " " + height, role: "img",
+    "aria-label": "Errors over time", "aria-describedby": "errors-total",
+  });
+  const count = (p, key) => Math.max(0, Number(p && p[key]) || 0);
+  const top = Math.max(1, ...series.map((p) => count(p, "4xx") + count(p, "5xx")));
+  const slot = width / Math.max(1, series.length);
+  const time = (at) => (typeof at === "string" && at.length >= 16 ? at.slice(11, 16) : String(at));
+  series.forEach((p, i) => {
+    const [client, server] = [count(p, "4xx"), count(p, "5xx")];
+    const [h4, h5] = [Math.round((client / top) * plot), Math.round((server / top) * plot)];
+    const group = make("g", { class: "bucket" });
+    const title = make("title", {});
+    title.textContent = time(p.at) + ": " + client + " 4xx, " + server + " 5xx";
+    group.append(title);
+    group.append(make("rect", { class: "bar-4xx", x: i * slot + 1, y: plot - h4, width: Math.max(1, slot - 2), height: h4 }));
+    group.append(make("rect", { class: "bar-5xx", x: i * slot + 1, y: plot - h4 - h5, width: Math.max(1, slot - 2), height: h5 }));
+    svg.append(group);
+  });
+  svg.append(make("line", { class: "axis", x1: 0, y1: plot + 0.5, x2: width, y2: plot + 0.5 }));
+  if (series.length) {
+    const first = make("text", { class: "axis-label", x: 1, y: height - 2, "text-anchor": "start" });
+    first.textContent = time(series[0].at);
+    const last = make("text", { class: "axis-label", x: width - 1, y: height - 2, "text-anchor": "end" });
+    last.textContent = time(series[series.length - 1].at);
+    svg.append(first, last);
+  }
+  return svg;
+}
+
+async function loadErrors() {
+  const hourly = errorsWindow === "hour";
+  $("errors-hour").setAttribute("aria-pressed", String(hourly));
+  $("errors-day").setAttribute("aria-pressed", String(!hourly));
+  $("errors-bucket").textContent = hourly ? "5 minutes" : "hour";
+  const answer = await api("GET", domainPath() + "/errors");
+  const rows = $("error-rows");
+  rows.replaceChildren();
+  $("errors-chart").replaceChildren();
+  if (!answer.ok) {
+    $("errors-total").textContent = "";
+    $("errors-memory").textContent = "";
+    $("errors-none").hidden = true;
+    $("errors-error").textContent = describe(answer);
+    return;
+  }
+  $("errors-error").textContent = "";
+  const data = answer.json;
+  const w = (data && data[errorsWindow]) || {};
+  const series = Array.isArray(w.series) ? w.series : [];
+  const top = Array.isArray(w.top) ? w.top : [];
+  const span = hourly ? "the last hour" : "the last 24 hours";
+  const total = Number(w.total) || 0;
+  $("errors-total").textContent = total + (total === 1 ? " error response in " : " error responses in ") + span + ".";
+  $("errors-chart").append(errorsChart(series));
+  for (const t of top) {
+    const path = String(t.path);
+    const tr = el("tr", null, { "data-path": path });
+    tr.append(el("th", path, { scope: "row" }));
+    tr.append(el("td", t.count));
+    tr.append(el("td", Object.entries(t.statuses || {}).map(([status, n]) => status + " (" + n + ")").join(", ")));
+    tr.append(el("td", t.custom_page));
+    const actions = el("td");
+    actions.append(button("Trace", () => traceFromErrors(path), path));
+    tr.append(actions);
+    rows.append(tr);
+  }
+  $("errors-none").textContent = "No error responses in " + span + ".";
+  $("errors-none").hidden = top.length > 0;
+  $("errors-memory").textContent = present(data.memory_bytes)
+    ? "Counted in " + byteText(data.memory_bytes) + " of at most " + byteText(data.memory_limit_bytes)
+      + " (every domain's paths together); with many distinct paths, the counts of the rarest are estimates."
+    : "";
+}
+
+async function showErrorsWindow(which) {
+  errorsWindow = which;
+  await loadErrors();
+}
+
+// ------------------------------------------------------------------ Domain Names → Look up a request
+
+async function lookUpRequest(event) {
+  event.preventDefault();
+  const id = $("lookup-id").value.trim();
+  const list = $("lookup-steps");
+  list.replaceChildren();
+  list.hidden = true;
+  $("lookup-summary").hidden = true;
+  if (id === "") return;
+  const answer = await api("GET", "/api/requests/" + encodeURIComponent(id));
+  if (answer.status === 404) {
+    $("lookup-message").textContent = "Request " + id + " not found: the edge keeps only its recent error responses, of the domains you may read.";
+    return;
+  }
+  if (!answer.ok) {
+    $("lookup-message").textContent = describe(answer);
+    return;
+  }
+  const r = answer.json;
+  $("lookup-message").textContent = "Request " + (r.request_id || id) + " found" + (present(r.edge) ? " on edge " + r.edge : "") + ".";
+  $("lookup-summary").textContent = r.method + " " + r.url + " on " + r.domain + " at " + r.time + ": " + r.status;
+  $("lookup-summary").hidden = false;
+  showSteps(list, r.steps);
+  list.hidden = false;
+}
+
 // ------------------------------------------------------------------ Manage → Staging
 
 let staging = null; // the staging configuration shown (GET .../staging), or null
@@ -859,6 +1138,10 @@ document.addEventListener("DOMContentLoaded", () => {
   $("rule-cancel").addEventListener("click", () => $("rule-dialog").close());
   $("rule-code").addEventListener("change", () => setPattern($("rule-code").value === "pattern"));
   $("preview-close").addEventListener("click", () => $("preview-dialog").close());
+  $("trace-form").addEventListener("submit", runTrace);
+  $("errors-hour").addEventListener("click", () => showErrorsWindow("hour"));
+  $("errors-day").addEventListener("click", () => showErrorsWindow("day"));
+  $("lookup-form").addEventListener("submit", lookUpRequest);
   if (sessionStorage.getItem(TOKEN_KEY)) whoAmI().then(showDomains);
   else show("sign-in-view");
 });
