@@ -37,6 +37,12 @@ pub trait Fleet: Send + Sync {
 
     /// This edge's name in the fleet.
     fn edge_id(&self) -> &str;
+
+    /// The token this edge presents when it asks another edge's admin API (a shared token that
+    /// may read every domain), if it has one: a caller's own token is never sent on.
+    fn fleet_token(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// What `POST /api/domains/{domain}/purge` takes: exactly one of `urls`, `prefix`, `all`.

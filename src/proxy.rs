@@ -133,12 +133,12 @@ impl EdgeProxy {
             None => (Some(status), status),
         };
         self.runtime.recent_errors.record(crate::insight::Decision {
-            request_id: ctx.pages.request_id.as_str().into(),
+            request_id: crate::insight::cut(&ctx.pages.request_id).into(),
             time: now,
             domain: Arc::from(domain.label.as_str()),
-            host: ctx.host.as_str().into(),
+            host: crate::insight::cut(&ctx.host).into(),
             method: req.method.as_str().into(),
-            url: req.uri.path_and_query().map_or("/", |p| p.as_str()).into(),
+            url: crate::insight::cut(req.uri.path_and_query().map_or("/", |p| p.as_str())).into(),
             https: ctx.https,
             staging: ctx.staging,
             cache,
@@ -162,7 +162,8 @@ impl EdgeProxy {
         if req.method != http::Method::GET || tls::server_name(session.digest()).is_some() {
             return None;
         }
-        acme.answer(token).await
+        let host = request_host(req)?;
+        acme.answer(&host, token).await
     }
 
     async fn respond_error(&self, session: &mut Session, ctx: &mut RequestCtx, status: u16) -> Result<()> {

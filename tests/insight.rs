@@ -874,3 +874,42 @@ async fn a_request_answered_by_another_edge_of_the_fleet_is_found_through_this_o
     let unknown = admin_a.get("/api/requests/never-seen-anywhere").await;
     assert_eq!(unknown.status, 404);
 }
+
+/// A trace asks the origin itself only with GET or HEAD, and never passes it the staging key:
+/// a token that may read a domain cannot make its origin act.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trace_sends_the_origin_only_safe_requests_without_the_staging_key() {
+    let origin = origin().await;
+    let edge = start(&origin).await;
+    let admin = Admin::new(&edge);
+    let post = trace_as(&admin, TOKEN, EXP, &json!({"url": "/orders", "method": "POST"})).await;
+    assert_eq!(post.status, 400, "{post:#?}");
+    assert_eq!(post.json["field"], "origin_status", "{post:#?}");
+    assert_eq!(origin.hits("/orders"), 0, "nothing reached the origin");
+    // With a simulated answer, any method is traced.
+    let simulated = trace(
+        &edge,
+        &admin,
+        json!({"url": "/orders", "method": "POST", "origin_status": 503}),
+    )
+    .await;
+    assert_eq!(simulated["status"], 503);
+    assert_eq!(origin.hits("/orders"), 0);
+    // A GET reaches it once, without the staging key the trace was given.
+    let traced = trace(
+        &edge,
+        &admin,
+        json!({"url": "/keyed", "headers": {"X-Custom-Pages-Staging": "0123456789abcdef0123456789abcdef"}}),
+    )
+    .await;
+    assert_eq!(traced["status"], 404);
+    let asked = origin.requests("/keyed");
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    assert!(
+        asked
+            .iter()
+            .all(|r| r.header("x-custom-pages-staging").is_none()
+                && r.header("x-custom-pages-trace") == Some("1")),
+        "{asked:?}"
+    );
+}

@@ -49,6 +49,8 @@ const RATE_LIMITED: Duration = Duration::from_secs(3600);
 const TICK: Duration = Duration::from_secs(1);
 /// Orders under way at once.
 const CONCURRENT_ORDERS: usize = 4;
+/// The longest HTTP-01 token looked up (RFC 8555 tokens are 43 characters of base64url).
+const MAX_TOKEN: usize = 128;
 /// Bound of the CA's validation of one order, and of issuing its certificate.
 const ORDER_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -163,10 +165,11 @@ impl AcmeManager {
     /// The domains that want certificates now (exact names): new ones are looked at at once,
     /// gone ones stop being served.
     pub fn want(&self, hosts: &[String]) {
+        let wanted: std::collections::HashSet<&str> = hosts.iter().map(String::as_str).collect();
         let mut domains = self.domains.lock();
         let gone: Vec<String> = domains
             .keys()
-            .filter(|host| !hosts.contains(host))
+            .filter(|host| !wanted.contains(host.as_str()))
             .cloned()
             .collect();
         for host in gone {
@@ -180,18 +183,18 @@ impl AcmeManager {
         self.wake.notify_one();
     }
 
-    /// The answer to an HTTP-01 challenge for `token`, if an order of this edge (or, in a
-    /// fleet, of another) is waiting for it.
-    pub async fn answer(&self, token: &str) -> Option<String> {
+    /// The answer to an HTTP-01 challenge for `token` on `host`, if an order of this edge (or,
+    /// in a fleet, of another) is waiting for it. The store is asked only for a host that
+    /// gets its certificate from ACME and a token shaped like one: anyone can send the path.
+    pub async fn answer(&self, host: &str, token: &str) -> Option<String> {
         if let Some(answer) = self.challenges.read().get(token) {
             return Some(answer.clone());
         }
-        // Tokens are base64url; anything else is not worth a look in the store.
-        if token.is_empty()
-            || !token
+        let shaped = (16..=MAX_TOKEN).contains(&token.len())
+            && token
                 .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !shaped || !self.domains.lock().contains_key(host) {
             return None;
         }
         self.store.challenge(token).await
@@ -284,13 +287,14 @@ impl AcmeManager {
     /// One look at `host` (marked busy by the caller): install what the store holds, order if
     /// due and allowed, and say when to look again.
     async fn maintain(&self, host: &str) {
-        let next = self.maintain_once(host).await;
-        let mut domains = self.domains.lock();
-        if let Some(managed) = domains.get_mut(host) {
-            managed.busy = false;
-            managed.force = false;
-            managed.next_check = Some(Instant::now() + next.min(Duration::from_secs(3600)));
-        }
+        // Whatever ends the look (its result, a panic, a renewal whose caller went away), the
+        // domain is not left busy: it is looked at again after `next`.
+        let mut done = Done {
+            manager: self,
+            host,
+            next: STORE_POLL,
+        };
+        done.next = self.maintain_once(host).await;
     }
 
     /// What [`maintain`](Self::maintain) does; returns how long until the next look.
@@ -329,6 +333,10 @@ impl AcmeManager {
         if let Some(wait) = self.order_wait(host) {
             return wait;
         }
+        // A slot first, then the fleet's lock: the lock's lease never runs out while waiting.
+        let Ok(_permit) = self.orders.acquire().await else {
+            return STORE_POLL;
+        };
         match self.store.lock(host, LOCK_TTL).await {
             Ok(true) => {}
             // Another edge orders: its certificate will be in the store.
@@ -338,9 +346,6 @@ impl AcmeManager {
                 return STORE_POLL;
             }
         }
-        let Ok(_permit) = self.orders.acquire().await else {
-            return STORE_POLL;
-        };
         {
             let mut domains = self.domains.lock();
             if let Some(managed) = domains.get_mut(host) {
@@ -608,6 +613,24 @@ impl AcmeManager {
             format!("validation failed: {fallback}")
         } else {
             format!("validation failed: {}", reasons.join("; "))
+        }
+    }
+}
+
+/// Marks a domain's look done when dropped (see [`AcmeManager::maintain`]).
+struct Done<'a> {
+    manager: &'a AcmeManager,
+    host: &'a str,
+    next: Duration,
+}
+
+impl Drop for Done<'_> {
+    fn drop(&mut self) {
+        let mut domains = self.manager.domains.lock();
+        if let Some(managed) = domains.get_mut(self.host) {
+            managed.busy = false;
+            managed.force = false;
+            managed.next_check = Some(Instant::now() + self.next.min(Duration::from_secs(3600)));
         }
     }
 }

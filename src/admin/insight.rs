@@ -1,6 +1,10 @@
 //! Why a visitor got an error page: `POST /api/domains/{d}/trace`, `GET /api/requests/{id}`
 //! (asked of the other edges of a fleet when this one does not hold it) and
 //! `GET /api/domains/{d}/errors` (see [`crate::insight`] and [`crate::runtime::trace`]).
+//!
+//! The other edges of a fleet are asked with this edge's own fleet token (a shared token in
+//! etcd that may read every domain, on the edge's lease), never with the caller's: what they
+//! answer is then checked against the caller's token here.
 
 use super::{parse_json_body, parse_name, unknown_domain, ApiError, ApiResult};
 use super::{AdminApi, Permission, Principal};
@@ -44,13 +48,7 @@ impl AdminApi {
     /// `GET /api/requests/{id}`: the decision held here, else (unless `local`) the first
     /// other edge of the fleet that holds it. A decision on a domain `who` may not read is
     /// not found, as if it were not held.
-    pub(super) async fn request(
-        &self,
-        id: &str,
-        who: &Principal,
-        local: bool,
-        authorization: Option<&str>,
-    ) -> ApiResult {
+    pub(super) async fn request(&self, id: &str, who: &Principal, local: bool) -> ApiResult {
         let not_found = || {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -78,26 +76,40 @@ impl AdminApi {
         let Some(fleet) = self.runtime.fleet().filter(|_| !local) else {
             return Err(not_found());
         };
-        let edges = fleet.edges().await.unwrap_or_default();
+        let Some(token) = fleet.fleet_token().map(|t| format!("Bearer {t}")) else {
+            return Err(not_found());
+        };
         let me = fleet.edge_id().to_string();
-        for edge in edges.iter().filter(|e| e.edge_id != me) {
-            let Some(admin) = &edge.admin else { continue };
-            let path = format!(
-                "/api/requests/{}?local=1",
-                url::form_urlencoded::byte_serialize(id.as_bytes()).collect::<String>()
-            );
-            match tokio::time::timeout(FLEET_ASK, ask_edge(admin, &path, authorization)).await {
-                Ok(Ok((200, body))) => {
-                    if let Ok(found) = serde_json::from_slice::<Value>(&body) {
+        let edges = fleet.edges().await.unwrap_or_default();
+        let path = format!(
+            "/api/requests/{}?local=1",
+            url::form_urlencoded::byte_serialize(id.as_bytes()).collect::<String>()
+        );
+        // Every other edge at once, within one bound; the first that holds it answers.
+        let asks = edges
+            .iter()
+            .filter(|e| e.edge_id != me)
+            .filter_map(|e| e.admin.as_deref())
+            .map(|admin| ask_edge(admin, &path, &token));
+        let answers = tokio::time::timeout(FLEET_ASK, futures::future::join_all(asks))
+            .await
+            .unwrap_or_default();
+        for answer in answers {
+            match answer {
+                Ok((200, body)) => {
+                    let Ok(found) = serde_json::from_slice::<Value>(&body) else {
+                        continue;
+                    };
+                    // The other edge answered its own token; the caller's is checked here.
+                    if found["domain"]
+                        .as_str()
+                        .is_some_and(|d| who.may(Permission::Read, d))
+                    {
                         return Ok((StatusCode::OK, found));
                     }
                 }
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => log::debug!("request look-up: edge {} ({admin}): {e}", edge.edge_id),
-                Err(_) => log::debug!(
-                    "request look-up: edge {} ({admin}) did not answer in time",
-                    edge.edge_id
-                ),
+                Ok(_) => {}
+                Err(e) => log::debug!("request look-up: {e}"),
             }
         }
         Err(not_found())
@@ -105,8 +117,8 @@ impl AdminApi {
 }
 
 /// One `GET` of `path` on another edge's admin API (`http://` or `https://` with the system's
-/// roots), with the caller's `Authorization`: the status and body.
-async fn ask_edge(admin: &str, path: &str, authorization: Option<&str>) -> Result<(u16, Vec<u8>), String> {
+/// roots), with this edge's fleet token: the status and body.
+async fn ask_edge(admin: &str, path: &str, authorization: &str) -> Result<(u16, Vec<u8>), String> {
     let url = url::Url::parse(admin).map_err(|e| format!("{admin}: {e}"))?;
     let tls = url.scheme() == "https";
     let host = url.host_str().ok_or("no host")?.to_string();
@@ -125,11 +137,9 @@ async fn ask_edge(admin: &str, path: &str, authorization: Option<&str>) -> Resul
     request
         .insert_header(http::header::HOST, host.as_str())
         .map_err(|e| e.to_string())?;
-    if let Some(authorization) = authorization {
-        request
-            .insert_header(http::header::AUTHORIZATION, authorization)
-            .map_err(|e| e.to_string())?;
-    }
+    request
+        .insert_header(http::header::AUTHORIZATION, authorization)
+        .map_err(|e| e.to_string())?;
     crate::upstream::send_bodiless(&mut session, request)
         .await
         .map_err(|e| e.to_string())?;

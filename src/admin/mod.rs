@@ -525,12 +525,7 @@ impl AdminApi {
                     .uri
                     .query()
                     .is_some_and(|q| q.split('&').any(|p| p == "local=1"));
-                let authorization = req
-                    .headers
-                    .get(http::header::AUTHORIZATION)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string);
-                self.request(id, who, local, authorization.as_deref()).await
+                self.request(id, who, local).await
             }
             (&Method::GET, ["api", "domains", domain]) => {
                 need(Permission::Read, domain)?;
@@ -1587,7 +1582,11 @@ mod tests {
                 .unwrap()
         };
         assert_eq!(field(r#"{"url": "http://a.com/x", "colour": 1}"#), "colour");
-        assert_eq!(field(r#"{"status": 404}"#), "url");
+        // A missing url is the rule's fault (a skip rule has none), named by its check.
+        let missing = parse_rule("404", br#"{"status": 404}"#)
+            .err()
+            .and_then(|e| e.field);
+        assert_eq!(missing.as_deref(), Some("url"));
         assert_eq!(field(r#"{"url": 5}"#), "url");
         assert_eq!(field(r#"{"url": "http://a.com/x", "source": "moon"}"#), "source");
         assert_eq!(field("{not json"), "body");

@@ -80,9 +80,9 @@ impl AdminApi {
             }
             (&Method::POST, ["api", "domains", domain, "rollback"]) => {
                 let if_match = if_match(session);
-                match (need(Permission::Rules, domain), read_body(session).await) {
-                    (Ok(()), Ok(body)) => self.rollback(domain, &body, if_match, who, author.clone()).await,
-                    (Err(e), _) | (_, Err(e)) => Err(e),
+                match body_if(need(Permission::Rules, domain), session).await {
+                    Ok(body) => self.rollback(domain, &body, if_match, who, author.clone()).await,
+                    Err(e) => Err(e),
                 }
             }
             (&Method::GET, ["api", "domains", domain, "staging"]) => {
@@ -98,27 +98,27 @@ impl AdminApi {
                 })
             }
             (&Method::PUT, ["api", "domains", domain, "staging"]) => {
-                match (need(Permission::Domains, domain), read_body(session).await) {
-                    (Ok(()), Ok(body)) => self.put_staging(domain, &body).await,
-                    (Err(e), _) | (_, Err(e)) => Err(e),
+                match body_if(need(Permission::Domains, domain), session).await {
+                    Ok(body) => self.put_staging(domain, &body).await,
+                    Err(e) => Err(e),
                 }
             }
             (&Method::PUT, ["api", "domains", domain, "staging", "custom-pages", code]) => {
-                match (need(Permission::Rules, domain), read_body(session).await) {
-                    (Ok(()), Ok(body)) => self.put_staging_rule(domain, code, &body).await,
-                    (Err(e), _) | (_, Err(e)) => Err(e),
+                match body_if(need(Permission::Rules, domain), session).await {
+                    Ok(body) => self.put_staging_rule(domain, code, &body).await,
+                    Err(e) => Err(e),
                 }
             }
             (&Method::DELETE, ["api", "domains", domain, "staging", "custom-pages", code]) => {
-                match (need(Permission::Rules, domain), read_body(session).await) {
-                    (Ok(()), Ok(body)) => self.delete_staging_rule(domain, code, &body).await,
-                    (Err(e), _) | (_, Err(e)) => Err(e),
+                match body_if(need(Permission::Rules, domain), session).await {
+                    Ok(body) => self.delete_staging_rule(domain, code, &body).await,
+                    Err(e) => Err(e),
                 }
             }
             (&Method::POST, ["api", "domains", domain, "staging", "publish"]) => {
-                match (need(Permission::Rules, domain), read_body(session).await) {
-                    (Ok(()), Ok(body)) => self.publish(domain, &body, who, author.clone()).await,
-                    (Err(e), _) | (_, Err(e)) => Err(e),
+                match body_if(need(Permission::Rules, domain), session).await {
+                    Ok(body) => self.publish(domain, &body, who, author.clone()).await,
+                    Err(e) => Err(e),
                 }
             }
             (&Method::DELETE, ["api", "domains", domain, "staging"]) => match need(Permission::Rules, domain)
@@ -272,16 +272,17 @@ impl AdminApi {
                 ),
             )
         })?;
-        let current = self.runtime.routes().by_name(&wanted).map(|d| d.spec.clone());
-        if !same_but_rules(current.as_ref(), &spec) {
-            self.need(who, Permission::Domains, name)?;
-        }
         let change = Change {
             expect,
             ..Change::by(author.with_comment(body.comment))
         };
         let written = self
             .write(&wanted, &change, |current| {
+                // Checked against the spec the write is planned from, under the write lock: a
+                // `rules` token never rolls back an origin or certificate change.
+                if !same_but_rules(current.as_ref().map(|c| &c.spec), &spec) {
+                    self.need(who, Permission::Domains, name)?;
+                }
                 let (entry, before) = match current {
                     Some(before) => {
                         let mut entry = before.clone();
@@ -445,10 +446,6 @@ impl AdminApi {
         };
         let staged = self.stage_of(name)?;
         let wanted = parse_name(name).ok_or_else(|| unknown_domain(name))?;
-        let current = self.runtime.routes().by_name(&wanted).map(|d| d.spec.clone());
-        if !same_but_rules(current.as_ref(), &staged.spec) {
-            self.need(who, Permission::Domains, name)?;
-        }
         let change = Change {
             expect: Some(staged.based_on),
             unstage: true,
@@ -456,7 +453,19 @@ impl AdminApi {
         };
         let written = self
             .write(&wanted, &change, |current| {
+                // Under the write lock: the staging spec published is the one in use now (a
+                // staging edit that landed meanwhile is not lost), and checked against the
+                // production spec it replaces.
+                if self.stage_of(name).ok().as_ref() != Some(&staged) {
+                    return Err(ApiError::new(
+                        StatusCode::CONFLICT,
+                        format!("the staging spec of {wanted} changed meanwhile: publish again"),
+                    ));
+                }
                 let before = current.ok_or_else(|| unknown_domain(name))?;
+                if !same_but_rules(Some(&before.spec), &staged.spec) {
+                    self.need(who, Permission::Domains, name)?;
+                }
                 let mut entry = before.clone();
                 entry.spec = staged.spec.clone();
                 self.check_change(&[DomainChange::Upsert(Box::new(entry.clone()))], &entry.at)?;
@@ -500,6 +509,12 @@ impl AdminApi {
         log::info!("admin API discarded the staging spec of {wanted}");
         Ok((StatusCode::OK, json!({"discarded": wanted.to_string()})))
     }
+}
+
+/// The request's body, read only once the caller is `allowed` (a refused call reads nothing).
+async fn body_if(allowed: Result<(), ApiError>, session: &mut ServerSession) -> Result<Vec<u8>, ApiError> {
+    allowed?;
+    read_body(session).await
 }
 
 /// What the API shows of a staging spec: its key, its base, the spec, and the line that

@@ -269,13 +269,13 @@ impl MemoryStorage {
         u16::try_from(blocks).ok()
     }
 
-    /// The stored entry for `key`, if any. Counts as an access for eviction.
     /// The meta of the entry stored under `key`, if any, for a trace: its content is not
     /// touched (TinyUFO counts the look as a use in its popularity estimate, as any read).
     pub fn peek(&self, key: &CacheKey) -> Option<CacheMeta> {
         self.find(&key.combined_bin()).map(|entry| entry.meta())
     }
 
+    /// The stored entry for `key`, if any. Counts as an access for eviction.
     fn find(&self, key: &HashBinary) -> Option<Arc<Entry>> {
         match self.slots.get(key)? {
             Slot::Stored(entry) if entry.key == *key => Some(entry),

@@ -3,13 +3,22 @@
 //! fail most per domain ([`top`]).
 //!
 //! **Recent errors.** The decisions of the last `admin.recent_errors` responses with a status
-//! of 400 or more (default 10,000) are kept in a ring, about 300 bytes each (some 3 MiB for
-//! the default), so the id on a visitor's screenshot of a custom page leads to what the edge
-//! decided for it.
+//! of 400 or more (default 10,000) are kept in a ring, so the id on a visitor's screenshot of
+//! a custom page leads to what the edge decided for it. A decision holds its host, target and
+//! id cut to [`KEPT_BYTES`] each: about 300 bytes for usual requests, at most 2 KiB (20 MiB
+//! for the default ring, whatever the requests carry).
 
 pub mod top;
 
 pub use top::ErrorPaths;
+
+/// Bytes of a request's host, target or id a decision keeps.
+pub const KEPT_BYTES: usize = 512;
+
+/// `text` cut to [`KEPT_BYTES`] on a character boundary.
+pub fn cut(text: &str) -> &str {
+    top::cut_to(text, KEPT_BYTES)
+}
 
 use parking_lot::Mutex;
 use serde::Serialize;

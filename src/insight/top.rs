@@ -24,6 +24,8 @@ pub const MAX_PATH: usize = 256;
 pub const TOTAL_BYTES: usize = 64 << 20;
 /// The bytes an entry costs beyond its path (its counts, the map's share).
 const ENTRY_BYTES: usize = 112;
+/// What a domain's 36 empty buckets cost.
+const DOMAIN_BYTES: usize = 36 * std::mem::size_of::<Bucket>() + 64;
 /// Paths listed per window.
 pub const TOP: usize = 50;
 
@@ -171,6 +173,13 @@ impl ErrorPaths {
         let path = cut(path);
         let mut domains = self.domains.lock();
         if !domains.contains_key(domain) {
+            // A domain's buckets count against the bound too: past it, a new domain's errors
+            // are not tracked.
+            if self.used.load(Ordering::Relaxed) + DOMAIN_BYTES > TOTAL_BYTES {
+                return;
+            }
+            self.used
+                .fetch_add(DOMAIN_BYTES + domain.len(), Ordering::Relaxed);
             let errors = DomainErrors {
                 hour: (0..HOUR.1).map(|_| Bucket::default()).collect(),
                 day: (0..DAY.1).map(|_| Bucket::default()).collect(),
@@ -214,6 +223,8 @@ impl ErrorPaths {
                 for bucket in errors.hour.iter_mut().chain(errors.day.iter_mut()) {
                     bucket.reset(0, &self.used);
                 }
+                self.used
+                    .fetch_sub(DOMAIN_BYTES + domain.len(), Ordering::Relaxed);
             }
             kept
         });
@@ -222,14 +233,19 @@ impl ErrorPaths {
 
 /// `path` cut to [`MAX_PATH`] bytes on a character boundary.
 fn cut(path: &str) -> &str {
-    if path.len() <= MAX_PATH {
-        return path;
+    cut_to(path, MAX_PATH)
+}
+
+/// `text` cut to `max` bytes on a character boundary.
+pub fn cut_to(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
     }
-    let mut end = MAX_PATH;
-    while !path.is_char_boundary(end) {
+    let mut end = max;
+    while !text.is_char_boundary(end) {
         end -= 1;
     }
-    &path[..end]
+    &text[..end]
 }
 
 /// One window of buckets (of `length` seconds, `count` of them) ending with the one of `now`.
@@ -320,8 +336,8 @@ mod tests {
             }
         }
         let (used, _) = paths.memory();
-        // Two buckets (one per window), each at most PER_BUCKET paths.
-        let bound = 2 * PER_BUCKET * (MAX_PATH + ENTRY_BYTES);
+        // Two buckets (one per window), each at most PER_BUCKET paths, and the domain's buckets.
+        let bound = 2 * PER_BUCKET * (MAX_PATH + ENTRY_BYTES) + DOMAIN_BYTES + 6;
         assert!(used <= bound, "{used} bytes for 100,000 paths; bound {bound}");
         let (hour, _) = paths.windows("a.test", now);
         assert_eq!(hour.total, 100_000 + 10_000 + 5_000);

@@ -123,6 +123,8 @@ struct ByHand {
     name: DomainName,
     before: Option<crate::spec::DomainSpec>,
     after: Option<crate::spec::DomainSpec>,
+    /// The store's revision of `after` (none: removed).
+    revision: Option<i64>,
 }
 
 /// A snapshot checked and compiled (see [`Runtime::check`]).
@@ -394,12 +396,14 @@ impl Runtime {
                         name,
                         before,
                         after: Some(entry.spec.clone()),
+                        revision: Some(entry.revision),
                     })
                 }
                 DomainChange::Remove(at) => table.at(at).map(|d| ByHand {
                     name: d.name.clone(),
                     before: Some(d.spec.clone()),
                     after: None,
+                    revision: None,
                 }),
                 _ => None,
             })
@@ -410,52 +414,44 @@ impl Runtime {
     /// fleet every edge sees the change; the first to record it wins and the others find it
     /// recorded.
     async fn record_versions(&self, mut queue: tokio::sync::mpsc::UnboundedReceiver<ByHand>) {
+        while let Some(change) = queue.recv().await {
+            // A domain new by hand is its own version 1 until its next change, which records
+            // it (no read per domain: an import of 100,000 costs nothing here). Changed again
+            // since: the next change records the spec in use before it.
+            let in_use = self.routes.load().by_name(&change.name).map(|d| d.spec.clone());
+            if change.before.is_none() || in_use != change.after {
+                continue;
+            }
+            if let Err(e) = self.record_version(&change).await {
+                warn!("the change of {} is not in its history: {e}", change.name);
+            }
+        }
+    }
+
+    /// Records one change made by hand (see [`Runtime::record_versions`]).
+    async fn record_version(&self, change: &ByHand) -> Result<(), String> {
         let by = self.source.found_by();
         let author = crate::source::Author {
             by: by.to_string(),
             comment: None,
         };
-        while let Some(change) = queue.recv().await {
-            let name = &change.name;
-            // A domain new by hand is its own version 1 until its next change, which records
-            // it (no read per domain: an import of 100,000 costs nothing here). Changed again
-            // since: the next change records the spec in use before it.
-            let in_use = self.routes.load().by_name(name).map(|d| d.spec.clone());
-            if change.before.is_none() || in_use != change.after {
-                continue;
-            }
-            for _attempt in 0..3 {
-                let kept = match self.source.versions(name).await {
-                    Ok(kept) => kept,
-                    Err(e) => {
-                        warn!("the change of {name} is not in its history: {e}");
-                        break;
-                    }
-                };
-                let keep = self.settings.admin_history;
-                let along = crate::source::Alongside::record(
-                    &kept,
-                    change.before.as_ref(),
-                    change.after.as_ref(),
-                    &author,
-                    by,
-                    keep,
-                );
-                let along = match along {
-                    Ok(along) if along.add.is_empty() => break,
-                    Ok(along) => along,
-                    Err(e) => {
-                        warn!("the change of {name} is not in its history: {e}");
-                        break;
-                    }
-                };
-                match self.source.record(name, &along).await {
-                    Err(e) if e.kind == crate::source::WriteFailure::Conflict => continue,
-                    Err(e) => warn!("the change of {name} is not in its history: {e}"),
-                    Ok(()) => {}
-                }
-                break;
-            }
+        let kept = self.source.versions(&change.name).await.map_err(|e| e.message)?;
+        let along = crate::source::Alongside::record(
+            &kept,
+            change.before.as_ref(),
+            change.after.as_ref(),
+            &author,
+            by,
+            self.settings.admin_history,
+        )?;
+        if along.add.is_empty() {
+            return Ok(());
+        }
+        match self.source.record(&change.name, &along, change.revision).await {
+            // Recorded by another edge, or changed again since: nothing to add.
+            Err(e) if e.kind == crate::source::WriteFailure::Conflict => Ok(()),
+            Err(e) => Err(e.message),
+            Ok(()) => Ok(()),
         }
     }
 

@@ -349,15 +349,14 @@ impl RouteTable {
         health: &HealthTable,
         now: SystemTime,
     ) -> Result<Stage, Vec<ConfigError>> {
-        let mut spec = staged.spec.clone();
-        // Served on the production domain's names, with its certificate.
-        spec.tls = None;
-        let entry = DomainEntry {
+        let mut entry = DomainEntry {
             at: staged.at.clone(),
-            spec,
+            spec: staged.spec.clone(),
             revision: 0,
         };
         let (name, chain) = check_domain(&entry, filters)?;
+        // Served on the production domain's names, with its certificate: no files read.
+        entry.spec.tls = None;
         if self.by_name(&name).is_none() {
             return Err(vec![ConfigError::new(
                 staged.at.clone(),

@@ -1,8 +1,11 @@
 //! A trace: the steps the edge takes for a request a user describes, with the same code as the
 //! proxy's decisions (routing, the cache key, rule selection, page choice) and without their
-//! effects: nothing is stored, counted or fetched. The origin's answer is simulated when the
-//! request says what it is; otherwise one real request is made, marked
-//! `X-Custom-Pages-Trace: 1`, and its response is read for its status and first bytes only.
+//! effects: nothing is stored or fetched, and no counter moves (reading the cache's entry
+//! counts as one use in its popularity estimate, as any read does). The origin's answer is
+//! simulated when the request says what it is; otherwise one real `GET` or `HEAD` is made,
+//! marked `X-Custom-Pages-Trace: 1` and without the staging key, and its response is read for
+//! its status and first bytes only. Other methods need a simulated answer: a token that may
+//! read a domain must not make its origin do things.
 
 use super::Runtime;
 use crate::insight::Step;
@@ -143,14 +146,23 @@ impl Runtime {
             outcome: "continue",
             location: None,
         });
-        // The cache: the proxy's key, read without touching the entry.
+        // The cache: the proxy's key, its entry read as any lookup reads it.
         let cached = self.trace_cache(&domain, staging, https, &host, &target, &req, &mut steps);
         let answer = match (cached, request.origin_status) {
             (Some(answer), _) => answer,
             (None, Some(status)) => simulated(status, &request.origin_headers, &mut steps)?,
-            (None, None) => {
+            (None, None) if matches!(req.method, http::Method::GET | http::Method::HEAD) => {
                 self.ask_origin(&domain.upstream.origin, &host, &req, &mut steps)
                     .await
+            }
+            (None, None) => {
+                return Err(bad(
+                    "origin_status",
+                    format!(
+                        "a trace sends only GET and HEAD to the origin: give origin_status for {}",
+                        req.method
+                    ),
+                ))
             }
         };
         self.trace_page(&domain, &req, answer, &mut steps);
@@ -596,6 +608,8 @@ async fn probe(
             }
         };
         let mut request = req.clone();
+        // As the proxy does: the staging key never reaches the origin.
+        request.remove_header(crate::runtime::routes::STAGING_HEADER);
         let origin_host = origin.host.as_deref().unwrap_or(host);
         let sent = request
             .insert_header(http::header::HOST, origin_host)

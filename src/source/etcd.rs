@@ -85,6 +85,8 @@ pub struct EtcdSource {
     reported: tokio::sync::Notify,
     /// This edge's admin API, announced in its entry under `edges/`.
     admin_url: Mutex<Option<String>>,
+    /// The token this edge presents to the others (random, made at start, never stored).
+    fleet_secret: String,
     /// Operations are replayed from after this revision: the first load's (so an edge skips
     /// what was broadcast before it started), then the last operation seen.
     ops_after: Mutex<i64>,
@@ -133,6 +135,8 @@ impl EtcdSource {
             reported: tokio::sync::Notify::new(),
             ops_after: Mutex::new(0),
             admin_url: Mutex::new(None),
+            fleet_secret: super::versions::new_staging_key().unwrap_or_default()
+                + &super::versions::new_staging_key().unwrap_or_default(),
         }
     }
 
@@ -141,6 +145,22 @@ impl EtcdSource {
         let mut client = self.client().await?;
         let key = format!("{}edges/{}", self.settings.prefix, self.settings.edge_id);
         let lease = within(client.lease_grant(PRESENCE_TTL, None)).await?.id();
+        // The token other edges accept from this one (it asks them for what only they hold),
+        // a shared token on the same lease: gone with the edge.
+        let token_key = format!("{}tokens/edge-{}", self.settings.prefix, self.settings.edge_id);
+        let digest = ring::digest::digest(&ring::digest::SHA256, self.fleet_secret.as_bytes());
+        let entry = serde_json::json!({
+            "name": format!("edge-{}", self.settings.edge_id),
+            "sha256": digest.as_ref().iter().map(|b| format!("{b:02x}")).collect::<String>(),
+            "permissions": ["read"],
+            "domains": ["*"],
+        });
+        let put = client.put(
+            token_key,
+            entry.to_string(),
+            Some(PutOptions::new().with_lease(lease)),
+        );
+        within(put).await?;
         let (mut keeper, mut renewals) = within(client.lease_keep_alive(lease)).await?;
         let mut renew = tokio::time::interval(Duration::from_secs(PRESENCE_TTL as u64 / 3));
         loop {
@@ -970,12 +990,24 @@ impl ConfigSource for EtcdSource {
         Ok(versions)
     }
 
-    async fn record(&self, name: &DomainName, along: &Alongside) -> Result<(), WriteError> {
+    async fn record(
+        &self,
+        name: &DomainName,
+        along: &Alongside,
+        revision: Option<i64>,
+    ) -> Result<(), WriteError> {
         let (mut compares, mut ops) = (Vec::new(), Vec::new());
         self.along(name, along, &mut compares, &mut ops)?;
         if ops.is_empty() {
             return Ok(());
         }
+        // Only while the domain key is as the change left it: an edge that lags behind a
+        // newer change never records an older one after it.
+        let key = self.key_of(name);
+        compares.push(match revision {
+            Some(revision) => Compare::mod_revision(key.as_str(), CompareOp::Equal, revision),
+            None => Compare::create_revision(key.as_str(), CompareOp::Equal, 0),
+        });
         let conflict = format!("another edge recorded this change of {name} first");
         self.transact(compares, ops, &conflict, &format!("the history of {name}"))
             .await
@@ -1115,6 +1147,10 @@ impl Fleet for EtcdSource {
 
     fn edge_id(&self) -> &str {
         &self.settings.edge_id
+    }
+
+    fn fleet_token(&self) -> Option<&str> {
+        (self.fleet_secret.len() == 64).then_some(self.fleet_secret.as_str())
     }
 
     async fn edges(&self) -> Result<Vec<EdgeReport>, String> {

@@ -234,7 +234,12 @@ impl ConfigSource for FileSource {
         }
     }
 
-    async fn record(&self, name: &DomainName, along: &Alongside) -> Result<(), WriteError> {
+    async fn record(
+        &self,
+        name: &DomainName,
+        along: &Alongside,
+        _revision: Option<i64>,
+    ) -> Result<(), WriteError> {
         self.writable()?.write(name, along).map_err(WriteError::failed)
     }
 

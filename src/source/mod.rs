@@ -250,9 +250,16 @@ pub trait ConfigSource: Send + Sync {
     /// The versions kept of the domain `name`, newest first (none: no history yet).
     async fn versions(&self, name: &DomainName) -> Result<Vec<Version>, WriteError>;
 
-    /// Records versions of a change made by hand (a file edited, a key put), after the fact:
-    /// a conflict means another edge recorded it first.
-    async fn record(&self, name: &DomainName, along: &Alongside) -> Result<(), WriteError>;
+    /// Records versions of a change made by hand (a file edited, a key put), after the fact,
+    /// if the domain is still as that change left it (at store revision `revision`; none:
+    /// removed) where the store can tell: a conflict means another edge recorded it first, or
+    /// the domain changed again since (that change records the spec before it).
+    async fn record(
+        &self,
+        name: &DomainName,
+        along: &Alongside,
+        revision: Option<i64>,
+    ) -> Result<(), WriteError>;
 
     /// Creates, replaces or (with none) removes the staging spec of `name`; returns it as
     /// stored, with where.

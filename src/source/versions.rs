@@ -139,17 +139,19 @@ impl Alongside {
             None => before.is_some(),
         };
         if unrecorded {
-            newest += 1;
+            newest = newest.saturating_add(1);
             add.push(version(newest, found_by, None, before)?);
         }
-        newest += 1;
+        newest = newest.saturating_add(1);
         add.push(version(newest, &author.by, author.comment.clone(), after)?);
-        let keep = keep.max(1) as u64;
+        // Versions below the threshold fall out: kept ones are dropped, and new ones are not
+        // written at all (a store must not put and delete one key in one change).
+        let threshold = newest.saturating_add(1).saturating_sub(keep.max(1) as u64);
+        add.retain(|v| v.version >= threshold);
         let drop = kept
             .iter()
-            .chain(&add)
             .map(|v| v.version)
-            .filter(|v| *v + keep <= newest)
+            .filter(|v| *v < threshold)
             .collect();
         Ok(Alongside {
             add,
@@ -232,7 +234,8 @@ impl Staged {
     }
 }
 
-/// A new random staging key: 16 bytes from the system's generator, as hex.
+/// A new random key (staging keys, an edge's fleet token): 16 bytes from the system's
+/// generator, as hex.
 pub fn new_staging_key() -> Result<String, String> {
     use ring::rand::SecureRandom;
     let mut bytes = [0u8; 16];
@@ -257,11 +260,12 @@ pub fn diff(domain: &str, a: (u64, &str), b: (u64, &str)) -> String {
         .to_string()
 }
 
-/// A domain's name as a file name: a wildcard's `*` spelled out.
+/// A domain's name as a file name: a wildcard's `*` as `%2A` (a `%` is in no host name, so
+/// `*.example.com` and `wildcard.example.com` never share a file).
 pub fn file_stem(name: &DomainName) -> String {
     match name {
         DomainName::Exact(host) => host.clone(),
-        DomainName::Wildcard(suffix) => format!("wildcard{suffix}"),
+        DomainName::Wildcard(suffix) => format!("%2A{suffix}"),
     }
 }
 
@@ -386,7 +390,7 @@ impl VersionFiles {
             else {
                 continue;
             };
-            let name = match stem.strip_prefix("wildcard.") {
+            let name = match stem.strip_prefix("%2A.") {
                 Some(suffix) => format!("*.{suffix}"),
                 None => stem.to_string(),
             };
@@ -450,6 +454,10 @@ mod tests {
         assert_eq!(gone.add.len(), 1);
         assert!(gone.add[0].deleted && gone.add[0].spec.is_none());
         assert_eq!(gone.drop, [1]);
+        // Keeping one version: the first change writes only its own, never a key it drops.
+        let one_kept = Alongside::record(&[], Some(&one), Some(&two), &author("ops"), "etcd", 1).unwrap();
+        let numbers: Vec<u64> = one_kept.add.iter().map(|v| v.version).collect();
+        assert_eq!((numbers, one_kept.drop), (vec![2], vec![]));
         // A change by hand the history missed (the edge was down) is recorded before the next.
         let three = spec("http://a.test/3");
         let next = Alongside::record(&kept, Some(&three), Some(&one), &author("ops"), "file", 100).unwrap();
