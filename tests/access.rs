@@ -13,19 +13,11 @@ use serde_json::json;
 const A: &str = "a.test";
 const B: &str = "b.test";
 
-fn sha256(token: &str) -> String {
-    ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 /// A tokens file entry.
 fn entry(name: &str, token: &str, permissions: &str, domains: &str, extra: &str) -> String {
     format!(
         "- {{name: {name}, sha256: {}, permissions: [{permissions}], domains: [{domains}]{extra}}}\n",
-        sha256(token)
+        common::admin::sha256_hex(token)
     )
 }
 
@@ -306,7 +298,7 @@ async fn token_new_prints_a_token_that_works_at_once() {
     assert_eq!(token.len(), 64, "{token}");
     let file = std::fs::read_to_string(edge.dir().join("tokens.yaml")).expect("tokens");
     assert!(!file.contains(token), "the file keeps only the digest");
-    assert!(file.contains(&sha256(token)));
+    assert!(file.contains(&common::admin::sha256_hex(token)));
     let admin = Admin::new(&edge);
     let me = call(&admin, token, Method::GET, "/api/token", None).await;
     assert_eq!(

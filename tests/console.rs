@@ -192,11 +192,7 @@ async fn a_scoped_token_sees_only_its_domains_and_actions_in_the_console() {
         domain_yaml(OTHER, origin.addr(), ""),
     )
     .expect("domain");
-    let digest: String = ring::digest::digest(&ring::digest::SHA256, SCOPED_TOKEN.as_bytes())
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let digest = common::admin::sha256_hex(SCOPED_TOKEN);
     std::fs::write(
         dir.path().join("tokens.yaml"),
         format!("- {{name: shop, sha256: {digest}, permissions: [rules], domains: [{DOMAIN}]}}\n"),

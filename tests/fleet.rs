@@ -42,20 +42,11 @@ fn key(domain: &str) -> String {
 
 /// Options of an edge named `id` reading `etcd`.
 fn fleet_options(etcd: &Etcd, id: &str) -> EdgeOptions {
-    let defaults = EdgeOptions::default();
-    EdgeOptions {
-        edge_extra: format!(
-            "{}source:\n  etcd:\n    endpoints: {}\n    prefix: {PREFIX}\n    snapshot: snapshot.json\n    edge_id: {id}\n",
-            defaults.edge_extra,
-            etcd.endpoints_yaml()
-        ),
-        ..defaults
-    }
+    etcd.edge_options(EdgeOptions::default(), PREFIX, id)
 }
 
 async fn start_fleet_edge(etcd: &Etcd, id: &str) -> Edge {
-    let dir = tempfile::tempdir().expect("temp dir");
-    start_edge_in(dir, fleet_options(etcd, id)).await
+    etcd.start_edge(PREFIX, id).await
 }
 
 /// Edge `id` on `etcd`, once it serves `EXP`'s custom 404.
@@ -190,11 +181,7 @@ async fn one_query_on_any_edge_sees_the_whole_fleets_audit_trail() {
     let origin = origin_with_page("custom 404").await;
     etcd.put(&key(EXP), &exp_yaml(&origin, "/404.html"));
     // A token for the whole fleet, under {prefix}tokens/.
-    let digest: String = ring::digest::digest(&ring::digest::SHA256, b"fleet-ops")
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let digest = common::admin::sha256_hex("fleet-ops");
     etcd.put(
         &format!("{PREFIX}tokens/ops"),
         &format!("name: ops\nsha256: {digest}\npermissions: [read]\ndomains: [\"*\"]\n"),

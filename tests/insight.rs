@@ -237,14 +237,6 @@ async fn errors_once(edge: &Edge, admin: &Admin, domain: &str, total: u64) -> Va
     answer.json
 }
 
-fn sha256(token: &str) -> String {
-    ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 // ---------------------------------------------------------------------------------------------
 // Trace
 // ---------------------------------------------------------------------------------------------
@@ -519,11 +511,26 @@ async fn a_trace_changes_no_cache_entry_page_or_counter() {
     ] {
         trace(&edge, &admin, body).await;
     }
-    // No event to wait for: a counter a trace must not move stays put. Time for one that would
-    // move after the answer (as counters do) to have moved.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let after = scrape_until(&edge, |_| true).await;
-    assert_eq!(counters(&after), counters(&before), "traces move no counter");
+    // A real request after the traces is the marker: once its counters have moved, any a trace
+    // had moved would show too. Only the marker's own two may differ, by exactly one each.
+    assert_eq!(get(&c, &edge.url(EXP, "/ok")).await.status, 200);
+    let after = scrape_until(&edge, |text| metric(text, REQUESTS_2XX) == Some(2.0)).await;
+    let not_the_markers = |metrics: &str| -> Vec<String> {
+        counters(metrics)
+            .into_iter()
+            .filter(|line| !line.starts_with(REQUESTS_2XX) && !line.starts_with("custom_pages_cache_total"))
+            .collect()
+    };
+    assert_eq!(
+        not_the_markers(&after),
+        not_the_markers(&before),
+        "traces move no counter"
+    );
+    assert_eq!(
+        cache_total(&after),
+        cache_total(&before) + 1,
+        "the marker alone: {after}"
+    );
     assert_eq!(pages(&admin).await, pages_before, "traces fetch no page");
 
     // The first real request of the traced URL is a miss; the second a hit (the real request
@@ -759,7 +766,7 @@ async fn a_token_of_another_domain_may_not_trace_see_errors_or_look_up_requests_
         dir.path().join("tokens.yaml"),
         format!(
             "- {{name: other-reader, sha256: {}, permissions: [read], domains: [{OTHER}]}}\n",
-            sha256(OTHER_TOKEN)
+            common::admin::sha256_hex(OTHER_TOKEN)
         ),
     )
     .expect("tokens");
@@ -832,19 +839,8 @@ async fn a_request_answered_by_another_edge_of_the_fleet_is_found_through_this_o
         &format!("/cp-insight/domains/{EXP}"),
         &domain_yaml(EXP, origin.addr(), RULES),
     );
-    let options = |id: &str| {
-        let defaults = EdgeOptions::default();
-        EdgeOptions {
-            edge_extra: format!(
-                "{}source:\n  etcd:\n    endpoints: {}\n    prefix: /cp-insight/\n    edge_id: {id}\n",
-                defaults.edge_extra,
-                etcd.endpoints_yaml()
-            ),
-            ..defaults
-        }
-    };
-    let a = common::start_edge_in(tempfile::tempdir().expect("dir"), options("a")).await;
-    let b = common::start_edge_in(tempfile::tempdir().expect("dir"), options("b")).await;
+    let a = etcd.start_edge("/cp-insight/", "a").await;
+    let b = etcd.start_edge("/cp-insight/", "b").await;
     wait_fetched(&b, PAGE_404_URL).await;
     let got = get(&edge_client(&b, &[EXP]), &b.url(EXP, "/nowhere")).await;
     assert_eq!(got.status, 404);

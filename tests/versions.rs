@@ -16,7 +16,7 @@ use std::time::Duration;
 use common::admin::{bearer, rule_path, Answer};
 use common::etcd::Etcd;
 use common::origin::{Origin, Reply};
-use common::{client, domain_yaml, log_tail, send, start_edge, start_edge_in, time_until};
+use common::{client, domain_yaml, log_tail, send, start_edge, time_until};
 use common::{Admin, Edge, EdgeOptions, Got, Proto, TOKEN};
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -77,8 +77,18 @@ async fn files_edge(origin: &Origin, n: u8) -> Edge {
     start_edge(EdgeOptions::default(), vec![("a.yaml", a_yaml(origin, n))]).await
 }
 
+/// That an admin write answered `status` and made version `version` of its domain.
+#[track_caller]
+fn assert_written(answer: &Answer, status: u16, version: u64) {
+    assert_eq!(
+        (answer.status, &answer.json["domain_version"]),
+        (status, &json!(version)),
+        "{answer:#?}"
+    );
+}
+
 /// One admin call with the default token (named `default`) and extra request headers
-/// (`If-Match`, `X-Change-Comment`), which `Admin::call` cannot send.
+/// (`If-Match`, `X-Change-Comment`).
 async fn api(
     edge: &Edge,
     method: Method,
@@ -86,47 +96,10 @@ async fn api(
     headers: &[(&str, &str)],
     body: Option<&Value>,
 ) -> Answer {
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .expect("admin client");
-    let url = format!("http://127.0.0.1:{}{path}", edge.admin_port);
-    let mut request = http
-        .request(method.clone(), url)
-        .header("authorization", bearer(TOKEN));
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    if let Some(body) = body {
-        request = request
-            .header("content-type", "application/json")
-            .body(body.to_string());
-    }
-    let resp = request
-        .send()
+    let body = body.map(Value::to_string);
+    Admin::new(edge)
+        .call_with(method, path, Some(&bearer(TOKEN)), headers, body.as_deref())
         .await
-        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-    let status = resp.status().as_u16();
-    let header = |name: &str| {
-        resp.headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
-    let (www_authenticate, content_type) = (header("www-authenticate"), header("content-type"));
-    let text = resp
-        .text()
-        .await
-        .unwrap_or_else(|e| panic!("{method} {path}: body: {e}"));
-    let json = serde_json::from_str(&text).unwrap_or(Value::Null);
-    Answer {
-        status,
-        www_authenticate,
-        content_type,
-        text,
-        json,
-    }
 }
 
 /// `/api/domains/a.test/versions{rest}`.
@@ -306,12 +279,7 @@ async fn api_changes_are_versions_with_author_and_comment_and_a_rollback_restore
     let put = admin
         .put_rule(A, "404", &json!({"url": page_url(2), "comment": "second"}))
         .await;
-    assert_eq!(
-        (put.status, &put.json["domain_version"]),
-        (200, &json!(2)),
-        "{put:#?}\n{}",
-        log_tail(&edge)
-    );
+    assert_written(&put, 200, 2);
     let put = api(
         &edge,
         Method::PUT,
@@ -320,17 +288,9 @@ async fn api_changes_are_versions_with_author_and_comment_and_a_rollback_restore
         Some(&rule(3)),
     )
     .await;
-    assert_eq!(
-        (put.status, &put.json["domain_version"]),
-        (200, &json!(3)),
-        "{put:#?}"
-    );
+    assert_written(&put, 200, 3);
     let put = admin.put_rule(A, "404", &rule(4)).await;
-    assert_eq!(
-        (put.status, &put.json["domain_version"]),
-        (200, &json!(4)),
-        "{put:#?}"
-    );
+    assert_written(&put, 200, 4);
     // The existing "version" field stays the edge's configuration version.
     assert!(put.json["version"].is_u64(), "{put:#?}");
     wait_served(&edge, None, 4).await;
@@ -635,11 +595,7 @@ async fn staging_is_served_only_with_its_key_until_published_or_discarded() {
     assert_eq!(before.json["based_on"], 2, "{before:#?}");
     let staging_key = before.json["key"].as_str().unwrap_or_default().to_string();
     let change = admin.put_rule(A, "404", &rule(3)).await;
-    assert_eq!(
-        (change.status, &change.json["domain_version"]),
-        (200, &json!(3)),
-        "{change:#?}"
-    );
+    assert_written(&change, 200, 3);
     let refused = api(&edge, Method::POST, &staging_path("/publish"), &[], None).await;
     assert_eq!(refused.status, 409, "{refused:#?}");
     let after = staging(&edge).await;
@@ -672,11 +628,7 @@ async fn a_hand_edit_of_the_domain_file_is_a_version_by_file() {
     let admin = Admin::new(&edge);
     wait_served(&edge, None, 1).await;
     let put = admin.put_rule(A, "404", &rule(2)).await;
-    assert_eq!(
-        (put.status, &put.json["domain_version"]),
-        (200, &json!(2)),
-        "{put:#?}"
-    );
+    assert_written(&put, 200, 2);
 
     // The operator rewrites the file by hand: the edge applies it and records it.
     let file = edge.domains_dir().join("a.yaml");
@@ -725,11 +677,7 @@ async fn a_deleted_domain_keeps_its_history_and_a_rollback_restores_it() {
     let admin = Admin::new(&edge);
     wait_served(&edge, None, 1).await;
     let put = admin.put_rule(A, "404", &rule(2)).await;
-    assert_eq!(
-        (put.status, &put.json["domain_version"]),
-        (200, &json!(2)),
-        "{put:#?}"
-    );
+    assert_written(&put, 200, 2);
     wait_served(&edge, None, 2).await;
 
     let deleted = api(
@@ -740,11 +688,7 @@ async fn a_deleted_domain_keeps_its_history_and_a_rollback_restores_it() {
         None,
     )
     .await;
-    assert_eq!(
-        (deleted.status, &deleted.json["domain_version"]),
-        (200, &json!(3)),
-        "{deleted:#?}"
-    );
+    assert_written(&deleted, 200, 3);
     // Gone from the proxy and the domain list…
     let web = client(&edge, Proto::H1, &[A]);
     let unknown = time_until(Duration::from_secs(10), || async {
@@ -811,22 +755,8 @@ fn key(domain: &str) -> String {
     format!("{PREFIX}domains/{domain}")
 }
 
-/// Options of an edge named `id` reading `etcd` (as tests/fleet.rs starts its edges).
-fn fleet_options(etcd: &Etcd, id: &str) -> EdgeOptions {
-    let defaults = EdgeOptions::default();
-    EdgeOptions {
-        edge_extra: format!(
-            "{}source:\n  etcd:\n    endpoints: {}\n    prefix: {PREFIX}\n    snapshot: snapshot.json\n    edge_id: {id}\n",
-            defaults.edge_extra,
-            etcd.endpoints_yaml()
-        ),
-        ..defaults
-    }
-}
-
 async fn start_fleet_edge(etcd: &Etcd, id: &str) -> Edge {
-    let dir = tempfile::tempdir().expect("temp dir");
-    start_edge_in(dir, fleet_options(etcd, id)).await
+    etcd.start_edge(PREFIX, id).await
 }
 
 /// Waits until both edges list the same versions of a.test, the newest being `version`; that
@@ -868,12 +798,7 @@ async fn a_fleet_shares_versions_and_staging_through_etcd() {
         Some(&rule(2)),
     )
     .await;
-    assert_eq!(
-        (put.status, &put.json["domain_version"]),
-        (200, &json!(2)),
-        "{put:#?}\n{}",
-        log_tail(&a)
-    );
+    assert_written(&put, 200, 2);
     let listing = wait_same_versions(&a, &b, 2).await;
     assert_eq!(
         summary(&listing),

@@ -26,6 +26,15 @@ pub struct Answer {
     pub json: Value,
 }
 
+/// The hex SHA-256 of a token, as a tokens file names it.
+pub fn sha256_hex(token: &str) -> String {
+    ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 pub fn bearer(token: &str) -> String {
     format!("Bearer {token}")
 }
@@ -54,9 +63,24 @@ impl Admin {
         auth: Option<&str>,
         body: Option<&str>,
     ) -> Answer {
+        self.call_with(method, path, auth, &[], body).await
+    }
+
+    /// Like [`call`](Self::call), with extra request headers (`If-Match`, `X-Change-Comment`).
+    pub async fn call_with(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        auth: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> Answer {
         let mut request = self.http.request(method.clone(), format!("{}{path}", self.base));
         if let Some(auth) = auth {
             request = request.header("authorization", auth);
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
         }
         if let Some(body) = body {
             request = request

@@ -192,6 +192,25 @@ impl Etcd {
     }
 
     /// Every member's client URL, as YAML flow list items.
+    /// `options` with a `source.etcd` section naming this cluster, `prefix`, and the edge
+    /// name `id` (with a snapshot file of its own).
+    pub fn edge_options(&self, options: super::EdgeOptions, prefix: &str, id: &str) -> super::EdgeOptions {
+        super::EdgeOptions {
+            edge_extra: format!(
+                "{}source:\n  etcd:\n    endpoints: {}\n    prefix: {prefix}\n    snapshot: snapshot.json\n    edge_id: {id}\n",
+                options.edge_extra,
+                self.endpoints_yaml()
+            ),
+            ..options
+        }
+    }
+
+    /// An edge named `id` on this cluster under `prefix`, with the default options.
+    pub async fn start_edge(&self, prefix: &str, id: &str) -> super::Edge {
+        let dir = tempfile::tempdir().expect("temp dir");
+        super::start_edge_in(dir, self.edge_options(super::EdgeOptions::default(), prefix, id)).await
+    }
+
     pub fn endpoints_yaml(&self) -> String {
         let all: Vec<String> = (0..self.members.len())
             .map(|i| format!("\"{}\"", self.endpoint(i)))

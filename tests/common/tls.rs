@@ -47,6 +47,15 @@ impl Ca {
         self.issuer.pem()
     }
 
+    /// A root store holding only this CA.
+    pub fn roots(&self) -> rustls::RootCertStore {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from(self.issuer.der().to_vec()))
+            .expect("CA root");
+        roots
+    }
+
     /// A leaf for `names` (DNS names, wildcards or IP addresses), valid now.
     pub fn leaf(&self, names: &[&str]) -> Leaf {
         self.leaf_with(names, |_| {})
@@ -126,10 +135,15 @@ pub fn client_config(
     sni: Option<&str>,
     alpn: &[&str],
 ) -> (rustls::ClientConfig, ServerName<'static>) {
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from(ca.issuer.der().to_vec()))
-        .expect("CA root");
+    client_config_trusting(ca.roots(), sni, alpn)
+}
+
+/// Like [`client_config`], trusting only `roots`.
+pub fn client_config_trusting(
+    roots: rustls::RootCertStore,
+    sni: Option<&str>,
+    alpn: &[&str],
+) -> (rustls::ClientConfig, ServerName<'static>) {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -150,7 +164,17 @@ pub async fn connect(
     ca: &Ca,
     alpn: &[&str],
 ) -> Result<(TlsStream<TcpStream>, Vec<u8>), String> {
-    let (config, name) = client_config(ca, sni, alpn);
+    connect_trusting(addr, sni, ca.roots(), alpn).await
+}
+
+/// Like [`connect`], trusting only `roots` (an ACME server's, say).
+pub async fn connect_trusting(
+    addr: SocketAddr,
+    sni: Option<&str>,
+    roots: rustls::RootCertStore,
+    alpn: &[&str],
+) -> Result<(TlsStream<TcpStream>, Vec<u8>), String> {
+    let (config, name) = client_config_trusting(roots, sni, alpn);
     let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let stream = tokio::time::timeout(Duration::from_secs(5), connector.connect(name, tcp))
