@@ -90,30 +90,14 @@ fn page_body() -> Body {
 /// `/section-N/`, every other one with a method too), in front of the five of [`rules`]: the
 /// request matches none of them, so every condition is tried before the default 404.
 fn conditional_rules() -> Vec<Rule> {
-    use custom_pages::spec::{RuleSpec, WhenSpec};
+    use custom_pages::spec::RuleSpec;
     let mut all: Vec<Rule> = (0..50)
         .map(|i| {
-            let spec = RuleSpec {
-                code: CodePattern::Exact(404),
-                url: Some(
-                    format!("http://www.example.com/errors/section-{i}.html")
-                        .parse()
-                        .expect("URL"),
-                ),
-                when: Some(WhenSpec {
-                    paths: Some(vec![format!("/section-{i}/*"), format!("/section-{i}/**/*.html")]),
-                    methods: (i % 2 == 0).then(|| vec!["GET".to_string(), "HEAD".to_string()]),
-                    headers: Vec::new(),
-                }),
-                skip: false,
-                source: Source::Any,
-                status: None,
-                redirect: None,
-                variants: Vec::new(),
-                languages: Vec::new(),
-                language: None,
-                inline: true,
-            };
+            let methods = if i % 2 == 0 { "\n  methods: [GET, HEAD]" } else { "" };
+            let yaml = format!(
+                "code: 404\nurl: http://www.example.com/errors/section-{i}.html\nwhen:\n  paths: [\"/section-{i}/*\", \"/section-{i}/**/*.html\"]{methods}\n"
+            );
+            let spec: RuleSpec = serde_yaml::from_str(&yaml).expect("a rule spec");
             Rule::from_spec(i, &spec).expect("a conditional rule")
         })
         .collect();

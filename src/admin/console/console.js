@@ -381,7 +381,7 @@ async function loadRules() {
     const actions = el("td");
     if (may("rules", current)) {
       actions.append(button("Modify", () => openDialog(rule), name));
-      actions.append(button("Delete", () => deleteRule(rule), name));
+      actions.append(button("Delete", () => deleteRule(rule, "production"), name));
     }
     // Refresh and Preview name a rule by its code alone: the rule of every request.
     if (rule.page && !normalWhen(rule.when)) {
@@ -393,12 +393,27 @@ async function loadRules() {
   }
 }
 
-async function deleteRule(rule) {
+// Where each rule table says what happened, and how it reloads.
+const RULE_TABLES = {
+  production: { what: "custom page rule", done: "Rule", error: "pages-message", message: "pages-message", reload: () => loadRules() },
+  staging: { what: "staging rule", done: "Staging rule", error: "staging-error", message: "staging-message", reload: () => loadStaging() },
+};
+
+// Deletes a rule of production or staging (`target`), once confirmed.
+async function deleteRule(rule, target) {
+  const table = RULE_TABLES[target];
   const name = ruleName(rule.code, rule.when);
-  if (!window.confirm("Delete the custom page rule for " + name + " of " + current + "?")) return;
-  const answer = await api("DELETE", rulePath(rule.code, "production"), deleteBody(rule.when));
-  $("pages-message").textContent = answer.ok ? "Rule " + name + " deleted." : describe(answer);
-  await loadRules();
+  if (!window.confirm("Delete the " + table.what + " for " + name + " of " + current + "?")) return;
+  const answer = await api("DELETE", rulePath(rule.code, target), deleteBody(rule.when));
+  // Cleared first: production says both in one element.
+  if (answer.ok) {
+    $(table.error).textContent = "";
+    $(table.message).textContent = table.done + " " + name + " deleted.";
+  } else {
+    $(table.message).textContent = "";
+    $(table.error).textContent = describe(answer);
+  }
+  await table.reload();
 }
 
 async function refreshRule(code) {
@@ -1042,21 +1057,13 @@ async function loadStaging() {
     const actions = el("td");
     if (mayChange) {
       actions.append(button("Modify", () => openDialog(rule, "staging"), name));
-      actions.append(button("Delete", () => deleteStagingRule(rule), name));
+      actions.append(button("Delete", () => deleteRule(rule, "staging"), name));
     }
     tr.append(actions);
     rows.append(tr);
   }
 }
 
-async function deleteStagingRule(rule) {
-  const name = ruleName(rule.code, rule.when);
-  if (!window.confirm("Delete the staging rule for " + name + " of " + current + "?")) return;
-  const answer = await api("DELETE", rulePath(rule.code, "staging"), deleteBody(rule.when));
-  $("staging-error").textContent = answer.ok ? "" : describe(answer);
-  $("staging-message").textContent = answer.ok ? "Staging rule " + name + " deleted." : "";
-  await loadStaging();
-}
 
 // Opens a confirmation dialog of the staging panel; its panel buttons are hidden meanwhile,
 // so the dialog's button is the only one of its name.
