@@ -360,6 +360,36 @@ async fn a_path_condition_picks_its_page_and_other_paths_get_the_default() {
         let ok = request(&web, &edge, "GET", "/ok", &[]).await;
         assert_eq!((ok.status, ok.body.as_str()), (200, "fine"), "{proto:?}");
     }
+    // The access log and a trace name the rule that answered by its place and condition; the
+    // default by its code alone.
+    let logged = common::wait::wait_log_line(&edge, &["GET /shop/x ", "page=404#1:fresh"]).await;
+    assert!(logged.contains(" 404 "), "{logged}");
+    common::wait::wait_log_line(&edge, &["GET /blog/x ", "page=404:fresh"]).await;
+    let admin = common::Admin::new(&edge);
+    for (path, label, index, when) in [
+        ("/shop/x", "404#1", 1, json!("paths /shop/*, /cart")),
+        ("/blog/x", "404", 0, Value::Null),
+    ] {
+        let traced = admin
+            .call(
+                reqwest::Method::POST,
+                &format!("/api/domains/{EXP}/trace"),
+                Some(&common::admin::bearer(common::TOKEN)),
+                Some(&json!({"url": path}).to_string()),
+            )
+            .await;
+        assert_eq!(traced.status, 200, "{traced:#?}");
+        let rule = traced.json["steps"]
+            .as_array()
+            .and_then(|steps| steps.iter().find(|s| s["step"] == "rule"))
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(
+            (&rule["rule"], &rule["index"], &rule["when"]),
+            (&json!(label), &json!(index), &when),
+            "{path}: {traced:#?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
