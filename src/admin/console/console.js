@@ -340,6 +340,16 @@ function activityChart(perMinute) {
   return svg;
 }
 
+// The cells every rule table starts with: status code, its conditions, URL.
+function ruleRow(rule) {
+  const code = String(rule.code);
+  const tr = el("tr", null, { "data-code": code });
+  tr.append(el("th", code, { scope: "row" }));
+  tr.append(el("td", whenText(rule.when), { class: "only-for" }));
+  tr.append(el("td", rule.url || "—"));
+  return tr;
+}
+
 async function loadRules() {
   const answer = await api("GET", "/api/domains/" + encodeURIComponent(current) + "/custom-pages");
   const rows = $("rule-rows");
@@ -348,10 +358,7 @@ async function loadRules() {
   for (const rule of rules) {
     const code = String(rule.code);
     const name = ruleName(code, rule.when);
-    const tr = el("tr", null, { "data-code": code });
-    tr.append(el("th", code, { scope: "row" }));
-    tr.append(el("td", whenText(rule.when), { class: "only-for" }));
-    tr.append(el("td", rule.url || "—"));
+    const tr = ruleRow(rule);
     const mode = el("td", modeText(rule));
     const also = [
       ...Object.keys(rule.variants || {}),
@@ -1049,10 +1056,7 @@ async function loadStaging() {
   for (const rule of stagingRules) {
     const code = String(rule.code);
     const name = ruleName(code, rule.when);
-    const tr = el("tr", null, { "data-code": code });
-    tr.append(el("th", code, { scope: "row" }));
-    tr.append(el("td", whenText(rule.when), { class: "only-for" }));
-    tr.append(el("td", rule.url || "—"));
+    const tr = ruleRow(rule);
     tr.append(el("td", modeText(rule)));
     const actions = el("td");
     if (mayChange) {
