@@ -337,6 +337,9 @@ impl ProxyHttp for EdgeProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        // A forwarded or stored response keeps the origin's `Date` (RFC 9110 6.6.1; a hit's
+        // `Age` counts from it); what the edge answers itself has none, so it is dated now.
+        session.set_keep_response_date(true);
         // Pingora waits for the next request on a kept-alive HTTP/1.1 connection forever
         // unless told otherwise. A connection it already decided to close (HTTP/1.0 without
         // keep-alive; Content-Length with Transfer-Encoding, RFC 9112 6.1) stays closing.

@@ -498,6 +498,64 @@ async fn the_origins_age_counts_on_freshness_and_in_age() {
     }
 }
 
+/// How far `date` (an HTTP date) is from now, in seconds, either way.
+fn seconds_from_now(date: &str) -> u64 {
+    let at = httpdate::parse_http_date(date).unwrap_or_else(|e| panic!("Date {date:?}: {e}"));
+    let now = std::time::SystemTime::now();
+    now.duration_since(at)
+        .or_else(|_| at.duration_since(now))
+        .map(|d| d.as_secs())
+        .unwrap_or(u64::MAX)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_origins_date_is_kept_on_a_miss_and_on_every_hit() {
+    let origin = Origin::start().await;
+    // Thirty seconds old when it leaves the origin: a client must see that Date, not our
+    // clock's, on the miss and on the hits (RFC 9110 6.6.1, RFC 9111 4.2.3).
+    let date = http_date(-30);
+    let edge = start(&origin).await;
+    for proto in ALL_PROTOS {
+        let c = client(&edge, proto, &[A]);
+        let path = format!("/dated?{proto:?}");
+        origin.route(
+            &path,
+            cacheable("dated")
+                .header("cache-control", "max-age=600")
+                .header("date", &date),
+        );
+        let miss = get(&c, &edge.url(A, &path)).await;
+        assert_eq!(
+            (miss.header("x-cache"), miss.header("date")),
+            (Some("MISS"), Some(date.as_str())),
+            "{proto:?}: the miss forwards the origin's Date"
+        );
+        let hit = get(&c, &edge.url(A, &path)).await;
+        assert_eq!(
+            (hit.header("x-cache"), hit.header("date")),
+            (Some("HIT"), Some(date.as_str())),
+            "{proto:?}: the hit carries the Date it was stored with"
+        );
+        let age: u64 = hit.header("age").and_then(|a| a.parse().ok()).unwrap_or(0);
+        assert!(
+            (30..40).contains(&age),
+            "{proto:?}: Age {age} counts from that Date"
+        );
+        // What the edge answers itself is dated now: a host it does not serve.
+        let own = get(
+            &client(&edge, proto, &["nowhere.example.com"]),
+            &edge.url("nowhere.example.com", "/"),
+        )
+        .await;
+        assert_eq!(own.status, 404, "{proto:?}");
+        let own_date = own.header("date").unwrap_or_default().to_string();
+        assert!(
+            seconds_from_now(&own_date) <= 2,
+            "{proto:?}: the edge's own answer is dated now, not {own_date:?}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn expires_counts_from_the_origins_date_not_our_clock() {
     let origin = Origin::start().await;

@@ -23,12 +23,12 @@ use super::SERVER_NAME;
 /// Generate an error response with the given status code.
 ///
 /// This error response has a zero `Content-Length` and `Cache-Control: private, no-store`.
+/// It has no `Date`: the session adds the current one when writing it (a placeholder here
+/// would be sent as is by a session told to keep a response's `Date`).
 pub fn gen_error_response(code: u16) -> ResponseHeader {
     let mut resp = ResponseHeader::build(code, Some(4)).unwrap();
     resp.insert_header(header::SERVER, &SERVER_NAME[..])
         .unwrap();
-    resp.insert_header(header::DATE, "Sun, 06 Nov 1994 08:49:37 GMT")
-        .unwrap(); // placeholder
     resp.insert_header(header::CONTENT_LENGTH, "0").unwrap();
     resp.insert_header(header::CACHE_CONTROL, "private, no-store")
         .unwrap();

@@ -478,6 +478,19 @@ impl Session {
         }
     }
 
+    /// Sets whether a `Date` header already in the response is kept instead of replaced by
+    /// the current time (a response without one still gets one). A proxy sets it to forward
+    /// the origin's `Date`, and to serve a stored response with the `Date` it was stored with
+    /// (RFC 9110 section 6.6.1, RFC 9111 section 4.2.3).
+    pub fn set_keep_response_date(&mut self, keep: bool) {
+        match self {
+            Self::H1(s) => s.set_keep_response_date(keep),
+            Self::H2(s) => s.set_keep_response_date(keep),
+            Self::Subrequest(_) => {} // writes no Date
+            Self::Custom(_) => {}     // its own implementation decides
+        }
+    }
+
     /// Sets whether keepalive should be disabled if response is written prior to
     /// downstream body finishing.
     ///

@@ -99,6 +99,9 @@ pub struct HttpSession {
     body_bytes_read: usize,
     /// Whether to update headers like connection, Date
     update_resp_headers: bool,
+    /// Whether a `Date` already in the response is kept instead of replaced (a proxy forwarding
+    /// or serving a stored response keeps the origin's `Date`, RFC 9110 section 6.6.1)
+    keep_response_date: bool,
     /// timeouts:
     keepalive_timeout: KeepaliveStatus,
     read_timeout: Option<Duration>,
@@ -184,6 +187,7 @@ impl HttpSession {
             body_write_buf: BytesMut::new(),
             keepalive_timeout: KeepaliveStatus::Off,
             update_resp_headers: true,
+            keep_response_date: false,
             response_written: None,
             request_header: None,
             read_timeout: Some(Duration::from_secs(60)),
@@ -846,7 +850,9 @@ impl HttpSession {
         // no need to add these headers to 1xx responses
         if !header.status.is_informational() && self.update_resp_headers {
             /* update headers */
-            header.insert_header(header::DATE, date::get_cached_date())?;
+            if !(self.keep_response_date && header.headers.contains_key(header::DATE)) {
+                header.insert_header(header::DATE, date::get_cached_date())?;
+            }
 
             // TODO: make these lazy static
             let connection_value = if self.will_keepalive() {
@@ -1390,6 +1396,15 @@ impl HttpSession {
     /// Expect: 100-continue was set on the request.
     pub fn set_ignore_info_resp(&mut self, ignore: bool) {
         self.ignore_info_resp = ignore;
+    }
+
+    /// Sets whether a `Date` header already in the response is kept. By default every response
+    /// gets the current time as its `Date`; a proxy that forwards or serves a stored response
+    /// sets this so that the origin's `Date` reaches the client (RFC 9110 section 6.6.1, and
+    /// RFC 9111 section 4.2.3 computes a stored response's age from it). A response without
+    /// `Date` still gets one.
+    pub fn set_keep_response_date(&mut self, keep: bool) {
+        self.keep_response_date = keep;
     }
 
     /// Sets whether keepalive should be disabled if response is written prior to
@@ -2629,6 +2644,45 @@ mod tests_stream {
             .write_response_header_ref(&new_response)
             .await
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn write_keeps_the_responses_date_when_asked() {
+        let read_wire = b"GET / HTTP/1.1\r\n\r\n";
+        let date = "Sun, 06 Nov 1994 08:49:37 GMT";
+        let write_expected =
+            format!("HTTP/1.1 200 OK\r\nDate: {date}\r\nConnection: close\r\n\r\n");
+        let mock_io = Builder::new()
+            .read(read_wire)
+            .write(write_expected.as_bytes())
+            .build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        http_stream.read_request().await.unwrap();
+        http_stream.set_keep_response_date(true);
+        let mut new_response = ResponseHeader::build(StatusCode::OK, None).unwrap();
+        new_response.append_header("Date", date).unwrap();
+        http_stream
+            .write_response_header_ref(&new_response)
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn write_replaces_the_responses_date_by_default() {
+        let read_wire = b"GET / HTTP/1.1\r\n\r\n";
+        let mock_io = Builder::new().read(read_wire).build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        http_stream.read_request().await.unwrap();
+        let mut new_response = ResponseHeader::build(StatusCode::OK, None).unwrap();
+        new_response.append_header("Date", "Sun, 06 Nov 1994 08:49:37 GMT").unwrap();
+        let (_, _) = http_stream
+            .prepare_response_header(&mut new_response)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            new_response.headers.get("Date").unwrap(),
+            &date::get_cached_date()
+        );
     }
 
     #[tokio::test]

@@ -291,6 +291,8 @@ pub struct HttpSession {
     pub write_timeout: Option<Duration>,
     // How long to wait when draining (discarding) request body
     total_drain_timeout: Option<Duration>,
+    // Whether a `Date` already in the response is kept instead of replaced
+    keep_response_date: bool,
 }
 
 /// The outcome of accepting the next event on an HTTP/2 downstream connection.
@@ -499,6 +501,7 @@ impl HttpSession {
             digest,
             write_timeout: None,
             total_drain_timeout: None,
+            keep_response_date: false,
         })))
     }
 
@@ -604,6 +607,12 @@ impl HttpSession {
         self.total_drain_timeout = timeout;
     }
 
+    /// Sets whether a `Date` header already in the response is kept; see the HTTP/1.x
+    /// session's `set_keep_response_date`.
+    pub fn set_keep_response_date(&mut self, keep: bool) {
+        self.keep_response_date = keep;
+    }
+
     /// Get the total drain timeout.
     pub fn get_total_drain_timeout(&self) -> Option<Duration> {
         self.total_drain_timeout
@@ -639,7 +648,9 @@ impl HttpSession {
         }
 
         /* update headers */
-        header.insert_header(header::DATE, get_cached_date())?;
+        if !(self.keep_response_date && header.headers.contains_key(header::DATE)) {
+            header.insert_header(header::DATE, get_cached_date())?;
+        }
 
         // remove other h1 hop headers that cannot be present in H2
         // https://httpwg.org/specs/rfc7540.html#n-connection-specific-header-fields
