@@ -261,7 +261,7 @@ impl TransportConnector {
                         // test_reusable_stream: we assume server would never actively send data
                         // first on an idle stream.
                         #[cfg(unix)]
-                        if peer.matches_fd(stream.id())
+                        if pooled_stream_matches(peer, &stream)
                             && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count)
                         {
                             Some(stream)
@@ -470,6 +470,29 @@ impl PreferredHttpVersion {
 
 use futures::future::FutureExt;
 use tokio::io::AsyncReadExt;
+
+/// Whether a pooled `stream` is connected to `peer`, as [`Peer::matches_fd`] checks, from the
+/// peer address kept in the stream's socket digest: the kernel is asked (`getpeername`) the
+/// first time and the answer is kept, instead of on every reuse. A peer reached through a proxy,
+/// or a stream without a digest, is checked on the socket itself as before.
+#[cfg(unix)]
+fn pooled_stream_matches<P: Peer>(peer: &P, stream: &Stream) -> bool {
+    use crate::protocols::l4::socket::SocketAddr;
+    if peer.get_proxy().is_some() {
+        return peer.matches_fd(stream.id());
+    }
+    let digest = stream.get_socket_digest();
+    match (peer.address(), digest.as_ref().and_then(|d| d.peer_addr())) {
+        (SocketAddr::Inet(want), Some(SocketAddr::Inet(got))) => {
+            // As `check_fd_match`: 0.0.0.0 is not compared (some systems map it to 127.0.0.1).
+            want.ip().is_unspecified() && want.is_ipv4() || want == got || {
+                error!("Crit: pooled connection to {got} taken for {want}");
+                false
+            }
+        }
+        _ => peer.matches_fd(stream.id()),
+    }
+}
 
 /// Test whether a stream is already closed or not reusable (server sent unexpected data)
 fn test_reusable_stream(stream: &mut Stream, unexpected_data_conn_count: &AtomicU64) -> bool {
