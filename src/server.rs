@@ -11,18 +11,15 @@ use crate::runtime::{Checked, Folders, Runtime};
 use crate::source::{self, ConfigSource, Snapshot};
 use crate::tls::{self, OneCert};
 use clap::Parser;
-use pingora_core::apps::{HttpServerApp, HttpServerOptions, ServerApp};
+use pingora_core::apps::HttpServerOptions;
 use pingora_core::listeners::ListenerConfig;
-use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::l4::stream::L4BufferSettings;
-use pingora_core::protocols::{Stream, ALPN};
 use pingora_core::server::configuration::Opt;
 use pingora_core::server::{Server, ShutdownWatch};
 use pingora_core::services::background::{background_service, BackgroundService};
 use pingora_core::services::listening::Service;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// A CDN edge that answers errors with the custom pages its operator chose.
@@ -364,14 +361,15 @@ fn run(
     options.h2c = true;
     // Idle h2 connections are closed like idle HTTP/1.1 ones (see the proxy's keep-alive).
     options.h2_idle_timeout = Some(IDLE_TIMEOUT);
+    // Pingora 0.9 reads the h2c preface with no timeout: a client that connects and sends
+    // nothing would hold its socket and task forever.
+    options.first_read_timeout = Some(IDLE_TIMEOUT);
+    // An idle HTTP/1.1 connection holds its socket only, not the request's whole proxy state
+    // (about 34 KiB, measured with 10,000 idle connections: `make bench`, "Scale"). A patch of
+    // Pingora's core (vendor/PATCHES.md).
+    options.idle_wait_before_session = true;
     app.server_options = Some(options);
-    let mut proxy = Service::new(
-        "edge".to_string(),
-        Connections {
-            inner: Arc::new(app),
-            open: Arc::default(),
-        },
-    );
+    let mut proxy = Service::new("edge".to_string(), app);
     for addr in &listen {
         proxy.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(CLIENT_L4_BUFFER));
     }
@@ -429,102 +427,6 @@ const CLIENT_L4_BUFFER: L4BufferSettings = L4BufferSettings {
 
 /// How long a client connection may stay silent: before its first bytes, and between requests.
 const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// The client connection preface of HTTP/2 (RFC 9113, section 3.4).
-const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// Client connections around Pingora's handling of them, for two reasons.
-///
-/// - Every wait for a client's bytes is bounded: Pingora 0.9 reads the 24-byte HTTP/2 preface
-///   with no timeout (to tell h2c from HTTP/1.1), so a client that connects and sends nothing
-///   would hold its socket and task forever.
-/// - An idle HTTP/1.1 connection holds the connection only. Pingora waits for a kept-alive
-///   connection's next request inside the request's own future, which carries the whole
-///   proxy state machine: about 34 KiB per idle connection, measured with 10,000 of them
-///   (`make bench`, "Scale"). Here the wait happens before that future exists, so it is
-///   allocated when a request arrives.
-///
-/// The lean wait costs a system call per request (a peek before Pingora's read), so it is used
-/// only while more than [`LEAN_ABOVE`] client connections are open, when memory matters.
-///
-/// HTTP/2 (h2c by its preface, or TLS with ALPN h2) is left to Pingora whole.
-struct Connections<A> {
-    inner: Arc<A>,
-    /// Client connections open now.
-    open: Arc<AtomicUsize>,
-}
-
-/// Above this many open client connections, idle ones wait without Pingora's request state.
-const LEAN_ABOVE: usize = 256;
-
-/// Counts a connection as open while it lives.
-struct Open(Arc<AtomicUsize>);
-
-impl Open {
-    fn new(count: &Arc<AtomicUsize>) -> Open {
-        count.fetch_add(1, Ordering::Relaxed);
-        Open(count.clone())
-    }
-}
-
-impl Drop for Open {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Waits, at most [`IDLE_TIMEOUT`], until the client sends something, and peeks at it
-/// (peeking rewinds what it read: Pingora reads the same bytes). None: it sent nothing.
-async fn first_bytes(stream: &mut Stream) -> Option<[u8; 24]> {
-    let mut preface = [0u8; 24];
-    match tokio::time::timeout(IDLE_TIMEOUT, stream.try_peek(&mut preface)).await {
-        Ok(Ok(_)) => Some(preface),
-        _ => None,
-    }
-}
-
-#[async_trait::async_trait]
-impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Connections<A> {
-    async fn process_new(self: &Arc<Self>, mut stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
-        let _open = Open::new(&self.open);
-        let preface = first_bytes(&mut stream).await?;
-        let h2 = match stream.get_ssl_digest() {
-            Some(_) => matches!(stream.selected_alpn_proto(), Some(ALPN::H2)),
-            None => &preface == H2_PREFACE,
-        };
-        if h2 {
-            return self.inner.process_new(stream, shutdown).await;
-        }
-        // HTTP/1.1, as Pingora's own loop does it, with the wait for each next request here.
-        let reuses = self
-            .inner
-            .server_options()
-            .and_then(|o| o.keepalive_request_limit);
-        let mut session = ServerSession::new_http1(stream);
-        session.set_keepalive(if *shutdown.borrow() {
-            None
-        } else {
-            Some(IDLE_TIMEOUT.as_secs())
-        });
-        session.set_keepalive_reuses_remaining(reuses);
-        let mut reused = self.inner.process_new_http(session, shutdown).await;
-        while let Some((mut stream, persisted)) = reused.map(|r| r.consume()) {
-            if self.open.load(Ordering::Relaxed) > LEAN_ABOVE {
-                first_bytes(&mut stream).await?;
-            }
-            let mut session = ServerSession::new_http1(stream);
-            if let Some(persisted) = persisted {
-                persisted.apply_to_session(&mut session);
-            }
-            reused = self.inner.process_new_http(session, shutdown).await;
-        }
-        None
-    }
-
-    async fn cleanup(&self) {
-        self.inner.http_cleanup().await
-    }
-}
 
 /// Work that lives beside the proxy: fetching and refreshing pages, applying changes.
 struct Control {

@@ -659,9 +659,31 @@ impl Drop for KillOnDrop {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_request_shorter_than_the_h2_preface_is_answered_at_once() {
+    // 18 bytes: fewer than HTTP/2's 24-byte preface, which the edge tells h2c by. Waiting for
+    // 24 bytes would hold this request until the idle timeout.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let origin = Origin::start().await;
+    let edge = Edge::start(&[("a.yaml", domain_yaml("a.example.com", origin.addr(), ""))]);
+    let mut conn = tokio::net::TcpStream::connect(edge.addr())
+        .await
+        .expect("connect");
+    conn.write_all(b"GET / HTTP/1.0\r\n\r\n").await.expect("write");
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "no answer within 5 s");
+    let head = String::from_utf8_lossy(&answer);
+    assert!(
+        head.starts_with("HTTP/1.0 404") || head.starts_with("HTTP/1.1 404"),
+        "a host the edge does not serve: {head}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn many_kept_alive_connections_each_serve_their_next_requests() {
-    // Past a few hundred open connections the edge waits for an idle connection's next
-    // request in a leaner way (see `server::Connections`): every connection keeps working.
+    // The edge waits for an idle connection's next request before Pingora creates its
+    // session (`idle_wait_before_session`, a patch of Pingora's core): hundreds of kept-alive
+    // connections each get their next answers.
     let origin = Origin::start().await;
     origin.route("/a", Reply::ok("fine").header("cache-control", "max-age=60"));
     let edge = Edge::start(&[("a.yaml", domain_yaml("a.example.com", origin.addr(), ""))]);

@@ -89,6 +89,74 @@ pub struct HttpServerOptions {
     ///
     /// Default: `None`
     pub h2_idle_timeout: Option<Duration>,
+
+    /// Wait for a plaintext connection's first bytes, and for each next request on a kept-alive
+    /// HTTP/1.x connection, before creating its session: while it is idle the connection holds
+    /// its socket only, not a session and the application's per-request state (with
+    /// `pingora-proxy`, tens of KiB per idle connection). The wait reads what arrives once and
+    /// puts it back for the session ([`Peek::read_ahead`](crate::protocols::Peek::read_ahead)),
+    /// so it costs no extra system call. Streams that cannot wait this way (TLS) wait inside the
+    /// session as before. The next request's wait is bounded by the keep-alive timeout.
+    ///
+    /// Default: `false`
+    pub idle_wait_before_session: bool,
+
+    /// How long a new connection may stay silent before its first bytes, for the h2c preface
+    /// check and for [`Self::idle_wait_before_session`]. `None` waits as long as the session's
+    /// own read timeout allows, and the h2c preface check forever.
+    ///
+    /// Default: `None`
+    pub first_read_timeout: Option<Duration>,
+}
+
+/// How much a wait before a session reads at once: a request head of common size.
+const READ_AHEAD: usize = 4096;
+
+/// What a wait before a session saw arrive.
+enum Arrived {
+    /// This many bytes wait to be read.
+    Bytes(usize),
+    /// The stream cannot wait this way (its session will): nothing is known.
+    Unknown,
+}
+
+/// Waits, at most `timeout`, for the peer to send something ([`Peek::read_ahead`]). None when
+/// it closed, failed, or stayed silent that long.
+async fn wait_for_bytes(stream: &mut Stream, timeout: Option<Duration>) -> Option<Arrived> {
+    let arrived = bounded(timeout, stream.read_ahead(READ_AHEAD)).await;
+    match arrived {
+        Ok(None) => Some(Arrived::Unknown),
+        Ok(Some(0)) => None,
+        Ok(Some(n)) => Some(Arrived::Bytes(n)),
+        Err(e) => {
+            debug!("read error while waiting for a request: {e}");
+            None
+        }
+    }
+}
+
+/// Peeks at the first `buf.len()` bytes, at most `timeout` long. None on an error or timeout.
+async fn peek(stream: &mut Stream, buf: &mut [u8], timeout: Option<Duration>) -> Option<bool> {
+    bounded(timeout, stream.try_peek(buf))
+        .await
+        .map_err(|e| {
+            // this error is normal when h1 reuse and close the connection
+            debug!("Read error while peeking h2c preface {e}");
+        })
+        .ok()
+}
+
+/// `io`, given up after `timeout` if there is one.
+async fn bounded<T>(
+    timeout: Option<Duration>,
+    io: impl std::future::Future<Output = std::io::Result<T>>,
+) -> std::io::Result<T> {
+    match timeout {
+        Some(limit) => pingora_timeout::timeout(limit, io)
+            .await
+            .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())),
+        None => io.await,
+    }
 }
 
 /// Settings persisted across HTTP/1.x keepalive requests on the same downstream connection.
@@ -278,18 +346,28 @@ where
         if stream.get_ssl_digest().is_some() {
             h2c = false;
         }
+        let first_read_timeout = self.server_options().and_then(|o| o.first_read_timeout);
+        let wait_before_session = self
+            .server_options()
+            .is_some_and(|o| o.idle_wait_before_session);
+        let arrived = if wait_before_session && !custom {
+            Some(wait_for_bytes(&mut stream, first_read_timeout).await?)
+        } else {
+            None
+        };
         // try to read h2 preface
-        else if h2c && !custom {
+        if h2c && !custom {
+            // What already arrived is compared first: a request shorter than the preface is
+            // HTTP/1.x, without waiting for bytes that will not come.
+            let known = match arrived {
+                Some(Arrived::Bytes(n)) => n.min(H2_PREFACE.len()),
+                _ => H2_PREFACE.len(),
+            };
             let mut buf = [0u8; H2_PREFACE.len()];
-            let peeked = stream
-                .try_peek(&mut buf)
-                .await
-                .map_err(|e| {
-                    // this error is normal when h1 reuse and close the connection
-                    debug!("Read error while peeking h2c preface {e}");
-                    e
-                })
-                .ok()?;
+            let mut peeked = peek(&mut stream, &mut buf[..known], first_read_timeout).await?;
+            if peeked && known < H2_PREFACE.len() && buf[..known] == H2_PREFACE[..known] {
+                peeked = peek(&mut stream, &mut buf, first_read_timeout).await?;
+            }
             // not all streams support peeking
             if peeked {
                 // turn off h2c (use h1) if h2 preface doesn't exist
@@ -358,7 +436,17 @@ where
             );
 
             let mut result = self.process_new_http(session, shutdown).await;
-            while let Some((stream, persistent_settings)) = result.map(|r| r.consume()) {
+            while let Some((mut stream, persistent_settings)) = result.map(|r| r.consume()) {
+                if wait_before_session {
+                    // Bytes of the next request already read (pipelining) need no wait.
+                    let settings = persistent_settings.as_ref();
+                    let pipelined = settings.is_some_and(|s| s.pipelined_prefix.is_some());
+                    let keepalive = settings.and_then(|s| s.keepalive_timeout);
+                    let timeout = keepalive.filter(|secs| *secs > 0).map(Duration::from_secs);
+                    if !pipelined {
+                        wait_for_bytes(&mut stream, timeout).await?;
+                    }
+                }
                 let mut session = ServerSession::new_http1(stream);
                 if let Some(persistent_settings) = persistent_settings {
                     persistent_settings.apply_to_session(&mut session);

@@ -79,6 +79,17 @@ pub trait Peek {
     async fn try_peek(&mut self, _buf: &mut [u8]) -> std::io::Result<bool> {
         Ok(false)
     }
+
+    /// Waits until the peer sends something or closes, holding no read buffer while it waits,
+    /// then reads once what arrived (at most `max` bytes) and puts it back to be read again.
+    ///
+    /// `Ok(Some(0))`: the peer closed. `Ok(Some(n))`: `n` bytes wait to be read (data already
+    /// put back counts; nothing more is read then). `Ok(None)`: not supported by this stream;
+    /// nothing was waited for. Unlike [`Self::try_peek`] it never waits for more bytes than
+    /// the peer sent, and it replaces the reader's first read rather than adding one.
+    async fn read_ahead(&mut self, _max: usize) -> std::io::Result<Option<usize>> {
+        Ok(None)
+    }
 }
 
 use std::any::Any;

@@ -750,6 +750,31 @@ impl Peek for Stream {
         self.rewind(buf);
         Ok(true)
     }
+
+    async fn read_ahead(&mut self, max: usize) -> std::io::Result<Option<usize>> {
+        use tokio::io::AsyncReadExt;
+        let waiting: usize = self.rewind_read_buf.iter().map(Vec::len).sum::<usize>()
+            + match self.stream() {
+                BufferedStream::BufferedRead(reader) => reader.buffer().len(),
+                BufferedStream::UnbufferedRead(_) => 0,
+            };
+        if waiting > 0 {
+            return Ok(Some(waiting));
+        }
+        // The wait itself holds no buffer: an idle connection costs its socket only.
+        match &self.stream().get_ref().stream {
+            RawStream::Tcp(s) => s.readable().await?,
+            #[cfg(unix)]
+            RawStream::Unix(s) => s.readable().await?,
+            RawStream::Virtual(_) => return Ok(None),
+        }
+        let mut buf = Vec::with_capacity(max);
+        let n = self.read_buf(&mut buf).await?;
+        if n > 0 {
+            self.rewind_read_buf.push(buf);
+        }
+        Ok(Some(n))
+    }
 }
 
 #[async_trait]
@@ -978,6 +1003,39 @@ mod tests {
     use tokio::io::AsyncWriteExt;
     use tokio::net::TcpListener;
     use tokio::sync::Notify;
+
+    #[tokio::test]
+    async fn read_ahead_waits_for_bytes_and_puts_them_back() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (go, went) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+        let (go2, went2) = (go.clone(), went.clone());
+        tokio::spawn(async move {
+            let (mut peer, _) = listener.accept().await.unwrap();
+            go2.notified().await;
+            peer.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+            went2.notified().await;
+            // closing the connection
+        });
+        let mut stream: Stream = TcpStream::connect(addr).await.unwrap().into();
+        let wait = stream.read_ahead(8);
+        tokio::pin!(wait);
+        // Nothing sent yet: it waits.
+        assert!(futures::poll!(&mut wait).is_pending());
+        go.notify_one();
+        // At most 8 bytes read, all of them put back, and the rest still unread.
+        assert_eq!(wait.await.unwrap(), Some(8));
+        assert_eq!(stream.read_ahead(8).await.unwrap(), Some(8), "data put back counts");
+        let mut all = Vec::new();
+        let mut buf = [0u8; 32];
+        while all.len() < 18 {
+            let n = stream.read(&mut buf).await.unwrap();
+            all.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(all, b"GET / HTTP/1.1\r\n\r\n");
+        went.notify_one();
+        assert_eq!(stream.read_ahead(8).await.unwrap(), Some(0), "the peer closed");
+    }
 
     #[cfg(target_os = "linux")]
     #[tokio::test]

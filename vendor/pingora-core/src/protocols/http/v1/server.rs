@@ -2651,7 +2651,7 @@ mod tests_stream {
         let read_wire = b"GET / HTTP/1.1\r\n\r\n";
         let date = "Sun, 06 Nov 1994 08:49:37 GMT";
         let write_expected =
-            format!("HTTP/1.1 200 OK\r\nDate: {date}\r\nConnection: close\r\n\r\n");
+            format!("HTTP/1.1 200 OK\r\nDate: {date}\r\nConnection: keep-alive\r\n\r\n");
         let mock_io = Builder::new()
             .read(read_wire)
             .write(write_expected.as_bytes())
