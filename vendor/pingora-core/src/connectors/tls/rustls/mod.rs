@@ -56,6 +56,19 @@ pub struct TlsConnector {
     ca_certs: Arc<RootCertStore>,
 }
 
+/// The platform's trusted roots (and `SSL_CERT_FILE`/`SSL_CERT_DIR`), read and parsed once per
+/// process and shared by every connector: a store of a hundred-odd roots per connector, and a
+/// second copy inside its client config, cost memory for the same certificates each time.
+fn platform_roots() -> Result<Arc<RootCertStore>> {
+    static ROOTS: std::sync::OnceLock<Arc<RootCertStore>> = std::sync::OnceLock::new();
+    if let Some(roots) = ROOTS.get() {
+        return Ok(roots.clone());
+    }
+    let mut roots = RootCertStore::empty();
+    load_platform_certs_incl_env_into_store(&mut roots)?;
+    Ok(ROOTS.get_or_init(|| Arc::new(roots)).clone())
+}
+
 impl TlsConnector {
     pub(crate) fn build_connector(options: Option<ConnectorOptions>) -> Result<Connector>
     where
@@ -72,20 +85,18 @@ impl TlsConnector {
         // - add options for CRL/OCSP validation
 
         let (ca_certs, certs_key) = {
-            let mut ca_certs = RootCertStore::empty();
             let mut certs_key = None;
-
-            if let Some(conf) = options.as_ref() {
-                if let Some(ca_file_path) = conf.ca_file.as_ref() {
+            let ca_file = options.as_ref().and_then(|conf| conf.ca_file.as_ref());
+            let ca_certs = match ca_file {
+                Some(ca_file_path) => {
+                    let mut ca_certs = RootCertStore::empty();
                     load_ca_file_into_store(ca_file_path, &mut ca_certs)?;
-                } else {
-                    load_platform_certs_incl_env_into_store(&mut ca_certs)?;
+                    Arc::new(ca_certs)
                 }
-                if let Some((cert, key)) = conf.cert_key_file.as_ref() {
-                    certs_key = load_certs_and_key_files(cert, key)?;
-                }
-            } else {
-                load_platform_certs_incl_env_into_store(&mut ca_certs)?;
+                None => platform_roots()?,
+            };
+            if let Some((cert, key)) = options.as_ref().and_then(|c| c.cert_key_file.as_ref()) {
+                certs_key = load_certs_and_key_files(cert, key)?;
             }
 
             (ca_certs, certs_key)
@@ -120,7 +131,7 @@ impl TlsConnector {
         Ok(Connector {
             ctx: Arc::new(TlsConnector {
                 config: Arc::new(config),
-                ca_certs: Arc::new(ca_certs),
+                ca_certs,
             }),
         })
     }
