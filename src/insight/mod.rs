@@ -234,7 +234,9 @@ impl RecentErrors {
     /// A ring of `capacity` decisions (0: none kept).
     pub fn new(capacity: usize) -> RecentErrors {
         RecentErrors {
-            ring: Mutex::new(VecDeque::with_capacity(capacity.min(1024))),
+            // Grown as errors come: an edge that serves none keeps no room for them (a
+            // thousand decisions reserved up front were a quarter MiB of its memory at rest).
+            ring: Mutex::new(VecDeque::new()),
             capacity,
         }
     }
